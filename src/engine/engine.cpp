@@ -1,0 +1,144 @@
+#include "engine/engine.h"
+
+#include <algorithm>
+#include <chrono>
+
+#include "core/error.h"
+
+namespace flashmem {
+
+namespace {
+
+double seconds_since(std::chrono::steady_clock::time_point t0) {
+  return std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+}
+
+// Length of the longest suffix of `text` that is a proper prefix of some stop string: that
+// much must be held back, since the next token may complete the stop string.
+size_t held_back(const std::string& text, const std::vector<std::string>& stops) {
+  size_t hold = 0;
+  for (const auto& s : stops)
+    for (size_t k = std::min(s.size() - 1, text.size()); k > hold; --k)
+      if (text.compare(text.size() - k, k, s, 0, k) == 0) {
+        hold = k;
+        break;
+      }
+  return hold;
+}
+
+}  // namespace
+
+Engine::Engine(const EngineOptions& opts, GgufFile file)
+    : opts_(opts),
+      file_(std::move(file)),
+      backend_(opts.n_threads > 0 ? opts.n_threads : ThreadPool::default_threads()),
+      model_(load_model(file_, backend_)),
+      tokenizer_(Tokenizer::from_gguf(file_)) {
+  try {
+    chat_ = ChatTemplate::from_gguf(file_);
+  } catch (const Error& e) {
+    chat_error_ = e.what();  // only an error if --chat is used
+  }
+  const ModelInfo& mi = model_->info();
+  FM_CHECK(mi.n_vocab == tokenizer_.vocab_size(), ErrorCode::kFormat, "the tokenizer has ",
+           tokenizer_.vocab_size(), " tokens but the model has ", mi.n_vocab, " logits");
+  n_ctx_ = opts.n_ctx > 0 ? opts.n_ctx : mi.n_ctx_train;
+  FM_CHECK(n_ctx_ <= mi.n_ctx_train, ErrorCode::kOutOfRange, "context ", n_ctx_,
+           " exceeds the model's training context ", mi.n_ctx_train);
+  FM_CHECK(opts.page_tokens >= 1 && opts.page_tokens <= 4096, ErrorCode::kInvalidArgument,
+           "page tokens must be in [1, 4096], got ", opts.page_tokens);
+}
+
+std::unique_ptr<Engine> Engine::load(const EngineOptions& opts) {
+  FM_CHECK(!opts.model_path.empty(), ErrorCode::kInvalidArgument, "no model path given");
+  FM_CHECK(opts.n_ctx >= 0, ErrorCode::kInvalidArgument, "context must be ≥ 0");
+  return std::unique_ptr<Engine>(new Engine(opts, GgufFile::open(opts.model_path)));
+}
+
+const ChatTemplate& Engine::chat() const {
+  FM_CHECK(chat_.has_value(), ErrorCode::kUnsupported, chat_error_);
+  return *chat_;
+}
+
+PagedKvCache Engine::new_cache() const {
+  const ModelInfo& mi = model_->info();
+  KvCacheConfig c;
+  c.n_layers = mi.n_layers;
+  c.n_kv_heads = mi.n_kv_heads;
+  c.head_dim = mi.head_dim;
+  c.page_tokens = opts_.page_tokens;
+  c.max_tokens = n_ctx_;
+  c.type = opts_.kv_type;
+  return PagedKvCache(c);
+}
+
+GenerateResult Engine::generate(const std::vector<int32_t>& prompt, const GenerateOptions& opts,
+                                const std::function<void(std::string_view)>& on_text) {
+  FM_CHECK(!prompt.empty(), ErrorCode::kInvalidArgument, "the prompt is empty");
+  FM_CHECK(opts.max_new_tokens >= 0, ErrorCode::kInvalidArgument, "-n must be ≥ 0");
+  FM_CHECK(static_cast<int64_t>(prompt.size()) < n_ctx_, ErrorCode::kOutOfRange, "the prompt has ",
+           prompt.size(), " tokens but the context holds ", n_ctx_,
+           " (prompt plus at least one generated token); raise -c (up to ",
+           model_->info().n_ctx_train, ") or shorten the prompt");
+  const int32_t n_vocab = model_->info().n_vocab;
+  for (int32_t t : prompt)
+    FM_CHECK(t >= 0 && t < n_vocab, ErrorCode::kInvalidArgument, "prompt token ", t, " out of range");
+
+  Sampler sampler(opts.sampling);
+  PagedKvCache kv = new_cache();
+  GenerateResult r;
+  r.n_prompt = static_cast<int64_t>(prompt.size());
+  std::vector<float> logits(n_vocab);
+
+  auto t0 = std::chrono::steady_clock::now();
+  model_->forward(prompt, kv, logits.data());
+  r.prefill_seconds = seconds_since(t0);
+
+  StreamDecoder dec(tokenizer_);
+  size_t emitted = 0;
+  auto emit_upto = [&](size_t end) {
+    if (end > emitted && on_text) on_text(std::string_view(r.text).substr(emitted, end - emitted));
+    emitted = std::max(emitted, end);
+  };
+  r.stop_reason = "length";
+  t0 = std::chrono::steady_clock::now();
+  for (int i = 0; i < opts.max_new_tokens; ++i) {
+    const int32_t tok = sampler.sample(logits.data(), n_vocab);
+    r.tokens.push_back(tok);
+    if (opts.stop_at_eos && tok == tokenizer_.special().eos) {
+      r.stop_reason = "eos";
+      break;
+    }
+    r.text += dec.push(tok);
+    bool stopped = false;
+    for (const auto& s : opts.stop_strings) {
+      const size_t at = r.text.find(s);
+      if (at != std::string::npos) {
+        r.text.resize(at);
+        stopped = true;
+      }
+    }
+    if (stopped) {
+      r.stop_reason = "stop_string";
+      break;
+    }
+    emit_upto(r.text.size() - held_back(r.text, opts.stop_strings));
+    if (i + 1 == opts.max_new_tokens) break;
+    if (kv.n_tokens() + 1 > n_ctx_) {
+      r.stop_reason = "context";
+      break;
+    }
+    const int32_t one[1] = {tok};
+    model_->forward(one, kv, logits.data());
+    ++r.decode_steps;
+  }
+  r.decode_seconds = seconds_since(t0);
+  if (r.stop_reason != "stop_string") r.text += dec.flush();
+  emit_upto(r.text.size());
+  r.kv_bytes_in_use = kv.bytes_in_use();
+  r.kv_bytes_reserved = kv.bytes_reserved();
+  r.kv_bytes_per_token = kv.bytes_per_token();
+  return r;
+}
+
+}  // namespace flashmem

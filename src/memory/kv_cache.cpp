@@ -1,0 +1,126 @@
+#include "memory/kv_cache.h"
+
+#include <cmath>
+#include <cstring>
+#include <new>
+
+#include "core/dtype.h"
+#include "core/error.h"
+
+namespace flashmem {
+
+PagedKvCache::PagedKvCache(const KvCacheConfig& cfg) : cfg_(cfg) {
+  FM_CHECK(cfg.n_layers > 0 && cfg.n_kv_heads > 0 && cfg.head_dim > 0, ErrorCode::kInvalidArgument,
+           "KV cache needs positive layer, head and head_dim counts");
+  FM_CHECK(cfg.page_tokens >= 1 && cfg.page_tokens <= 4096, ErrorCode::kInvalidArgument,
+           "page_tokens must be in [1, 4096], got ", cfg.page_tokens);
+  FM_CHECK(cfg.max_tokens >= 1, ErrorCode::kInvalidArgument, "KV cache capacity must be ≥ 1 token");
+  const int64_t pages_per_layer = (cfg.max_tokens + cfg.page_tokens - 1) / cfg.page_tokens;
+  const int64_t n_pages = pages_per_layer * cfg.n_layers;
+  const double bytes = static_cast<double>(n_pages) * static_cast<double>(page_bytes());
+  FM_CHECK(bytes < 0.9 * static_cast<double>(SIZE_MAX), ErrorCode::kOutOfMemory, "KV arena too large");
+  try {
+    arena_bytes_ = static_cast<size_t>(n_pages) * page_bytes();
+    arena_.reset(new uint8_t[arena_bytes_]);
+  } catch (const std::bad_alloc&) {
+    FM_FAIL(ErrorCode::kOutOfMemory, "cannot allocate the KV arena of ", bytes / (1 << 20),
+            " MiB for ", cfg.max_tokens, " tokens; lower the context (-c)");
+  }
+  free_pages_.reserve(n_pages);
+  for (int64_t p = n_pages - 1; p >= 0; --p) free_pages_.push_back(p);
+  page_ids_.resize(cfg.n_layers);
+  views_.resize(cfg.n_layers);
+  layer_tokens_.assign(cfg.n_layers, 0);
+}
+
+size_t PagedKvCache::page_bytes() const {
+  return 2 * static_cast<size_t>(cfg_.n_kv_heads) * cfg_.page_tokens * cfg_.head_dim *
+         kv_type_bytes(cfg_.type);
+}
+
+size_t PagedKvCache::bytes_per_token() const {
+  return 2 * static_cast<size_t>(cfg_.n_layers) * cfg_.n_kv_heads * cfg_.head_dim *
+         kv_type_bytes(cfg_.type);
+}
+
+int64_t PagedKvCache::pages_in_use() const {
+  int64_t n = 0;
+  for (const auto& ids : page_ids_) n += static_cast<int64_t>(ids.size());
+  return n;
+}
+
+size_t PagedKvCache::bytes_in_use() const { return static_cast<size_t>(pages_in_use()) * page_bytes(); }
+
+AttentionParams PagedKvCache::attention_params(int n_heads, float scale) const {
+  AttentionParams p;
+  p.n_heads = n_heads;
+  p.n_kv_heads = cfg_.n_kv_heads;
+  p.head_dim = cfg_.head_dim;
+  p.head_stride = static_cast<int64_t>(cfg_.page_tokens) * cfg_.head_dim;
+  p.kv_type = cfg_.type;
+  p.scale = scale;
+  return p;
+}
+
+int64_t PagedKvCache::alloc_page() {
+  FM_ICHECK(!free_pages_.empty(), "KV arena exhausted below its token capacity");
+  const int64_t p = free_pages_.back();
+  free_pages_.pop_back();
+  return p;
+}
+
+void PagedKvCache::append(int layer, int64_t n, const float* k, const float* v) {
+  FM_ICHECK(layer >= 0 && layer < cfg_.n_layers, "layer ", layer, " out of range");
+  int64_t& count = layer_tokens_[layer];
+  FM_CHECK(count + n <= cfg_.max_tokens, ErrorCode::kOutOfRange, "context full: ", count, " + ", n,
+           " tokens exceed the KV capacity of ", cfg_.max_tokens);
+  const int hd = cfg_.head_dim, nh = cfg_.n_kv_heads, pt = cfg_.page_tokens;
+  const size_t esz = kv_type_bytes(cfg_.type);
+  const size_t half = page_bytes() / 2;  // K part, then V part
+  auto& ids = page_ids_[layer];
+  auto& views = views_[layer];
+  for (int64_t t = 0; t < n; ++t, ++count) {
+    const int64_t slot = count % pt;
+    if (slot == 0) {
+      ids.push_back(alloc_page());
+      uint8_t* base = page_ptr(ids.back());
+      views.push_back(KvPageRef{base, base + half, static_cast<int32_t>(count), 0});
+    }
+    uint8_t* base = page_ptr(ids.back());
+    for (int h = 0; h < nh; ++h) {
+      const float* ks = k + (t * nh + h) * hd;
+      const float* vs = v + (t * nh + h) * hd;
+      const size_t at = (static_cast<size_t>(h) * pt + slot) * hd;
+      if (cfg_.type == KvType::kF32) {
+        std::memcpy(base + at * esz, ks, hd * sizeof(float));
+        std::memcpy(base + half + at * esz, vs, hd * sizeof(float));
+      } else {
+        auto* kd = reinterpret_cast<uint16_t*>(base) + at;
+        auto* vd = reinterpret_cast<uint16_t*>(base + half) + at;
+        for (int c = 0; c < hd; ++c) {
+          kd[c] = fp32_to_fp16(ks[c]);
+          vd[c] = fp32_to_fp16(vs[c]);
+        }
+      }
+    }
+    views.back().n_tokens = static_cast<int32_t>(slot + 1);
+  }
+}
+
+void PagedKvCache::truncate(int64_t n) {
+  FM_CHECK(n >= 0, ErrorCode::kInvalidArgument, "cannot truncate to a negative length");
+  for (int l = 0; l < cfg_.n_layers; ++l) {
+    if (layer_tokens_[l] <= n) continue;
+    const int64_t keep_pages = (n + cfg_.page_tokens - 1) / cfg_.page_tokens;
+    auto& ids = page_ids_[l];
+    while (static_cast<int64_t>(ids.size()) > keep_pages) {
+      free_pages_.push_back(ids.back());
+      ids.pop_back();
+    }
+    views_[l].resize(ids.size());
+    if (!ids.empty()) views_[l].back().n_tokens = static_cast<int32_t>(n - (keep_pages - 1) * cfg_.page_tokens);
+    layer_tokens_[l] = n;
+  }
+}
+
+}  // namespace flashmem

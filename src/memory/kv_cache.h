@@ -1,0 +1,74 @@
+// flashmem/memory/kv_cache.h — the paged KV cache.
+//
+// KV is stored in pages of `page_tokens` tokens. A page holds K and V for every KV head of
+// one layer, laid out [kv_head][token][head_dim] so attention reads a head's tokens
+// contiguously. Pages come from one arena sized when the cache is created (no allocation
+// while decoding); the footprint reported is exactly the bytes of that arena that are in use.
+//
+// Models talk to the cache through two calls only: `append` hands over the new tokens' K/V
+// for a layer, and `pages` answers "which keys/values may this layer attend to now".
+// (Tiering between a device reserve and a host mirror builds on this page table.)
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+#include <memory>
+#include <span>
+#include <vector>
+
+#include "ops/backend.h"
+
+namespace flashmem {
+
+struct KvCacheConfig {
+  int n_layers = 0;
+  int n_kv_heads = 0;
+  int head_dim = 0;
+  int page_tokens = 64;   // tokens per page
+  int64_t max_tokens = 0;  // context capacity of this cache
+  KvType type = KvType::kF32;
+};
+
+class PagedKvCache {
+ public:
+  // Throws Error(kInvalidArgument) for a bad configuration and Error(kOutOfMemory) when the
+  // arena cannot be allocated.
+  explicit PagedKvCache(const KvCacheConfig& cfg);
+
+  const KvCacheConfig& config() const { return cfg_; }
+
+  // Writes n tokens of K and V (each [n × n_kv_heads × head_dim] f32) for `layer` at positions
+  // [n_tokens(layer), n_tokens(layer) + n). Throws Error(kOutOfRange) past max_tokens.
+  void append(int layer, int64_t n, const float* k, const float* v);
+
+  // Pages visible to `layer`, in position order (the last one may be partial).
+  std::span<const KvPageRef> pages(int layer) const { return views_[layer]; }
+  AttentionParams attention_params(int n_heads, float scale) const;
+
+  int64_t n_tokens(int layer) const { return layer_tokens_[layer]; }
+  int64_t n_tokens() const { return layer_tokens_.empty() ? 0 : layer_tokens_.back(); }
+
+  // Drops tokens at positions ≥ n in every layer (n = 0 clears the cache).
+  void truncate(int64_t n);
+
+  size_t bytes_per_token() const;     // K+V bytes of one token over all layers
+  size_t page_bytes() const;          // bytes of one page (K+V, one layer)
+  size_t bytes_in_use() const;        // pages currently holding tokens × page_bytes
+  size_t bytes_reserved() const { return arena_bytes_; }  // the arena
+  int64_t pages_in_use() const;
+
+ private:
+  uint8_t* page_ptr(int64_t page) { return arena_.get() + static_cast<size_t>(page) * page_bytes(); }
+  int64_t alloc_page();
+
+  KvCacheConfig cfg_;
+  // Not zero-filled: the OS maps arena pages on first write, so untouched capacity costs no RAM.
+  std::unique_ptr<uint8_t[]> arena_;
+  size_t arena_bytes_ = 0;
+  std::vector<int64_t> free_pages_;
+  std::vector<std::vector<int64_t>> page_ids_;   // per layer, in position order
+  std::vector<std::vector<KvPageRef>> views_;    // per layer, mirrors page_ids_
+  std::vector<int64_t> layer_tokens_;
+};
+
+}  // namespace flashmem

@@ -1,0 +1,61 @@
+// flashmem/models/model.h — the architecture-independent model interface.
+//
+// A model turns tokens into logits. It reads weights from a GGUF file it does not own, runs
+// its graph on a Backend, and stores and reads KV only through the memory layer
+// (PagedKvCache::append / pages); it never manages memory tiers itself.
+#pragma once
+
+#include <cstdint>
+#include <memory>
+#include <span>
+#include <string>
+#include <vector>
+
+#include "memory/kv_cache.h"
+#include "ops/backend.h"
+
+namespace flashmem {
+
+class GgufFile;
+
+struct ModelInfo {
+  std::string architecture;  // general.architecture, e.g. "llama"
+  std::string name;          // general.name
+  int n_layers = 0;          // transformer blocks, e.g. 30
+  int d_model = 0;           // residual width, e.g. 576
+  int n_ff = 0;              // MLP hidden width, e.g. 1536
+  int n_heads = 0;           // query heads, e.g. 9
+  int n_kv_heads = 0;        // key/value heads (GQA), e.g. 3
+  int head_dim = 0;          // per-head width, e.g. 64
+  int n_vocab = 0;           // logits per position, e.g. 49152
+  int64_t n_ctx_train = 0;   // context length the model was trained for, e.g. 8192
+  float rms_eps = 1e-5f;     // RMSNorm epsilon
+  RopeParams rope;           // rotary embedding parameters
+  bool tied_embeddings = false;  // output projection reuses token_embd
+
+  // K+V bytes per token over all layers at the given KV precision.
+  size_t kv_bytes_per_token(KvType t) const {
+    return 2 * static_cast<size_t>(n_layers) * n_kv_heads * head_dim * kv_type_bytes(t);
+  }
+};
+
+class Model {
+ public:
+  virtual ~Model() = default;
+  virtual const ModelInfo& info() const = 0;
+
+  // Runs tokens at positions kv.n_tokens() … + n − 1, appending their KV to the cache.
+  // Writes the logits of the last token into logits_last (n_vocab floats); when all_logits is
+  // given, writes every position's logits there (n × n_vocab).
+  virtual void forward(std::span<const int32_t> tokens, PagedKvCache& kv, float* logits_last,
+                       float* all_logits = nullptr) = 0;
+};
+
+// Builds the model for the file's architecture on `backend`. The file and backend must outlive
+// the model. Throws Error(kUnsupported) for unknown architectures and Error(kFormat) for
+// missing or mis-shaped tensors and hyper-parameters.
+std::unique_ptr<Model> load_model(const GgufFile& file, Backend& backend);
+// Architectures load_model accepts.
+std::vector<std::string> supported_architectures();
+
+}  // namespace flashmem

@@ -1,0 +1,83 @@
+// flashmem/ops/backend.h — the compute interface the models are written against.
+//
+// The backend is chosen once (CPU now, CUDA later) and the model graph calls these ops;
+// every backend must match the CPU one, which is the reference. Activations are f32,
+// row-major, [m tokens × n features]. Weights stay in their file type (GGUF quant blocks)
+// and are dequantised on the fly.
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+#include <span>
+#include <string>
+
+#include "core/quant.h"
+
+namespace flashmem {
+
+// A 2-D weight in its stored type: `rows` output features, each a row of `cols` inputs.
+struct WeightMatrix {
+  GgmlType type = GgmlType::F32;
+  int64_t rows = 0;
+  int64_t cols = 0;
+  size_t row_bytes = 0;
+  const uint8_t* data = nullptr;
+  std::string name;  // for error messages
+};
+
+enum class KvType { kF32, kF16 };
+const char* kv_type_name(KvType t);
+size_t kv_type_bytes(KvType t);
+
+// One page of KV as the attention op sees it. K and V are laid out [kv_head][token][head_dim]
+// with `head_stride` elements between heads; tokens of a page hold consecutive positions
+// starting at pos0. A layer's pages are given in increasing position order.
+struct KvPageRef {
+  const void* k = nullptr;
+  const void* v = nullptr;
+  int32_t pos0 = 0;
+  int32_t n_tokens = 0;
+};
+
+struct AttentionParams {
+  int n_heads = 0;       // query heads
+  int n_kv_heads = 0;    // key/value heads (GQA: n_heads % n_kv_heads == 0)
+  int head_dim = 0;
+  int64_t head_stride = 0;  // elements between kv heads inside a page
+  KvType kv_type = KvType::kF32;
+  float scale = 0.0f;       // usually 1/sqrt(head_dim)
+};
+
+struct RopeParams {
+  int n_rot = 0;            // rotated dims per head (≤ head_dim)
+  float freq_base = 10000.0f;
+  float freq_scale = 1.0f;  // linear position scaling (1 = none)
+  bool neox = false;        // false: rotate adjacent pairs (GGUF llama); true: halves (NeoX)
+};
+
+class Backend {
+ public:
+  virtual ~Backend() = default;
+  virtual const char* name() const = 0;
+
+  // y[m × w.rows] = x[m × w.cols] · wᵀ
+  virtual void matmul(const WeightMatrix& w, const float* x, int64_t m, float* y) = 0;
+  // out[i] = row ids[i] of the embedding table w (dequantised)
+  virtual void get_rows(const WeightMatrix& w, const int32_t* ids, int64_t m, float* out) = 0;
+  // y = x / rms(x) * weight, per row of n
+  virtual void rms_norm(const float* x, const float* weight, int64_t m, int64_t n, float eps,
+                        float* y) = 0;
+  // In-place rotary embedding of x[m × n_heads × head_dim] at positions pos[m].
+  virtual void rope(float* x, int64_t m, int n_heads, int head_dim, const int32_t* pos,
+                    const RopeParams& p) = 0;
+  // out = silu(gate) * up, n = m × features
+  virtual void swiglu(const float* gate, const float* up, int64_t n, float* out) = 0;
+  // x += y
+  virtual void add(float* x, const float* y, int64_t n) = 0;
+  // Causal attention of q[m × n_heads × head_dim] (query i at position pos[i]) over the given
+  // pages; keys at positions > pos[i] are ignored. out has the shape of q.
+  virtual void attention(const AttentionParams& p, const float* q, const int32_t* pos,
+                         int64_t m, std::span<const KvPageRef> pages, float* out) = 0;
+};
+
+}  // namespace flashmem

@@ -1,0 +1,38 @@
+// flashmem/ops/cpu/attention.h — causal GQA attention over paged KV on the CPU.
+//
+// Two schedules with the same math:
+//  * decode (few queries): pages are split into ranges; each (kv head, range) task keeps an
+//    online-softmax state per query head, and the partial states are merged (AttnState::merge).
+//    This split-and-merge is also how attention over several memory tiers combines.
+//  * prefill (many queries): a kv head's pages are gathered into contiguous f32 K/V, and
+//    blocks of queries are processed with two sgemms and a masked softmax.
+#pragma once
+
+#include <cstdint>
+#include <span>
+
+#include "ops/backend.h"
+
+namespace flashmem {
+class ThreadPool;
+namespace cpu {
+
+// Partial attention result over a subset of keys for one query head:
+// m = max score seen, l = Σ exp(s − m), o = Σ exp(s − m)·v (unnormalised).
+struct AttnState {
+  float m;
+  float l;
+  float* o;  // head_dim values, owned by the caller
+  // Folds `other` into this state.
+  void merge(const AttnState& other, int head_dim);
+};
+
+void attention(ThreadPool& pool, const AttentionParams& p, const float* q, const int32_t* pos,
+               int64_t m, std::span<const KvPageRef> pages, float* out);
+
+// Plain reference: per query and head, scores over every visible key in double precision.
+void attention_ref(const AttentionParams& p, const float* q, const int32_t* pos, int64_t m,
+                   std::span<const KvPageRef> pages, float* out);
+
+}  // namespace cpu
+}  // namespace flashmem

@@ -1,0 +1,63 @@
+#include "ops/cpu/cpu_backend.h"
+
+#include "core/error.h"
+#include "ops/cpu/attention.h"
+#include "ops/cpu/elementwise.h"
+#include "ops/cpu/matmul.h"
+
+#ifdef FLASHMEM_HAVE_BLAS
+// OpenBLAS would otherwise start its own threads inside ours; declared weak so that another
+// BLAS without this symbol still links.
+extern "C" void openblas_set_num_threads(int) __attribute__((weak));
+#endif
+
+namespace flashmem {
+
+CpuBackend::CpuBackend(int n_threads) : pool_(n_threads) {
+#ifdef FLASHMEM_HAVE_BLAS
+  if (openblas_set_num_threads) openblas_set_num_threads(1);
+#endif
+}
+
+void CpuBackend::matmul(const WeightMatrix& w, const float* x, int64_t m, float* y) {
+  cpu::matmul(pool_, w, x, m, y);
+}
+
+void CpuBackend::get_rows(const WeightMatrix& w, const int32_t* ids, int64_t m, float* out) {
+  for (int64_t i = 0; i < m; ++i) {
+    FM_CHECK(ids[i] >= 0 && ids[i] < w.rows, ErrorCode::kInvalidArgument, "token id ", ids[i],
+             " is outside the vocabulary [0, ", w.rows, ")");
+    dequantize_row(w.type, w.data + ids[i] * w.row_bytes, out + i * w.cols,
+                   static_cast<uint64_t>(w.cols));
+  }
+}
+
+void CpuBackend::rms_norm(const float* x, const float* weight, int64_t m, int64_t n, float eps,
+                          float* y) {
+  pool_.parallel_for(m, 16, [&](int64_t b, int64_t e, int) {
+    for (int64_t i = b; i < e; ++i) cpu::rms_norm(x + i * n, weight, n, eps, y + i * n);
+  });
+}
+
+void CpuBackend::rope(float* x, int64_t m, int n_heads, int head_dim, const int32_t* pos,
+                      const RopeParams& p) {
+  pool_.parallel_for(m, 16, [&](int64_t b, int64_t e, int) {
+    for (int64_t i = b; i < e; ++i)
+      cpu::rope(x + i * n_heads * head_dim, n_heads, head_dim, pos[i], p);
+  });
+}
+
+void CpuBackend::swiglu(const float* gate, const float* up, int64_t n, float* out) {
+  pool_.parallel_for(n, 4096, [&](int64_t b, int64_t e, int) {
+    cpu::swiglu(gate + b, up + b, e - b, out + b);
+  });
+}
+
+void CpuBackend::add(float* x, const float* y, int64_t n) { cpu::add(x, y, n); }
+
+void CpuBackend::attention(const AttentionParams& p, const float* q, const int32_t* pos,
+                           int64_t m, std::span<const KvPageRef> pages, float* out) {
+  cpu::attention(pool_, p, q, pos, m, pages, out);
+}
+
+}  // namespace flashmem

@@ -1,0 +1,32 @@
+// flashmem/ops/cpu/cpu_backend.h — the CPU implementation of Backend (the reference backend).
+#pragma once
+
+#include <memory>
+
+#include "core/thread_pool.h"
+#include "ops/backend.h"
+
+namespace flashmem {
+
+class CpuBackend final : public Backend {
+ public:
+  explicit CpuBackend(int n_threads = ThreadPool::default_threads());
+  const char* name() const override { return "cpu"; }
+  ThreadPool& pool() { return pool_; }
+
+  void matmul(const WeightMatrix& w, const float* x, int64_t m, float* y) override;
+  void get_rows(const WeightMatrix& w, const int32_t* ids, int64_t m, float* out) override;
+  void rms_norm(const float* x, const float* weight, int64_t m, int64_t n, float eps,
+                float* y) override;
+  void rope(float* x, int64_t m, int n_heads, int head_dim, const int32_t* pos,
+            const RopeParams& p) override;
+  void swiglu(const float* gate, const float* up, int64_t n, float* out) override;
+  void add(float* x, const float* y, int64_t n) override;
+  void attention(const AttentionParams& p, const float* q, const int32_t* pos, int64_t m,
+                 std::span<const KvPageRef> pages, float* out) override;
+
+ private:
+  ThreadPool pool_;
+};
+
+}  // namespace flashmem

@@ -1,0 +1,60 @@
+#include "ops/cpu/elementwise.h"
+
+#include <algorithm>
+#include <cmath>
+
+namespace flashmem::cpu {
+
+void rms_norm(const float* x, const float* weight, int64_t n, float eps, float* y) {
+  // Sum of squares in double: the row is short and this keeps the norm exact to f32 rounding.
+  double ss = 0.0;
+  for (int64_t i = 0; i < n; ++i) ss += static_cast<double>(x[i]) * x[i];
+  const float inv = static_cast<float>(1.0 / std::sqrt(ss / static_cast<double>(n) + eps));
+  for (int64_t i = 0; i < n; ++i) y[i] = x[i] * inv * weight[i];
+}
+
+void rope(float* x, int n_heads, int head_dim, int32_t pos, const RopeParams& p) {
+  const int half = p.n_rot / 2;
+  const double position = static_cast<double>(pos) * p.freq_scale;
+  for (int i = 0; i < half; ++i) {
+    // theta_i = pos · base^(−2i / n_rot); computed in double so long positions keep precision.
+    const double theta = position * std::pow(static_cast<double>(p.freq_base),
+                                             -2.0 * i / static_cast<double>(p.n_rot));
+    const float c = static_cast<float>(std::cos(theta));
+    const float s = static_cast<float>(std::sin(theta));
+    for (int h = 0; h < n_heads; ++h) {
+      float* v = x + static_cast<int64_t>(h) * head_dim;
+      const int i0 = p.neox ? i : 2 * i;
+      const int i1 = p.neox ? i + half : 2 * i + 1;
+      const float a = v[i0], b = v[i1];
+      v[i0] = a * c - b * s;
+      v[i1] = a * s + b * c;
+    }
+  }
+}
+
+void swiglu(const float* gate, const float* up, int64_t n, float* out) {
+  for (int64_t i = 0; i < n; ++i) {
+    const float g = gate[i];
+    out[i] = g / (1.0f + std::exp(-g)) * up[i];
+  }
+}
+
+void add(float* x, const float* y, int64_t n) {
+  for (int64_t i = 0; i < n; ++i) x[i] += y[i];
+}
+
+float softmax(float* x, int64_t n) {
+  float mx = -INFINITY;
+  for (int64_t i = 0; i < n; ++i) mx = std::max(mx, x[i]);
+  double sum = 0.0;
+  for (int64_t i = 0; i < n; ++i) {
+    x[i] = std::exp(x[i] - mx);
+    sum += x[i];
+  }
+  const float inv = static_cast<float>(1.0 / sum);
+  for (int64_t i = 0; i < n; ++i) x[i] *= inv;
+  return mx;
+}
+
+}  // namespace flashmem::cpu

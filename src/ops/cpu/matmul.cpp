@@ -1,0 +1,202 @@
+#include "ops/cpu/matmul.h"
+
+#include <algorithm>
+#include <cstring>
+#include <vector>
+
+#include "core/dtype.h"
+#include "core/error.h"
+#include "core/thread_pool.h"
+
+#include "core/simd.h"
+#ifdef FLASHMEM_HAVE_BLAS
+#include <cblas.h>
+#endif
+
+namespace flashmem::cpu {
+
+namespace {
+
+float dot_f32(const float* a, const float* b, int64_t n) {
+#if defined(__AVX512F__)
+  __m512 acc0 = _mm512_setzero_ps(), acc1 = _mm512_setzero_ps();
+  int64_t i = 0;
+  for (; i + 32 <= n; i += 32) {
+    acc0 = _mm512_fmadd_ps(_mm512_loadu_ps(a + i), _mm512_loadu_ps(b + i), acc0);
+    acc1 = _mm512_fmadd_ps(_mm512_loadu_ps(a + i + 16), _mm512_loadu_ps(b + i + 16), acc1);
+  }
+  for (; i + 16 <= n; i += 16)
+    acc0 = _mm512_fmadd_ps(_mm512_loadu_ps(a + i), _mm512_loadu_ps(b + i), acc0);
+  float s = _mm512_reduce_add_ps(_mm512_add_ps(acc0, acc1));
+  for (; i < n; ++i) s += a[i] * b[i];
+  return s;
+#else
+  float s = 0.0f;
+  for (int64_t i = 0; i < n; ++i) s += a[i] * b[i];
+  return s;
+#endif
+}
+
+#if defined(__AVX512F__)
+// Σ over blocks of d·(q·x) + m·Σx for Q4_1: nibble j → element j, high nibble → j + 16.
+float dot_q4_1_avx512(const BlockQ4_1* w, const float* x, int64_t nb) {
+  __m512 acc = _mm512_setzero_ps();
+  float macc = 0.0f;
+  const __m512i mask = _mm512_set1_epi32(0xF);
+  for (int64_t b = 0; b < nb; ++b) {
+    const __m512i raw = _mm512_cvtepu8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(w[b].qs)));
+    const __m512 lo = _mm512_cvtepi32_ps(_mm512_and_si512(raw, mask));
+    const __m512 hi = _mm512_cvtepi32_ps(_mm512_srli_epi32(raw, 4));
+    const __m512 x0 = _mm512_loadu_ps(x + b * 32);
+    const __m512 x1 = _mm512_loadu_ps(x + b * 32 + 16);
+    const __m512 blk = _mm512_fmadd_ps(hi, x1, _mm512_mul_ps(lo, x0));
+    acc = _mm512_fmadd_ps(_mm512_set1_ps(fp16_to_fp32(w[b].d)), blk, acc);
+    macc += fp16_to_fp32(w[b].m) * _mm512_reduce_add_ps(_mm512_add_ps(x0, x1));
+  }
+  return _mm512_reduce_add_ps(acc) + macc;
+}
+
+float dot_q8_0_avx512(const BlockQ8_0* w, const float* x, int64_t nb) {
+  __m512 acc = _mm512_setzero_ps();
+  for (int64_t b = 0; b < nb; ++b) {
+    const __m512 q0 = _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(w[b].qs))));
+    const __m512 q1 = _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(w[b].qs + 16))));
+    const __m512 blk = _mm512_fmadd_ps(q1, _mm512_loadu_ps(x + b * 32 + 16),
+                                       _mm512_mul_ps(q0, _mm512_loadu_ps(x + b * 32)));
+    acc = _mm512_fmadd_ps(_mm512_set1_ps(fp16_to_fp32(w[b].d)), blk, acc);
+  }
+  return _mm512_reduce_add_ps(acc);
+}
+
+float dot_q4_0_avx512(const BlockQ4_0* w, const float* x, int64_t nb) {
+  __m512 acc = _mm512_setzero_ps();
+  const __m512i mask = _mm512_set1_epi32(0xF);
+  const __m512i eight = _mm512_set1_epi32(8);
+  for (int64_t b = 0; b < nb; ++b) {
+    const __m512i raw = _mm512_cvtepu8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(w[b].qs)));
+    const __m512 lo = _mm512_cvtepi32_ps(_mm512_sub_epi32(_mm512_and_si512(raw, mask), eight));
+    const __m512 hi = _mm512_cvtepi32_ps(_mm512_sub_epi32(_mm512_srli_epi32(raw, 4), eight));
+    const __m512 blk = _mm512_fmadd_ps(hi, _mm512_loadu_ps(x + b * 32 + 16),
+                                       _mm512_mul_ps(lo, _mm512_loadu_ps(x + b * 32)));
+    acc = _mm512_fmadd_ps(_mm512_set1_ps(fp16_to_fp32(w[b].d)), blk, acc);
+  }
+  return _mm512_reduce_add_ps(acc);
+}
+#endif
+
+// Per-thread scratch for a dequantised row or tile; grows, never shrinks.
+thread_local std::vector<float> t_scratch;
+float* scratch(size_t n) {
+  if (t_scratch.size() < n) t_scratch.resize(n);
+  return t_scratch.data();
+}
+
+}  // namespace
+
+float dot_row_ref(GgmlType type, const uint8_t* row, const float* x, int64_t cols) {
+  std::vector<float> tmp(static_cast<size_t>(cols));
+  dequantize_row_ref(type, row, tmp.data(), static_cast<uint64_t>(cols));
+  double s = 0.0;
+  for (int64_t i = 0; i < cols; ++i) s += static_cast<double>(tmp[i]) * x[i];
+  return static_cast<float>(s);
+}
+
+float dot_row(GgmlType type, const uint8_t* row, const float* x, int64_t cols) {
+#if defined(__AVX512F__)
+  switch (type) {
+    case GgmlType::Q4_1: return dot_q4_1_avx512(reinterpret_cast<const BlockQ4_1*>(row), x, cols / 32);
+    case GgmlType::Q8_0: return dot_q8_0_avx512(reinterpret_cast<const BlockQ8_0*>(row), x, cols / 32);
+    case GgmlType::Q4_0: return dot_q4_0_avx512(reinterpret_cast<const BlockQ4_0*>(row), x, cols / 32);
+    case GgmlType::F32: return dot_f32(reinterpret_cast<const float*>(row), x, cols);
+    default: break;
+  }
+#endif
+  if (type == GgmlType::F32) return dot_f32(reinterpret_cast<const float*>(row), x, cols);
+  float* tmp = scratch(static_cast<size_t>(cols));
+  dequantize_row(type, row, tmp, static_cast<uint64_t>(cols));
+  return dot_f32(tmp, x, cols);
+}
+
+bool have_blas() {
+#ifdef FLASHMEM_HAVE_BLAS
+  return true;
+#else
+  return false;
+#endif
+}
+
+void sgemm_nt(int64_t m, int64_t n, int64_t k, float alpha, const float* a, int64_t lda,
+              const float* b, int64_t ldb, float beta, float* c, int64_t ldc) {
+#ifdef FLASHMEM_HAVE_BLAS
+  cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, static_cast<int>(m), static_cast<int>(n),
+              static_cast<int>(k), alpha, a, static_cast<int>(lda), b, static_cast<int>(ldb), beta,
+              c, static_cast<int>(ldc));
+#else
+  for (int64_t i = 0; i < m; ++i)
+    for (int64_t j = 0; j < n; ++j) {
+      const float d = alpha * dot_f32(a + i * lda, b + j * ldb, k);
+      c[i * ldc + j] = beta == 0.0f ? d : d + beta * c[i * ldc + j];
+    }
+#endif
+}
+
+void sgemm_nn(int64_t m, int64_t n, int64_t k, const float* a, int64_t lda, const float* b,
+              int64_t ldb, float beta, float* c, int64_t ldc) {
+#ifdef FLASHMEM_HAVE_BLAS
+  cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, static_cast<int>(m), static_cast<int>(n),
+              static_cast<int>(k), 1.0f, a, static_cast<int>(lda), b, static_cast<int>(ldb), beta, c,
+              static_cast<int>(ldc));
+#else
+  for (int64_t i = 0; i < m; ++i) {
+    float* ci = c + i * ldc;
+    if (beta == 0.0f) std::fill(ci, ci + n, 0.0f);
+    else for (int64_t j = 0; j < n; ++j) ci[j] *= beta;
+    for (int64_t l = 0; l < k; ++l) {
+      const float av = a[i * lda + l];
+      const float* bl = b + l * ldb;
+      for (int64_t j = 0; j < n; ++j) ci[j] += av * bl[j];
+    }
+  }
+#endif
+}
+
+void matmul_ref(const WeightMatrix& w, const float* x, int64_t m, float* y) {
+  std::vector<float> row(static_cast<size_t>(w.cols));
+  for (int64_t r = 0; r < w.rows; ++r) {
+    dequantize_row_ref(w.type, w.data + r * w.row_bytes, row.data(), static_cast<uint64_t>(w.cols));
+    for (int64_t i = 0; i < m; ++i) {
+      float s = 0.0f;
+      for (int64_t c = 0; c < w.cols; ++c) s += row[c] * x[i * w.cols + c];
+      y[i * w.rows + r] = s;
+    }
+  }
+}
+
+void matmul(ThreadPool& pool, const WeightMatrix& w, const float* x, int64_t m, float* y) {
+  FM_ICHECK(w.data != nullptr && w.cols > 0, "matmul on an empty weight ", w.name);
+  const int64_t cols = w.cols;
+  if (m <= 2) {
+    // Decode: fused dequant-dot per row; rows split evenly over threads.
+    pool.parallel_for(w.rows, 64, [&](int64_t r0, int64_t r1, int) {
+      for (int64_t r = r0; r < r1; ++r) {
+        const uint8_t* row = w.data + r * w.row_bytes;
+        for (int64_t i = 0; i < m; ++i) y[i * w.rows + r] = dot_row(w.type, row, x + i * cols, cols);
+      }
+    });
+    return;
+  }
+  // Prefill: dequantise a tile of rows once, multiply it with all m activations.
+  constexpr int64_t kTileRows = 64;
+  const int64_t n_tiles = (w.rows + kTileRows - 1) / kTileRows;
+  pool.run(n_tiles, [&](int64_t t, int) {
+    const int64_t r0 = t * kTileRows;
+    const int64_t nr = std::min(kTileRows, w.rows - r0);
+    float* tile = scratch(static_cast<size_t>(nr * cols));
+    for (int64_t r = 0; r < nr; ++r)
+      dequantize_row(w.type, w.data + (r0 + r) * w.row_bytes, tile + r * cols,
+                     static_cast<uint64_t>(cols));
+    sgemm_nt(m, nr, cols, 1.0f, x, cols, tile, cols, 0.0f, y + r0, w.rows);
+  });
+}
+
+}  // namespace flashmem::cpu

@@ -1,0 +1,37 @@
+// flashmem/ops/cpu/matmul.h — CPU matrix products over quantised weights.
+//
+// Decode (m small): fused dot products that dequantise a weight row on the fly against f32
+// activations (no activation quantisation, so results stay close to float64 math).
+// Prefill (m large): weight rows are dequantised in tiles and multiplied with sgemm
+// (OpenBLAS when built with it, else flashmem's tiled loop).
+#pragma once
+
+#include <cstdint>
+
+#include "ops/backend.h"
+
+namespace flashmem {
+class ThreadPool;
+namespace cpu {
+
+// Dot product of one stored weight row (cols values) with x. Plain reference and fast path.
+float dot_row_ref(GgmlType type, const uint8_t* row, const float* x, int64_t cols);
+float dot_row(GgmlType type, const uint8_t* row, const float* x, int64_t cols);
+
+// y[m × w.rows] = x[m × w.cols] · wᵀ, parallel over output rows.
+void matmul(ThreadPool& pool, const WeightMatrix& w, const float* x, int64_t m, float* y);
+// Plain single-threaded reference of the same product (dequantise, then double-free f32 loops).
+void matmul_ref(const WeightMatrix& w, const float* x, int64_t m, float* y);
+
+// f32 C[m × n] = alpha · A[m × k] · B[n × k]ᵀ (+ beta · C), leading dims given. Uses BLAS
+// when available.
+void sgemm_nt(int64_t m, int64_t n, int64_t k, float alpha, const float* a, int64_t lda,
+              const float* b, int64_t ldb, float beta, float* c, int64_t ldc);
+// f32 C[m × n] = A[m × k] · B[k × n] (+ beta · C).
+void sgemm_nn(int64_t m, int64_t n, int64_t k, const float* a, int64_t lda, const float* b,
+              int64_t ldb, float beta, float* c, int64_t ldc);
+
+bool have_blas();
+
+}  // namespace cpu
+}  // namespace flashmem

@@ -1,0 +1,170 @@
+// The default model (SmolLM2-135M-Instruct Q4_1) end to end against independent references
+// kept in tests/fixtures/logits (see tests/fixtures/README.md for how they were made):
+//  * last-position logits of three ≥ 500-token prompts vs a float64 numpy forward pass over
+//    the same dequantised weights (relative L2 ≤ 1e-3 with f32 KV);
+//  * the same logits vs llama.cpp (which quantises activations: ≤ 5e-2);
+//  * batched prefill vs token-by-token decode, and page-size independence.
+#include <gtest/gtest.h>
+
+#include <fstream>
+#include <nlohmann/json.hpp>
+
+#include "core/error.h"
+#include "engine/engine.h"
+#include "test_util.h"
+
+namespace flashmem {
+namespace {
+
+struct Fixture {
+  std::string name;
+  std::vector<int32_t> tokens;
+  std::vector<float> f64_logits;
+  std::vector<float> llamacpp_logits;
+  std::vector<int32_t> f64_greedy;
+  std::vector<int32_t> llamacpp_greedy;
+};
+
+std::vector<float> read_f32(const std::string& path, size_t n) {
+  std::ifstream in(path, std::ios::binary);
+  EXPECT_TRUE(in.good()) << "missing fixture " << path;
+  std::vector<float> v(n);
+  in.read(reinterpret_cast<char*>(v.data()), static_cast<std::streamsize>(n * sizeof(float)));
+  EXPECT_EQ(static_cast<size_t>(in.gcount()), n * sizeof(float)) << path << " is truncated";
+  return v;
+}
+
+Fixture load_fixture(const std::string& name) {
+  const std::string dir = std::string(FLASHMEM_FIXTURES_DIR) + "/logits/";
+  std::ifstream in(dir + name + ".json");
+  EXPECT_TRUE(in.good()) << "missing fixture " << dir << name << ".json";
+  const auto j = nlohmann::json::parse(in);
+  Fixture f;
+  f.name = name;
+  f.tokens = j.at("tokens").get<std::vector<int32_t>>();
+  const size_t n_vocab = j.at("n_vocab").get<size_t>();
+  f.f64_logits = read_f32(dir + name + ".f64.bin", n_vocab);
+  f.llamacpp_logits = read_f32(dir + name + ".llamacpp.bin", n_vocab);
+  f.f64_greedy = j.at("f64_greedy64").get<std::vector<int32_t>>();
+  f.llamacpp_greedy = j.at("llamacpp_greedy64").get<std::vector<int32_t>>();
+  return f;
+}
+
+Engine& engine(KvType kv) {
+  static std::unique_ptr<Engine> e32, e16;
+  auto& e = kv == KvType::kF32 ? e32 : e16;
+  if (!e) {
+    EngineOptions o;
+    o.model_path = test::require_default_model();
+    o.kv_type = kv;
+    o.n_ctx = 2048;
+    e = Engine::load(o);
+  }
+  return *e;
+}
+
+std::vector<float> last_logits(Engine& eng, const std::vector<int32_t>& tokens, int page_tokens = 64) {
+  KvCacheConfig c;
+  c.n_layers = eng.info().n_layers;
+  c.n_kv_heads = eng.info().n_kv_heads;
+  c.head_dim = eng.info().head_dim;
+  c.page_tokens = page_tokens;
+  c.max_tokens = eng.n_ctx();
+  c.type = eng.kv_type();
+  PagedKvCache kv(c);
+  std::vector<float> logits(eng.info().n_vocab);
+  eng.model().forward(tokens, kv, logits.data());
+  return logits;
+}
+
+class PromptFixtures : public ::testing::TestWithParam<std::string> {};
+
+TEST_P(PromptFixtures, LogitsMatchFloat64ReferenceWithF32Kv) {
+  const Fixture f = load_fixture(GetParam());
+  ASSERT_GE(f.tokens.size(), 500u);
+  const auto logits = last_logits(engine(KvType::kF32), f.tokens);
+  ASSERT_TRUE(test::all_finite(logits.data(), logits.size()));
+  const double err = test::rel_l2(logits.data(), f.f64_logits.data(), logits.size());
+  RecordProperty("rel_l2_f64_kvf32", std::to_string(err));
+  std::printf("[ %s ] rel L2 vs float64 (f32 KV): %.3e\n", f.name.c_str(), err);
+  EXPECT_LE(err, 1e-3);
+}
+
+TEST_P(PromptFixtures, LogitsCloseToFloat64ReferenceWithF16Kv) {
+  const Fixture f = load_fixture(GetParam());
+  const auto logits = last_logits(engine(KvType::kF16), f.tokens);
+  ASSERT_TRUE(test::all_finite(logits.data(), logits.size()));
+  const double err = test::rel_l2(logits.data(), f.f64_logits.data(), logits.size());
+  std::printf("[ %s ] rel L2 vs float64 (f16 KV): %.3e\n", f.name.c_str(), err);
+  EXPECT_LE(err, 5e-3);  // f16 storage of K/V rounds each value by ≤ 2^-11 relative
+}
+
+TEST_P(PromptFixtures, LogitsCloseToLlamaCpp) {
+  const Fixture f = load_fixture(GetParam());
+  const auto logits = last_logits(engine(KvType::kF16), f.tokens);
+  const double err = test::rel_l2(logits.data(), f.llamacpp_logits.data(), logits.size());
+  std::printf("[ %s ] rel L2 vs llama.cpp (f16 KV): %.3e\n", f.name.c_str(), err);
+  EXPECT_LE(err, 5e-2);
+}
+
+INSTANTIATE_TEST_SUITE_P(DefaultModel, PromptFixtures, ::testing::Values("prose", "code", "chat"));
+
+TEST(DefaultModel, PrefillEqualsTokenByTokenDecode) {
+  Engine& eng = engine(KvType::kF32);
+  const Fixture f = load_fixture("chat");
+  const std::vector<int32_t> toks(f.tokens.begin(), f.tokens.begin() + 150);
+  const auto batched = last_logits(eng, toks);
+  PagedKvCache kv = eng.new_cache();
+  std::vector<float> step(eng.info().n_vocab);
+  for (int32_t t : toks) eng.model().forward(std::span<const int32_t>(&t, 1), kv, step.data());
+  ASSERT_TRUE(test::all_finite(step.data(), step.size()));
+  EXPECT_LT(test::rel_l2(step.data(), batched.data(), step.size()), 1e-5);
+  EXPECT_EQ(argmax(step.data(), eng.info().n_vocab), argmax(batched.data(), eng.info().n_vocab));
+}
+
+TEST(DefaultModel, PageSizeDoesNotChangeTheResult) {
+  Engine& eng = engine(KvType::kF32);
+  const Fixture f = load_fixture("code");
+  const auto a = last_logits(eng, f.tokens, 64);
+  const auto b = last_logits(eng, f.tokens, 16);
+  const auto c = last_logits(eng, f.tokens, 1);
+  EXPECT_LT(test::rel_l2(b.data(), a.data(), a.size()), 1e-5);
+  EXPECT_LT(test::rel_l2(c.data(), a.data(), a.size()), 1e-5);
+}
+
+TEST(DefaultModel, RejectsPromptsLongerThanTheContext) {
+  EngineOptions o;
+  o.model_path = test::require_default_model();
+  o.n_ctx = 64;
+  auto eng = Engine::load(o);
+  std::vector<int32_t> prompt(64, 42);
+  try {
+    eng->generate(prompt, GenerateOptions{});
+    FAIL() << "a prompt that fills the context must be refused";
+  } catch (const Error& e) {
+    EXPECT_EQ(e.code(), ErrorCode::kOutOfRange);
+    EXPECT_NE(std::string(e.what()).find("64 tokens"), std::string::npos) << e.what();
+  }
+  o.n_ctx = 1 << 20;
+  EXPECT_THROW(Engine::load(o), Error);  // beyond the trained context
+}
+
+TEST(DefaultModel, ChatGenerationIsDeterministicAndStopsAtEndOfTurn) {
+  Engine& eng = engine(KvType::kF16);
+  const std::string text = eng.chat().render({{"user", "What is the capital of France?"}}, true);
+  const auto prompt = eng.tokenizer().encode(text, true, true);
+  GenerateOptions go;
+  go.max_new_tokens = 48;
+  go.stop_strings = eng.chat().stop_strings();
+  std::string streamed;
+  const GenerateResult a = eng.generate(prompt, go, [&](std::string_view s) { streamed += s; });
+  const GenerateResult b = eng.generate(prompt, go);
+  EXPECT_EQ(a.tokens, b.tokens);
+  EXPECT_EQ(streamed, a.text);
+  EXPECT_NE(a.text.find("Paris"), std::string::npos) << a.text;
+  EXPECT_TRUE(a.stop_reason == "eos" || a.stop_reason == "stop_string") << a.stop_reason;
+  EXPECT_EQ(a.text.find("<|im_end|>"), std::string::npos);
+}
+
+}  // namespace
+}  // namespace flashmem

@@ -1,0 +1,106 @@
+// The flashmem CLI: bad flags and bad values give a usage message and exit code 2; bad model
+// files give a clear error and exit code 1; `info` describes the default model.
+#include <gtest/gtest.h>
+
+#include <sys/wait.h>
+
+#include <cstdio>
+#include <filesystem>
+#include <fstream>
+#include <string>
+
+#include "test_util.h"
+
+namespace flashmem {
+namespace {
+
+struct CmdResult {
+  int code;
+  std::string out;  // stdout and stderr together
+};
+
+CmdResult run_cli(const std::string& args) {
+  const std::string cmd = std::string(FLASHMEM_CLI_PATH) + " " + args + " 2>&1";
+  FILE* p = popen(cmd.c_str(), "r");
+  if (!p) return {-1, "popen failed"};
+  std::string out;
+  char buf[4096];
+  size_t n;
+  while ((n = fread(buf, 1, sizeof buf, p)) > 0) out.append(buf, n);
+  const int status = pclose(p);
+  return {WIFEXITED(status) ? WEXITSTATUS(status) : -1, out};
+}
+
+std::string temp_file(const std::string& name, const std::string& contents) {
+  const auto path = std::filesystem::temp_directory_path() / ("flashmem_cli_" + name);
+  std::ofstream(path, std::ios::binary) << contents;
+  return path.string();
+}
+
+TEST(Cli, UsageErrorsExitWithTwo) {
+  const std::string model = test::require_default_model();
+  const struct {
+    std::string args;
+    std::string expect;
+  } cases[] = {
+      {"", "subcommand"},
+      {"frobnicate", "frobnicate"},
+      {"run --bogus-flag", "bogus"},
+      {"run -p hi", "--model"},
+      {"run -m " + model + " -p hi --temp -1", "temp"},
+      {"run -m " + model + " -p hi --top-p 2", "top-p"},
+      {"run -m " + model + " -p hi -n abc", "n-predict"},
+      {"run -m " + model + " -p hi --kv-type q7", "kv-type"},
+      {"run -m /nonexistent/model.gguf -p hi", "nonexistent"},
+      {"run -m " + model, "prompt"},
+      {"info", "--model"},
+  };
+  for (const auto& c : cases) {
+    const CmdResult r = run_cli(c.args);
+    EXPECT_EQ(r.code, 2) << c.args << "\n" << r.out;
+    EXPECT_NE(r.out.find(c.expect), std::string::npos) << c.args << "\n" << r.out;
+  }
+}
+
+TEST(Cli, MalformedModelFilesAreRefusedClearly) {
+  const struct {
+    std::string name;
+    std::string bytes;
+    std::string expect;
+  } cases[] = {
+      {"empty.gguf", "", "GGUF"},
+      {"magic.gguf", std::string("GGML\x03\x00\x00\x00", 8) + std::string(40, '\0'), "magic"},
+      {"truncated.gguf", std::string("GGUF\x03\x00\x00\x00\x05\x00", 10), "trunc"},
+  };
+  for (const auto& c : cases) {
+    const std::string path = temp_file(c.name, c.bytes);
+    for (const std::string sub : {"run -p hi -m ", "info -m "}) {
+      const CmdResult r = run_cli(sub + path);
+      EXPECT_EQ(r.code, 1) << c.name << "\n" << r.out;
+      EXPECT_NE(r.out.find("error"), std::string::npos) << r.out;
+      std::string lower = r.out;
+      for (auto& ch : lower) ch = static_cast<char>(std::tolower(ch));
+      std::string want = c.expect;
+      for (auto& ch : want) ch = static_cast<char>(std::tolower(ch));
+      EXPECT_NE(lower.find(want), std::string::npos) << c.name << "\n" << r.out;
+    }
+  }
+}
+
+TEST(Cli, InfoDescribesTheDefaultModel) {
+  const CmdResult r = run_cli("info -m " + test::require_default_model());
+  ASSERT_EQ(r.code, 0) << r.out;
+  for (const char* want : {"llama", "layers        30", "576", "9 query / 3 kv", "49152",
+                           "blk.0.attn_q.weight", "Q4_1", "Q8_0", "kv bytes/tok  23040 (f16), 46080 (f32)"})
+    EXPECT_NE(r.out.find(want), std::string::npos) << want << "\n" << r.out;
+}
+
+TEST(Cli, PromptLongerThanContextIsAnErrorNotACrash) {
+  const std::string path = temp_file("long_prompt.txt", std::string(3000, 'a') + " word");
+  const CmdResult r = run_cli("run -m " + test::require_default_model() + " -f " + path + " -c 128 -n 4");
+  EXPECT_EQ(r.code, 1) << r.out;
+  EXPECT_NE(r.out.find("context"), std::string::npos) << r.out;
+}
+
+}  // namespace
+}  // namespace flashmem

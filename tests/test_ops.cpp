@@ -1,0 +1,246 @@
+// CPU kernels against plain references: matmul over every supported weight type, attention
+// (decode and prefill schedules) over paged f32/f16 KV, norms, RoPE and the thread pool.
+#include <gtest/gtest.h>
+
+#include <cmath>
+#include <cstring>
+#include <random>
+#include <vector>
+
+#include "core/dtype.h"
+#include "core/error.h"
+#include "core/thread_pool.h"
+#include "memory/kv_cache.h"
+#include "ops/cpu/attention.h"
+#include "ops/cpu/elementwise.h"
+#include "ops/cpu/matmul.h"
+#include "test_util.h"
+
+namespace flashmem {
+namespace {
+
+// Random but valid weight data: payload bytes are random, scale fields are finite halves.
+std::vector<uint8_t> random_weights(GgmlType type, int64_t rows, int64_t cols, std::mt19937& rng) {
+  const size_t rb = ggml_row_bytes(type, static_cast<uint64_t>(cols));
+  std::vector<uint8_t> buf(rb * rows);
+  std::uniform_int_distribution<int> byte(0, 255);
+  std::uniform_real_distribution<float> val(-1.0f, 1.0f), scl(0.001f, 0.05f);
+  for (auto& b : buf) b = static_cast<uint8_t>(byte(rng));
+  auto put16 = [](uint8_t* at, uint16_t v) { std::memcpy(at, &v, 2); };
+  const int64_t n = rows * cols;
+  switch (type) {
+    case GgmlType::F32:
+      for (int64_t i = 0; i < n; ++i) { float f = val(rng); std::memcpy(buf.data() + 4 * i, &f, 4); }
+      break;
+    case GgmlType::F16:
+      for (int64_t i = 0; i < n; ++i) put16(buf.data() + 2 * i, fp32_to_fp16(val(rng)));
+      break;
+    case GgmlType::BF16:
+      for (int64_t i = 0; i < n; ++i) { float f = val(rng); uint32_t u; std::memcpy(&u, &f, 4); put16(buf.data() + 2 * i, static_cast<uint16_t>(u >> 16)); }
+      break;
+    case GgmlType::Q8_0:
+      for (int64_t b = 0; b < n / 32; ++b) put16(buf.data() + b * 34, fp32_to_fp16(scl(rng)));
+      break;
+    case GgmlType::Q4_0:
+      for (int64_t b = 0; b < n / 32; ++b) put16(buf.data() + b * 18, fp32_to_fp16(scl(rng)));
+      break;
+    case GgmlType::Q4_1:
+      for (int64_t b = 0; b < n / 32; ++b) {
+        put16(buf.data() + b * 20, fp32_to_fp16(scl(rng)));
+        put16(buf.data() + b * 20 + 2, fp32_to_fp16(-scl(rng) * 8));
+      }
+      break;
+    case GgmlType::Q4_K:
+      for (int64_t b = 0; b < n / 256; ++b) {
+        put16(buf.data() + b * 144, fp32_to_fp16(scl(rng)));
+        put16(buf.data() + b * 144 + 2, fp32_to_fp16(scl(rng)));
+      }
+      break;
+    case GgmlType::Q6_K:
+      for (int64_t b = 0; b < n / 256; ++b) put16(buf.data() + b * 210 + 208, fp32_to_fp16(scl(rng) * 0.1f));
+      break;
+    default: ADD_FAILURE() << "no generator for type"; break;
+  }
+  return buf;
+}
+
+std::vector<float> random_vec(size_t n, std::mt19937& rng, float lo = -1.0f, float hi = 1.0f) {
+  std::uniform_real_distribution<float> d(lo, hi);
+  std::vector<float> v(n);
+  for (auto& x : v) x = d(rng);
+  return v;
+}
+
+class MatmulTypes : public ::testing::TestWithParam<GgmlType> {};
+
+TEST_P(MatmulTypes, FastMatchesReferenceOverAwkwardSizes) {
+  const GgmlType type = GetParam();
+  const int64_t blk = ggml_traits(type).block_elems;
+  std::mt19937 rng(1234);
+  ThreadPool pool(2);
+  for (int64_t rows : {1, 3, 64, 129}) {
+    for (int64_t cols : {blk, 2 * blk, 256 * ((blk + 255) / 256) * 3}) {
+      auto data = random_weights(type, rows, cols, rng);
+      WeightMatrix w{type, rows, cols, ggml_row_bytes(type, cols), data.data(), "w"};
+      for (int64_t m : {1, 2, 3, 9, 40}) {
+        auto x = random_vec(m * cols, rng);
+        std::vector<float> y(m * rows), ref(m * rows);
+        cpu::matmul(pool, w, x.data(), m, y.data());
+        cpu::matmul_ref(w, x.data(), m, ref.data());
+        ASSERT_TRUE(test::all_finite(y.data(), y.size()));
+        EXPECT_LT(test::rel_l2(y.data(), ref.data(), y.size()), 1e-5)
+            << ggml_type_name(type) << " rows " << rows << " cols " << cols << " m " << m;
+      }
+      // The fused dot of one row against float64 math over the dequantised row.
+      auto x = random_vec(cols, rng);
+      const float fast = cpu::dot_row(type, data.data(), x.data(), cols);
+      const float ref = cpu::dot_row_ref(type, data.data(), x.data(), cols);
+      EXPECT_NEAR(fast, ref, 1e-4 * (1.0 + std::fabs(ref)));
+    }
+  }
+}
+
+INSTANTIATE_TEST_SUITE_P(AllTypes, MatmulTypes,
+                         ::testing::Values(GgmlType::F32, GgmlType::F16, GgmlType::BF16,
+                                           GgmlType::Q8_0, GgmlType::Q4_0, GgmlType::Q4_1,
+                                           GgmlType::Q4_K, GgmlType::Q6_K),
+                         [](const auto& pinfo) { return std::string(ggml_type_name(pinfo.param)); });
+
+struct AttnCase {
+  int64_t n_keys;
+  int64_t m;
+  KvType kv;
+  int page_tokens;
+};
+
+class AttentionCases : public ::testing::TestWithParam<AttnCase> {};
+
+TEST_P(AttentionCases, MatchesDoubleReference) {
+  const AttnCase c = GetParam();
+  const int n_heads = 6, n_kv = 2, hd = 64;
+  std::mt19937 rng(static_cast<unsigned>(c.n_keys * 31 + c.m));
+  PagedKvCache kv(KvCacheConfig{1, n_kv, hd, c.page_tokens, c.n_keys, c.kv});
+  const auto k = random_vec(c.n_keys * n_kv * hd, rng, -2.0f, 2.0f);
+  const auto v = random_vec(c.n_keys * n_kv * hd, rng);
+  kv.append(0, c.n_keys, k.data(), v.data());
+  const auto q = random_vec(c.m * n_heads * hd, rng, -2.0f, 2.0f);
+  std::vector<int32_t> pos(c.m);
+  for (int64_t i = 0; i < c.m; ++i) pos[i] = static_cast<int32_t>(c.n_keys - c.m + i);  // causal tail
+  const AttentionParams p = kv.attention_params(n_heads, 1.0f / 8.0f);
+  std::vector<float> out(q.size()), ref(q.size());
+  ThreadPool pool(2);
+  cpu::attention(pool, p, q.data(), pos.data(), c.m, kv.pages(0), out.data());
+  cpu::attention_ref(p, q.data(), pos.data(), c.m, kv.pages(0), ref.data());
+  ASSERT_TRUE(test::all_finite(out.data(), out.size()));
+  EXPECT_LT(test::rel_l2(out.data(), ref.data(), out.size()), 1e-5);
+}
+
+INSTANTIATE_TEST_SUITE_P(
+    Sizes, AttentionCases,
+    ::testing::Values(AttnCase{1, 1, KvType::kF32, 64}, AttnCase{3, 1, KvType::kF32, 64},
+                      AttnCase{63, 1, KvType::kF16, 64}, AttnCase{64, 2, KvType::kF32, 64},
+                      AttnCase{65, 1, KvType::kF16, 64}, AttnCase{129, 3, KvType::kF32, 16},
+                      AttnCase{257, 1, KvType::kF16, 64}, AttnCase{300, 5, KvType::kF32, 64},
+                      AttnCase{300, 40, KvType::kF16, 64}, AttnCase{517, 517, KvType::kF32, 64},
+                      AttnCase{1000, 1, KvType::kF32, 7}, AttnCase{2049, 9, KvType::kF16, 64}));
+
+TEST(Attention, MergeOfSplitsEqualsWhole) {
+  // Attend to keys {0..9} whole, and as {0..3} ∪ {4..9} merged.
+  std::mt19937 rng(7);
+  const int d = 16;
+  auto s = random_vec(10, rng, -3, 3);
+  auto v = random_vec(10 * d, rng);
+  auto partial = [&](int b, int e, std::vector<float>& o) {
+    float m = -INFINITY;
+    for (int j = b; j < e; ++j) m = std::max(m, s[j]);
+    float l = 0;
+    o.assign(d, 0.0f);
+    for (int j = b; j < e; ++j) {
+      const float w = std::exp(s[j] - m);
+      l += w;
+      for (int c = 0; c < d; ++c) o[c] += w * v[j * d + c];
+    }
+    return std::pair<float, float>{m, l};
+  };
+  std::vector<float> whole, a, b;
+  auto [mw, lw] = partial(0, 10, whole);
+  auto [ma, la] = partial(0, 4, a);
+  auto [mb, lb] = partial(4, 10, b);
+  cpu::AttnState sa{ma, la, a.data()};
+  sa.merge(cpu::AttnState{mb, lb, b.data()}, d);
+  for (int c = 0; c < d; ++c) EXPECT_NEAR(a[c] / sa.l, whole[c] / lw, 1e-6);
+  (void)mw;
+}
+
+TEST(Elementwise, RmsNormMatchesDouble) {
+  std::mt19937 rng(3);
+  for (int n : {1, 7, 576, 4096}) {
+    auto x = random_vec(n, rng, -10, 10), w = random_vec(n, rng);
+    std::vector<float> y(n);
+    cpu::rms_norm(x.data(), w.data(), n, 1e-5f, y.data());
+    double ss = 0;
+    for (float f : x) ss += double(f) * f;
+    const double inv = 1.0 / std::sqrt(ss / n + 1e-5);
+    for (int i = 0; i < n; ++i) EXPECT_NEAR(y[i], x[i] * inv * w[i], 1e-5 * (1 + std::fabs(x[i] * inv * w[i])));
+  }
+}
+
+TEST(Elementwise, RopeRotatesPairsByTheRightAngle) {
+  std::mt19937 rng(5);
+  const int hd = 64, heads = 3;
+  for (bool neox : {false, true}) {
+    for (int32_t pos : {0, 1, 17, 8191, 100000}) {
+      auto x = random_vec(heads * hd, rng);
+      auto y = x;
+      RopeParams p{hd, 100000.0f, 1.0f, neox};
+      cpu::rope(y.data(), heads, hd, pos, p);
+      for (int h = 0; h < heads; ++h)
+        for (int i = 0; i < hd / 2; ++i) {
+          const double th = pos * std::pow(100000.0, -2.0 * i / hd);
+          const int a = h * hd + (neox ? i : 2 * i), b = h * hd + (neox ? i + hd / 2 : 2 * i + 1);
+          EXPECT_NEAR(y[a], x[a] * std::cos(th) - x[b] * std::sin(th), 1e-5);
+          EXPECT_NEAR(y[b], x[a] * std::sin(th) + x[b] * std::cos(th), 1e-5);
+        }
+    }
+  }
+}
+
+TEST(Elementwise, SwigluAndSoftmax) {
+  const float g[3] = {-2.0f, 0.0f, 3.0f}, u[3] = {1.0f, 5.0f, -2.0f};
+  float o[3];
+  cpu::swiglu(g, u, 3, o);
+  for (int i = 0; i < 3; ++i) EXPECT_NEAR(o[i], g[i] / (1 + std::exp(-double(g[i]))) * u[i], 1e-6);
+  float s[4] = {1000.0f, 1000.0f, -1000.0f, 999.0f};  // stable for huge logits
+  cpu::softmax(s, 4);
+  const double e = std::exp(-1.0), z = 2 + e;
+  EXPECT_NEAR(s[0], 1 / z, 1e-6);
+  EXPECT_NEAR(s[3], e / z, 1e-6);
+  EXPECT_EQ(s[2], 0.0f);
+}
+
+TEST(ThreadPool, CoversEveryTaskOnceAndPropagatesErrors) {
+  ThreadPool pool(2);
+  for (int64_t n : {1, 2, 3, 1000}) {
+    std::vector<std::atomic<int>> hits(n);
+    pool.run(n, [&](int64_t t, int) { hits[t]++; });
+    for (auto& h : hits) EXPECT_EQ(h.load(), 1);
+  }
+  std::atomic<int64_t> sum{0};
+  pool.parallel_for(10001, 7, [&](int64_t b, int64_t e, int) {
+    int64_t s = 0;
+    for (int64_t i = b; i < e; ++i) s += i;
+    sum += s;
+  });
+  EXPECT_EQ(sum.load(), 10001LL * 10000 / 2);
+  EXPECT_THROW(pool.run(8, [](int64_t t, int) {
+                 if (t == 5) FM_FAIL(ErrorCode::kInternal, "boom");
+               }),
+               Error);
+  // Still usable afterwards.
+  std::atomic<int> after{0};
+  pool.run(4, [&](int64_t, int) { after++; });
+  EXPECT_EQ(after.load(), 4);
+}
+
+}  // namespace
+}  // namespace flashmem

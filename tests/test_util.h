@@ -1,0 +1,46 @@
+// Shared helpers for flashmem tests.
+#pragma once
+
+#include <gtest/gtest.h>
+
+#include <cmath>
+#include <cstdlib>
+#include <filesystem>
+#include <string>
+#include <vector>
+
+namespace flashmem::test {
+
+// Path of the default model. Tests that need it fail (never skip) when it is missing: the
+// test command always installs it first.
+inline std::string default_model_path() {
+  if (const char* env = std::getenv("FLASHMEM_MODEL"); env && *env) return env;
+  const char* home = std::getenv("HOME");
+  return std::string(home ? home : ".") + "/.cache/flashmem/models/SmolLM2-135M-Instruct.Q4_1.gguf";
+}
+
+inline std::string require_default_model() {
+  const std::string p = default_model_path();
+  if (!std::filesystem::exists(p))
+    ADD_FAILURE() << "default model not found at " << p << "; run scripts/fetch-model.sh";
+  return p;
+}
+
+// ‖a − b‖₂ / ‖b‖₂ in double; NaN if either side has a NaN.
+inline double rel_l2(const float* a, const float* b, size_t n) {
+  double num = 0.0, den = 0.0;
+  for (size_t i = 0; i < n; ++i) {
+    const double d = static_cast<double>(a[i]) - b[i];
+    num += d * d;
+    den += static_cast<double>(b[i]) * b[i];
+  }
+  return std::sqrt(num / den);
+}
+
+inline bool all_finite(const float* a, size_t n) {
+  for (size_t i = 0; i < n; ++i)
+    if (!std::isfinite(a[i])) return false;
+  return true;
+}
+
+}  // namespace flashmem::test

@@ -1,0 +1,100 @@
+// flashmem bench — prefill and decode throughput on random tokens, in the manner of
+// llama-bench (pp: prompt processing of P tokens; tg: generating N tokens after D of context),
+// so the two engines can be compared on the same machine and model.
+#include <algorithm>
+#include <chrono>
+#include <cmath>
+#include <cstdio>
+#include <random>
+
+#include "commands.h"
+#include "core/error.h"
+#include "engine/engine.h"
+
+namespace flashmem::cli {
+
+CLI::App* add_bench_command(CLI::App& app, BenchArgs& a) {
+  CLI::App* c = app.add_subcommand("bench", "Measure prefill and decode tok/s on random tokens");
+  c->add_option("-m,--model", a.model, "GGUF model file")->required()->check(CLI::ExistingFile);
+  c->add_option("-p,--prefill", a.prefill, "Prompt lengths to time (comma list)")->delimiter(',');
+  c->add_option("-d,--depth", a.depth, "Context depths before decode (comma list)")->delimiter(',');
+  c->add_option("-n,--n-gen", a.n_gen, "Decode steps timed at each depth")->check(CLI::Range(1, 1 << 20));
+  c->add_option("-r,--reps", a.reps, "Repetitions")->check(CLI::Range(1, 100));
+  c->add_option("-t,--threads", a.threads, "CPU threads (0: all cores)")->check(CLI::Range(0, 1024));
+  c->add_option("--kv-type", a.kv_type, "KV cache precision")->check(CLI::IsMember({"f16", "f32"}));
+  return c;
+}
+
+namespace {
+struct Stat {
+  double mean, sd;
+};
+Stat stat(const std::vector<double>& v) {
+  double m = 0, s = 0;
+  for (double x : v) m += x;
+  m /= static_cast<double>(v.size());
+  for (double x : v) s += (x - m) * (x - m);
+  return {m, v.size() > 1 ? std::sqrt(s / static_cast<double>(v.size() - 1)) : 0.0};
+}
+double now_s() {
+  return std::chrono::duration<double>(std::chrono::steady_clock::now().time_since_epoch()).count();
+}
+}  // namespace
+
+int bench_command(const BenchArgs& a) {
+  EngineOptions eo;
+  eo.model_path = a.model;
+  eo.n_threads = a.threads;
+  eo.kv_type = a.kv_type == "f32" ? KvType::kF32 : KvType::kF16;
+  auto eng = Engine::load(eo);
+  const ModelInfo& mi = eng->info();
+  std::mt19937 rng(1);
+  std::uniform_int_distribution<int32_t> tok(100, mi.n_vocab - 1);
+  std::vector<float> logits(mi.n_vocab);
+  const int threads = static_cast<CpuBackend&>(eng->backend()).pool().size();
+  std::printf("| model | kv | threads | test | tok/s |\n|---|---|---|---|---|\n");
+  for (int64_t p : a.prefill) {
+    FM_CHECK(p >= 1 && p <= eng->n_ctx(), ErrorCode::kInvalidArgument, "prefill length ", p,
+             " outside [1, ", eng->n_ctx(), "]");
+    std::vector<double> rates;
+    for (int r = 0; r < a.reps; ++r) {
+      std::vector<int32_t> toks(p);
+      for (auto& t : toks) t = tok(rng);
+      PagedKvCache kv = eng->new_cache();
+      const double t0 = now_s();
+      eng->model().forward(toks, kv, logits.data());
+      rates.push_back(static_cast<double>(p) / (now_s() - t0));
+    }
+    const Stat s = stat(rates);
+    std::printf("| %s | %s | %d | pp%lld | %.2f ± %.2f |\n", mi.name.c_str(), a.kv_type.c_str(),
+                threads, static_cast<long long>(p), s.mean, s.sd);
+    std::fflush(stdout);
+  }
+  for (int64_t d : a.depth) {
+    FM_CHECK(d >= 0 && d + a.n_gen <= eng->n_ctx(), ErrorCode::kInvalidArgument, "depth ", d,
+             " + ", a.n_gen, " exceeds the context ", eng->n_ctx());
+    std::vector<double> rates;
+    for (int r = 0; r < a.reps; ++r) {
+      PagedKvCache kv = eng->new_cache();
+      if (d > 0) {
+        std::vector<int32_t> toks(d);
+        for (auto& t : toks) t = tok(rng);
+        eng->model().forward(toks, kv, logits.data());
+      }
+      int32_t next = tok(rng);
+      const double t0 = now_s();
+      for (int i = 0; i < a.n_gen; ++i) {
+        eng->model().forward(std::span<const int32_t>(&next, 1), kv, logits.data());
+        next = argmax(logits.data(), mi.n_vocab);
+      }
+      rates.push_back(a.n_gen / (now_s() - t0));
+    }
+    const Stat s = stat(rates);
+    std::printf("| %s | %s | %d | tg%d @ d%lld | %.2f ± %.2f |\n", mi.name.c_str(), a.kv_type.c_str(),
+                threads, a.n_gen, static_cast<long long>(d), s.mean, s.sd);
+    std::fflush(stdout);
+  }
+  return 0;
+}
+
+}  // namespace flashmem::cli

@@ -1,0 +1,127 @@
+#include <cstdio>
+#include <fstream>
+#include <iostream>
+#include <sstream>
+
+#include <nlohmann/json.hpp>
+
+#include "commands.h"
+#include "core/error.h"
+#include "engine/engine.h"
+
+namespace flashmem::cli {
+
+CLI::App* add_run_command(CLI::App& app, RunArgs& a) {
+  CLI::App* c = app.add_subcommand("run", "Generate text from a prompt, streaming tokens");
+  c->add_option("-m,--model", a.model, "GGUF model file")->required()->check(CLI::ExistingFile);
+  auto* p = c->add_option("-p,--prompt", a.prompt, "Prompt text");
+  auto* f = c->add_option("-f,--file", a.prompt_file, "Read the prompt from a file")->check(CLI::ExistingFile);
+  p->excludes(f);
+  c->add_option("-n,--n-predict", a.n_predict, "Tokens to generate")->check(CLI::Range(0, 1 << 24));
+  c->add_option("-c,--ctx", a.n_ctx, "Context length in tokens (0: the model's)")->check(CLI::Range(int64_t{0}, int64_t{1} << 30));
+  c->add_flag("--chat", a.chat, "Wrap the prompt in the model's chat template");
+  c->add_option("--system", a.system, "System message for --chat (default: the template's)");
+  c->add_option("--temp", a.temperature, "Sampling temperature (0: greedy)")->check(CLI::Range(0.0f, 100.0f));
+  c->add_option("--top-k", a.top_k, "Keep the k most likely tokens (0: all)")->check(CLI::NonNegativeNumber);
+  c->add_option("--top-p", a.top_p, "Nucleus sampling mass in (0, 1]")->check(CLI::Range(1e-6f, 1.0f));
+  c->add_option("--seed", a.seed, "Random seed for sampling");
+  c->add_option("-t,--threads", a.threads, "CPU threads (0: all cores)")->check(CLI::Range(0, 1024));
+  c->add_option("--kv-type", a.kv_type, "KV cache precision")->check(CLI::IsMember({"f16", "f32"}));
+  c->add_option("--page-tokens", a.page_tokens, "Tokens per KV page")->check(CLI::Range(1, 4096));
+  c->add_option("--report-json", a.report_json, "Also write the run report as JSON to this file");
+  return c;
+}
+
+namespace {
+
+std::string read_file(const std::string& path) {
+  std::ifstream in(path, std::ios::binary);
+  FM_CHECK(in.good(), ErrorCode::kIo, "cannot read prompt file ", path);
+  std::ostringstream ss;
+  ss << in.rdbuf();
+  return ss.str();
+}
+
+std::string mib(size_t bytes) {
+  char buf[32];
+  std::snprintf(buf, sizeof buf, "%.2f MiB", static_cast<double>(bytes) / (1024.0 * 1024.0));
+  return buf;
+}
+
+}  // namespace
+
+int run_command(const RunArgs& a) {
+  FM_CHECK(!a.prompt.empty() || !a.prompt_file.empty(), ErrorCode::kInvalidArgument,
+           "give a prompt with -p TEXT or -f FILE");
+  EngineOptions eo;
+  eo.model_path = a.model;
+  eo.n_threads = a.threads;
+  eo.n_ctx = a.n_ctx;
+  eo.kv_type = a.kv_type == "f32" ? KvType::kF32 : KvType::kF16;
+  eo.page_tokens = a.page_tokens;
+  auto eng = Engine::load(eo);
+
+  std::string text = a.prompt_file.empty() ? a.prompt : read_file(a.prompt_file);
+  GenerateOptions go;
+  go.max_new_tokens = a.n_predict;
+  go.sampling.temperature = a.temperature;
+  go.sampling.top_k = a.top_k;
+  go.sampling.top_p = a.top_p;
+  go.sampling.seed = a.seed;
+  if (a.chat) {
+    const ChatTemplate& tpl = eng->chat();
+    std::vector<ChatMessage> msgs;
+    if (!a.system.empty()) msgs.push_back({"system", a.system});
+    msgs.push_back({"user", text});
+    text = tpl.render(msgs, true);
+    go.stop_strings = tpl.stop_strings();
+  }
+  const std::vector<int32_t> prompt = eng->tokenizer().encode(text, true, a.chat);
+  GenerateResult r = eng->generate(prompt, go, [](std::string_view piece) {
+    std::fwrite(piece.data(), 1, piece.size(), stdout);
+    std::fflush(stdout);
+  });
+  std::fputc('\n', stdout);
+  std::fflush(stdout);
+
+  const double pf = r.prefill_seconds > 0 ? static_cast<double>(r.n_prompt) / r.prefill_seconds : 0;
+  const double dc = r.decode_seconds > 0 ? static_cast<double>(r.decode_steps) / r.decode_seconds : 0;
+  const size_t full_kv = static_cast<size_t>(r.n_prompt + static_cast<int64_t>(r.tokens.size())) *
+                         r.kv_bytes_per_token;
+  std::fprintf(stderr,
+               "\n[flashmem] prompt %lld tok, generated %zu tok (%s) | prefill %.1f tok/s, "
+               "decode %.1f tok/s | %d threads\n",
+               static_cast<long long>(r.n_prompt), r.tokens.size(), r.stop_reason.c_str(), pf, dc,
+               eng->backend().name() == std::string("cpu")
+                   ? static_cast<CpuBackend&>(eng->backend()).pool().size() : 0);
+  std::fprintf(stderr,
+               "[flashmem] KV %s: in use %s (%zu B/token, %s, page %d tok), full-KV need %s, "
+               "arena reserved %s\n",
+               "cpu", mib(r.kv_bytes_in_use).c_str(), r.kv_bytes_per_token,
+               kv_type_name(eng->kv_type()), a.page_tokens, mib(full_kv).c_str(),
+               mib(r.kv_bytes_reserved).c_str());
+  if (!a.report_json.empty()) {
+    nlohmann::json j = {{"model", a.model},
+                        {"prompt_tokens", r.n_prompt},
+                        {"generated_tokens", r.tokens.size()},
+                        {"stop_reason", r.stop_reason},
+                        {"prefill_seconds", r.prefill_seconds},
+                        {"decode_seconds", r.decode_seconds},
+                        {"decode_steps", r.decode_steps},
+                        {"prefill_tok_s", pf},
+                        {"decode_tok_s", dc},
+                        {"kv_type", kv_type_name(eng->kv_type())},
+                        {"kv_bytes_per_token", r.kv_bytes_per_token},
+                        {"kv_bytes_in_use", r.kv_bytes_in_use},
+                        {"kv_bytes_full", full_kv},
+                        {"kv_bytes_reserved", r.kv_bytes_reserved},
+                        {"tokens", r.tokens},
+                        {"text", r.text}};
+    std::ofstream out(a.report_json);
+    FM_CHECK(out.good(), ErrorCode::kIo, "cannot write ", a.report_json);
+    out << j.dump(2) << "\n";
+  }
+  return 0;
+}
+
+}  // namespace flashmem::cli

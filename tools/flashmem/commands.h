@@ -1,0 +1,52 @@
+// flashmem CLI subcommands: each has an args struct, a CLI11 registration and an entry point.
+#pragma once
+
+#include <CLI/CLI.hpp>
+
+#include <cstdint>
+#include <string>
+#include <vector>
+
+namespace flashmem::cli {
+
+struct RunArgs {
+  std::string model;
+  std::string prompt;
+  std::string prompt_file;
+  std::string system;
+  int n_predict = 256;
+  int64_t n_ctx = 0;
+  bool chat = false;
+  float temperature = 0.0f;
+  int top_k = 0;
+  float top_p = 1.0f;
+  uint64_t seed = 0;
+  int threads = 0;
+  std::string kv_type = "f16";
+  int page_tokens = 64;
+  std::string report_json;
+};
+
+struct InfoArgs {
+  std::string model;
+  bool tensors = true;
+};
+
+struct BenchArgs {
+  std::string model;
+  std::vector<int64_t> prefill{1024};
+  std::vector<int64_t> depth{0};
+  int n_gen = 64;
+  int reps = 3;
+  int threads = 0;
+  std::string kv_type = "f16";
+};
+
+CLI::App* add_bench_command(CLI::App& app, BenchArgs& a);
+int bench_command(const BenchArgs& a);
+CLI::App* add_run_command(CLI::App& app, RunArgs& a);
+CLI::App* add_info_command(CLI::App& app, InfoArgs& a);
+int run_command(const RunArgs& a);
+int info_command(const InfoArgs& a);
+
+}  // namespace flashmem::cli
