@@ -76,7 +76,8 @@ struct GgufWriteValue {
     GgufWriteValue w{GgufValueType::ARRAY, {}};
     gguf_put<uint32_t>(w.bytes, static_cast<uint32_t>(elem));
     gguf_put<uint64_t>(w.bytes, items.size());
-    for (const GgufWriteValue& it : items) w.bytes.insert(w.bytes.end(), it.bytes.begin(), it.bytes.end());
+    for (const GgufWriteValue& it : items)
+      w.bytes.insert(w.bytes.end(), it.bytes.begin(), it.bytes.end());
     return w;
   }
   // An array of plain scalars of C++ type T encoded as `elem` (sizeof(T) must match).
@@ -112,12 +113,12 @@ struct GgufWriteTensor {
 
 // Byte positions of the parts of the last image built, for tests that corrupt them.
 struct GgufLayout {
-  size_t kv_start = 0;                     // first metadata entry (= 24)
-  std::vector<size_t> kv_offsets;          // start of each metadata entry (its key length)
-  std::vector<size_t> tensor_info_offsets; // start of each tensor info (its name length)
-  size_t header_end = 0;                   // end of the last tensor info
-  size_t data_start = 0;                   // aligned start of the data section
-  std::vector<uint64_t> tensor_offsets;    // offsets written, relative to data_start
+  size_t kv_start = 0;                      // first metadata entry (= 24)
+  std::vector<size_t> kv_offsets;           // start of each metadata entry (its key length)
+  std::vector<size_t> tensor_info_offsets;  // start of each tensor info (its name length)
+  size_t header_end = 0;                    // end of the last tensor info
+  size_t data_start = 0;                    // aligned start of the data section
+  std::vector<uint64_t> tensor_offsets;     // offsets written, relative to data_start
 };
 
 class GgufWriter {
@@ -138,15 +139,29 @@ class GgufWriter {
   }
   GgufWriter& add_u8(std::string k, uint8_t v) { return add(std::move(k), GgufWriteValue::u8(v)); }
   GgufWriter& add_i8(std::string k, int8_t v) { return add(std::move(k), GgufWriteValue::i8(v)); }
-  GgufWriter& add_u16(std::string k, uint16_t v) { return add(std::move(k), GgufWriteValue::u16(v)); }
-  GgufWriter& add_i16(std::string k, int16_t v) { return add(std::move(k), GgufWriteValue::i16(v)); }
-  GgufWriter& add_u32(std::string k, uint32_t v) { return add(std::move(k), GgufWriteValue::u32(v)); }
-  GgufWriter& add_i32(std::string k, int32_t v) { return add(std::move(k), GgufWriteValue::i32(v)); }
-  GgufWriter& add_u64(std::string k, uint64_t v) { return add(std::move(k), GgufWriteValue::u64(v)); }
-  GgufWriter& add_i64(std::string k, int64_t v) { return add(std::move(k), GgufWriteValue::i64(v)); }
+  GgufWriter& add_u16(std::string k, uint16_t v) {
+    return add(std::move(k), GgufWriteValue::u16(v));
+  }
+  GgufWriter& add_i16(std::string k, int16_t v) {
+    return add(std::move(k), GgufWriteValue::i16(v));
+  }
+  GgufWriter& add_u32(std::string k, uint32_t v) {
+    return add(std::move(k), GgufWriteValue::u32(v));
+  }
+  GgufWriter& add_i32(std::string k, int32_t v) {
+    return add(std::move(k), GgufWriteValue::i32(v));
+  }
+  GgufWriter& add_u64(std::string k, uint64_t v) {
+    return add(std::move(k), GgufWriteValue::u64(v));
+  }
+  GgufWriter& add_i64(std::string k, int64_t v) {
+    return add(std::move(k), GgufWriteValue::i64(v));
+  }
   GgufWriter& add_f32(std::string k, float v) { return add(std::move(k), GgufWriteValue::f32(v)); }
   GgufWriter& add_f64(std::string k, double v) { return add(std::move(k), GgufWriteValue::f64(v)); }
-  GgufWriter& add_bool(std::string k, bool v) { return add(std::move(k), GgufWriteValue::boolean(v)); }
+  GgufWriter& add_bool(std::string k, bool v) {
+    return add(std::move(k), GgufWriteValue::boolean(v));
+  }
   GgufWriter& add_string(std::string k, std::string_view v) {
     return add(std::move(k), GgufWriteValue::str(v));
   }
@@ -268,7 +283,8 @@ class GgufWriter {
   static void write_bytes(const std::string& path, const std::vector<uint8_t>& bytes) {
     std::ofstream f(path, std::ios::binary | std::ios::trunc);
     if (!f) throw std::runtime_error("gguf_writer: cannot create " + path);
-    f.write(reinterpret_cast<const char*>(bytes.data()), static_cast<std::streamsize>(bytes.size()));
+    f.write(reinterpret_cast<const char*>(bytes.data()),
+            static_cast<std::streamsize>(bytes.size()));
     if (!f) throw std::runtime_error("gguf_writer: cannot write " + path);
   }
 

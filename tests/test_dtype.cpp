@@ -50,22 +50,22 @@ TEST(Dtype, Fp16KnownValues) {
   EXPECT_EQ(fp16_to_fp32(0x3c00), 1.0f);
   EXPECT_EQ(fp16_to_fp32(0xc000), -2.0f);
   EXPECT_EQ(fp16_to_fp32(0x7bff), 65504.0f);
-  EXPECT_EQ(fp16_to_fp32(0x0001), std::ldexp(1.0f, -24));   // smallest subnormal
-  EXPECT_EQ(fp16_to_fp32(0x03ff), std::ldexp(1023.0f, -24)); // largest subnormal
-  EXPECT_EQ(fp16_to_fp32(0x0400), std::ldexp(1.0f, -14));   // smallest normal
-  EXPECT_EQ(bits_of(fp16_to_fp32(0x8000)), 0x80000000u);     // -0
+  EXPECT_EQ(fp16_to_fp32(0x0001), std::ldexp(1.0f, -24));     // smallest subnormal
+  EXPECT_EQ(fp16_to_fp32(0x03ff), std::ldexp(1023.0f, -24));  // largest subnormal
+  EXPECT_EQ(fp16_to_fp32(0x0400), std::ldexp(1.0f, -14));     // smallest normal
+  EXPECT_EQ(bits_of(fp16_to_fp32(0x8000)), 0x80000000u);      // -0
   EXPECT_EQ(fp16_to_fp32(0x7c00), std::numeric_limits<float>::infinity());
   EXPECT_EQ(fp16_to_fp32(0xfc00), -std::numeric_limits<float>::infinity());
 
   EXPECT_EQ(fp32_to_fp16(1.0f), 0x3c00);
   EXPECT_EQ(fp32_to_fp16(65504.0f), 0x7bff);
-  EXPECT_EQ(fp32_to_fp16(65519.99f), 0x7bff);   // below the halfway point to 65536
-  EXPECT_EQ(fp32_to_fp16(65520.0f), 0x7c00);    // ties to even → overflows to inf
+  EXPECT_EQ(fp32_to_fp16(65519.99f), 0x7bff);  // below the halfway point to 65536
+  EXPECT_EQ(fp32_to_fp16(65520.0f), 0x7c00);   // ties to even → overflows to inf
   EXPECT_EQ(fp32_to_fp16(1e10f), 0x7c00);
   EXPECT_EQ(fp32_to_fp16(-1e10f), 0xfc00);
   EXPECT_EQ(fp32_to_fp16(std::ldexp(1.0f, -25)), 0x0000);  // tie between 0 and 2^-24 → 0
   EXPECT_EQ(fp32_to_fp16(std::nextafter(std::ldexp(1.0f, -25), 1.0f)), 0x0001);
-  EXPECT_EQ(fp32_to_fp16(std::ldexp(3.0f, -25)), 0x0002);  // 1.5 units, tie → even (2)
+  EXPECT_EQ(fp32_to_fp16(std::ldexp(3.0f, -25)), 0x0002);         // 1.5 units, tie → even (2)
   EXPECT_EQ(fp32_to_fp16(1.0f + std::ldexp(1.0f, -11)), 0x3c00);  // tie → even
   EXPECT_EQ(fp32_to_fp16(1.0f + std::ldexp(3.0f, -11)), 0x3c02);  // tie → even (up)
   EXPECT_EQ(fp32_to_fp16(-0.0f), 0x8000);
@@ -111,9 +111,9 @@ TEST(Dtype, Fp32ToFp16MatchesF16cNearBoundaries) {
     }
   }
   // Around the overflow and underflow thresholds, and float specials.
-  for (uint32_t x : {0x477fe000u, 0x477ff000u, 0x47800000u, 0x33000000u, 0x33800000u,
-                     0x387fc000u, 0x38800000u, 0x7f800000u, 0x7f800001u, 0x7fc00000u,
-                     0x7fffffffu, 0x00000001u, 0x00800000u}) {
+  for (uint32_t x :
+       {0x477fe000u, 0x477ff000u, 0x47800000u, 0x33000000u, 0x33800000u, 0x387fc000u, 0x38800000u,
+        0x7f800000u, 0x7f800001u, 0x7fc00000u, 0x7fffffffu, 0x00000001u, 0x00800000u}) {
     for (int64_t dlt = -3; dlt <= 3; ++dlt) inputs.push_back(static_cast<uint32_t>(x + dlt));
   }
   for (uint32_t x : inputs) {

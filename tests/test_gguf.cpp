@@ -12,11 +12,10 @@
 #include <fstream>
 #include <functional>
 #include <limits>
+#include <nlohmann/json.hpp>
 #include <random>
 #include <string>
 #include <vector>
-
-#include <nlohmann/json.hpp>
 
 #include "core/error.h"
 #include "core/quant.h"
@@ -387,10 +386,10 @@ TEST(GgufMalformed, TruncatedAtEveryByte) {
     } catch (const Error& e) {
       ASSERT_EQ(e.code(), ErrorCode::kFormat) << len << ": " << e.what();
       const std::string m = e.what();
-      ASSERT_TRUE(m.find("truncated") != std::string::npos || m.find("exceeds") != std::string::npos ||
-                  m.find("past the end") != std::string::npos ||
-                  m.find("impossible") != std::string::npos ||
-                  m.find("larger than") != std::string::npos)
+      ASSERT_TRUE(
+          m.find("truncated") != std::string::npos || m.find("exceeds") != std::string::npos ||
+          m.find("past the end") != std::string::npos ||
+          m.find("impossible") != std::string::npos || m.find("larger than") != std::string::npos)
           << len << ": " << m;
     }
   }
@@ -408,6 +407,21 @@ TEST(GgufMalformed, UnknownValueType) {
   GgufWriter w = small_file();
   w.add("weird.key", GgufWriteValue::raw(13, {0, 0, 0, 0}));
   expect_parse_error(w.to_bytes(), ErrorCode::kFormat, {"unknown value type 13", "'weird.key'"});
+}
+
+TEST(GgufMalformed, HostileNamesAreEscapedInMessages) {
+  GgufWriter w = small_file();
+  w.add(std::string("bad\nkey\x01") + std::string(500, 'k'), GgufWriteValue::raw(13, {}));
+  try {
+    parse(w.to_bytes());
+    FAIL() << "no error";
+  } catch (const Error& e) {
+    const std::string m = e.what();
+    EXPECT_NE(m.find("'bad\\x0akey\\x01kkk"), std::string::npos) << m;
+    EXPECT_NE(m.find("(cut, 508 bytes)"), std::string::npos) << m;
+    EXPECT_EQ(m.find('\n'), std::string::npos) << m;
+    EXPECT_LT(m.size(), 300u) << m;
+  }
 }
 
 TEST(GgufMalformed, DuplicateKey) {
@@ -514,8 +528,7 @@ TEST(GgufMalformed, GgmlTypeFlashmemDoesNotKnow) {
 
 TEST(GgufMalformed, RowNotAMultipleOfTheBlockSize) {
   GgufWriter w = small_file();
-  w.add_tensor_raw("odd", static_cast<uint32_t>(GgmlType::Q4_0), {33, 2},
-                   std::vector<uint8_t>(64));
+  w.add_tensor_raw("odd", static_cast<uint32_t>(GgmlType::Q4_0), {33, 2}, std::vector<uint8_t>(64));
   expect_parse_error(w.to_bytes(), ErrorCode::kFormat, {"'odd'", "ne[0] = 33", "block size 32"});
 }
 
@@ -538,7 +551,8 @@ TEST(GgufMalformed, ByteSizeOverflow) {
 TEST(GgufMalformed, UnalignedOffset) {
   GgufWriter w = small_file();
   w.tensor(1).offset = 48;
-  expect_parse_error(w.to_bytes(), ErrorCode::kFormat, {"'b.weight'", "offset 48", "aligned to 32"});
+  expect_parse_error(w.to_bytes(), ErrorCode::kFormat,
+                     {"'b.weight'", "offset 48", "aligned to 32"});
 }
 
 TEST(GgufMalformed, TensorDataPastEnd) {
@@ -671,7 +685,8 @@ TEST(GgufModel, SmolLM2ParsesAndDequantisesLikeGgufPy) {
 
 std::vector<uint8_t> read_file(const fs::path& p) {
   std::ifstream in(p, std::ios::binary);
-  return std::vector<uint8_t>((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+  return std::vector<uint8_t>((std::istreambuf_iterator<char>(in)),
+                              std::istreambuf_iterator<char>());
 }
 
 std::vector<fs::path> corpus_files() {
@@ -707,8 +722,8 @@ TEST(GgufFuzz, DeterministicMutationsOfValidSeeds) {
   }
   ASSERT_GE(seeds.size(), 4u);
   std::mt19937_64 rng(0x5eed);
-  const uint64_t interesting[] = {0, 1, 0x7f, 0x80, 0xff, 0xffff, 0xffffffffull, 1ull << 63,
-                                  ~0ull, 31, 32, 256};
+  const uint64_t interesting[] = {0,          1,     0x7f, 0x80, 0xff, 0xffff, 0xffffffffull,
+                                  1ull << 63, ~0ull, 31,   32,   256};
   size_t n_runs = 0;
   for (const std::vector<uint8_t>& seed : seeds) {
     for (int i = 0; i < 300; ++i, ++n_runs) {
@@ -762,7 +777,8 @@ TEST(GgufFuzz, DISABLED_WriteFuzzSeedCorpus) {
   aligned.add_tensor("q6_k", GgmlType::Q6_K, {256}, pattern_bytes(210, 12));
   put("seed-align64.gguf", aligned.to_bytes());
   GgufWriter meta;
-  meta.add_string("general.architecture", "llama").add_strings("tokenizer.ggml.tokens", {"<s>", "a"});
+  meta.add_string("general.architecture", "llama")
+      .add_strings("tokenizer.ggml.tokens", {"<s>", "a"});
   put("seed-metadata-only.gguf", meta.to_bytes());
 
   // Malformed seeds: each reaches a different check.

@@ -38,16 +38,17 @@ TEST(PagedKvCache, StoresEveryTokenWhereTheViewSaysAndCountsPages) {
         for (int h = 0; h < heads; ++h)
           for (int c = 0; c < hd; ++c) {
             const auto& pg = pages[t / pt];
+            const size_t k_at = static_cast<size_t>(h) * pt * hd + static_cast<size_t>(c) * pt + t % pt;
             const size_t at = (static_cast<size_t>(h) * pt + t % pt) * hd + c;
             const float want_k = k[(t * heads + h) * hd + c], want_v = v[(t * heads + h) * hd + c];
             float got_k, got_v;
             if (type == KvType::kF32) {
-              got_k = static_cast<const float*>(pg.k)[at];
+              got_k = static_cast<const float*>(pg.k)[k_at];
               got_v = static_cast<const float*>(pg.v)[at];
               ASSERT_EQ(got_k, want_k);
               ASSERT_EQ(got_v, want_v);
             } else {
-              got_k = fp16_to_fp32(static_cast<const uint16_t*>(pg.k)[at]);
+              got_k = fp16_to_fp32(static_cast<const uint16_t*>(pg.k)[k_at]);
               got_v = fp16_to_fp32(static_cast<const uint16_t*>(pg.v)[at]);
               ASSERT_EQ(got_k, fp16_to_fp32(fp32_to_fp16(want_k)));
               ASSERT_EQ(got_v, fp16_to_fp32(fp32_to_fp16(want_v)));

@@ -6,11 +6,10 @@
 #include <cstdint>
 #include <cstring>
 #include <fstream>
+#include <nlohmann/json.hpp>
 #include <random>
 #include <string>
 #include <vector>
-
-#include <nlohmann/json.hpp>
 
 #include "core/dtype.h"
 #include "core/error.h"
@@ -19,9 +18,8 @@
 namespace flashmem {
 namespace {
 
-constexpr GgmlType kSupported[] = {GgmlType::F32,  GgmlType::F16,  GgmlType::BF16,
-                                   GgmlType::Q8_0, GgmlType::Q4_0, GgmlType::Q4_1,
-                                   GgmlType::Q4_K, GgmlType::Q6_K};
+constexpr GgmlType kSupported[] = {GgmlType::F32,  GgmlType::F16,  GgmlType::BF16, GgmlType::Q8_0,
+                                   GgmlType::Q4_0, GgmlType::Q4_1, GgmlType::Q4_K, GgmlType::Q6_K};
 
 uint32_t bits_of(float f) {
   uint32_t u;
@@ -50,15 +48,20 @@ std::vector<float> deq_ref(GgmlType t, const std::vector<uint8_t>& raw, uint64_t
 // ---- traits ---------------------------------------------------------------------------------
 
 TEST(QuantTraits, SizesOfAllKnownTypes) {
-  struct Row { uint32_t id; const char* name; uint32_t elems, bytes; bool deq; };
+  struct Row {
+    uint32_t id;
+    const char* name;
+    uint32_t elems, bytes;
+    bool deq;
+  };
   const Row rows[] = {
-      {0, "F32", 1, 4, true},      {1, "F16", 1, 2, true},       {2, "Q4_0", 32, 18, true},
-      {3, "Q4_1", 32, 20, true},   {6, "Q5_0", 32, 22, false},   {7, "Q5_1", 32, 24, false},
-      {8, "Q8_0", 32, 34, true},   {9, "Q8_1", 32, 36, false},   {10, "Q2_K", 256, 84, false},
-      {11, "Q3_K", 256, 110, false}, {12, "Q4_K", 256, 144, true}, {13, "Q5_K", 256, 176, false},
-      {14, "Q6_K", 256, 210, true}, {15, "Q8_K", 256, 292, false}, {24, "I8", 1, 1, false},
-      {25, "I16", 1, 2, false},    {26, "I32", 1, 4, false},     {27, "I64", 1, 8, false},
-      {28, "F64", 1, 8, false},    {30, "BF16", 1, 2, true},
+      {0, "F32", 1, 4, true},        {1, "F16", 1, 2, true},        {2, "Q4_0", 32, 18, true},
+      {3, "Q4_1", 32, 20, true},     {6, "Q5_0", 32, 22, false},    {7, "Q5_1", 32, 24, false},
+      {8, "Q8_0", 32, 34, true},     {9, "Q8_1", 32, 36, false},    {10, "Q2_K", 256, 84, false},
+      {11, "Q3_K", 256, 110, false}, {12, "Q4_K", 256, 144, true},  {13, "Q5_K", 256, 176, false},
+      {14, "Q6_K", 256, 210, true},  {15, "Q8_K", 256, 292, false}, {24, "I8", 1, 1, false},
+      {25, "I16", 1, 2, false},      {26, "I32", 1, 4, false},      {27, "I64", 1, 8, false},
+      {28, "F64", 1, 8, false},      {30, "BF16", 1, 2, true},
   };
   for (const Row& r : rows) {
     const auto t = ggml_type_traits(r.id);
@@ -88,9 +91,9 @@ TEST(QuantTraits, RowBytes) {
 TEST(Quant, UnsupportedTypesThrow) {
   std::vector<uint8_t> raw(4096);
   std::vector<float> y(256);
-  for (GgmlType t : {GgmlType::Q5_0, GgmlType::Q5_1, GgmlType::Q8_1, GgmlType::Q2_K,
-                     GgmlType::Q3_K, GgmlType::Q5_K, GgmlType::Q8_K, GgmlType::I8, GgmlType::I16,
-                     GgmlType::I32, GgmlType::I64, GgmlType::F64}) {
+  for (GgmlType t : {GgmlType::Q5_0, GgmlType::Q5_1, GgmlType::Q8_1, GgmlType::Q2_K, GgmlType::Q3_K,
+                     GgmlType::Q5_K, GgmlType::Q8_K, GgmlType::I8, GgmlType::I16, GgmlType::I32,
+                     GgmlType::I64, GgmlType::F64}) {
     for (auto fn : {&dequantize_row_ref, &dequantize_row}) {
       try {
         fn(t, raw.data(), y.data(), 256);
@@ -190,8 +193,8 @@ TEST(QuantRef, KnownQ4_K) {
   // Packing (12 bytes): bytes 0-3 = sc[0..3] | top 2 bits of sc[4..7] << 6; bytes 4-7 =
   // mn[0..3] | top 2 bits of mn[4..7] << 6; bytes 8-11 = low 4 bits of sc[4..7] | low 4 bits
   // of mn[4..7] << 4. Written out by hand:
-  const uint8_t scales[12] = {0x41, 0x82, 0xC3, 0xC4, 0x45, 0x86, 0xC7, 0xC8,
-                              0x41, 0x81, 0x20, 0xEF};
+  const uint8_t scales[12] = {0x41, 0x82, 0xC3, 0xC4, 0x45, 0x86,
+                              0xC7, 0xC8, 0x41, 0x81, 0x20, 0xEF};
   std::memcpy(&raw[4], scales, 12);
   // qs: 4 chunks of 32 bytes; chunk c gives sub-block 2c (low nibbles) and 2c+1 (high).
   int q[256];
@@ -253,10 +256,20 @@ std::vector<uint8_t> random_row(GgmlType t, uint64_t n_blocks, std::mt19937_64& 
   for (uint64_t b = 0; b < n_blocks; ++b) {
     uint8_t* blk = raw.data() + b * tr.block_bytes;
     switch (t) {
-      case GgmlType::Q8_0: case GgmlType::Q4_0: put_u16(blk, scale()); break;
-      case GgmlType::Q4_1: case GgmlType::Q4_K: put_u16(blk, scale()); put_u16(blk + 2, scale()); break;
-      case GgmlType::Q6_K: put_u16(blk + 208, scale()); break;
-      default: break;  // F32/F16/BF16: every bit pattern, NaNs included, must match too
+      case GgmlType::Q8_0:
+      case GgmlType::Q4_0:
+        put_u16(blk, scale());
+        break;
+      case GgmlType::Q4_1:
+      case GgmlType::Q4_K:
+        put_u16(blk, scale());
+        put_u16(blk + 2, scale());
+        break;
+      case GgmlType::Q6_K:
+        put_u16(blk + 208, scale());
+        break;
+      default:
+        break;  // F32/F16/BF16: every bit pattern, NaNs included, must match too
     }
   }
   return raw;
@@ -289,8 +302,8 @@ TEST(QuantFast, ExtremeScalesMatchReference) {
   // through inf*0 and inf-inf in both paths alike).
   std::mt19937_64 rng(7);
   const uint16_t extremes[] = {0x7bff, 0xfbff, 0x0001, 0x8001, 0x0000, 0x8000, 0x7c00, 0xfc00};
-  for (GgmlType t : {GgmlType::Q8_0, GgmlType::Q4_0, GgmlType::Q4_1, GgmlType::Q4_K,
-                     GgmlType::Q6_K}) {
+  for (GgmlType t :
+       {GgmlType::Q8_0, GgmlType::Q4_0, GgmlType::Q4_1, GgmlType::Q4_K, GgmlType::Q6_K}) {
     const GgmlTypeTraits& tr = ggml_traits(t);
     for (uint16_t d : extremes) {
       for (uint16_t m : extremes) {
@@ -332,7 +345,8 @@ std::vector<float> floats_from_hex(const std::string& hex) {
 TEST(QuantRef, MatchesGgufPyFixture) {
   const std::string path = std::string(FLASHMEM_FIXTURES_DIR) + "/quant_blocks.json";
   std::ifstream f(path);
-  ASSERT_TRUE(f) << "missing " << path << " (regenerate with scripts/reference/make_quant_fixture.py)";
+  ASSERT_TRUE(f) << "missing " << path
+                 << " (regenerate with scripts/reference/make_quant_fixture.py)";
   const nlohmann::json j = nlohmann::json::parse(f);
   size_t checked = 0;
   for (const auto& blk : j.at("blocks")) {

@@ -33,26 +33,16 @@ struct TypeEntry {
 
 // Every type id flashmem knows. Sizes follow ggml's type_traits table.
 constexpr TypeEntry kTypes[] = {
-    {GgmlType::F32, {"F32", 1, 4, true}},
-    {GgmlType::F16, {"F16", 1, 2, true}},
-    {GgmlType::Q4_0, {"Q4_0", 32, 18, true}},
-    {GgmlType::Q4_1, {"Q4_1", 32, 20, true}},
-    {GgmlType::Q5_0, {"Q5_0", 32, 22, false}},
-    {GgmlType::Q5_1, {"Q5_1", 32, 24, false}},
-    {GgmlType::Q8_0, {"Q8_0", 32, 34, true}},
-    {GgmlType::Q8_1, {"Q8_1", 32, 36, false}},
-    {GgmlType::Q2_K, {"Q2_K", 256, 84, false}},
-    {GgmlType::Q3_K, {"Q3_K", 256, 110, false}},
-    {GgmlType::Q4_K, {"Q4_K", 256, 144, true}},
-    {GgmlType::Q5_K, {"Q5_K", 256, 176, false}},
-    {GgmlType::Q6_K, {"Q6_K", 256, 210, true}},
-    {GgmlType::Q8_K, {"Q8_K", 256, 292, false}},
-    {GgmlType::I8, {"I8", 1, 1, false}},
-    {GgmlType::I16, {"I16", 1, 2, false}},
-    {GgmlType::I32, {"I32", 1, 4, false}},
-    {GgmlType::I64, {"I64", 1, 8, false}},
-    {GgmlType::F64, {"F64", 1, 8, false}},
-    {GgmlType::BF16, {"BF16", 1, 2, true}},
+    {GgmlType::F32, {"F32", 1, 4, true}},       {GgmlType::F16, {"F16", 1, 2, true}},
+    {GgmlType::Q4_0, {"Q4_0", 32, 18, true}},   {GgmlType::Q4_1, {"Q4_1", 32, 20, true}},
+    {GgmlType::Q5_0, {"Q5_0", 32, 22, false}},  {GgmlType::Q5_1, {"Q5_1", 32, 24, false}},
+    {GgmlType::Q8_0, {"Q8_0", 32, 34, true}},   {GgmlType::Q8_1, {"Q8_1", 32, 36, false}},
+    {GgmlType::Q2_K, {"Q2_K", 256, 84, false}}, {GgmlType::Q3_K, {"Q3_K", 256, 110, false}},
+    {GgmlType::Q4_K, {"Q4_K", 256, 144, true}}, {GgmlType::Q5_K, {"Q5_K", 256, 176, false}},
+    {GgmlType::Q6_K, {"Q6_K", 256, 210, true}}, {GgmlType::Q8_K, {"Q8_K", 256, 292, false}},
+    {GgmlType::I8, {"I8", 1, 1, false}},        {GgmlType::I16, {"I16", 1, 2, false}},
+    {GgmlType::I32, {"I32", 1, 4, false}},      {GgmlType::I64, {"I64", 1, 8, false}},
+    {GgmlType::F64, {"F64", 1, 8, false}},      {GgmlType::BF16, {"BF16", 1, 2, true}},
 };
 
 const TypeEntry* find_entry(uint32_t id) {
@@ -392,12 +382,23 @@ void dequantize_row_ref(GgmlType type, const void* src, float* dst, uint64_t n) 
     case GgmlType::BF16:
       for (uint64_t i = 0; i < n; ++i) dst[i] = bf16_to_fp32(load_u16(s + 2 * i));
       return;
-    case GgmlType::Q4_0: ref_q4_0(s, dst, nb); return;
-    case GgmlType::Q4_1: ref_q4_1(s, dst, nb); return;
-    case GgmlType::Q8_0: ref_q8_0(s, dst, nb); return;
-    case GgmlType::Q4_K: ref_q4_k(s, dst, nb); return;
-    case GgmlType::Q6_K: ref_q6_k(s, dst, nb); return;
-    default: break;
+    case GgmlType::Q4_0:
+      ref_q4_0(s, dst, nb);
+      return;
+    case GgmlType::Q4_1:
+      ref_q4_1(s, dst, nb);
+      return;
+    case GgmlType::Q8_0:
+      ref_q8_0(s, dst, nb);
+      return;
+    case GgmlType::Q4_K:
+      ref_q4_k(s, dst, nb);
+      return;
+    case GgmlType::Q6_K:
+      ref_q6_k(s, dst, nb);
+      return;
+    default:
+      break;
   }
   FM_ICHECK(false, "dequant_supported type ", ggml_type_name(type), " has no reference kernel");
 }
@@ -408,17 +409,34 @@ void dequantize_row(GgmlType type, const void* src, float* dst, uint64_t n) {
   if (n == 0) return;
   const auto* s = static_cast<const uint8_t*>(src);
   switch (type) {
-    case GgmlType::F32: std::memcpy(dst, s, static_cast<size_t>(n) * 4); return;
-    case GgmlType::F16: fast_f16(s, dst, n); return;
+    case GgmlType::F32:
+      std::memcpy(dst, s, static_cast<size_t>(n) * 4);
+      return;
+    case GgmlType::F16:
+      fast_f16(s, dst, n);
+      return;
 #if defined(__AVX2__)
-    case GgmlType::BF16: fast_bf16(s, dst, n); return;
-    case GgmlType::Q4_0: fast_q4_0(s, dst, nb); return;
-    case GgmlType::Q4_1: fast_q4_1(s, dst, nb); return;
-    case GgmlType::Q8_0: fast_q8_0(s, dst, nb); return;
-    case GgmlType::Q4_K: fast_q4_k(s, dst, nb); return;
-    case GgmlType::Q6_K: fast_q6_k(s, dst, nb); return;
+    case GgmlType::BF16:
+      fast_bf16(s, dst, n);
+      return;
+    case GgmlType::Q4_0:
+      fast_q4_0(s, dst, nb);
+      return;
+    case GgmlType::Q4_1:
+      fast_q4_1(s, dst, nb);
+      return;
+    case GgmlType::Q8_0:
+      fast_q8_0(s, dst, nb);
+      return;
+    case GgmlType::Q4_K:
+      fast_q4_k(s, dst, nb);
+      return;
+    case GgmlType::Q6_K:
+      fast_q6_k(s, dst, nb);
+      return;
 #endif
-    default: break;
+    default:
+      break;
   }
   // Without AVX2 the reference loops are the fast path (the compiler vectorises them).
   dequantize_row_ref(type, src, dst, n);

@@ -14,6 +14,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include <bit>
 #include <cerrno>
 #include <cstring>
 #include <limits>
@@ -22,6 +23,10 @@
 #include "core/error.h"
 
 namespace flashmem {
+
+// Values are decoded with memcpy, which is only correct on a little-endian host.
+static_assert(std::endian::native == std::endian::little,
+              "GGUF reader assumes a little-endian host");
 
 namespace {
 
@@ -42,22 +47,42 @@ bool valid_value_type(uint32_t t) { return t <= static_cast<uint32_t>(GgufValueT
 // Bytes a value of this type needs at minimum (exact for scalars).
 uint64_t min_value_bytes(GgufValueType t) {
   switch (t) {
-    case GgufValueType::UINT8: case GgufValueType::INT8: case GgufValueType::BOOL: return 1;
-    case GgufValueType::UINT16: case GgufValueType::INT16: return 2;
-    case GgufValueType::UINT32: case GgufValueType::INT32: case GgufValueType::FLOAT32: return 4;
-    case GgufValueType::UINT64: case GgufValueType::INT64: case GgufValueType::FLOAT64: return 8;
-    case GgufValueType::STRING: return 8;
-    case GgufValueType::ARRAY: return 4 + 8;
+    case GgufValueType::UINT8:
+    case GgufValueType::INT8:
+    case GgufValueType::BOOL:
+      return 1;
+    case GgufValueType::UINT16:
+    case GgufValueType::INT16:
+      return 2;
+    case GgufValueType::UINT32:
+    case GgufValueType::INT32:
+    case GgufValueType::FLOAT32:
+      return 4;
+    case GgufValueType::UINT64:
+    case GgufValueType::INT64:
+    case GgufValueType::FLOAT64:
+      return 8;
+    case GgufValueType::STRING:
+      return 8;
+    case GgufValueType::ARRAY:
+      return 4 + 8;
   }
   return 1;
 }
 
 bool is_integer_type(GgufValueType t) {
   switch (t) {
-    case GgufValueType::UINT8: case GgufValueType::INT8: case GgufValueType::UINT16:
-    case GgufValueType::INT16: case GgufValueType::UINT32: case GgufValueType::INT32:
-    case GgufValueType::UINT64: case GgufValueType::INT64: return true;
-    default: return false;
+    case GgufValueType::UINT8:
+    case GgufValueType::INT8:
+    case GgufValueType::UINT16:
+    case GgufValueType::INT16:
+    case GgufValueType::UINT32:
+    case GgufValueType::INT32:
+    case GgufValueType::UINT64:
+    case GgufValueType::INT64:
+      return true;
+    default:
+      return false;
   }
 }
 
@@ -65,26 +90,63 @@ bool is_integer_type(GgufValueType t) {
 // well-formed, just unsupported, so it gets kUnsupported with the type's name.
 const char* foreign_ggml_type_name(uint32_t id) {
   switch (id) {
-    case 4: return "Q4_2 (removed from GGML)";
-    case 5: return "Q4_3 (removed from GGML)";
-    case 16: return "IQ2_XXS";
-    case 17: return "IQ2_XS";
-    case 18: return "IQ3_XXS";
-    case 19: return "IQ1_S";
-    case 20: return "IQ4_NL";
-    case 21: return "IQ3_S";
-    case 22: return "IQ2_S";
-    case 23: return "IQ4_XS";
-    case 29: return "IQ1_M";
-    case 34: return "TQ1_0";
-    case 35: return "TQ2_0";
-    case 39: return "MXFP4";
-    default: return nullptr;
+    case 4:
+      return "Q4_2 (removed from GGML)";
+    case 5:
+      return "Q4_3 (removed from GGML)";
+    case 16:
+      return "IQ2_XXS";
+    case 17:
+      return "IQ2_XS";
+    case 18:
+      return "IQ3_XXS";
+    case 19:
+      return "IQ1_S";
+    case 20:
+      return "IQ4_NL";
+    case 21:
+      return "IQ3_S";
+    case 22:
+      return "IQ2_S";
+    case 23:
+      return "IQ4_XS";
+    case 29:
+      return "IQ1_M";
+    case 31:
+      return "Q4_0_4_4 (removed from GGUF)";
+    case 32:
+      return "Q4_0_4_8 (removed from GGUF)";
+    case 33:
+      return "Q4_0_8_8 (removed from GGUF)";
+    case 34:
+      return "TQ1_0";
+    case 35:
+      return "TQ2_0";
+    case 36:
+      return "IQ4_NL_4_4 (removed from GGUF)";
+    case 37:
+      return "IQ4_NL_4_8 (removed from GGUF)";
+    case 38:
+      return "IQ4_NL_8_8 (removed from GGUF)";
+    case 39:
+      return "MXFP4";
+    case 40:
+      return "NVFP4";
+    case 41:
+      return "Q1_0";
+    case 42:
+      return "Q2_0";
+    default:
+      return nullptr;
   }
 }
 
-bool checked_mul(uint64_t a, uint64_t b, uint64_t* out) { return !__builtin_mul_overflow(a, b, out); }
-bool checked_add(uint64_t a, uint64_t b, uint64_t* out) { return !__builtin_add_overflow(a, b, out); }
+bool checked_mul(uint64_t a, uint64_t b, uint64_t* out) {
+  return !__builtin_mul_overflow(a, b, out);
+}
+bool checked_add(uint64_t a, uint64_t b, uint64_t* out) {
+  return !__builtin_add_overflow(a, b, out);
+}
 
 // Bounds-checked little-endian cursor over the image. Descriptions of what is being read
 // are passed as callables so that error text is only built when something fails.
@@ -100,8 +162,8 @@ class Reader {
   template <typename Describe>
   void need(uint64_t n, const Describe& what) const {
     if (n > remaining()) {
-      FM_FAIL(ErrorCode::kFormat, source_, ": truncated while reading ", what(),
-              " at byte offset ", pos_, " (needs ", n, " bytes, ", remaining(), " left)");
+      FM_FAIL(ErrorCode::kFormat, source_, ": truncated while reading ", what(), " at byte offset ",
+              pos_, " (needs ", n, " bytes, ", remaining(), " left)");
     }
   }
 
@@ -136,10 +198,24 @@ class Reader {
   const std::string& source_;
 };
 
+// Quotes a name from the file for an error message. Names are untrusted: control bytes are
+// escaped and very long names are cut, so a hostile key cannot flood or garble the message.
 std::string quoted(std::string_view s) {
+  constexpr size_t kMaxShown = 96;
+  static constexpr char kHex[] = "0123456789abcdef";
   std::string out = "'";
-  out.append(s.data(), s.size());
+  for (size_t i = 0; i < s.size() && i < kMaxShown; ++i) {
+    const auto c = static_cast<unsigned char>(s[i]);
+    if (c < 0x20 || c == 0x7f || c == '\\' || c == '\'') {
+      out += "\\x";
+      out += kHex[c >> 4];
+      out += kHex[c & 15];
+    } else {
+      out += static_cast<char>(c);
+    }
+  }
   out += "'";
+  if (s.size() > kMaxShown) out += detail::concat(" (cut, ", s.size(), " bytes)");
   return out;
 }
 
@@ -159,14 +235,14 @@ std::shared_ptr<GgufArray> read_array(Reader& r, const std::string& key, int dep
   const uint64_t count_at = r.pos();
   const auto count = r.read<uint64_t>([&] { return "array length of key " + quoted(key); });
   const uint64_t max_count = r.remaining() / min_value_bytes(elem_type);
-  FM_CHECK(count <= max_count, ErrorCode::kFormat, r.source(), ": array count ", count,
-           " of key ", quoted(key), " at byte offset ", count_at, " is larger than the ",
-           r.remaining(), " bytes left could hold (", gguf_value_type_name(elem_type),
-           " elements)");
+  FM_CHECK(count <= max_count, ErrorCode::kFormat, r.source(), ": array count ", count, " of key ",
+           quoted(key), " at byte offset ", count_at, " is larger than the ", r.remaining(),
+           " bytes left could hold (", gguf_value_type_name(elem_type), " elements)");
   auto arr = std::make_shared<GgufArray>();
   arr->elem_type = elem_type;
   arr->items.reserve(static_cast<size_t>(count));  // bounded by the file size just above
-  for (uint64_t i = 0; i < count; ++i) arr->items.push_back(read_value(r, elem_type, key, depth + 1));
+  for (uint64_t i = 0; i < count; ++i)
+    arr->items.push_back(read_value(r, elem_type, key, depth + 1));
   return arr;
 }
 
@@ -175,16 +251,36 @@ GgufValue read_value(Reader& r, GgufValueType type, const std::string& key, int 
   GgufValue v;
   v.type = type;
   switch (type) {
-    case GgufValueType::UINT8: v.v = uint64_t{r.read<uint8_t>(what)}; break;
-    case GgufValueType::INT8: v.v = int64_t{r.read<int8_t>(what)}; break;
-    case GgufValueType::UINT16: v.v = uint64_t{r.read<uint16_t>(what)}; break;
-    case GgufValueType::INT16: v.v = int64_t{r.read<int16_t>(what)}; break;
-    case GgufValueType::UINT32: v.v = uint64_t{r.read<uint32_t>(what)}; break;
-    case GgufValueType::INT32: v.v = int64_t{r.read<int32_t>(what)}; break;
-    case GgufValueType::UINT64: v.v = r.read<uint64_t>(what); break;
-    case GgufValueType::INT64: v.v = r.read<int64_t>(what); break;
-    case GgufValueType::FLOAT32: v.v = double{r.read<float>(what)}; break;
-    case GgufValueType::FLOAT64: v.v = r.read<double>(what); break;
+    case GgufValueType::UINT8:
+      v.v = uint64_t{r.read<uint8_t>(what)};
+      break;
+    case GgufValueType::INT8:
+      v.v = int64_t{r.read<int8_t>(what)};
+      break;
+    case GgufValueType::UINT16:
+      v.v = uint64_t{r.read<uint16_t>(what)};
+      break;
+    case GgufValueType::INT16:
+      v.v = int64_t{r.read<int16_t>(what)};
+      break;
+    case GgufValueType::UINT32:
+      v.v = uint64_t{r.read<uint32_t>(what)};
+      break;
+    case GgufValueType::INT32:
+      v.v = int64_t{r.read<int32_t>(what)};
+      break;
+    case GgufValueType::UINT64:
+      v.v = r.read<uint64_t>(what);
+      break;
+    case GgufValueType::INT64:
+      v.v = r.read<int64_t>(what);
+      break;
+    case GgufValueType::FLOAT32:
+      v.v = double{r.read<float>(what)};
+      break;
+    case GgufValueType::FLOAT64:
+      v.v = r.read<double>(what);
+      break;
     case GgufValueType::BOOL: {
       const uint64_t at = r.pos();
       const auto b = r.read<uint8_t>(what);
@@ -193,8 +289,12 @@ GgufValue read_value(Reader& r, GgufValueType type, const std::string& key, int 
       v.v = b == 1;
       break;
     }
-    case GgufValueType::STRING: v.v = r.read_string(what); break;
-    case GgufValueType::ARRAY: v.v = read_array(r, key, depth); break;
+    case GgufValueType::STRING:
+      v.v = r.read_string(what);
+      break;
+    case GgufValueType::ARRAY:
+      v.v = read_array(r, key, depth);
+      break;
   }
   return v;
 }
@@ -227,19 +327,32 @@ std::string element_name(std::string_view key, size_t i) {
 
 const char* gguf_value_type_name(GgufValueType t) {
   switch (t) {
-    case GgufValueType::UINT8: return "UINT8";
-    case GgufValueType::INT8: return "INT8";
-    case GgufValueType::UINT16: return "UINT16";
-    case GgufValueType::INT16: return "INT16";
-    case GgufValueType::UINT32: return "UINT32";
-    case GgufValueType::INT32: return "INT32";
-    case GgufValueType::FLOAT32: return "FLOAT32";
-    case GgufValueType::BOOL: return "BOOL";
-    case GgufValueType::STRING: return "STRING";
-    case GgufValueType::ARRAY: return "ARRAY";
-    case GgufValueType::UINT64: return "UINT64";
-    case GgufValueType::INT64: return "INT64";
-    case GgufValueType::FLOAT64: return "FLOAT64";
+    case GgufValueType::UINT8:
+      return "UINT8";
+    case GgufValueType::INT8:
+      return "INT8";
+    case GgufValueType::UINT16:
+      return "UINT16";
+    case GgufValueType::INT16:
+      return "INT16";
+    case GgufValueType::UINT32:
+      return "UINT32";
+    case GgufValueType::INT32:
+      return "INT32";
+    case GgufValueType::FLOAT32:
+      return "FLOAT32";
+    case GgufValueType::BOOL:
+      return "BOOL";
+    case GgufValueType::STRING:
+      return "STRING";
+    case GgufValueType::ARRAY:
+      return "ARRAY";
+    case GgufValueType::UINT64:
+      return "UINT64";
+    case GgufValueType::INT64:
+      return "INT64";
+    case GgufValueType::FLOAT64:
+      return "FLOAT64";
   }
   return "UNKNOWN";
 }
@@ -365,8 +478,8 @@ void GgufFile::Impl::parse() {
     for (char& c : shown) {
       if (c != 0 && (c < 0x20 || c > 0x7e)) c = '?';
     }
-    FM_FAIL(ErrorCode::kFormat, source, ": bad magic 0x", std::hex, magic, std::dec, " (\"",
-            shown, "\") at byte offset 0; expected \"GGUF\" — not a GGUF file");
+    FM_FAIL(ErrorCode::kFormat, source, ": bad magic 0x", std::hex, magic, std::dec, " (\"", shown,
+            "\") at byte offset 0; expected \"GGUF\" — not a GGUF file");
   }
   version = r.read<uint32_t>([] { return std::string("the version"); });
   // A big-endian file (allowed since v3) shows its version byte-swapped.
@@ -383,7 +496,8 @@ void GgufFile::Impl::parse() {
   const auto n_kv = r.read<uint64_t>([] { return std::string("the metadata key/value count"); });
   FM_CHECK(n_kv <= r.remaining() / kMinKvBytes, ErrorCode::kFormat, source, ": n_kv = ", n_kv,
            " (byte offset 16) is impossible: the ", r.remaining(),
-           " bytes after the header hold at most ", r.remaining() / kMinKvBytes, " key/value pairs");
+           " bytes after the header hold at most ", r.remaining() / kMinKvBytes,
+           " key/value pairs");
   FM_CHECK(n_tensors <= r.remaining() / kMinTensorInfoBytes, ErrorCode::kFormat, source,
            ": n_tensors = ", n_tensors, " (byte offset 8) is impossible: the ", r.remaining(),
            " bytes after the header hold at most ", r.remaining() / kMinTensorInfoBytes,
@@ -394,7 +508,8 @@ void GgufFile::Impl::parse() {
   values.reserve(static_cast<size_t>(n_kv));
   for (uint64_t i = 0; i < n_kv; ++i) {
     const uint64_t at = r.pos();
-    std::string key = r.read_string([&] { return detail::concat("the key of metadata entry ", i); });
+    std::string key =
+        r.read_string([&] { return detail::concat("the key of metadata entry ", i); });
     FM_CHECK(key_index.find(key) == key_index.end(), ErrorCode::kFormat, source,
              ": duplicate metadata key ", quoted(key), " at byte offset ", at);
     const uint64_t type_at = r.pos();
@@ -408,9 +523,8 @@ void GgufFile::Impl::parse() {
 
   if (const auto it = key_index.find("general.alignment"); it != key_index.end()) {
     const GgufValue& v = values[it->second];
-    FM_CHECK(is_integer_type(v.type), ErrorCode::kFormat, source,
-             ": general.alignment has type ", gguf_value_type_name(v.type),
-             ", expected an unsigned integer");
+    FM_CHECK(is_integer_type(v.type), ErrorCode::kFormat, source, ": general.alignment has type ",
+             gguf_value_type_name(v.type), ", expected an unsigned integer");
     const uint64_t a = v.as_u64("general.alignment");
     // llama.cpp stores it as a u32, hence the 2^31 cap.
     FM_CHECK(a != 0 && (a & (a - 1)) == 0 && a <= (uint64_t{1} << 31), ErrorCode::kFormat, source,
@@ -467,16 +581,18 @@ void GgufFile::Impl::parse_tensor_info(Reader& r) {
       FM_FAIL(ErrorCode::kUnsupported, source, ": tensor ", qname, " uses GGML type ", foreign,
               " (id ", type_id, "), which flashmem does not support");
     }
-    FM_FAIL(ErrorCode::kFormat, source, ": tensor ", qname, " has unknown tensor type id ",
-            type_id, " at byte offset ", type_at);
+    FM_FAIL(ErrorCode::kFormat, source, ": tensor ", qname, " has unknown tensor type id ", type_id,
+            " at byte offset ", type_at);
   }
   t.type = static_cast<GgmlType>(type_id);
   FM_CHECK(t.ne[0] % traits->block_elems == 0, ErrorCode::kFormat, source, ": tensor ", qname,
            " of type ", traits->name, " has a row length ne[0] = ", t.ne[0],
-           " that is not a multiple of the block size ", traits->block_elems);
+           " that is not a multiple of the block size ", traits->block_elems,
+           " (tensor info at byte offset ", at, ")");
   const uint64_t row_bytes = t.ne[0] / traits->block_elems * traits->block_bytes;  // ≤ ne[0]*8
   FM_CHECK(checked_mul(t.rows(), row_bytes, &t.n_bytes), ErrorCode::kFormat, source,
-           ": byte size of tensor ", qname, " overflows 64 bits");
+           ": byte size of tensor ", qname, " overflows 64 bits (tensor info at byte offset ", at,
+           ")");
   t.offset = r.read<uint64_t>([&] { return "the data offset of tensor " + qname; });
   tensor_index.emplace(t.name, tensors.size());
   tensors.push_back(std::move(t));
@@ -488,8 +604,8 @@ void GgufFile::Impl::locate_tensors() {
     FM_CHECK(t.offset % alignment == 0, ErrorCode::kFormat, source, ": tensor ", quoted(t.name),
              " has data offset ", t.offset, " that is not aligned to ", alignment, " bytes");
     uint64_t end = 0;
-    FM_CHECK(checked_add(t.offset, t.n_bytes, &end) && end <= data_size, ErrorCode::kFormat,
-             source, ": data of tensor ", quoted(t.name), " (", t.n_bytes, " bytes at data offset ",
+    FM_CHECK(checked_add(t.offset, t.n_bytes, &end) && end <= data_size, ErrorCode::kFormat, source,
+             ": data of tensor ", quoted(t.name), " (", t.n_bytes, " bytes at data offset ",
              t.offset, ", file offset ", data_offset, " + ", t.offset,
              ") runs past the end of the file (", size, " bytes)");
     t.data = data + data_offset + t.offset;
@@ -558,8 +674,7 @@ const GgufValue* GgufFile::find(std::string_view key) const {
 
 const GgufValue& GgufFile::get(std::string_view key) const {
   const GgufValue* v = find(key);
-  FM_CHECK(v != nullptr, ErrorCode::kFormat, impl_->source, ": missing metadata key ",
-           quoted(key));
+  FM_CHECK(v != nullptr, ErrorCode::kFormat, impl_->source, ": missing metadata key ", quoted(key));
   return *v;
 }
 

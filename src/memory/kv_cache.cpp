@@ -56,6 +56,7 @@ AttentionParams PagedKvCache::attention_params(int n_heads, float scale) const {
   p.n_heads = n_heads;
   p.n_kv_heads = cfg_.n_kv_heads;
   p.head_dim = cfg_.head_dim;
+  p.page_tokens = cfg_.page_tokens;
   p.head_stride = static_cast<int64_t>(cfg_.page_tokens) * cfg_.head_dim;
   p.kv_type = cfg_.type;
   p.scale = scale;
@@ -90,15 +91,18 @@ void PagedKvCache::append(int layer, int64_t n, const float* k, const float* v) 
     for (int h = 0; h < nh; ++h) {
       const float* ks = k + (t * nh + h) * hd;
       const float* vs = v + (t * nh + h) * hd;
-      const size_t at = (static_cast<size_t>(h) * pt + slot) * hd;
+      const size_t head = static_cast<size_t>(h) * pt * hd;
+      const size_t k_at = head + slot;             // K dim-major: stride pt between dims
+      const size_t v_at = head + slot * hd;        // V token-major: one contiguous row
       if (cfg_.type == KvType::kF32) {
-        std::memcpy(base + at * esz, ks, hd * sizeof(float));
-        std::memcpy(base + half + at * esz, vs, hd * sizeof(float));
+        auto* kd = reinterpret_cast<float*>(base) + k_at;
+        for (int c = 0; c < hd; ++c) kd[static_cast<size_t>(c) * pt] = ks[c];
+        std::memcpy(base + half + v_at * esz, vs, hd * sizeof(float));
       } else {
-        auto* kd = reinterpret_cast<uint16_t*>(base) + at;
-        auto* vd = reinterpret_cast<uint16_t*>(base + half) + at;
+        auto* kd = reinterpret_cast<uint16_t*>(base) + k_at;
+        auto* vd = reinterpret_cast<uint16_t*>(base + half) + v_at;
         for (int c = 0; c < hd; ++c) {
-          kd[c] = fp32_to_fp16(ks[c]);
+          kd[static_cast<size_t>(c) * pt] = fp32_to_fp16(ks[c]);
           vd[c] = fp32_to_fp16(vs[c]);
         }
       }

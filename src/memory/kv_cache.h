@@ -1,8 +1,8 @@
 // flashmem/memory/kv_cache.h — the paged KV cache.
 //
 // KV is stored in pages of `page_tokens` tokens. A page holds K and V for every KV head of
-// one layer, laid out [kv_head][token][head_dim] so attention reads a head's tokens
-// contiguously. Pages come from one arena sized when the cache is created (no allocation
+// one layer: K dim-major [kv_head][head_dim][token], V token-major [kv_head][token][head_dim]
+// (see KvPageRef). Pages come from one arena sized when the cache is created (no allocation
 // while decoding); the footprint reported is exactly the bytes of that arena that are in use.
 //
 // Models talk to the cache through two calls only: `append` hands over the new tokens' K/V

@@ -108,9 +108,11 @@ class LlamaModel final : public Model {
       const LayerWeights& w = layers_[l];
       // Attention block.
       be_.rms_norm(x_.data(), w.attn_norm, m, d, info_.rms_eps, xn_.data());
-      be_.matmul(w.wq, xn_.data(), m, q_.data());
-      be_.matmul(w.wk, xn_.data(), m, k_.data());
-      be_.matmul(w.wv, xn_.data(), m, v_.data());
+      {
+        const WeightMatrix* ws[3] = {&w.wq, &w.wk, &w.wv};
+        float* ys[3] = {q_.data(), k_.data(), v_.data()};
+        be_.matmul_n(ws, xn_.data(), m, ys);
+      }
       be_.rope(q_.data(), m, info_.n_heads, hd, pos_.data(), info_.rope);
       be_.rope(k_.data(), m, info_.n_kv_heads, hd, pos_.data(), info_.rope);
       kv.append(l, m, k_.data(), v_.data());
@@ -119,8 +121,11 @@ class LlamaModel final : public Model {
       be_.add(x_.data(), tmp_.data(), m * d);
       // MLP block (SwiGLU).
       be_.rms_norm(x_.data(), w.ffn_norm, m, d, info_.rms_eps, xn_.data());
-      be_.matmul(w.w_gate, xn_.data(), m, gate_.data());
-      be_.matmul(w.w_up, xn_.data(), m, up_.data());
+      {
+        const WeightMatrix* ws[2] = {&w.w_gate, &w.w_up};
+        float* ys[2] = {gate_.data(), up_.data()};
+        be_.matmul_n(ws, xn_.data(), m, ys);
+      }
       be_.swiglu(gate_.data(), up_.data(), m * info_.n_ff, gate_.data());
       be_.matmul(w.w_down, gate_.data(), m, tmp_.data());
       be_.add(x_.data(), tmp_.data(), m * d);

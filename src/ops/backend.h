@@ -29,9 +29,12 @@ enum class KvType { kF32, kF16 };
 const char* kv_type_name(KvType t);
 size_t kv_type_bytes(KvType t);
 
-// One page of KV as the attention op sees it. K and V are laid out [kv_head][token][head_dim]
-// with `head_stride` elements between heads; tokens of a page hold consecutive positions
-// starting at pos0. A layer's pages are given in increasing position order.
+// One page of KV as the attention op sees it: `page_tokens` slots, of which the first n_tokens
+// hold consecutive positions pos0, pos0 + 1, .... A layer's pages come in increasing position
+// order. Per KV head g (head_stride = page_tokens·head_dim elements apart):
+//   K is dim-major:   k[g·head_stride + c·page_tokens + j]   (dim c of token j)
+//   V is token-major: v[g·head_stride + j·head_dim + c]
+// Dim-major K lets decode score 16 keys with one FMA per dim, with no reduction per key.
 struct KvPageRef {
   const void* k = nullptr;
   const void* v = nullptr;
@@ -43,7 +46,8 @@ struct AttentionParams {
   int n_heads = 0;       // query heads
   int n_kv_heads = 0;    // key/value heads (GQA: n_heads % n_kv_heads == 0)
   int head_dim = 0;
-  int64_t head_stride = 0;  // elements between kv heads inside a page
+  int page_tokens = 0;      // token slots per page
+  int64_t head_stride = 0;  // elements between kv heads inside a page (page_tokens·head_dim)
   KvType kv_type = KvType::kF32;
   float scale = 0.0f;       // usually 1/sqrt(head_dim)
 };
@@ -62,6 +66,12 @@ class Backend {
 
   // y[m × w.rows] = x[m × w.cols] · wᵀ
   virtual void matmul(const WeightMatrix& w, const float* x, int64_t m, float* y) = 0;
+  // ys[k][m × ws[k]->rows] = x · ws[k]ᵀ for several weights sharing the input (Q/K/V, gate/up);
+  // a backend may run them as one launch.
+  virtual void matmul_n(std::span<const WeightMatrix* const> ws, const float* x, int64_t m,
+                        std::span<float* const> ys) {
+    for (size_t k = 0; k < ws.size(); ++k) matmul(*ws[k], x, m, ys[k]);
+  }
   // out[i] = row ids[i] of the embedding table w (dequantised)
   virtual void get_rows(const WeightMatrix& w, const int32_t* ids, int64_t m, float* out) = 0;
   // y = x / rms(x) * weight, per row of n

@@ -7,11 +7,10 @@
 
 #include "core/dtype.h"
 #include "core/error.h"
+#include "core/simd.h"
 #include "core/thread_pool.h"
 #include "ops/cpu/elementwise.h"
 #include "ops/cpu/matmul.h"
-
-#include "core/simd.h"
 
 namespace flashmem::cpu {
 
@@ -19,8 +18,10 @@ namespace {
 
 // Above this many queries the gathered-sgemm schedule wins over split-and-merge.
 constexpr int64_t kDecodeMaxQueries = 4;
+// Query heads scored together against one K page (they share its loads).
+constexpr int kMaxRows = 4;
 
-// Converts n KV values starting at `src` (element index `at`) to f32.
+// Converts n KV values starting at element `at` to f32.
 void kv_to_f32(const void* src, KvType type, int64_t at, int64_t n, float* dst) {
   if (type == KvType::kF32) {
     std::memcpy(dst, static_cast<const float*>(src) + at, static_cast<size_t>(n) * sizeof(float));
@@ -35,32 +36,147 @@ void kv_to_f32(const void* src, KvType type, int64_t at, int64_t n, float* dst) 
   for (; i < n; ++i) dst[i] = fp16_to_fp32(h[i]);
 }
 
-float dot(const float* a, const float* b, int n) {
-#if defined(__AVX512F__)
-  if (n % 16 == 0) {
-    __m512 acc = _mm512_setzero_ps();
-    for (int i = 0; i < n; i += 16)
-      acc = _mm512_fmadd_ps(_mm512_loadu_ps(a + i), _mm512_loadu_ps(b + i), acc);
-    return _mm512_reduce_add_ps(acc);
-  }
-#endif
-  float s = 0.0f;
-  for (int i = 0; i < n; ++i) s += a[i] * b[i];
-  return s;
-}
-
-void axpy(float a, const float* x, float* y, int n) {
-  for (int i = 0; i < n; ++i) y[i] += a * x[i];
-}
-
-void scale(float* y, float a, int n) {
-  for (int i = 0; i < n; ++i) y[i] *= a;
+float kv_at(const void* src, KvType type, int64_t at) {
+  return type == KvType::kF32 ? static_cast<const float*>(src)[at]
+                              : fp16_to_fp32(static_cast<const uint16_t*>(src)[at]);
 }
 
 void check_params(const AttentionParams& p) {
   FM_ICHECK(p.n_heads > 0 && p.n_kv_heads > 0 && p.n_heads % p.n_kv_heads == 0,
             "bad head counts ", p.n_heads, "/", p.n_kv_heads);
-  FM_ICHECK(p.head_dim > 0 && p.head_stride >= p.head_dim, "bad head layout");
+  FM_ICHECK(p.head_dim > 0 && p.page_tokens > 0 &&
+                p.head_stride == int64_t{p.page_tokens} * p.head_dim,
+            "bad page layout");
+}
+
+// Online-softmax state of R query rows over the keys seen so far (see AttnState).
+struct Rows {
+  int n;                   // rows in use (≤ kMaxRows)
+  const float* q[kMaxRows];  // head_dim values each
+  float* m[kMaxRows];
+  float* l[kMaxRows];
+  float* o[kMaxRows];        // head_dim values each, unnormalised
+};
+
+#if defined(__AVX512F__)
+// exp(x) for x ≤ 0 as in softmax: 2^(x·log2 e) split into 2^n · 2^f, f ∈ [−½, ½], with a
+// degree-7 Taylor polynomial for 2^f (relative error < 1e-8 before rounding).
+inline __m512 exp512(__m512 x) {
+  x = _mm512_max_ps(x, _mm512_set1_ps(-87.0f));
+  const __m512 t = _mm512_mul_ps(x, _mm512_set1_ps(1.44269504088896341f));
+  const __m512 n = _mm512_roundscale_ps(t, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+  const __m512 f = _mm512_sub_ps(t, n);
+  __m512 p = _mm512_set1_ps(1.525273380e-5f);
+  p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(1.540353040e-4f));
+  p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(1.333355815e-3f));
+  p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(9.618129108e-3f));
+  p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(5.550410866e-2f));
+  p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(2.402265070e-1f));
+  p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(6.931471806e-1f));
+  p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(1.0f));
+  return _mm512_scalef_ps(p, n);
+}
+
+template <KvType T>
+inline __m512 load16(const void* base, int64_t at, __mmask16 mask) {
+  if constexpr (T == KvType::kF32) {
+    return _mm512_maskz_loadu_ps(mask, static_cast<const float*>(base) + at);
+  } else {
+    return _mm512_cvtph_ps(_mm256_maskz_loadu_epi16(mask, static_cast<const uint16_t*>(base) + at));
+  }
+}
+
+// Attends R rows (query heads of one KV head, all seeing the first n_vis tokens of the page)
+// to one page. Scores of 16 keys at a time come from dim-major K with one FMA per dim.
+template <int R, KvType T>
+void attend_page(const Rows& rows, const void* kbase, const void* vbase, int pt, int d,
+                 int n_vis, float scale, float* s /* R × pt, scratch */) {
+  for (int jb = 0; jb < n_vis; jb += 16) {
+    const int nv = std::min(16, n_vis - jb);
+    const __mmask16 mask = static_cast<__mmask16>((1u << nv) - 1);
+    __m512 acc[R];
+    for (int r = 0; r < R; ++r) acc[r] = _mm512_setzero_ps();
+    for (int c = 0; c < d; ++c) {
+      const __m512 kc = load16<T>(kbase, int64_t{c} * pt + jb, mask);
+      for (int r = 0; r < R; ++r) acc[r] = _mm512_fmadd_ps(_mm512_set1_ps(rows.q[r][c]), kc, acc[r]);
+    }
+    for (int r = 0; r < R; ++r)
+      _mm512_mask_storeu_ps(s + r * pt + jb, mask, _mm512_mul_ps(acc[r], _mm512_set1_ps(scale)));
+  }
+  float corr[R];
+  for (int r = 0; r < R; ++r) {
+    float* sr = s + r * pt;
+    float mx = *rows.m[r];
+    for (int j = 0; j < n_vis; ++j) mx = std::max(mx, sr[j]);
+    corr[r] = std::exp(*rows.m[r] - mx);  // 0 on the first page (m = −inf)
+    *rows.m[r] = mx;
+    __m512 lsum = _mm512_setzero_ps();
+    for (int jb = 0; jb < n_vis; jb += 16) {
+      const int nv = std::min(16, n_vis - jb);
+      const __mmask16 mask = static_cast<__mmask16>((1u << nv) - 1);
+      const __m512 e = _mm512_maskz_mov_ps(
+          mask, exp512(_mm512_sub_ps(_mm512_maskz_loadu_ps(mask, sr + jb), _mm512_set1_ps(mx))));
+      _mm512_mask_storeu_ps(sr + jb, mask, e);
+      lsum = _mm512_add_ps(lsum, e);
+    }
+    *rows.l[r] = *rows.l[r] * corr[r] + _mm512_reduce_add_ps(lsum);
+  }
+  for (int cb = 0; cb < d; cb += 16) {
+    const __mmask16 mask = static_cast<__mmask16>(d - cb >= 16 ? 0xFFFF : (1u << (d - cb)) - 1);
+    __m512 acc[R];
+    for (int r = 0; r < R; ++r)
+      acc[r] = _mm512_mul_ps(_mm512_maskz_loadu_ps(mask, rows.o[r] + cb), _mm512_set1_ps(corr[r]));
+    for (int j = 0; j < n_vis; ++j) {
+      const __m512 vj = load16<T>(vbase, int64_t{j} * d + cb, mask);
+      for (int r = 0; r < R; ++r) acc[r] = _mm512_fmadd_ps(_mm512_set1_ps(s[r * pt + j]), vj, acc[r]);
+    }
+    for (int r = 0; r < R; ++r) _mm512_mask_storeu_ps(rows.o[r] + cb, mask, acc[r]);
+  }
+}
+#endif
+
+#if !defined(__AVX512F__)
+// Plain version of attend_page for builds without AVX-512.
+void attend_page_scalar(const Rows& rows, const void* kbase, const void* vbase, KvType type,
+                        int pt, int d, int n_vis, float scale, float* s) {
+  for (int r = 0; r < rows.n; ++r) {
+    float* sr = s + r * pt;
+    float mx = *rows.m[r];
+    for (int j = 0; j < n_vis; ++j) {
+      float acc = 0.0f;
+      for (int c = 0; c < d; ++c) acc += rows.q[r][c] * kv_at(kbase, type, int64_t{c} * pt + j);
+      sr[j] = acc * scale;
+      mx = std::max(mx, sr[j]);
+    }
+    const float corr = std::exp(*rows.m[r] - mx);
+    *rows.m[r] = mx;
+    float l = 0.0f;
+    for (int j = 0; j < n_vis; ++j) l += sr[j] = std::exp(sr[j] - mx);
+    *rows.l[r] = *rows.l[r] * corr + l;
+    float* o = rows.o[r];
+    for (int c = 0; c < d; ++c) o[c] *= corr;
+    for (int j = 0; j < n_vis; ++j)
+      for (int c = 0; c < d; ++c) o[c] += sr[j] * kv_at(vbase, type, int64_t{j} * d + c);
+  }
+}
+#endif
+
+void attend(const Rows& rows, const void* kbase, const void* vbase, KvType type, int pt, int d,
+            int n_vis, float scale, float* s) {
+#if defined(__AVX512F__)
+  auto go = [&]<KvType T>() {
+    switch (rows.n) {
+      case 1: return attend_page<1, T>(rows, kbase, vbase, pt, d, n_vis, scale, s);
+      case 2: return attend_page<2, T>(rows, kbase, vbase, pt, d, n_vis, scale, s);
+      case 3: return attend_page<3, T>(rows, kbase, vbase, pt, d, n_vis, scale, s);
+      default: return attend_page<4, T>(rows, kbase, vbase, pt, d, n_vis, scale, s);
+    }
+  };
+  if (type == KvType::kF32) go.template operator()<KvType::kF32>();
+  else go.template operator()<KvType::kF16>();
+#else
+  attend_page_scalar(rows, kbase, vbase, type, pt, d, n_vis, scale, s);
+#endif
 }
 
 // ---- decode: split pages into ranges, online softmax per range, merge --------------------
@@ -73,57 +189,40 @@ void attention_decode(ThreadPool& pool, const AttentionParams& p, const float* q
   // Enough ranges to keep every thread busy, never fewer than one page each.
   const int64_t want = std::max<int64_t>(1, (4 * pool.size() + p.n_kv_heads - 1) / p.n_kv_heads);
   const int64_t n_splits = std::max<int64_t>(1, std::min(n_pages, want));
-  const int64_t per = (n_pages + n_splits - 1) / std::max<int64_t>(1, n_splits);
+  const int64_t per = (n_pages + n_splits - 1) / n_splits;
   const int64_t states_per_task = m * rep;
   // Partial states: [kv_head][split][query][rep] → (m, l, o[d]).
   const int64_t n_states = p.n_kv_heads * n_splits * states_per_task;
   std::vector<float> st_m(n_states, -INFINITY), st_l(n_states, 0.0f);
   std::vector<float> st_o(static_cast<size_t>(n_states) * d, 0.0f);
 
-  int64_t max_tokens = 0;
-  for (const auto& pg : pages) max_tokens = std::max<int64_t>(max_tokens, pg.n_tokens);
-
   pool.run(p.n_kv_heads * n_splits, [&](int64_t task, int) {
     const int g = static_cast<int>(task / n_splits);
     const int64_t split = task % n_splits;
     const int64_t pg0 = split * per, pg1 = std::min(n_pages, pg0 + per);
-    thread_local std::vector<float> kbuf, vbuf, sbuf;
-    kbuf.resize(max_tokens * d);
-    vbuf.resize(max_tokens * d);
-    sbuf.resize(max_tokens);
+    thread_local std::vector<float> sbuf;
+    sbuf.resize(static_cast<size_t>(kMaxRows) * p.page_tokens);
     const int64_t base = task * states_per_task;
+    const int64_t off = static_cast<int64_t>(g) * p.head_stride;
+    const size_t esz = kv_type_bytes(p.kv_type);
     for (int64_t pi = pg0; pi < pg1; ++pi) {
       const KvPageRef& pg = pages[pi];
-      const int64_t off = static_cast<int64_t>(g) * p.head_stride;
-      kv_to_f32(pg.k, p.kv_type, off, static_cast<int64_t>(pg.n_tokens) * d, kbuf.data());
-      kv_to_f32(pg.v, p.kv_type, off, static_cast<int64_t>(pg.n_tokens) * d, vbuf.data());
+      const void* kb = static_cast<const uint8_t*>(pg.k) + off * esz;
+      const void* vb = static_cast<const uint8_t*>(pg.v) + off * esz;
       for (int64_t i = 0; i < m; ++i) {
-        const int64_t n_vis = std::clamp<int64_t>(pos[i] - pg.pos0 + 1, 0, pg.n_tokens);
+        const int n_vis = static_cast<int>(std::clamp<int64_t>(pos[i] - pg.pos0 + 1, 0, pg.n_tokens));
         if (n_vis == 0) continue;
-        for (int r = 0; r < rep; ++r) {
-          const int h = g * rep + r;
-          const float* qh = q + (i * p.n_heads + h) * d;
-          float smax = -INFINITY;
-          for (int64_t j = 0; j < n_vis; ++j) {
-            sbuf[j] = p.scale * dot(qh, kbuf.data() + j * d, d);
-            smax = std::max(smax, sbuf[j]);
+        for (int r0 = 0; r0 < rep; r0 += kMaxRows) {
+          Rows rows{};
+          rows.n = std::min(kMaxRows, rep - r0);
+          for (int r = 0; r < rows.n; ++r) {
+            const int64_t s = base + i * rep + r0 + r;
+            rows.q[r] = q + (i * p.n_heads + g * rep + r0 + r) * d;
+            rows.m[r] = &st_m[s];
+            rows.l[r] = &st_l[s];
+            rows.o[r] = st_o.data() + s * d;
           }
-          const int64_t s = base + i * rep + r;
-          float* o = st_o.data() + s * d;
-          const float new_m = std::max(st_m[s], smax);
-          const float corr = std::exp(st_m[s] - new_m);  // exp(−inf) = 0 on the first page
-          if (corr != 1.0f) {
-            scale(o, corr, d);
-            st_l[s] *= corr;
-          }
-          float l = 0.0f;
-          for (int64_t j = 0; j < n_vis; ++j) {
-            const float e = std::exp(sbuf[j] - new_m);
-            l += e;
-            axpy(e, vbuf.data() + j * d, o, d);
-          }
-          st_l[s] += l;
-          st_m[s] = new_m;
+          attend(rows, kb, vb, p.kv_type, p.page_tokens, d, n_vis, p.scale, sbuf.data());
         }
       }
     }
@@ -140,7 +239,8 @@ void attention_decode(ThreadPool& pool, const AttentionParams& p, const float* q
         const int64_t s = (g * n_splits + split) * states_per_task + i * rep + r;
         acc.merge(AttnState{st_m[s], st_l[s], st_o.data() + s * d}, d);
       }
-      if (acc.l > 0.0f) scale(dst, 1.0f / acc.l, d);
+      if (acc.l > 0.0f)
+        for (int c = 0; c < d; ++c) dst[c] /= acc.l;
     }
 }
 
@@ -150,12 +250,14 @@ void attention_prefill(ThreadPool& pool, const AttentionParams& p, const float* 
                        const int32_t* pos, int64_t m, std::span<const KvPageRef> pages,
                        float* out) {
   const int d = p.head_dim;
+  const int pt = p.page_tokens;
   const int rep = p.n_heads / p.n_kv_heads;
   int64_t total = 0;
   for (const auto& pg : pages) total += pg.n_tokens;
   std::vector<int32_t> key_pos(total);
-  std::vector<float> kall(static_cast<size_t>(p.n_kv_heads) * total * d);
-  std::vector<float> vall(kall.size());
+  // kt: per kv head, K transposed [d × total]; vall: per kv head, V [total × d].
+  std::vector<float> kt(static_cast<size_t>(p.n_kv_heads) * total * d);
+  std::vector<float> vall(kt.size());
   {
     int64_t t = 0;
     for (const auto& pg : pages)
@@ -163,9 +265,11 @@ void attention_prefill(ThreadPool& pool, const AttentionParams& p, const float* 
   }
   pool.run(p.n_kv_heads, [&](int64_t g, int) {
     int64_t t = 0;
+    const int64_t off = g * p.head_stride;
+    float* ktg = kt.data() + g * total * d;
     for (const auto& pg : pages) {
-      const int64_t off = g * p.head_stride;
-      kv_to_f32(pg.k, p.kv_type, off, int64_t{pg.n_tokens} * d, kall.data() + (g * total + t) * d);
+      for (int c = 0; c < d; ++c)
+        kv_to_f32(pg.k, p.kv_type, off + int64_t{c} * pt, pg.n_tokens, ktg + c * total + t);
       kv_to_f32(pg.v, p.kv_type, off, int64_t{pg.n_tokens} * d, vall.data() + (g * total + t) * d);
       t += pg.n_tokens;
     }
@@ -182,29 +286,25 @@ void attention_prefill(ThreadPool& pool, const AttentionParams& p, const float* 
     for (int64_t i = i0; i < i0 + mb; ++i) max_pos = std::max(max_pos, pos[i]);
     // Keys are in increasing position order: only a prefix can be visible to this block.
     const int64_t n_keys = std::upper_bound(key_pos.begin(), key_pos.end(), max_pos) - key_pos.begin();
-    thread_local std::vector<float> sbuf, obuf;
-    sbuf.resize(mb * std::max<int64_t>(1, n_keys));
-    obuf.resize(mb * d);
     if (n_keys == 0) {
       for (int64_t i = 0; i < mb; ++i) std::fill_n(out + ((i0 + i) * p.n_heads + h) * d, d, 0.0f);
       return;
     }
-    const float* kg = kall.data() + g * total * d;
-    const float* vg = vall.data() + g * total * d;
-    sgemm_nt(mb, n_keys, d, p.scale, q + (i0 * p.n_heads + h) * d, int64_t{p.n_heads} * d, kg, d,
-             0.0f, sbuf.data(), n_keys);
+    thread_local std::vector<float> sbuf, obuf;
+    sbuf.resize(mb * n_keys);
+    obuf.resize(mb * d);
+    // S = scale · Q Kᵀ  with Kᵀ stored [d × total]: an NN product over its first n_keys columns.
+    sgemm_nn(mb, n_keys, d, q + (i0 * p.n_heads + h) * d, int64_t{p.n_heads} * d,
+             kt.data() + g * total * d, total, 0.0f, sbuf.data(), n_keys);
     for (int64_t i = 0; i < mb; ++i) {
       float* row = sbuf.data() + i * n_keys;
       const int64_t vis = std::upper_bound(key_pos.begin(), key_pos.begin() + n_keys, pos[i0 + i]) -
                           key_pos.begin();
-      if (vis == 0) {
-        std::fill(row, row + n_keys, 0.0f);
-        continue;
-      }
-      softmax(row, vis);
+      for (int64_t j = 0; j < vis; ++j) row[j] *= p.scale;
+      if (vis > 0) softmax(row, vis);
       std::fill(row + vis, row + n_keys, 0.0f);
     }
-    sgemm_nn(mb, d, n_keys, sbuf.data(), n_keys, vg, d, 0.0f, obuf.data(), d);
+    sgemm_nn(mb, d, n_keys, sbuf.data(), n_keys, vall.data() + g * total * d, d, 0.0f, obuf.data(), d);
     for (int64_t i = 0; i < mb; ++i)
       std::memcpy(out + ((i0 + i) * p.n_heads + h) * d, obuf.data() + i * d, sizeof(float) * d);
   });
@@ -234,30 +334,29 @@ void attention_ref(const AttentionParams& p, const float* q, const int32_t* pos,
   check_params(p);
   const int d = p.head_dim;
   const int rep = p.n_heads / p.n_kv_heads;
-  std::vector<float> k(d), v(d);
   for (int64_t i = 0; i < m; ++i)
     for (int h = 0; h < p.n_heads; ++h) {
       const float* qh = q + (i * p.n_heads + h) * d;
       const int64_t off = static_cast<int64_t>(h / rep) * p.head_stride;
       std::vector<double> scores;
-      std::vector<std::vector<float>> vals;
+      std::vector<std::pair<const KvPageRef*, int>> keys;
       for (const auto& pg : pages)
         for (int j = 0; j < pg.n_tokens && pg.pos0 + j <= pos[i]; ++j) {
-          kv_to_f32(pg.k, p.kv_type, off + int64_t{j} * d, d, k.data());
-          kv_to_f32(pg.v, p.kv_type, off + int64_t{j} * d, d, v.data());
           double s = 0.0;
-          for (int c = 0; c < d; ++c) s += static_cast<double>(qh[c]) * k[c];
+          for (int c = 0; c < d; ++c)
+            s += static_cast<double>(qh[c]) * kv_at(pg.k, p.kv_type, off + int64_t{c} * p.page_tokens + j);
           scores.push_back(s * p.scale);
-          vals.push_back(v);
+          keys.emplace_back(&pg, j);
         }
       double mx = -INFINITY;
       for (double s : scores) mx = std::max(mx, s);
       std::vector<double> acc(d, 0.0);
       double sum = 0.0;
-      for (size_t j = 0; j < scores.size(); ++j) {
-        const double e = std::exp(scores[j] - mx);
+      for (size_t k = 0; k < scores.size(); ++k) {
+        const double e = std::exp(scores[k] - mx);
         sum += e;
-        for (int c = 0; c < d; ++c) acc[c] += e * vals[j][c];
+        for (int c = 0; c < d; ++c)
+          acc[c] += e * kv_at(keys[k].first->v, p.kv_type, off + int64_t{keys[k].second} * d + c);
       }
       float* o = out + (i * p.n_heads + h) * d;
       for (int c = 0; c < d; ++c) o[c] = sum > 0.0 ? static_cast<float>(acc[c] / sum) : 0.0f;

@@ -23,6 +23,11 @@ void CpuBackend::matmul(const WeightMatrix& w, const float* x, int64_t m, float*
   cpu::matmul(pool_, w, x, m, y);
 }
 
+void CpuBackend::matmul_n(std::span<const WeightMatrix* const> ws, const float* x, int64_t m,
+                          std::span<float* const> ys) {
+  cpu::matmul_n(pool_, ws, x, m, ys);
+}
+
 void CpuBackend::get_rows(const WeightMatrix& w, const int32_t* ids, int64_t m, float* out) {
   for (int64_t i = 0; i < m; ++i) {
     FM_CHECK(ids[i] >= 0 && ids[i] < w.rows, ErrorCode::kInvalidArgument, "token id ", ids[i],

@@ -15,6 +15,8 @@ class CpuBackend final : public Backend {
   ThreadPool& pool() { return pool_; }
 
   void matmul(const WeightMatrix& w, const float* x, int64_t m, float* y) override;
+  void matmul_n(std::span<const WeightMatrix* const> ws, const float* x, int64_t m,
+                std::span<float* const> ys) override;
   void get_rows(const WeightMatrix& w, const int32_t* ids, int64_t m, float* out) override;
   void rms_norm(const float* x, const float* weight, int64_t m, int64_t n, float eps,
                 float* y) override;

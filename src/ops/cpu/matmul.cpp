@@ -37,11 +37,18 @@ float dot_f32(const float* a, const float* b, int64_t n) {
 #endif
 }
 
-#if defined(__AVX512F__)
-// Σ over blocks of d·(q·x) + m·Σx for Q4_1: nibble j → element j, high nibble → j + 16.
+#if defined(__AVX512F__) && defined(__F16C__)
+// The two f16 scale fields at the start of a block, converted by hardware: lane 0 = first.
+inline __m128 load_f16x2(const void* p) {
+  uint32_t bits;
+  std::memcpy(&bits, p, 4);
+  return _mm_cvtph_ps(_mm_cvtsi32_si128(static_cast<int>(bits)));
+}
+
+// Q4_1: x_j = d·q_j + m, nibble j of qs → element j, high nibble → element j + 16. Two
+// accumulator chains per term keep the FMA latency hidden; no horizontal sum inside the loop.
 float dot_q4_1_avx512(const BlockQ4_1* w, const float* x, int64_t nb) {
-  __m512 acc = _mm512_setzero_ps();
-  float macc = 0.0f;
+  __m512 acc0 = _mm512_setzero_ps(), acc1 = _mm512_setzero_ps(), macc = _mm512_setzero_ps();
   const __m512i mask = _mm512_set1_epi32(0xF);
   for (int64_t b = 0; b < nb; ++b) {
     const __m512i raw = _mm512_cvtepu8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(w[b].qs)));
@@ -49,38 +56,82 @@ float dot_q4_1_avx512(const BlockQ4_1* w, const float* x, int64_t nb) {
     const __m512 hi = _mm512_cvtepi32_ps(_mm512_srli_epi32(raw, 4));
     const __m512 x0 = _mm512_loadu_ps(x + b * 32);
     const __m512 x1 = _mm512_loadu_ps(x + b * 32 + 16);
-    const __m512 blk = _mm512_fmadd_ps(hi, x1, _mm512_mul_ps(lo, x0));
-    acc = _mm512_fmadd_ps(_mm512_set1_ps(fp16_to_fp32(w[b].d)), blk, acc);
-    macc += fp16_to_fp32(w[b].m) * _mm512_reduce_add_ps(_mm512_add_ps(x0, x1));
+    const __m128 dm = load_f16x2(&w[b]);
+    const __m512 d = _mm512_broadcastss_ps(dm);
+    const __m512 m = _mm512_broadcastss_ps(_mm_movehdup_ps(dm));
+    acc0 = _mm512_fmadd_ps(_mm512_mul_ps(lo, d), x0, acc0);
+    acc1 = _mm512_fmadd_ps(_mm512_mul_ps(hi, d), x1, acc1);
+    macc = _mm512_fmadd_ps(m, _mm512_add_ps(x0, x1), macc);
   }
-  return _mm512_reduce_add_ps(acc) + macc;
+  return _mm512_reduce_add_ps(_mm512_add_ps(_mm512_add_ps(acc0, acc1), macc));
+}
+
+// Four rows at once: the activation loads (and x0 + x1) are shared, and there are 12
+// independent accumulator chains.
+void dot4_q4_1_avx512(const uint8_t* row0, size_t row_bytes, const float* x, int64_t nb, float* out) {
+  __m512 a0[4], a1[4], ma[4];
+  for (int r = 0; r < 4; ++r) a0[r] = a1[r] = ma[r] = _mm512_setzero_ps();
+  const __m512i mask = _mm512_set1_epi32(0xF);
+  for (int64_t b = 0; b < nb; ++b) {
+    const __m512 x0 = _mm512_loadu_ps(x + b * 32);
+    const __m512 x1 = _mm512_loadu_ps(x + b * 32 + 16);
+    const __m512 xs = _mm512_add_ps(x0, x1);
+    for (int r = 0; r < 4; ++r) {
+      const BlockQ4_1* w = reinterpret_cast<const BlockQ4_1*>(row0 + r * row_bytes) + b;
+      const __m512i raw = _mm512_cvtepu8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(w->qs)));
+      const __m128 dm = load_f16x2(w);
+      const __m512 d = _mm512_broadcastss_ps(dm);
+      a0[r] = _mm512_fmadd_ps(_mm512_mul_ps(_mm512_cvtepi32_ps(_mm512_and_si512(raw, mask)), d), x0, a0[r]);
+      a1[r] = _mm512_fmadd_ps(_mm512_mul_ps(_mm512_cvtepi32_ps(_mm512_srli_epi32(raw, 4)), d), x1, a1[r]);
+      ma[r] = _mm512_fmadd_ps(_mm512_broadcastss_ps(_mm_movehdup_ps(dm)), xs, ma[r]);
+    }
+  }
+  for (int r = 0; r < 4; ++r) out[r] = _mm512_reduce_add_ps(_mm512_add_ps(_mm512_add_ps(a0[r], a1[r]), ma[r]));
+}
+
+void dot4_q8_0_avx512(const uint8_t* row0, size_t row_bytes, const float* x, int64_t nb, float* out) {
+  __m512 a0[4], a1[4];
+  for (int r = 0; r < 4; ++r) a0[r] = a1[r] = _mm512_setzero_ps();
+  for (int64_t b = 0; b < nb; ++b) {
+    const __m512 x0 = _mm512_loadu_ps(x + b * 32);
+    const __m512 x1 = _mm512_loadu_ps(x + b * 32 + 16);
+    for (int r = 0; r < 4; ++r) {
+      const BlockQ8_0* w = reinterpret_cast<const BlockQ8_0*>(row0 + r * row_bytes) + b;
+      const __m512 d = _mm512_broadcastss_ps(load_f16x2(w));
+      const __m512 q0 = _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(w->qs))));
+      const __m512 q1 = _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(w->qs + 16))));
+      a0[r] = _mm512_fmadd_ps(_mm512_mul_ps(q0, d), x0, a0[r]);
+      a1[r] = _mm512_fmadd_ps(_mm512_mul_ps(q1, d), x1, a1[r]);
+    }
+  }
+  for (int r = 0; r < 4; ++r) out[r] = _mm512_reduce_add_ps(_mm512_add_ps(a0[r], a1[r]));
 }
 
 float dot_q8_0_avx512(const BlockQ8_0* w, const float* x, int64_t nb) {
-  __m512 acc = _mm512_setzero_ps();
+  __m512 acc0 = _mm512_setzero_ps(), acc1 = _mm512_setzero_ps();
   for (int64_t b = 0; b < nb; ++b) {
     const __m512 q0 = _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(w[b].qs))));
     const __m512 q1 = _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(w[b].qs + 16))));
-    const __m512 blk = _mm512_fmadd_ps(q1, _mm512_loadu_ps(x + b * 32 + 16),
-                                       _mm512_mul_ps(q0, _mm512_loadu_ps(x + b * 32)));
-    acc = _mm512_fmadd_ps(_mm512_set1_ps(fp16_to_fp32(w[b].d)), blk, acc);
+    const __m512 d = _mm512_broadcastss_ps(load_f16x2(&w[b]));
+    acc0 = _mm512_fmadd_ps(_mm512_mul_ps(q0, d), _mm512_loadu_ps(x + b * 32), acc0);
+    acc1 = _mm512_fmadd_ps(_mm512_mul_ps(q1, d), _mm512_loadu_ps(x + b * 32 + 16), acc1);
   }
-  return _mm512_reduce_add_ps(acc);
+  return _mm512_reduce_add_ps(_mm512_add_ps(acc0, acc1));
 }
 
 float dot_q4_0_avx512(const BlockQ4_0* w, const float* x, int64_t nb) {
-  __m512 acc = _mm512_setzero_ps();
+  __m512 acc0 = _mm512_setzero_ps(), acc1 = _mm512_setzero_ps();
   const __m512i mask = _mm512_set1_epi32(0xF);
   const __m512i eight = _mm512_set1_epi32(8);
   for (int64_t b = 0; b < nb; ++b) {
     const __m512i raw = _mm512_cvtepu8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(w[b].qs)));
     const __m512 lo = _mm512_cvtepi32_ps(_mm512_sub_epi32(_mm512_and_si512(raw, mask), eight));
     const __m512 hi = _mm512_cvtepi32_ps(_mm512_sub_epi32(_mm512_srli_epi32(raw, 4), eight));
-    const __m512 blk = _mm512_fmadd_ps(hi, _mm512_loadu_ps(x + b * 32 + 16),
-                                       _mm512_mul_ps(lo, _mm512_loadu_ps(x + b * 32)));
-    acc = _mm512_fmadd_ps(_mm512_set1_ps(fp16_to_fp32(w[b].d)), blk, acc);
+    const __m512 d = _mm512_broadcastss_ps(load_f16x2(&w[b]));
+    acc0 = _mm512_fmadd_ps(_mm512_mul_ps(lo, d), _mm512_loadu_ps(x + b * 32), acc0);
+    acc1 = _mm512_fmadd_ps(_mm512_mul_ps(hi, d), _mm512_loadu_ps(x + b * 32 + 16), acc1);
   }
-  return _mm512_reduce_add_ps(acc);
+  return _mm512_reduce_add_ps(_mm512_add_ps(acc0, acc1));
 }
 #endif
 
@@ -102,7 +153,7 @@ float dot_row_ref(GgmlType type, const uint8_t* row, const float* x, int64_t col
 }
 
 float dot_row(GgmlType type, const uint8_t* row, const float* x, int64_t cols) {
-#if defined(__AVX512F__)
+#if defined(__AVX512F__) && defined(__F16C__)
   switch (type) {
     case GgmlType::Q4_1: return dot_q4_1_avx512(reinterpret_cast<const BlockQ4_1*>(row), x, cols / 32);
     case GgmlType::Q8_0: return dot_q8_0_avx512(reinterpret_cast<const BlockQ8_0*>(row), x, cols / 32);
@@ -115,6 +166,15 @@ float dot_row(GgmlType type, const uint8_t* row, const float* x, int64_t cols) {
   float* tmp = scratch(static_cast<size_t>(cols));
   dequantize_row(type, row, tmp, static_cast<uint64_t>(cols));
   return dot_f32(tmp, x, cols);
+}
+
+void dot4_rows(GgmlType type, const uint8_t* row0, size_t row_bytes, const float* x, int64_t cols,
+               float* out) {
+#if defined(__AVX512F__) && defined(__F16C__)
+  if (type == GgmlType::Q4_1) return dot4_q4_1_avx512(row0, row_bytes, x, cols / 32, out);
+  if (type == GgmlType::Q8_0) return dot4_q8_0_avx512(row0, row_bytes, x, cols / 32, out);
+#endif
+  for (int r = 0; r < 4; ++r) out[r] = dot_row(type, row0 + r * row_bytes, x, cols);
 }
 
 bool have_blas() {
@@ -172,16 +232,51 @@ void matmul_ref(const WeightMatrix& w, const float* x, int64_t m, float* y) {
   }
 }
 
+namespace {
+// Decode rows [r0, r1) of w: fused dequant-dot, four rows at a time.
+void matvec_rows(const WeightMatrix& w, const float* x, int64_t m, float* y, int64_t r0, int64_t r1) {
+  const int64_t cols = w.cols;
+  int64_t r = r0;
+  for (; r + 4 <= r1; r += 4)
+    for (int64_t i = 0; i < m; ++i) {
+      float out[4];
+      dot4_rows(w.type, w.data + r * w.row_bytes, w.row_bytes, x + i * cols, cols, out);
+      for (int k = 0; k < 4; ++k) y[i * w.rows + r + k] = out[k];
+    }
+  for (; r < r1; ++r)
+    for (int64_t i = 0; i < m; ++i)
+      y[i * w.rows + r] = dot_row(w.type, w.data + r * w.row_bytes, x + i * cols, cols);
+}
+constexpr int64_t kDecodeMaxRows = 2;  // m up to this uses fused dot products
+constexpr int64_t kRowChunk = 128;      // rows per decode task
+}  // namespace
+
+void matmul_n(ThreadPool& pool, std::span<const WeightMatrix* const> ws, const float* x, int64_t m,
+              std::span<float* const> ys) {
+  FM_ICHECK(ws.size() == ys.size(), "matmul_n needs one output per weight");
+  if (m > kDecodeMaxRows) {
+    for (size_t k = 0; k < ws.size(); ++k) matmul(pool, *ws[k], x, m, ys[k]);
+    return;
+  }
+  // One task list over the row chunks of all matrices.
+  std::vector<int64_t> first_task(ws.size() + 1, 0);
+  for (size_t k = 0; k < ws.size(); ++k)
+    first_task[k + 1] = first_task[k] + (ws[k]->rows + kRowChunk - 1) / kRowChunk;
+  pool.run(first_task.back(), [&](int64_t t, int) {
+    const size_t k = static_cast<size_t>(
+        std::upper_bound(first_task.begin(), first_task.end(), t) - first_task.begin() - 1);
+    const int64_t r0 = (t - first_task[k]) * kRowChunk;
+    matvec_rows(*ws[k], x, m, ys[k], r0, std::min(ws[k]->rows, r0 + kRowChunk));
+  });
+}
+
 void matmul(ThreadPool& pool, const WeightMatrix& w, const float* x, int64_t m, float* y) {
   FM_ICHECK(w.data != nullptr && w.cols > 0, "matmul on an empty weight ", w.name);
   const int64_t cols = w.cols;
-  if (m <= 2) {
-    // Decode: fused dequant-dot per row; rows split evenly over threads.
-    pool.parallel_for(w.rows, 64, [&](int64_t r0, int64_t r1, int) {
-      for (int64_t r = r0; r < r1; ++r) {
-        const uint8_t* row = w.data + r * w.row_bytes;
-        for (int64_t i = 0; i < m; ++i) y[i * w.rows + r] = dot_row(w.type, row, x + i * cols, cols);
-      }
+  if (m <= kDecodeMaxRows) {
+    const int64_t n_tasks = (w.rows + kRowChunk - 1) / kRowChunk;
+    pool.run(n_tasks, [&](int64_t t, int) {
+      matvec_rows(w, x, m, y, t * kRowChunk, std::min(w.rows, (t + 1) * kRowChunk));
     });
     return;
   }

@@ -7,6 +7,7 @@
 #pragma once
 
 #include <cstdint>
+#include <span>
 
 #include "ops/backend.h"
 
@@ -17,9 +18,15 @@ namespace cpu {
 // Dot product of one stored weight row (cols values) with x. Plain reference and fast path.
 float dot_row_ref(GgmlType type, const uint8_t* row, const float* x, int64_t cols);
 float dot_row(GgmlType type, const uint8_t* row, const float* x, int64_t cols);
+// The same for four consecutive rows (row_bytes apart), sharing the activation loads.
+void dot4_rows(GgmlType type, const uint8_t* row0, size_t row_bytes, const float* x, int64_t cols,
+               float* out);
 
 // y[m × w.rows] = x[m × w.cols] · wᵀ, parallel over output rows.
 void matmul(ThreadPool& pool, const WeightMatrix& w, const float* x, int64_t m, float* y);
+// Several products sharing x, as one parallel region when m is small (decode).
+void matmul_n(ThreadPool& pool, std::span<const WeightMatrix* const> ws, const float* x, int64_t m,
+              std::span<float* const> ys);
 // Plain single-threaded reference of the same product (dequantise, then double-free f32 loops).
 void matmul_ref(const WeightMatrix& w, const float* x, int64_t m, float* y);
 
