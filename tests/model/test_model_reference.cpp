@@ -138,9 +138,13 @@ TEST_P(PromptFixtures, GreedyContinuationsAgainstReferences) {
                 d64 == 64 ? "none" : std::to_string(d64).c_str(), agree(f.llamacpp_greedy),
                 dll == 64 ? "none" : std::to_string(dll).c_str());
     if (const char* dir = std::getenv("FLASHMEM_REPORT_DIR")) {
+      const Tokenizer& tk = eng.tokenizer();
       nlohmann::json j = {{"prompt", f.name}, {"kv", kv_type_name(kvt)}, {"flashmem", ours},
                           {"f64", f.f64_greedy}, {"llamacpp", f.llamacpp_greedy},
-                          {"first_divergence_f64", d64}, {"first_divergence_llamacpp", dll}};
+                          {"first_divergence_f64", d64}, {"first_divergence_llamacpp", dll},
+                          {"equal_f64", agree(f.f64_greedy)}, {"equal_llamacpp", agree(f.llamacpp_greedy)},
+                          {"text_flashmem", tk.decode(ours)}, {"text_f64", tk.decode(f.f64_greedy)},
+                          {"text_llamacpp", tk.decode(f.llamacpp_greedy)}};
       std::ofstream(std::string(dir) + "/greedy_" + f.name + "_" + kv_type_name(kvt) + ".json")
           << j.dump() << "\n";
     }
