@@ -9,6 +9,8 @@
 #include <fstream>
 #include <string>
 
+#include <nlohmann/json.hpp>
+
 #include "test_util.h"
 
 namespace flashmem {
@@ -100,6 +102,28 @@ TEST(Cli, PromptLongerThanContextIsAnErrorNotACrash) {
   const CmdResult r = run_cli("run -m " + test::require_default_model() + " -f " + path + " -c 128 -n 4");
   EXPECT_EQ(r.code, 1) << r.out;
   EXPECT_NE(r.out.find("context"), std::string::npos) << r.out;
+}
+
+TEST(Cli, RunReportsTokensAndKvBytesAsJson) {
+  // The chat fixture is hand-written ChatML: its special tokens must be recognised, giving
+  // exactly the ids llama.cpp produced for it (tests/fixtures/logits/chat.json).
+  const std::string fx = std::string(FLASHMEM_FIXTURES_DIR);
+  std::ifstream in(fx + "/logits/chat.json");
+  const auto want = nlohmann::json::parse(in).at("tokens").get<std::vector<int>>();
+  const auto report = (std::filesystem::temp_directory_path() / "flashmem_cli_report.json").string();
+  const CmdResult r = run_cli("run -m " + test::require_default_model() + " -f " + fx +
+                              "/prompts/chat.txt -n 8 --kv-type f32 --report-json " + report);
+  ASSERT_EQ(r.code, 0) << r.out;
+  EXPECT_NE(r.out.find("[flashmem] KV"), std::string::npos) << r.out;
+  std::ifstream rin(report);
+  const auto j = nlohmann::json::parse(rin);
+  EXPECT_EQ(j.at("prompt_tokens").get<size_t>(), want.size());
+  const size_t n = j.at("prompt_tokens").get<size_t>() + j.at("generated_tokens").get<size_t>();
+  EXPECT_EQ(j.at("kv_bytes_per_token").get<size_t>(), 46080u);  // 2·30·3·64·4
+  EXPECT_EQ(j.at("kv_bytes_full").get<size_t>(), n * 46080u);
+  // Whole 64-token pages per layer hold the tokens that went through the model.
+  const size_t pages = (n - 1 + 63) / 64;
+  EXPECT_EQ(j.at("kv_bytes_in_use").get<size_t>(), pages * 64u * 46080u);
 }
 
 }  // namespace

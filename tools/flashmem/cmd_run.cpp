@@ -76,7 +76,8 @@ int run_command(const RunArgs& a) {
     text = tpl.render(msgs, true);
     go.stop_strings = tpl.stop_strings();
   }
-  const std::vector<int32_t> prompt = eng->tokenizer().encode(text, true, a.chat);
+  // Special-token text (e.g. a hand-written ChatML prompt) is recognised, as llama.cpp does.
+  const std::vector<int32_t> prompt = eng->tokenizer().encode(text, true, true);
   GenerateResult r = eng->generate(prompt, go, [](std::string_view piece) {
     std::fwrite(piece.data(), 1, piece.size(), stdout);
     std::fflush(stdout);
