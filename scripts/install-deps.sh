@@ -3,7 +3,8 @@
 # are present. Needs root (or sudo) only when something is missing.
 set -euo pipefail
 PKGS=(build-essential cmake g++ git python3 python3-pip unzip
-      libgtest-dev libgmock-dev libbenchmark-dev nlohmann-json3-dev libcli11-dev libopenblas-dev)
+      libgtest-dev libgmock-dev libbenchmark-dev nlohmann-json3-dev libcli11-dev libopenblas-dev
+      wamerican bible-kjv-text)
 missing=()
 for p in "${PKGS[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

@@ -193,8 +193,14 @@ void attention_decode(ThreadPool& pool, const AttentionParams& p, const float* q
   const int64_t states_per_task = m * rep;
   // Partial states: [kv_head][split][query][rep] → (m, l, o[d]).
   const int64_t n_states = p.n_kv_heads * n_splits * states_per_task;
-  std::vector<float> st_m(n_states, -INFINITY), st_l(n_states, 0.0f);
-  std::vector<float> st_o(static_cast<size_t>(n_states) * d, 0.0f);
+  // Reused across decode steps; bound to local references so the workers use these instances.
+  thread_local std::vector<float> tl_m, tl_l, tl_o;
+  std::vector<float>& st_m = tl_m;
+  std::vector<float>& st_l = tl_l;
+  std::vector<float>& st_o = tl_o;
+  st_m.assign(n_states, -INFINITY);
+  st_l.assign(n_states, 0.0f);
+  st_o.assign(static_cast<size_t>(n_states) * d, 0.0f);
 
   pool.run(p.n_kv_heads * n_splits, [&](int64_t task, int) {
     const int g = static_cast<int>(task / n_splits);
@@ -254,10 +260,18 @@ void attention_prefill(ThreadPool& pool, const AttentionParams& p, const float* 
   const int rep = p.n_heads / p.n_kv_heads;
   int64_t total = 0;
   for (const auto& pg : pages) total += pg.n_tokens;
-  std::vector<int32_t> key_pos(total);
-  // kt: per kv head, K transposed [d × total]; vall: per kv head, V [total × d].
-  std::vector<float> kt(static_cast<size_t>(p.n_kv_heads) * total * d);
-  std::vector<float> vall(kt.size());
+  // kt: per kv head, K transposed [d × total]; vall: per kv head, V [total × d]. Kept across
+  // calls (prefill calls this once per layer and micro-batch); only grown, never shrunk.
+  // (Worker threads see these through the local references: a lambda never captures a
+  // thread_local itself, it would name the worker's own, empty, instance.)
+  thread_local std::vector<int32_t> tl_key_pos;
+  thread_local std::vector<float> tl_kt, tl_vall;
+  std::vector<int32_t>& key_pos = tl_key_pos;
+  std::vector<float>& kt = tl_kt;
+  std::vector<float>& vall = tl_vall;
+  key_pos.resize(total);
+  kt.resize(static_cast<size_t>(p.n_kv_heads) * total * d);
+  vall.resize(kt.size());
   {
     int64_t t = 0;
     for (const auto& pg : pages)
