@@ -1,6 +1,5 @@
 #include <cstdio>
 #include <fstream>
-#include <iostream>
 #include <sstream>
 
 #include <nlohmann/json.hpp>

@@ -45,38 +45,20 @@ inline __m128 load_f16x2(const void* p) {
   return _mm_cvtph_ps(_mm_cvtsi32_si128(static_cast<int>(bits)));
 }
 
-// Q4_1: x_j = d·q_j + m, nibble j of qs → element j, high nibble → element j + 16. Two
-// accumulator chains per term keep the FMA latency hidden; no horizontal sum inside the loop.
-float dot_q4_1_avx512(const BlockQ4_1* w, const float* x, int64_t nb) {
-  __m512 acc0 = _mm512_setzero_ps(), acc1 = _mm512_setzero_ps(), macc = _mm512_setzero_ps();
-  const __m512i mask = _mm512_set1_epi32(0xF);
-  for (int64_t b = 0; b < nb; ++b) {
-    const __m512i raw = _mm512_cvtepu8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(w[b].qs)));
-    const __m512 lo = _mm512_cvtepi32_ps(_mm512_and_si512(raw, mask));
-    const __m512 hi = _mm512_cvtepi32_ps(_mm512_srli_epi32(raw, 4));
-    const __m512 x0 = _mm512_loadu_ps(x + b * 32);
-    const __m512 x1 = _mm512_loadu_ps(x + b * 32 + 16);
-    const __m128 dm = load_f16x2(&w[b]);
-    const __m512 d = _mm512_broadcastss_ps(dm);
-    const __m512 m = _mm512_broadcastss_ps(_mm_movehdup_ps(dm));
-    acc0 = _mm512_fmadd_ps(_mm512_mul_ps(lo, d), x0, acc0);
-    acc1 = _mm512_fmadd_ps(_mm512_mul_ps(hi, d), x1, acc1);
-    macc = _mm512_fmadd_ps(m, _mm512_add_ps(x0, x1), macc);
-  }
-  return _mm512_reduce_add_ps(_mm512_add_ps(_mm512_add_ps(acc0, acc1), macc));
-}
-
-// Four rows at once: the activation loads (and x0 + x1) are shared, and there are 12
-// independent accumulator chains.
-void dot4_q4_1_avx512(const uint8_t* row0, size_t row_bytes, const float* x, int64_t nb, float* out) {
-  __m512 a0[4], a1[4], ma[4];
-  for (int r = 0; r < 4; ++r) a0[r] = a1[r] = ma[r] = _mm512_setzero_ps();
+// R consecutive rows (row_bytes apart) against one activation vector: the activation loads
+// (and x0 + x1) are shared, and each row keeps independent accumulator chains so the FMA
+// latency stays hidden; the horizontal sums happen once, after the loop.
+// Q4_1: x_j = d·q_j + m, nibble j of qs → element j, high nibble → element j + 16.
+template <int R>
+void dot_q4_1_avx512(const uint8_t* row0, size_t row_bytes, const float* x, int64_t nb, float* out) {
+  __m512 a0[R], a1[R], ma[R];
+  for (int r = 0; r < R; ++r) a0[r] = a1[r] = ma[r] = _mm512_setzero_ps();
   const __m512i mask = _mm512_set1_epi32(0xF);
   for (int64_t b = 0; b < nb; ++b) {
     const __m512 x0 = _mm512_loadu_ps(x + b * 32);
     const __m512 x1 = _mm512_loadu_ps(x + b * 32 + 16);
     const __m512 xs = _mm512_add_ps(x0, x1);
-    for (int r = 0; r < 4; ++r) {
+    for (int r = 0; r < R; ++r) {
       const BlockQ4_1* w = reinterpret_cast<const BlockQ4_1*>(row0 + r * row_bytes) + b;
       const __m512i raw = _mm512_cvtepu8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(w->qs)));
       const __m128 dm = load_f16x2(w);
@@ -86,16 +68,17 @@ void dot4_q4_1_avx512(const uint8_t* row0, size_t row_bytes, const float* x, int
       ma[r] = _mm512_fmadd_ps(_mm512_broadcastss_ps(_mm_movehdup_ps(dm)), xs, ma[r]);
     }
   }
-  for (int r = 0; r < 4; ++r) out[r] = _mm512_reduce_add_ps(_mm512_add_ps(_mm512_add_ps(a0[r], a1[r]), ma[r]));
+  for (int r = 0; r < R; ++r) out[r] = _mm512_reduce_add_ps(_mm512_add_ps(_mm512_add_ps(a0[r], a1[r]), ma[r]));
 }
 
-void dot4_q8_0_avx512(const uint8_t* row0, size_t row_bytes, const float* x, int64_t nb, float* out) {
-  __m512 a0[4], a1[4];
-  for (int r = 0; r < 4; ++r) a0[r] = a1[r] = _mm512_setzero_ps();
+template <int R>
+void dot_q8_0_avx512(const uint8_t* row0, size_t row_bytes, const float* x, int64_t nb, float* out) {
+  __m512 a0[R], a1[R];
+  for (int r = 0; r < R; ++r) a0[r] = a1[r] = _mm512_setzero_ps();
   for (int64_t b = 0; b < nb; ++b) {
     const __m512 x0 = _mm512_loadu_ps(x + b * 32);
     const __m512 x1 = _mm512_loadu_ps(x + b * 32 + 16);
-    for (int r = 0; r < 4; ++r) {
+    for (int r = 0; r < R; ++r) {
       const BlockQ8_0* w = reinterpret_cast<const BlockQ8_0*>(row0 + r * row_bytes) + b;
       const __m512 d = _mm512_broadcastss_ps(load_f16x2(w));
       const __m512 q0 = _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(w->qs))));
@@ -104,19 +87,7 @@ void dot4_q8_0_avx512(const uint8_t* row0, size_t row_bytes, const float* x, int
       a1[r] = _mm512_fmadd_ps(_mm512_mul_ps(q1, d), x1, a1[r]);
     }
   }
-  for (int r = 0; r < 4; ++r) out[r] = _mm512_reduce_add_ps(_mm512_add_ps(a0[r], a1[r]));
-}
-
-float dot_q8_0_avx512(const BlockQ8_0* w, const float* x, int64_t nb) {
-  __m512 acc0 = _mm512_setzero_ps(), acc1 = _mm512_setzero_ps();
-  for (int64_t b = 0; b < nb; ++b) {
-    const __m512 q0 = _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(w[b].qs))));
-    const __m512 q1 = _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(w[b].qs + 16))));
-    const __m512 d = _mm512_broadcastss_ps(load_f16x2(&w[b]));
-    acc0 = _mm512_fmadd_ps(_mm512_mul_ps(q0, d), _mm512_loadu_ps(x + b * 32), acc0);
-    acc1 = _mm512_fmadd_ps(_mm512_mul_ps(q1, d), _mm512_loadu_ps(x + b * 32 + 16), acc1);
-  }
-  return _mm512_reduce_add_ps(_mm512_add_ps(acc0, acc1));
+  for (int r = 0; r < R; ++r) out[r] = _mm512_reduce_add_ps(_mm512_add_ps(a0[r], a1[r]));
 }
 
 float dot_q4_0_avx512(const BlockQ4_0* w, const float* x, int64_t nb) {
@@ -155,8 +126,8 @@ float dot_row_ref(GgmlType type, const uint8_t* row, const float* x, int64_t col
 float dot_row(GgmlType type, const uint8_t* row, const float* x, int64_t cols) {
 #if defined(__AVX512F__) && defined(__F16C__)
   switch (type) {
-    case GgmlType::Q4_1: return dot_q4_1_avx512(reinterpret_cast<const BlockQ4_1*>(row), x, cols / 32);
-    case GgmlType::Q8_0: return dot_q8_0_avx512(reinterpret_cast<const BlockQ8_0*>(row), x, cols / 32);
+    case GgmlType::Q4_1: { float r; dot_q4_1_avx512<1>(row, 0, x, cols / 32, &r); return r; }
+    case GgmlType::Q8_0: { float r; dot_q8_0_avx512<1>(row, 0, x, cols / 32, &r); return r; }
     case GgmlType::Q4_0: return dot_q4_0_avx512(reinterpret_cast<const BlockQ4_0*>(row), x, cols / 32);
     case GgmlType::F32: return dot_f32(reinterpret_cast<const float*>(row), x, cols);
     default: break;
@@ -171,8 +142,8 @@ float dot_row(GgmlType type, const uint8_t* row, const float* x, int64_t cols) {
 void dot4_rows(GgmlType type, const uint8_t* row0, size_t row_bytes, const float* x, int64_t cols,
                float* out) {
 #if defined(__AVX512F__) && defined(__F16C__)
-  if (type == GgmlType::Q4_1) return dot4_q4_1_avx512(row0, row_bytes, x, cols / 32, out);
-  if (type == GgmlType::Q8_0) return dot4_q8_0_avx512(row0, row_bytes, x, cols / 32, out);
+  if (type == GgmlType::Q4_1) return dot_q4_1_avx512<4>(row0, row_bytes, x, cols / 32, out);
+  if (type == GgmlType::Q8_0) return dot_q8_0_avx512<4>(row0, row_bytes, x, cols / 32, out);
 #endif
   for (int r = 0; r < 4; ++r) out[r] = dot_row(type, row0 + r * row_bytes, x, cols);
 }
@@ -274,10 +245,9 @@ void matmul(ThreadPool& pool, const WeightMatrix& w, const float* x, int64_t m, 
   FM_ICHECK(w.data != nullptr && w.cols > 0, "matmul on an empty weight ", w.name);
   const int64_t cols = w.cols;
   if (m <= kDecodeMaxRows) {
-    const int64_t n_tasks = (w.rows + kRowChunk - 1) / kRowChunk;
-    pool.run(n_tasks, [&](int64_t t, int) {
-      matvec_rows(w, x, m, y, t * kRowChunk, std::min(w.rows, (t + 1) * kRowChunk));
-    });
+    const WeightMatrix* ws[1] = {&w};
+    float* ys[1] = {y};
+    matmul_n(pool, ws, x, m, ys);
     return;
   }
   // Prefill: dequantise a tile of rows once, multiply it with all m activations.
