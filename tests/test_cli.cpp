@@ -53,6 +53,14 @@ TEST(Cli, UsageErrorsExitWithTwo) {
       {"run -m " + model + " -p hi --top-p 2", "top-p"},
       {"run -m " + model + " -p hi -n abc", "n-predict"},
       {"run -m " + model + " -p hi --kv-type q7", "kv-type"},
+      {"run -m " + model + " -p hi --policy lru", "policy"},
+      {"run -m " + model + " -p hi --policy recency --kv-budget 0%", "(0%, 100%]"},
+      {"run -m " + model + " -p hi --policy recency --kv-budget 150%", "(0%, 100%]"},
+      {"run -m " + model + " -p hi --policy recency --kv-budget lots", "bad KV budget"},
+      {"run -m " + model + " -p hi --policy recency --kv-budget 2.5pages", "whole number"},
+      {"run -m " + model + " -p hi --kv-budget 10%", "policy full keeps every page"},
+      {"run -m " + model + " -p hi --cycle 0", "cycle"},
+      {"run -m " + model + " -p hi --sink -1", "sink"},
       {"run -m /nonexistent/model.gguf -p hi", "nonexistent"},
       {"run -m " + model, "prompt"},
       {"info", "--model"},
@@ -120,10 +128,35 @@ TEST(Cli, RunReportsTokensAndKvBytesAsJson) {
   EXPECT_EQ(j.at("prompt_tokens").get<size_t>(), want.size());
   const size_t n = j.at("prompt_tokens").get<size_t>() + j.at("generated_tokens").get<size_t>();
   EXPECT_EQ(j.at("kv_bytes_per_token").get<size_t>(), 46080u);  // 2·30·3·64·4
-  EXPECT_EQ(j.at("kv_bytes_full").get<size_t>(), n * 46080u);
-  // Whole 64-token pages per layer hold the tokens that went through the model.
+  // Whole 64-token pages per layer hold the tokens that went through the model; with the
+  // default policy (full, 100%) every one of them is on the device.
   const size_t pages = (n - 1 + 63) / 64;
-  EXPECT_EQ(j.at("kv_bytes_in_use").get<size_t>(), pages * 64u * 46080u);
+  const auto& kv = j.at("kv");
+  EXPECT_EQ(kv.at("policy").get<std::string>(), "full");
+  EXPECT_EQ(kv.at("full_kv_bytes").get<size_t>(), pages * 64u * 46080u);
+  EXPECT_EQ(kv.at("final").at("device").get<size_t>(), pages * 64u * 46080u);
+  EXPECT_EQ(kv.at("final").at("reserve").get<size_t>() + kv.at("final").at("open").get<size_t>(),
+            pages * 64u * 46080u);
+  EXPECT_EQ(kv.at("final").at("mirror").get<size_t>(), (n - 1) / 64 * 64u * 46080u);
+}
+
+TEST(Cli, RunUnderABudgetKeepsTheDeviceWithinItAndSaysSo) {
+  const std::string fx = std::string(FLASHMEM_FIXTURES_DIR);
+  const auto report = (std::filesystem::temp_directory_path() / "flashmem_cli_budget.json").string();
+  const CmdResult r = run_cli("run -m " + test::require_default_model() + " -f " + fx +
+                              "/prompts/prose.txt -n 8 --policy recency --kv-budget 50% --kv-report"
+                              " --report-json " + report);
+  ASSERT_EQ(r.code, 0) << r.out;
+  EXPECT_NE(r.out.find("KV report: policy recency, budget 50%"), std::string::npos) << r.out;
+  std::ifstream rin(report);
+  const auto kv = nlohmann::json::parse(rin).at("kv");
+  const size_t page = 64u * 23040u;  // one page of every layer, f16
+  const size_t budget_pages = kv.at("budget_pages").get<size_t>();
+  const size_t full_pages = kv.at("full_kv_bytes").get<size_t>() / page;
+  EXPECT_EQ(budget_pages, full_pages / 2);  // 50% of the request's pages, rounded down
+  EXPECT_EQ(kv.at("reserve_bytes").get<size_t>(), budget_pages * page);
+  EXPECT_LE(kv.at("device_bytes_peak").get<size_t>(), budget_pages * page);
+  EXPECT_GT(kv.at("recall").at("pages").get<size_t>(), 0u);  // the prompt streamed through
 }
 
 }  // namespace

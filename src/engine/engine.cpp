@@ -60,7 +60,7 @@ const ChatTemplate& Engine::chat() const {
   return *chat_;
 }
 
-PagedKvCache Engine::new_cache() const {
+KvCacheConfig Engine::kv_config() const {
   const ModelInfo& mi = model_->info();
   KvCacheConfig c;
   c.n_layers = mi.n_layers;
@@ -69,8 +69,10 @@ PagedKvCache Engine::new_cache() const {
   c.page_tokens = opts_.page_tokens;
   c.max_tokens = n_ctx_;
   c.type = opts_.kv_type;
-  return PagedKvCache(c);
+  return c;
 }
+
+PagedKvCache Engine::new_cache() const { return PagedKvCache(kv_config()); }
 
 GenerateResult Engine::generate(const std::vector<int32_t>& prompt, const GenerateOptions& opts,
                                 const std::function<void(std::string_view)>& on_text) {
@@ -83,9 +85,42 @@ GenerateResult Engine::generate(const std::vector<int32_t>& prompt, const Genera
   const int32_t n_vocab = model_->info().n_vocab;
   for (int32_t t : prompt)
     FM_CHECK(t >= 0 && t < n_vocab, ErrorCode::kInvalidArgument, "prompt token ", t, " out of range");
+  opts.memory.validate();
+  if (opts.memory.policy != "oracle") return run_pass(prompt, opts, on_text, nullptr, nullptr);
+  // The oracle replays what full attention attended: record it first, on the same prompt and
+  // sampling, then generate with the recorded next-τ windows.
+  AttentionTrace trace;
+  GenerateOptions rec = opts;
+  rec.memory.policy = "full";
+  rec.memory.budget = KvBudget{};
+  const auto t0 = std::chrono::steady_clock::now();
+  run_pass(prompt, rec, {}, nullptr, &trace);
+  const double rec_s = seconds_since(t0);
+  GenerateResult r = run_pass(prompt, opts, on_text, &trace, nullptr);
+  r.kv.oracle_pass_seconds = rec_s;
+  return r;
+}
+
+GenerateResult Engine::run_pass(const std::vector<int32_t>& prompt, const GenerateOptions& opts,
+                                const std::function<void(std::string_view)>& on_text,
+                                const AttentionTrace* replay, AttentionTrace* record) {
+  const int32_t n_vocab = model_->info().n_vocab;
+  const KvCacheConfig kc = kv_config();
+  const int64_t n_prompt = static_cast<int64_t>(prompt.size());
+  const int64_t final_tokens = std::min<int64_t>(n_ctx_, n_prompt + std::max(opts.max_new_tokens, 1));
+  const int64_t budget_pages = resolve_budget_pages(opts.memory, kc, final_tokens);
+  // One request per engine call: the reserve is exactly this request's budget.
+  KvReserve reserve(kc.page_bytes(), budget_pages * kc.n_layers);
+  CpuRecall recall(&backend_.pool());
+  TieredKvStore kv(kc, budget_pages, reserve, recall);
+  Residency residency(kv, make_policy(opts.memory.policy, kc, opts.memory.seed, replay), opts.memory);
+  std::optional<TraceRecorder> recorder;
+  if (record) {
+    recorder.emplace(*record);
+    kv.set_hook(&*recorder);
+  }
 
   Sampler sampler(opts.sampling);
-  PagedKvCache kv = new_cache();
   GenerateResult r;
   r.n_prompt = static_cast<int64_t>(prompt.size());
   std::vector<float> logits(n_vocab);
@@ -128,16 +163,27 @@ GenerateResult Engine::generate(const std::vector<int32_t>& prompt, const Genera
       r.stop_reason = "context";
       break;
     }
+    const int64_t tokens_left = std::min<int64_t>(opts.max_new_tokens - 1 - i, n_ctx_ - kv.n_tokens());
+    residency.before_step(r.decode_steps, tokens_left);
+    if (recorder) recorder->set_step(r.decode_steps);
     const int32_t one[1] = {tok};
     model_->forward(one, kv, logits.data());
+    kv.sample();
     ++r.decode_steps;
   }
   r.decode_seconds = seconds_since(t0);
   if (r.stop_reason != "stop_string") r.text += dec.flush();
   emit_upto(r.text.size());
-  r.kv_bytes_in_use = kv.bytes_in_use();
-  r.kv_bytes_reserved = kv.bytes_reserved();
-  r.kv_bytes_per_token = kv.bytes_per_token();
+  r.kv_bytes_per_token = kc.bytes_per_token();
+  r.kv.policy = opts.memory.policy;
+  r.kv.budget = opts.memory.budget.str();
+  r.kv.budget_pages = budget_pages;
+  r.kv.reserve_bytes = reserve.bytes_allocated();
+  r.kv.final = kv.footprint();
+  r.kv.peak = kv.peak();
+  r.kv.mean_device_bytes = kv.mean_device_bytes();
+  r.kv.recall = recall.stats();
+  r.kv.cycles = residency.cycles();
   return r;
 }
 

@@ -17,6 +17,7 @@
 #include "io/gguf.h"
 #include "io/tokenizer.h"
 #include "memory/kv_cache.h"
+#include "memory/residency.h"
 #include "models/model.h"
 #include "ops/cpu/cpu_backend.h"
 
@@ -35,6 +36,21 @@ struct GenerateOptions {
   SamplerParams sampling;
   std::vector<std::string> stop_strings;  // generation ends before the first occurrence
   bool stop_at_eos = true;
+  ResidencyOptions memory;  // policy, KV budget, cycle, sink, tail (default: full, 100%)
+};
+
+// What the request's KV cost, measured by the store (DESIGN.md §4: never estimated).
+struct KvReport {
+  std::string policy;
+  std::string budget;            // as given, e.g. "10%"
+  int64_t budget_pages = 0;      // device pages per layer
+  uint64_t reserve_bytes = 0;    // the device reserve allocated for the request
+  KvFootprint final;             // at the end
+  KvFootprint peak;              // when device() was largest (prefill included)
+  double mean_device_bytes = 0;  // device bytes averaged over decode steps
+  RecallStats recall;
+  int64_t cycles = 0;
+  double oracle_pass_seconds = 0; // the oracle's recording pass (not in prefill/decode times)
 };
 
 struct GenerateResult {
@@ -45,9 +61,8 @@ struct GenerateResult {
   double prefill_seconds = 0;
   double decode_seconds = 0;    // time of the decode loop (sampling + decode_steps forwards)
   int64_t decode_steps = 0;     // single-token forward passes run after prefill
-  size_t kv_bytes_in_use = 0;   // KV pages holding tokens at the end
-  size_t kv_bytes_reserved = 0; // the KV arena
   size_t kv_bytes_per_token = 0;
+  KvReport kv;
 };
 
 class Engine {
@@ -65,16 +80,26 @@ class Engine {
   Backend& backend() { return backend_; }
   Model& model() { return *model_; }
 
-  // A fresh KV cache sized for this engine's context.
+  // Shape of this engine's KV (layers, heads, page size, context, precision).
+  KvCacheConfig kv_config() const;
+  // A fresh full-KV cache sized for this engine's context (the reference path).
   PagedKvCache new_cache() const;
 
   // Generates after `prompt`, streaming text pieces (complete UTF-8, with stop strings held
   // back until they are ruled out) to on_text. Throws Error(kOutOfRange) when the prompt does
-  // not fit the context.
+  // not fit the context, Error(kInvalidArgument) for bad memory options.
+  //
+  // KV goes through the tiered store: a device reserve of the request's budget in front of a
+  // host mirror; opts.memory picks the residency policy. The oracle policy runs a recording
+  // full-attention pass first.
   GenerateResult generate(const std::vector<int32_t>& prompt, const GenerateOptions& opts,
                           const std::function<void(std::string_view)>& on_text = {});
 
  private:
+  GenerateResult run_pass(const std::vector<int32_t>& prompt, const GenerateOptions& opts,
+                          const std::function<void(std::string_view)>& on_text,
+                          const AttentionTrace* replay, AttentionTrace* record);
+
   Engine(const EngineOptions& opts, GgufFile file);
 
   EngineOptions opts_;

@@ -1,5 +1,6 @@
 #include "memory/kv_cache.h"
 
+#include <algorithm>
 #include <cmath>
 #include <cstring>
 #include <new>
@@ -9,12 +10,45 @@
 
 namespace flashmem {
 
-PagedKvCache::PagedKvCache(const KvCacheConfig& cfg) : cfg_(cfg) {
-  FM_CHECK(cfg.n_layers > 0 && cfg.n_kv_heads > 0 && cfg.head_dim > 0, ErrorCode::kInvalidArgument,
+void KvCacheConfig::validate() const {
+  FM_CHECK(n_layers > 0 && n_kv_heads > 0 && head_dim > 0, ErrorCode::kInvalidArgument,
            "KV cache needs positive layer, head and head_dim counts");
-  FM_CHECK(cfg.page_tokens >= 1 && cfg.page_tokens <= 4096, ErrorCode::kInvalidArgument,
-           "page_tokens must be in [1, 4096], got ", cfg.page_tokens);
-  FM_CHECK(cfg.max_tokens >= 1, ErrorCode::kInvalidArgument, "KV cache capacity must be ≥ 1 token");
+  FM_CHECK(page_tokens >= 1 && page_tokens <= 4096, ErrorCode::kInvalidArgument,
+           "page_tokens must be in [1, 4096], got ", page_tokens);
+  FM_CHECK(max_tokens >= 1, ErrorCode::kInvalidArgument, "KV cache capacity must be ≥ 1 token");
+}
+
+void write_page_tokens(const KvCacheConfig& c, uint8_t* page, int slot0, int64_t n,
+                       const float* k, const float* v) {
+  const int hd = c.head_dim, nh = c.n_kv_heads, pt = c.page_tokens;
+  const size_t esz = kv_type_bytes(c.type);
+  uint8_t* vpage = page + c.page_bytes() / 2;  // K part, then V part
+  for (int64_t t = 0; t < n; ++t) {
+    const int64_t slot = slot0 + t;
+    for (int h = 0; h < nh; ++h) {
+      const float* ks = k + (t * nh + h) * hd;
+      const float* vs = v + (t * nh + h) * hd;
+      const size_t head = static_cast<size_t>(h) * pt * hd;
+      const size_t k_at = head + slot;       // K dim-major: stride pt between dims
+      const size_t v_at = head + slot * hd;  // V token-major: one contiguous row
+      if (c.type == KvType::kF32) {
+        auto* kd = reinterpret_cast<float*>(page) + k_at;
+        for (int d = 0; d < hd; ++d) kd[static_cast<size_t>(d) * pt] = ks[d];
+        std::memcpy(vpage + v_at * esz, vs, hd * sizeof(float));
+      } else {
+        auto* kd = reinterpret_cast<uint16_t*>(page) + k_at;
+        auto* vd = reinterpret_cast<uint16_t*>(vpage) + v_at;
+        for (int d = 0; d < hd; ++d) {
+          kd[static_cast<size_t>(d) * pt] = fp32_to_fp16(ks[d]);
+          vd[d] = fp32_to_fp16(vs[d]);
+        }
+      }
+    }
+  }
+}
+
+PagedKvCache::PagedKvCache(const KvCacheConfig& cfg) : cfg_(cfg) {
+  cfg.validate();
   const int64_t pages_per_layer = (cfg.max_tokens + cfg.page_tokens - 1) / cfg.page_tokens;
   const int64_t n_pages = pages_per_layer * cfg.n_layers;
   const double bytes = static_cast<double>(n_pages) * static_cast<double>(page_bytes());
@@ -33,16 +67,6 @@ PagedKvCache::PagedKvCache(const KvCacheConfig& cfg) : cfg_(cfg) {
   layer_tokens_.assign(cfg.n_layers, 0);
 }
 
-size_t PagedKvCache::page_bytes() const {
-  return 2 * static_cast<size_t>(cfg_.n_kv_heads) * cfg_.page_tokens * cfg_.head_dim *
-         kv_type_bytes(cfg_.type);
-}
-
-size_t PagedKvCache::bytes_per_token() const {
-  return 2 * static_cast<size_t>(cfg_.n_layers) * cfg_.n_kv_heads * cfg_.head_dim *
-         kv_type_bytes(cfg_.type);
-}
-
 int64_t PagedKvCache::pages_in_use() const {
   int64_t n = 0;
   for (const auto& ids : page_ids_) n += static_cast<int64_t>(ids.size());
@@ -51,16 +75,10 @@ int64_t PagedKvCache::pages_in_use() const {
 
 size_t PagedKvCache::bytes_in_use() const { return static_cast<size_t>(pages_in_use()) * page_bytes(); }
 
-AttentionParams PagedKvCache::attention_params(int n_heads, float scale) const {
-  AttentionParams p;
-  p.n_heads = n_heads;
-  p.n_kv_heads = cfg_.n_kv_heads;
-  p.head_dim = cfg_.head_dim;
-  p.page_tokens = cfg_.page_tokens;
-  p.head_stride = static_cast<int64_t>(cfg_.page_tokens) * cfg_.head_dim;
-  p.kv_type = cfg_.type;
-  p.scale = scale;
-  return p;
+void PagedKvCache::attend(Backend& be, int layer, const AttentionParams& p, const float* q,
+                          const int32_t* pos, int64_t m, float* out) {
+  FM_ICHECK(layer >= 0 && layer < cfg_.n_layers, "layer ", layer, " out of range");
+  be.attention(p, q, pos, m, views_[layer], out);
 }
 
 int64_t PagedKvCache::alloc_page() {
@@ -75,39 +93,23 @@ void PagedKvCache::append(int layer, int64_t n, const float* k, const float* v) 
   int64_t& count = layer_tokens_[layer];
   FM_CHECK(count + n <= cfg_.max_tokens, ErrorCode::kOutOfRange, "context full: ", count, " + ", n,
            " tokens exceed the KV capacity of ", cfg_.max_tokens);
-  const int hd = cfg_.head_dim, nh = cfg_.n_kv_heads, pt = cfg_.page_tokens;
-  const size_t esz = kv_type_bytes(cfg_.type);
+  const int pt = cfg_.page_tokens;
   const size_t half = page_bytes() / 2;  // K part, then V part
+  const int64_t row = int64_t{cfg_.n_kv_heads} * cfg_.head_dim;
   auto& ids = page_ids_[layer];
   auto& views = views_[layer];
-  for (int64_t t = 0; t < n; ++t, ++count) {
-    const int64_t slot = count % pt;
+  for (int64_t t = 0; t < n;) {
+    const int slot = static_cast<int>(count % pt);
     if (slot == 0) {
       ids.push_back(alloc_page());
       uint8_t* base = page_ptr(ids.back());
       views.push_back(KvPageRef{base, base + half, static_cast<int32_t>(count), 0});
     }
-    uint8_t* base = page_ptr(ids.back());
-    for (int h = 0; h < nh; ++h) {
-      const float* ks = k + (t * nh + h) * hd;
-      const float* vs = v + (t * nh + h) * hd;
-      const size_t head = static_cast<size_t>(h) * pt * hd;
-      const size_t k_at = head + slot;             // K dim-major: stride pt between dims
-      const size_t v_at = head + slot * hd;        // V token-major: one contiguous row
-      if (cfg_.type == KvType::kF32) {
-        auto* kd = reinterpret_cast<float*>(base) + k_at;
-        for (int c = 0; c < hd; ++c) kd[static_cast<size_t>(c) * pt] = ks[c];
-        std::memcpy(base + half + v_at * esz, vs, hd * sizeof(float));
-      } else {
-        auto* kd = reinterpret_cast<uint16_t*>(base) + k_at;
-        auto* vd = reinterpret_cast<uint16_t*>(base + half) + v_at;
-        for (int c = 0; c < hd; ++c) {
-          kd[static_cast<size_t>(c) * pt] = fp32_to_fp16(ks[c]);
-          vd[c] = fp32_to_fp16(vs[c]);
-        }
-      }
-    }
-    views.back().n_tokens = static_cast<int32_t>(slot + 1);
+    const int64_t take = std::min<int64_t>(n - t, pt - slot);
+    write_page_tokens(cfg_, page_ptr(ids.back()), slot, take, k + t * row, v + t * row);
+    t += take;
+    count += take;
+    views.back().n_tokens = static_cast<int32_t>(slot + take);
   }
 }
 

@@ -7,7 +7,7 @@
 //
 // Models talk to the cache through two calls only: `append` hands over the new tokens' K/V
 // for a layer, and `pages` answers "which keys/values may this layer attend to now".
-// (Tiering between a device reserve and a host mirror builds on this page table.)
+// This is the full-KV path: every page stays resident. TieredKvStore is the LSA path.
 #pragma once
 
 #include <cstddef>
@@ -16,43 +16,35 @@
 #include <span>
 #include <vector>
 
+#include "memory/kv_store.h"
 #include "ops/backend.h"
 
 namespace flashmem {
 
-struct KvCacheConfig {
-  int n_layers = 0;
-  int n_kv_heads = 0;
-  int head_dim = 0;
-  int page_tokens = 64;   // tokens per page
-  int64_t max_tokens = 0;  // context capacity of this cache
-  KvType type = KvType::kF32;
-};
-
-class PagedKvCache {
+class PagedKvCache final : public KvStore {
  public:
   // Throws Error(kInvalidArgument) for a bad configuration and Error(kOutOfMemory) when the
   // arena cannot be allocated.
   explicit PagedKvCache(const KvCacheConfig& cfg);
 
-  const KvCacheConfig& config() const { return cfg_; }
+  const KvCacheConfig& config() const override { return cfg_; }
 
-  // Writes n tokens of K and V (each [n × n_kv_heads × head_dim] f32) for `layer` at positions
-  // [n_tokens(layer), n_tokens(layer) + n). Throws Error(kOutOfRange) past max_tokens.
-  void append(int layer, int64_t n, const float* k, const float* v);
+  void append(int layer, int64_t n, const float* k, const float* v) override;
+  // One attention call over every page of the layer.
+  void attend(Backend& be, int layer, const AttentionParams& p, const float* q,
+              const int32_t* pos, int64_t m, float* out) override;
 
   // Pages visible to `layer`, in position order (the last one may be partial).
   std::span<const KvPageRef> pages(int layer) const { return views_[layer]; }
-  AttentionParams attention_params(int n_heads, float scale) const;
 
-  int64_t n_tokens(int layer) const { return layer_tokens_[layer]; }
-  int64_t n_tokens() const { return layer_tokens_.empty() ? 0 : layer_tokens_.back(); }
+  int64_t n_tokens(int layer) const override { return layer_tokens_[layer]; }
+  using KvStore::n_tokens;
 
   // Drops tokens at positions ≥ n in every layer (n = 0 clears the cache).
   void truncate(int64_t n);
 
-  size_t bytes_per_token() const;     // K+V bytes of one token over all layers
-  size_t page_bytes() const;          // bytes of one page (K+V, one layer)
+  size_t bytes_per_token() const { return cfg_.bytes_per_token(); }
+  size_t page_bytes() const { return cfg_.page_bytes(); }
   size_t bytes_in_use() const;        // pages currently holding tokens × page_bytes
   size_t bytes_reserved() const { return arena_bytes_; }  // the arena
   int64_t pages_in_use() const;

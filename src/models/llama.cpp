@@ -78,7 +78,7 @@ class LlamaModel final : public Model {
 
   const ModelInfo& info() const override { return info_; }
 
-  void forward(std::span<const int32_t> tokens, PagedKvCache& kv, float* logits_last,
+  void forward(std::span<const int32_t> tokens, KvStore& kv, float* logits_last,
                float* all_logits) override {
     FM_CHECK(!tokens.empty(), ErrorCode::kInvalidArgument, "forward needs at least one token");
     const auto& c = kv.config();
@@ -94,7 +94,7 @@ class LlamaModel final : public Model {
   }
 
  private:
-  void forward_ubatch(std::span<const int32_t> tokens, PagedKvCache& kv, float* logits_last,
+  void forward_ubatch(std::span<const int32_t> tokens, KvStore& kv, float* logits_last,
                       float* all_logits) {
     const int64_t m = static_cast<int64_t>(tokens.size());
     const int d = info_.d_model, hd = info_.head_dim;
@@ -116,7 +116,7 @@ class LlamaModel final : public Model {
       be_.rope(q_.data(), m, info_.n_heads, hd, pos_.data(), info_.rope);
       be_.rope(k_.data(), m, info_.n_kv_heads, hd, pos_.data(), info_.rope);
       kv.append(l, m, k_.data(), v_.data());
-      be_.attention(ap, q_.data(), pos_.data(), m, kv.pages(l), attn_.data());
+      kv.attend(be_, l, ap, q_.data(), pos_.data(), m, attn_.data());
       be_.matmul(w.wo, attn_.data(), m, tmp_.data());
       be_.add(x_.data(), tmp_.data(), m * d);
       // MLP block (SwiGLU).

@@ -2,7 +2,7 @@
 //
 // A model turns tokens into logits. It reads weights from a GGUF file it does not own, runs
 // its graph on a Backend, and stores and reads KV only through the memory layer
-// (PagedKvCache::append / pages); it never manages memory tiers itself.
+// (KvStore::append / attend); it never manages memory tiers itself.
 #pragma once
 
 #include <cstdint>
@@ -11,7 +11,7 @@
 #include <string>
 #include <vector>
 
-#include "memory/kv_cache.h"
+#include "memory/kv_store.h"
 #include "ops/backend.h"
 
 namespace flashmem {
@@ -47,7 +47,7 @@ class Model {
   // Runs tokens at positions kv.n_tokens() … + n − 1, appending their KV to the cache.
   // Writes the logits of the last token into logits_last (n_vocab floats); when all_logits is
   // given, writes every position's logits there (n × n_vocab).
-  virtual void forward(std::span<const int32_t> tokens, PagedKvCache& kv, float* logits_last,
+  virtual void forward(std::span<const int32_t> tokens, KvStore& kv, float* logits_last,
                        float* all_logits = nullptr) = 0;
 };
 

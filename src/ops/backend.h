@@ -85,9 +85,15 @@ class Backend {
   // x += y
   virtual void add(float* x, const float* y, int64_t n) = 0;
   // Causal attention of q[m × n_heads × head_dim] (query i at position pos[i]) over the given
-  // pages; keys at positions > pos[i] are ignored. out has the shape of q.
+  // pages; keys at positions > pos[i] are ignored. out has the shape of q. When lse is given,
+  // lse[i·n_heads + h] receives the log-sum-exp of the visible scores (−inf if none), so that
+  // attention over disjoint page sets (memory tiers, streamed windows) can be merged.
   virtual void attention(const AttentionParams& p, const float* q, const int32_t* pos,
-                         int64_t m, std::span<const KvPageRef> pages, float* out) = 0;
+                         int64_t m, std::span<const KvPageRef> pages, float* out,
+                         float* lse = nullptr) = 0;
+  // (out, lse) ← the combination of (out, lse) and (out2, lse2) over `rows` rows of head_dim.
+  virtual void merge_attention(int64_t rows, int head_dim, float* out, float* lse,
+                               const float* out2, const float* lse2) = 0;
 };
 
 }  // namespace flashmem

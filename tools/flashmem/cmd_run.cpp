@@ -28,6 +28,8 @@ CLI::App* add_run_command(CLI::App& app, RunArgs& a) {
   c->add_option("--kv-type", a.kv_type, "KV cache precision")->check(CLI::IsMember({"f16", "f32"}));
   c->add_option("--page-tokens", a.page_tokens, "Tokens per KV page")->check(CLI::Range(1, 4096));
   c->add_option("--report-json", a.report_json, "Also write the run report as JSON to this file");
+  add_memory_options(c, a.memory);
+  c->add_flag("--kv-report", a.kv_report, "Print the KV footprint by category after the run");
   return c;
 }
 
@@ -52,6 +54,7 @@ std::string mib(size_t bytes) {
 int run_command(const RunArgs& a) {
   FM_CHECK(!a.prompt.empty() || !a.prompt_file.empty(), ErrorCode::kInvalidArgument,
            "give a prompt with -p TEXT or -f FILE");
+  const ResidencyOptions memory = residency_options(a.memory);  // bad flags fail before loading
   EngineOptions eo;
   eo.model_path = a.model;
   eo.n_threads = a.threads;
@@ -67,6 +70,7 @@ int run_command(const RunArgs& a) {
   go.sampling.top_k = a.top_k;
   go.sampling.top_p = a.top_p;
   go.sampling.seed = a.seed;
+  go.memory = memory;
   if (a.chat) {
     const ChatTemplate& tpl = eng->chat();
     std::vector<ChatMessage> msgs;
@@ -86,8 +90,7 @@ int run_command(const RunArgs& a) {
 
   const double pf = r.prefill_seconds > 0 ? static_cast<double>(r.n_prompt) / r.prefill_seconds : 0;
   const double dc = r.decode_seconds > 0 ? static_cast<double>(r.decode_steps) / r.decode_seconds : 0;
-  const size_t full_kv = static_cast<size_t>(r.n_prompt + static_cast<int64_t>(r.tokens.size())) *
-                         r.kv_bytes_per_token;
+  const KvReport& kv = r.kv;
   std::fprintf(stderr,
                "\n[flashmem] prompt %lld tok, generated %zu tok (%s) | prefill %.1f tok/s, "
                "decode %.1f tok/s | %d threads\n",
@@ -95,11 +98,13 @@ int run_command(const RunArgs& a) {
                eng->backend().name() == std::string("cpu")
                    ? static_cast<CpuBackend&>(eng->backend()).pool().size() : 0);
   std::fprintf(stderr,
-               "[flashmem] KV %s: in use %s (%zu B/token, %s, page %d tok), full-KV need %s, "
-               "arena reserved %s\n",
-               "cpu", mib(r.kv_bytes_in_use).c_str(), r.kv_bytes_per_token,
-               kv_type_name(eng->kv_type()), a.page_tokens, mib(full_kv).c_str(),
-               mib(r.kv_bytes_reserved).c_str());
+               "[flashmem] KV %s %s: device peak %s, mean %s; full-KV need %s (%zu B/token, %s, "
+               "page %d tok); host mirror %s\n",
+               kv.policy.c_str(), kv.budget.c_str(), mib(kv.peak.device()).c_str(),
+               mib(static_cast<size_t>(kv.mean_device_bytes)).c_str(), mib(kv.final.full_kv).c_str(),
+               r.kv_bytes_per_token, kv_type_name(eng->kv_type()), a.page_tokens,
+               mib(kv.final.mirror).c_str());
+  if (a.kv_report) print_kv_report(stderr, kv);
   if (!a.report_json.empty()) {
     nlohmann::json j = {{"model", a.model},
                         {"prompt_tokens", r.n_prompt},
@@ -112,9 +117,7 @@ int run_command(const RunArgs& a) {
                         {"decode_tok_s", dc},
                         {"kv_type", kv_type_name(eng->kv_type())},
                         {"kv_bytes_per_token", r.kv_bytes_per_token},
-                        {"kv_bytes_in_use", r.kv_bytes_in_use},
-                        {"kv_bytes_full", full_kv},
-                        {"kv_bytes_reserved", r.kv_bytes_reserved},
+                        {"kv", kv_report_json(kv)},
                         {"tokens", r.tokens},
                         {"text", r.text}};
     std::ofstream out(a.report_json);

@@ -2,12 +2,36 @@
 #pragma once
 
 #include <CLI/CLI.hpp>
+#include <nlohmann/json.hpp>
 
 #include <cstdint>
+#include <cstdio>
 #include <string>
 #include <vector>
 
+namespace flashmem {
+struct KvReport;
+struct ResidencyOptions;
+}  // namespace flashmem
+
 namespace flashmem::cli {
+
+// KV residency flags shared by run, eval and serve.
+struct MemoryArgs {
+  std::string policy = "full";
+  std::string kv_budget = "100%";
+  int cycle = 64;
+  int64_t sink = 64;
+  int64_t tail = 64;
+  uint64_t seed = 0;
+};
+void add_memory_options(CLI::App* c, MemoryArgs& a);
+// Parsed and validated; Error(kInvalidArgument) with a clear message otherwise.
+ResidencyOptions residency_options(const MemoryArgs& a);
+// Human-readable footprint table (run --kv-report).
+void print_kv_report(std::FILE* out, const KvReport& r);
+// The same, machine-readable (bytes, by category, final and peak).
+nlohmann::json kv_report_json(const KvReport& r);
 
 struct RunArgs {
   std::string model;
@@ -25,6 +49,8 @@ struct RunArgs {
   std::string kv_type = "f16";
   int page_tokens = 64;
   std::string report_json;
+  MemoryArgs memory;
+  bool kv_report = false;
 };
 
 struct InfoArgs {

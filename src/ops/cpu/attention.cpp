@@ -182,7 +182,8 @@ void attend(const Rows& rows, const void* kbase, const void* vbase, KvType type,
 // ---- decode: split pages into ranges, online softmax per range, merge --------------------
 
 void attention_decode(ThreadPool& pool, const AttentionParams& p, const float* q,
-                      const int32_t* pos, int64_t m, std::span<const KvPageRef> pages, float* out) {
+                      const int32_t* pos, int64_t m, std::span<const KvPageRef> pages, float* out,
+                      float* lse) {
   const int d = p.head_dim;
   const int rep = p.n_heads / p.n_kv_heads;
   const int64_t n_pages = static_cast<int64_t>(pages.size());
@@ -247,6 +248,7 @@ void attention_decode(ThreadPool& pool, const AttentionParams& p, const float* q
       }
       if (acc.l > 0.0f)
         for (int c = 0; c < d; ++c) dst[c] /= acc.l;
+      if (lse) lse[i * p.n_heads + h] = acc.l > 0.0f ? acc.m + std::log(acc.l) : -INFINITY;
     }
 }
 
@@ -254,7 +256,7 @@ void attention_decode(ThreadPool& pool, const AttentionParams& p, const float* q
 
 void attention_prefill(ThreadPool& pool, const AttentionParams& p, const float* q,
                        const int32_t* pos, int64_t m, std::span<const KvPageRef> pages,
-                       float* out) {
+                       float* out, float* lse) {
   const int d = p.head_dim;
   const int pt = p.page_tokens;
   const int rep = p.n_heads / p.n_kv_heads;
@@ -301,7 +303,10 @@ void attention_prefill(ThreadPool& pool, const AttentionParams& p, const float* 
     // Keys are in increasing position order: only a prefix can be visible to this block.
     const int64_t n_keys = std::upper_bound(key_pos.begin(), key_pos.end(), max_pos) - key_pos.begin();
     if (n_keys == 0) {
-      for (int64_t i = 0; i < mb; ++i) std::fill_n(out + ((i0 + i) * p.n_heads + h) * d, d, 0.0f);
+      for (int64_t i = 0; i < mb; ++i) {
+        std::fill_n(out + ((i0 + i) * p.n_heads + h) * d, d, 0.0f);
+        if (lse) lse[(i0 + i) * p.n_heads + h] = -INFINITY;
+      }
       return;
     }
     thread_local std::vector<float> sbuf, obuf;
@@ -315,6 +320,13 @@ void attention_prefill(ThreadPool& pool, const AttentionParams& p, const float* 
       const int64_t vis = std::upper_bound(key_pos.begin(), key_pos.begin() + n_keys, pos[i0 + i]) -
                           key_pos.begin();
       for (int64_t j = 0; j < vis; ++j) row[j] *= p.scale;
+      if (lse) {
+        float mx = -INFINITY;
+        for (int64_t j = 0; j < vis; ++j) mx = std::max(mx, row[j]);
+        double sum = 0.0;
+        for (int64_t j = 0; j < vis; ++j) sum += std::exp(static_cast<double>(row[j] - mx));
+        lse[(i0 + i) * p.n_heads + h] = vis > 0 ? mx + static_cast<float>(std::log(sum)) : -INFINITY;
+      }
       if (vis > 0) softmax(row, vis);
       std::fill(row + vis, row + n_keys, 0.0f);
     }
@@ -337,10 +349,30 @@ void AttnState::merge(const AttnState& other, int head_dim) {
 }
 
 void attention(ThreadPool& pool, const AttentionParams& p, const float* q, const int32_t* pos,
-               int64_t m, std::span<const KvPageRef> pages, float* out) {
+               int64_t m, std::span<const KvPageRef> pages, float* out, float* lse) {
   check_params(p);
-  if (m <= kDecodeMaxQueries) attention_decode(pool, p, q, pos, m, pages, out);
-  else attention_prefill(pool, p, q, pos, m, pages, out);
+  if (m <= kDecodeMaxQueries) attention_decode(pool, p, q, pos, m, pages, out, lse);
+  else attention_prefill(pool, p, q, pos, m, pages, out, lse);
+}
+
+void merge_attention(int64_t rows, int head_dim, float* out, float* lse, const float* out2,
+                     const float* lse2) {
+  for (int64_t r = 0; r < rows; ++r) {
+    const float a = lse[r], b = lse2[r];
+    if (b == -INFINITY) continue;
+    float* o = out + r * head_dim;
+    const float* o2 = out2 + r * head_dim;
+    if (a == -INFINITY) {
+      std::copy_n(o2, head_dim, o);
+      lse[r] = b;
+      continue;
+    }
+    const float mx = std::max(a, b);
+    const float wa = std::exp(a - mx), wb = std::exp(b - mx);
+    const float inv = 1.0f / (wa + wb);
+    for (int c = 0; c < head_dim; ++c) o[c] = (o[c] * wa + o2[c] * wb) * inv;
+    lse[r] = mx + std::log(wa + wb);
+  }
 }
 
 void attention_ref(const AttentionParams& p, const float* q, const int32_t* pos, int64_t m,

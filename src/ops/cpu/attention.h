@@ -27,8 +27,16 @@ struct AttnState {
   void merge(const AttnState& other, int head_dim);
 };
 
+// When lse is given, also writes lse[i·n_heads + h] = log Σ_j exp(score_ij) over the keys
+// query i can see (−inf, with a zero output, when it sees none), so that results over
+// disjoint key sets can be combined with merge_attention.
 void attention(ThreadPool& pool, const AttentionParams& p, const float* q, const int32_t* pos,
-               int64_t m, std::span<const KvPageRef> pages, float* out);
+               int64_t m, std::span<const KvPageRef> pages, float* out, float* lse = nullptr);
+
+// Folds a second normalised partial result (out2, lse2) over a disjoint key set into
+// (out, lse), for `rows` rows of head_dim values.
+void merge_attention(int64_t rows, int head_dim, float* out, float* lse, const float* out2,
+                     const float* lse2);
 
 // Plain reference: per query and head, scores over every visible key in double precision.
 void attention_ref(const AttentionParams& p, const float* q, const int32_t* pos, int64_t m,

@@ -61,8 +61,13 @@ void CpuBackend::swiglu(const float* gate, const float* up, int64_t n, float* ou
 void CpuBackend::add(float* x, const float* y, int64_t n) { cpu::add(x, y, n); }
 
 void CpuBackend::attention(const AttentionParams& p, const float* q, const int32_t* pos,
-                           int64_t m, std::span<const KvPageRef> pages, float* out) {
-  cpu::attention(pool_, p, q, pos, m, pages, out);
+                           int64_t m, std::span<const KvPageRef> pages, float* out, float* lse) {
+  cpu::attention(pool_, p, q, pos, m, pages, out, lse);
+}
+
+void CpuBackend::merge_attention(int64_t rows, int head_dim, float* out, float* lse,
+                                 const float* out2, const float* lse2) {
+  cpu::merge_attention(rows, head_dim, out, lse, out2, lse2);
 }
 
 }  // namespace flashmem

@@ -1,0 +1,72 @@
+// flashmem/memory/kv_store.h — what a model sees of the KV memory.
+//
+// A model hands over each layer's new K/V (`append`) and asks the store to attend its queries
+// to "every key this layer may attend to now" (`attend`). Where those keys live — one flat
+// arena (PagedKvCache, the full-KV path) or a bounded device reserve in front of a host mirror
+// (TieredKvStore) — is the store's business; models never see memory tiers.
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+
+#include "ops/backend.h"
+
+namespace flashmem {
+
+struct KvCacheConfig {
+  int n_layers = 0;
+  int n_kv_heads = 0;
+  int head_dim = 0;
+  int page_tokens = 64;    // tokens per page
+  int64_t max_tokens = 0;  // context capacity
+  KvType type = KvType::kF32;
+
+  size_t page_bytes() const {  // K+V of one page of one layer
+    return 2 * static_cast<size_t>(n_kv_heads) * page_tokens * head_dim * kv_type_bytes(type);
+  }
+  size_t bytes_per_token() const {  // K+V of one token over all layers
+    return 2 * static_cast<size_t>(n_layers) * n_kv_heads * head_dim * kv_type_bytes(type);
+  }
+  // Throws Error(kInvalidArgument) for non-positive sizes or page_tokens outside [1, 4096].
+  void validate() const;
+};
+
+class KvStore {
+ public:
+  virtual ~KvStore() = default;
+  virtual const KvCacheConfig& config() const = 0;
+
+  // Writes n tokens of K and V (each [n × n_kv_heads × head_dim] f32) for `layer` at positions
+  // [n_tokens(layer), n_tokens(layer) + n). Throws Error(kOutOfRange) past max_tokens.
+  virtual void append(int layer, int64_t n, const float* k, const float* v) = 0;
+
+  // Causal attention of q[m × n_heads × head_dim] (query i at position pos[i]) over the keys
+  // `layer` may attend to now, through the backend's attention op; out has the shape of q.
+  virtual void attend(Backend& be, int layer, const AttentionParams& p, const float* q,
+                      const int32_t* pos, int64_t m, float* out) = 0;
+
+  virtual int64_t n_tokens(int layer) const = 0;
+  // Tokens held by the last layer (= by every layer between forward passes).
+  int64_t n_tokens() const { return n_tokens(config().n_layers - 1); }
+
+  AttentionParams attention_params(int n_heads, float scale) const {
+    const KvCacheConfig& c = config();
+    AttentionParams p;
+    p.n_heads = n_heads;
+    p.n_kv_heads = c.n_kv_heads;
+    p.head_dim = c.head_dim;
+    p.page_tokens = c.page_tokens;
+    p.head_stride = static_cast<int64_t>(c.page_tokens) * c.head_dim;
+    p.kv_type = c.type;
+    p.scale = scale;
+    return p;
+  }
+};
+
+// Writes tokens [0, n) of k/v ([n × n_kv_heads × head_dim] f32) into slots slot0 … slot0+n−1
+// of one page laid out as KvPageRef describes (K dim-major, V token-major), converting to the
+// page's type. The caller guarantees slot0 + n ≤ page_tokens.
+void write_page_tokens(const KvCacheConfig& c, uint8_t* page, int slot0, int64_t n,
+                       const float* k, const float* v);
+
+}  // namespace flashmem

@@ -1,0 +1,170 @@
+// flashmem/memory/tiered_kv.h — the LSA KV store: a bounded device reserve in front of a host
+// mirror (DESIGN.md §3–§4).
+//
+// Per request and layer, KV lives in pages of page_tokens tokens:
+//  * the open (partial) page sits in a reserve slot and takes the new tokens;
+//  * when it fills, it is written through to the host mirror, which holds every completed
+//    page; its slot keeps it resident;
+//  * a page table maps resident pages to reserve slots. Resident pages are either *selected*
+//    (pinned: attention reads them this cycle) or *cached* (kept only to save a recall;
+//    evicted least-recently-used first, and only ever among this request's own pages).
+//
+// Two modes:
+//  * prefill (streaming): attention reads every page of the layer. Pages already resident are
+//    read in place; the others stream through the reserve in windows of at most budget − 1
+//    pages, and the partial results are merged (log-sum-exp), so a prompt of any length
+//    prefills while the device never holds more than the request's budget;
+//  * decode: after select(), attention reads only the selected pages plus the pages filled
+//    since (the open page included). Nothing the policy selected is ever skipped: select()
+//    recalls every missing page (one batched gather) before it returns.
+//
+// The request's quota in the reserve is budget_pages × n_layers slots, taken at construction
+// (admission): a request that does not fit is refused with Error(kOutOfMemory).
+#pragma once
+
+#include <cstdint>
+#include <functional>
+#include <memory>
+#include <set>
+#include <span>
+#include <tuple>
+#include <vector>
+
+#include "memory/kv_store.h"
+#include "memory/recall.h"
+#include "memory/reserve.h"
+
+namespace flashmem {
+
+class TieredKvStore;
+
+// Exact bytes by category, for one request (DESIGN.md §4: footprint is measured).
+struct KvFootprint {
+  uint64_t reserve = 0;     // reserve slots holding completed pages of this request
+  uint64_t open = 0;        // reserve slots holding open (partial) pages
+  uint64_t index_keys = 0;  // selection metadata kept on the device (page bounds, index keys)
+  uint64_t scratch = 0;     // selector scratch on the device
+  uint64_t mirror = 0;      // host mirror: completed pages (not device memory)
+  uint64_t full_kv = 0;     // what the full-KV path holds for the same tokens
+  uint64_t device() const { return reserve + open + index_keys + scratch; }
+};
+
+// Called around every decode-mode attention: query-aware policies (quest) change the layer's
+// selection in before_attend; the oracle's recorder reads the attention in after_attend.
+class AttendHook {
+ public:
+  virtual ~AttendHook() = default;
+  virtual void before_attend(TieredKvStore& /*s*/, int /*layer*/, const AttentionParams& /*p*/,
+                             const float* /*q*/, const int32_t* /*pos*/, int64_t /*m*/) {}
+  // pages[i] is page number ids[i] of the layer (the open page included).
+  virtual void after_attend(TieredKvStore& /*s*/, int /*layer*/, const AttentionParams& /*p*/,
+                            const float* /*q*/, const int32_t* /*pos*/, int64_t /*m*/,
+                            std::span<const KvPageRef> /*pages*/,
+                            std::span<const int32_t> /*ids*/) {}
+};
+
+class TieredKvStore final : public KvStore {
+ public:
+  // budget_pages: device pages per layer (open page included), ≥ 2. Throws
+  // Error(kInvalidArgument) for a bad configuration and Error(kOutOfMemory) when the reserve
+  // cannot admit budget_pages × n_layers slots or the mirror cannot be allocated.
+  TieredKvStore(const KvCacheConfig& c, int64_t budget_pages, KvReserve& reserve,
+                RecallEngine& recall);
+  ~TieredKvStore() override;
+  TieredKvStore(const TieredKvStore&) = delete;
+  TieredKvStore& operator=(const TieredKvStore&) = delete;
+
+  const KvCacheConfig& config() const override { return cfg_; }
+  void append(int layer, int64_t n, const float* k, const float* v) override;
+  void attend(Backend& be, int layer, const AttentionParams& p, const float* q,
+              const int32_t* pos, int64_t m, float* out) override;
+  int64_t n_tokens(int layer) const override { return layers_[layer].tokens; }
+  using KvStore::n_tokens;
+
+  int64_t budget_pages() const { return budget_; }
+  int64_t completed_pages(int layer) const { return layers_[layer].tokens / cfg_.page_tokens; }
+  bool decode_mode() const { return decode_mode_; }
+
+  // Back to streaming mode (before more prompt tokens): the selection becomes cached pages.
+  void begin_prefill();
+  // How many completed pages a layer may keep selected when the next `steps` tokens will be
+  // appended before the next selection (they fill the open page and new ones).
+  int64_t selection_capacity(int layer, int64_t steps) const;
+  // Decode mode: each layer's selection becomes per_layer[layer] (completed page numbers,
+  // distinct, at most budget − 1 each). Missing pages are recalled in one batch. Throws
+  // Error(kInvalidArgument) for a page out of range, a duplicate, or too many pages.
+  void select(std::span<const std::vector<int32_t>> per_layer);
+  // The same for one layer (per-step policies).
+  void select_layer(int layer, std::span<const int32_t> pages);
+  std::span<const int32_t> selected(int layer) const { return layers_[layer].selected; }
+
+  bool resident(int layer, int32_t page) const;
+  int64_t resident_pages() const;  // over all layers, open pages included
+  const uint8_t* mirror_page(int layer, int32_t page) const;
+  const KvReserve& reserve() const { return reserve_; }
+  const RecallEngine& recall() const { return recall_; }
+
+  void set_hook(AttendHook* h) { hook_ = h; }
+  // Called with each page's bytes when it completes (policies build page metadata from it).
+  void set_page_listener(std::function<void(int layer, int32_t page, const uint8_t* data)> f) {
+    listener_ = std::move(f);
+  }
+  // Selection metadata and scratch the policy keeps on the device, for the footprint.
+  void set_aux_bytes(uint64_t index_keys, uint64_t scratch);
+
+  KvFootprint footprint() const;
+  KvFootprint peak() const { return peak_; }  // at the moment device() was largest
+  // Adds the current device bytes to the running mean (the engine samples once per step).
+  void sample();
+  double mean_device_bytes() const;
+
+ private:
+  struct PageState {
+    int64_t slot = -1;   // reserve slot, −1 when only in the mirror
+    bool pinned = false; // selected or open: never evicted
+    uint64_t tick = 0;   // last unpin time, for LRU
+  };
+  struct Layer {
+    std::vector<PageState> pages;   // by page number; the last may be open
+    int64_t tokens = 0;
+    std::vector<int32_t> selected;  // pinned completed pages in decode mode, ascending
+  };
+  using LruKey = std::tuple<uint64_t, int, int32_t>;
+
+  uint8_t* mirror_ptr(int layer, int32_t page) const;
+  int64_t take_slot();
+  void pin(int layer, int32_t page);
+  void unpin(int layer, int32_t page);
+  void touch(int layer, int32_t page);
+  void complete_page(int layer, int32_t page);
+  void apply_selection(int layer, std::span<const int32_t> pages, std::vector<PageCopy>& copies);
+  void attend_streaming(Backend& be, int layer, const AttentionParams& p, const float* q,
+                        const int32_t* pos, int64_t m, float* out);
+  void note_peak();
+
+  KvCacheConfig cfg_;
+  int64_t budget_;
+  KvReserve& reserve_;
+  RecallEngine& recall_;
+  int64_t client_ = -1;
+  int64_t max_pages_;  // per layer
+  std::unique_ptr<uint8_t[]> mirror_;
+  std::vector<Layer> layers_;
+  std::set<LruKey> lru_;  // cached (resident, unpinned) pages, oldest first
+  uint64_t clock_ = 0;
+  int64_t open_slots_ = 0;
+  int64_t mirror_pages_ = 0;
+  bool decode_mode_ = false;
+  AttendHook* hook_ = nullptr;
+  std::function<void(int, int32_t, const uint8_t*)> listener_;
+  uint64_t aux_index_ = 0, aux_scratch_ = 0;
+  KvFootprint peak_;
+  double sample_sum_ = 0.0;
+  int64_t sample_count_ = 0;
+  // Scratch for attention.
+  std::vector<KvPageRef> views_;
+  std::vector<int32_t> view_ids_;
+  std::vector<float> out2_, lse_, lse2_;
+};
+
+}  // namespace flashmem

@@ -1,0 +1,464 @@
+// The tiered KV store (device reserve ⇄ host mirror), residency policies and budgets.
+// References: the full-KV PagedKvCache path (bit-identical at a 100% budget) and the float64
+// attention reference; the reserve arena is inspected byte by byte.
+#include <gtest/gtest.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstring>
+#include <random>
+#include <set>
+#include <vector>
+
+#include "core/error.h"
+#include "memory/kv_cache.h"
+#include "memory/residency.h"
+#include "memory/tiered_kv.h"
+#include "ops/cpu/attention.h"
+#include "ops/cpu/cpu_backend.h"
+#include "test_util.h"
+
+namespace flashmem {
+namespace {
+
+KvCacheConfig small_config(KvType t = KvType::kF32, int layers = 2) {
+  KvCacheConfig c;
+  c.n_layers = layers;
+  c.n_kv_heads = 2;
+  c.head_dim = 16;
+  c.page_tokens = 8;
+  c.max_tokens = 256;
+  c.type = t;
+  return c;
+}
+
+// K/V whose every value is unique to (layer, position, element): a page's bytes can only be
+// found where that page was written.
+struct Kv {
+  std::vector<float> k, v;
+};
+Kv make_kv(const KvCacheConfig& c, int layer, int64_t pos0, int64_t n, uint64_t seed = 1) {
+  const int64_t row = int64_t{c.n_kv_heads} * c.head_dim;
+  Kv kv{std::vector<float>(n * row), std::vector<float>(n * row)};
+  std::mt19937 rng(static_cast<uint32_t>(seed * 7919 + layer * 104729 + pos0));
+  std::uniform_real_distribution<float> u(-1.0f, 1.0f);
+  for (int64_t t = 0; t < n; ++t)
+    for (int64_t e = 0; e < row; ++e) {
+      const float tag = static_cast<float>((layer * 1000 + pos0 + t) * 1e-3);
+      kv.k[t * row + e] = u(rng) + tag;
+      kv.v[t * row + e] = u(rng) - tag;
+    }
+  return kv;
+}
+
+void append_all(KvStore& s, const KvCacheConfig& c, int64_t pos0, int64_t n) {
+  for (int l = 0; l < c.n_layers; ++l) {
+    const Kv kv = make_kv(c, l, pos0, n);
+    s.append(l, n, kv.k.data(), kv.v.data());
+  }
+}
+
+std::vector<float> random_q(int64_t m, int n_heads, int d, uint32_t seed) {
+  std::vector<float> q(m * n_heads * d);
+  std::mt19937 rng(seed);
+  std::normal_distribution<float> nd(0.0f, 1.0f);
+  for (float& x : q) x = nd(rng);
+  return q;
+}
+
+bool contains(const uint8_t* hay, size_t hay_bytes, const uint8_t* needle, size_t n, size_t stride) {
+  for (size_t off = 0; off + n <= hay_bytes; off += stride)
+    if (std::memcmp(hay + off, needle, n) == 0) return true;
+  return false;
+}
+
+TEST(KvBudget, ParsesPercentAndPagesAndRejectsTheRest) {
+  EXPECT_EQ(KvBudget::parse("10%").kind, KvBudget::Kind::kPercent);
+  EXPECT_DOUBLE_EQ(KvBudget::parse("12.5%").value, 12.5);
+  EXPECT_EQ(KvBudget::parse("32pages").kind, KvBudget::Kind::kPages);
+  EXPECT_DOUBLE_EQ(KvBudget::parse("7p").value, 7.0);
+  EXPECT_TRUE(KvBudget::parse("100%").is_full());
+  EXPECT_EQ(KvBudget::parse("10%").str(), "10%");
+  EXPECT_EQ(KvBudget::parse("32pages").str(), "32pages");
+  for (const char* bad : {"", "abc", "0%", "-5%", "150%", "0pages", "2.5pages", "10", "10 %", "nan%", "5kb"}) {
+    try {
+      KvBudget::parse(bad);
+      ADD_FAILURE() << "accepted '" << bad << "'";
+    } catch (const Error& e) {
+      EXPECT_EQ(e.code(), ErrorCode::kInvalidArgument) << bad;
+    }
+  }
+}
+
+TEST(KvBudget, ResolvesToPagesPerLayerWithAClearMinimum) {
+  KvCacheConfig c = small_config();
+  c.page_tokens = 64;
+  c.max_tokens = 8192;
+  ResidencyOptions o;
+  EXPECT_EQ(resolve_budget_pages(o, c, 8192), 128);  // full: every page
+  o.policy = "recency";
+  o.budget = KvBudget::parse("10%");
+  EXPECT_EQ(resolve_budget_pages(o, c, 8192), 12);   // ⌊0.1 · 128⌋
+  o.budget = KvBudget::parse("25%");
+  EXPECT_EQ(resolve_budget_pages(o, c, 8192 + 64), 32);  // ⌊0.25 · 129⌋
+  o.budget = KvBudget::parse("20pages");
+  EXPECT_EQ(resolve_budget_pages(o, c, 8192), 20);
+  o.budget = KvBudget::parse("1%");  // 1 page < sink 1 + tail 1 + 2 per cycle
+  try {
+    resolve_budget_pages(o, c, 8192);
+    ADD_FAILURE() << "a 1% budget was accepted";
+  } catch (const Error& e) {
+    EXPECT_EQ(e.code(), ErrorCode::kInvalidArgument);
+    EXPECT_NE(std::string(e.what()).find("minimum of 4"), std::string::npos) << e.what();
+  }
+  o.budget = KvBudget::parse("1%");
+  EXPECT_EQ(resolve_budget_pages(o, c, 100), 2);  // a request that fits the minimum anyway
+  ResidencyOptions bad;
+  bad.budget = KvBudget::parse("10%");  // policy full at 10%
+  EXPECT_THROW(resolve_budget_pages(bad, c, 8192), Error);
+  bad = ResidencyOptions{};
+  bad.policy = "lru";
+  EXPECT_THROW(bad.validate(), Error);
+  bad = ResidencyOptions{};
+  bad.cycle = 0;
+  EXPECT_THROW(bad.validate(), Error);
+  EXPECT_THROW(make_policy("lsa", c, 0), Error);
+  EXPECT_THROW(make_policy("oracle", c, 0, nullptr), Error);
+}
+
+TEST(MergeAttention, CombinesDisjointKeySetsLikeOneCall) {
+  const KvCacheConfig c = small_config(KvType::kF32, 1);
+  PagedKvCache all(c);
+  append_all(all, c, 0, 60);
+  const AttentionParams p = all.attention_params(4, 0.25f);
+  const auto pages = all.pages(0);
+  const int64_t m = 3;
+  const auto q = random_q(m, 4, c.head_dim, 5);
+  const int32_t pos[3] = {40, 55, 59};
+  std::vector<float> ref(q.size()), a(q.size()), b(q.size()), la(m * 4), lb(m * 4);
+  cpu::attention_ref(p, q.data(), pos, m, pages, ref.data());
+  CpuBackend be(2);
+  be.attention(p, q.data(), pos, m, pages.subspan(0, 3), a.data(), la.data());
+  be.attention(p, q.data(), pos, m, pages.subspan(3), b.data(), lb.data());
+  be.merge_attention(m * 4, c.head_dim, a.data(), la.data(), b.data(), lb.data());
+  ASSERT_TRUE(test::all_finite(a.data(), a.size()));
+  EXPECT_LE(test::rel_l2(a.data(), ref.data(), a.size()), 1e-5);
+  // A set no query can see contributes nothing: lse −inf, and the merge leaves the result.
+  std::vector<float> e(q.size()), le(m * 4);
+  const int32_t early[3] = {2, 3, 4};
+  be.attention(p, q.data(), early, m, pages.subspan(3), e.data(), le.data());
+  for (float x : le) EXPECT_EQ(x, -INFINITY);
+}
+
+// Prefill through a reserve far smaller than the prompt: every page streams through windows
+// of at most budget − 1 pages and the result matches full attention.
+TEST(TieredKvStore, StreamingPrefillMatchesFullAttentionWithinTheBudget) {
+  for (KvType t : {KvType::kF32, KvType::kF16}) {
+    const KvCacheConfig c = small_config(t);
+    const int64_t budget = 3;
+    KvReserve reserve(c.page_bytes(), budget * c.n_layers);
+    CpuRecall recall;
+    TieredKvStore tiered(c, budget, reserve, recall);
+    PagedKvCache full(c);
+    CpuBackend be(2);
+    const AttentionParams p = full.attention_params(4, 0.25f);
+    int64_t pos0 = 0;
+    for (int64_t n : {13, 29, 1, 40}) {  // ragged chunks: pages fill mid-chunk
+      append_all(tiered, c, pos0, n);
+      append_all(full, c, pos0, n);
+      std::vector<int32_t> pos(n);
+      for (int64_t i = 0; i < n; ++i) pos[i] = static_cast<int32_t>(pos0 + i);
+      const auto q = random_q(n, 4, c.head_dim, static_cast<uint32_t>(n));
+      for (int l = 0; l < c.n_layers; ++l) {
+        std::vector<float> got(q.size()), want(q.size());
+        tiered.attend(be, l, p, q.data(), pos.data(), n, got.data());
+        cpu::attention_ref(p, q.data(), pos.data(), n, full.pages(l), want.data());
+        ASSERT_TRUE(test::all_finite(got.data(), got.size()));
+        EXPECT_LE(test::rel_l2(got.data(), want.data(), got.size()), 2e-5) << "layer " << l << " n " << n;
+        EXPECT_LE(tiered.footprint().reserve + tiered.footprint().open, budget * c.n_layers * c.page_bytes());
+      }
+      pos0 += n;
+    }
+    EXPECT_EQ(tiered.peak().reserve + tiered.peak().open, reserve.bytes_allocated());
+    EXPECT_GT(recall.stats().pages, 0);
+    // The mirror holds every completed page, byte for byte what the full path holds.
+    for (int l = 0; l < c.n_layers; ++l)
+      for (int32_t pg = 0; pg < tiered.completed_pages(l); ++pg)
+        EXPECT_EQ(std::memcmp(tiered.mirror_page(l, pg), full.pages(l)[pg].k, c.page_bytes()), 0);
+  }
+}
+
+TEST(TieredKvStore, FullBudgetAttentionIsBitIdenticalToTheFullPath) {
+  const KvCacheConfig c = small_config(KvType::kF16);
+  const int64_t budget = c.max_tokens / c.page_tokens;
+  KvReserve reserve(c.page_bytes(), budget * c.n_layers);
+  CpuRecall recall;
+  TieredKvStore tiered(c, budget, reserve, recall);
+  PagedKvCache full(c);
+  CpuBackend be(2);
+  const AttentionParams p = full.attention_params(4, 0.25f);
+  append_all(tiered, c, 0, 100);
+  append_all(full, c, 0, 100);
+  std::vector<std::vector<int32_t>> all(c.n_layers);
+  for (int l = 0; l < c.n_layers; ++l)
+    for (int32_t pg = 0; pg < tiered.completed_pages(l); ++pg) all[l].push_back(pg);
+  tiered.select(all);
+  for (int step = 0; step < 20; ++step) {
+    append_all(tiered, c, 100 + step, 1);
+    append_all(full, c, 100 + step, 1);
+    const auto q = random_q(1, 4, c.head_dim, 77 + step);
+    const int32_t pos = 100 + step;
+    for (int l = 0; l < c.n_layers; ++l) {
+      std::vector<float> got(q.size()), want(q.size());
+      tiered.attend(be, l, p, q.data(), &pos, 1, got.data());
+      full.attend(be, l, p, q.data(), &pos, 1, want.data());
+      ASSERT_EQ(std::memcmp(got.data(), want.data(), got.size() * sizeof(float)), 0) << "step " << step;
+    }
+  }
+  EXPECT_EQ(recall.stats().pages, 0);  // nothing ever left the device
+}
+
+// After a selection, the reserve holds exactly the resident pages: every selected page is in
+// its slot byte for byte, and no page that is not resident appears anywhere in the arena.
+TEST(TieredKvStore, NonResidentKvIsAbsentFromTheReserve) {
+  const KvCacheConfig c = small_config(KvType::kF32);
+  const int64_t budget = 4;
+  KvReserve reserve(c.page_bytes(), budget * c.n_layers);
+  EXPECT_EQ(reserve.bytes_allocated(), static_cast<size_t>(budget * c.n_layers) * c.page_bytes());
+  CpuRecall recall;
+  TieredKvStore s(c, budget, reserve, recall);
+  CpuBackend be(1);
+  append_all(s, c, 0, 123);  // 15 full pages + 3 tokens per layer
+  std::vector<std::vector<int32_t>> sel = {{0, 7, 14}, {3, 9, 12}};
+  s.select(sel);
+  int non_resident = 0;
+  for (int l = 0; l < c.n_layers; ++l) {
+    std::set<int32_t> chosen(sel[l].begin(), sel[l].end());
+    for (int32_t pg = 0; pg < s.completed_pages(l); ++pg) {
+      const uint8_t* bytes = s.mirror_page(l, pg);
+      const bool found = contains(reserve.arena(), reserve.bytes_allocated(), bytes, c.page_bytes(), c.page_bytes());
+      if (chosen.count(pg)) {
+        EXPECT_TRUE(s.resident(l, pg) && found) << "layer " << l << " page " << pg;
+      }
+      if (!s.resident(l, pg)) {
+        ++non_resident;
+        EXPECT_FALSE(found) << "non-resident page " << pg << " of layer " << l << " is in the reserve";
+        // Not even a fragment: the first 16 K values of the page, at any 4-byte offset.
+        EXPECT_FALSE(contains(reserve.arena(), reserve.bytes_allocated(), bytes, 64, 4));
+      }
+    }
+  }
+  EXPECT_EQ(non_resident, 2 * (15 - 3));
+  // Footprint = bytes of slots the request holds, counted independently from the arena.
+  int64_t owned = 0;
+  for (int64_t slot = 0; slot < reserve.capacity(); ++slot) owned += reserve.owner(slot) >= 0;
+  const KvFootprint f = s.footprint();
+  EXPECT_EQ(f.reserve + f.open, static_cast<uint64_t>(owned) * c.page_bytes());
+  EXPECT_EQ(f.open, static_cast<uint64_t>(c.n_layers) * c.page_bytes());
+  EXPECT_EQ(f.mirror, static_cast<uint64_t>(15 * c.n_layers) * c.page_bytes());
+  EXPECT_EQ(f.full_kv, static_cast<uint64_t>(16 * c.n_layers) * c.page_bytes());
+  EXPECT_LE(f.device(), reserve.bytes_allocated());
+  // Decode attention reads exactly the selection plus the open page.
+  const AttentionParams p = s.attention_params(4, 0.25f);
+  const auto q = random_q(1, 4, c.head_dim, 3);
+  const int32_t pos = 122;
+  for (int l = 0; l < c.n_layers; ++l) {
+    std::vector<KvPageRef> want_pages;
+    std::vector<int32_t> ids = sel[l];
+    std::sort(ids.begin(), ids.end());
+    for (int32_t pg : ids) {
+      const uint8_t* b = s.mirror_page(l, pg);
+      want_pages.push_back(KvPageRef{b, b + c.page_bytes() / 2, pg * c.page_tokens, c.page_tokens});
+    }
+    PagedKvCache tailc(c);  // the open page's 3 tokens, at their positions
+    const Kv kv = make_kv(c, l, 0, 123);
+    tailc.append(0, 123, kv.k.data(), kv.v.data());
+    want_pages.push_back(tailc.pages(0).back());
+    std::vector<float> got(q.size()), want(q.size());
+    s.attend(be, l, p, q.data(), &pos, 1, got.data());
+    cpu::attention_ref(p, q.data(), &pos, 1, want_pages, want.data());
+    EXPECT_LE(test::rel_l2(got.data(), want.data(), got.size()), 1e-5) << "layer " << l;
+  }
+}
+
+// Two requests share one reserve; the second churns through far more pages than fit. The
+// first one's selected pages are never evicted or overwritten, and a third request that does
+// not fit is refused at admission without disturbing either.
+TEST(TieredKvStore, PagesInUseAreNeverEvictedUnderPressure) {
+  const KvCacheConfig c = small_config(KvType::kF32);
+  KvReserve reserve(c.page_bytes(), 2 * 4 * c.n_layers);
+  CpuRecall recall;
+  TieredKvStore a(c, 4, reserve, recall);
+  TieredKvStore b(c, 4, reserve, recall);
+  append_all(a, c, 0, 40);
+  std::vector<std::vector<int32_t>> sel = {{1, 3}, {0, 2}};
+  a.select(sel);
+  try {
+    TieredKvStore third(c, 2, reserve, recall);
+    ADD_FAILURE() << "a request beyond the reserve was admitted";
+  } catch (const Error& e) {
+    EXPECT_EQ(e.code(), ErrorCode::kOutOfMemory);
+    EXPECT_NE(std::string(e.what()).find("unreserved"), std::string::npos) << e.what();
+  }
+  EXPECT_EQ(reserve.unreserved(), 0);
+  CpuBackend be(1);
+  const AttentionParams p = b.attention_params(4, 0.25f);
+  for (int64_t pos0 = 0; pos0 < 200; pos0 += 25) {  // b streams 25 pages per layer
+    append_all(b, c, pos0, 25);
+    std::vector<int32_t> pos(25);
+    for (int i = 0; i < 25; ++i) pos[i] = static_cast<int32_t>(pos0 + i);
+    const auto q = random_q(25, 4, c.head_dim, 9);
+    std::vector<float> out(q.size());
+    for (int l = 0; l < c.n_layers; ++l) b.attend(be, l, p, q.data(), pos.data(), 25, out.data());
+    EXPECT_LE(reserve.held(1), reserve.quota(1));
+  }
+  EXPECT_GT(recall.stats().pages, 0);
+  for (int l = 0; l < c.n_layers; ++l)
+    for (int32_t pg : sel[l]) {
+      ASSERT_TRUE(a.resident(l, pg));
+      const uint8_t* bytes = a.mirror_page(l, pg);
+      EXPECT_TRUE(contains(reserve.arena(), reserve.bytes_allocated(), bytes, c.page_bytes(), c.page_bytes()))
+          << "page " << pg << " of layer " << l << " was overwritten";
+    }
+}
+
+TEST(TieredKvStore, BadSelectionsAndConfigurationsAreClearErrors) {
+  const KvCacheConfig c = small_config(KvType::kF32);
+  KvReserve reserve(c.page_bytes(), 8);
+  CpuRecall recall;
+  EXPECT_THROW(TieredKvStore(c, 1, reserve, recall), Error);     // < 2 pages
+  EXPECT_THROW(TieredKvStore(c, 100, reserve, recall), Error);   // beyond the reserve
+  KvReserve other(c.page_bytes() * 2, 8);
+  EXPECT_THROW(TieredKvStore(c, 2, other, recall), Error);       // slot size mismatch
+  TieredKvStore s(c, 4, reserve, recall);
+  append_all(s, c, 0, 30);  // 3 completed pages per layer + open
+  auto expect_invalid = [&](std::vector<std::vector<int32_t>> sel) {
+    try {
+      s.select(sel);
+      ADD_FAILURE() << "accepted a bad selection";
+    } catch (const Error& e) {
+      EXPECT_EQ(e.code(), ErrorCode::kInvalidArgument) << e.what();
+    }
+  };
+  expect_invalid({{5}, {}});           // not a completed page
+  expect_invalid({{0, 0}, {}});        // twice
+  expect_invalid({{0, 1, 2}, {0, 1, 2, 3}});  // too many (open page + 4 > 4)
+  expect_invalid({{0}});               // one list for two layers
+}
+
+// ---- policies --------------------------------------------------------------------------
+
+SelectContext ctx(int64_t n_pages, int64_t sink, int64_t tail, int64_t cycle = 0) {
+  SelectContext c;
+  c.n_pages = n_pages;
+  c.middle_begin = sink;
+  c.middle_end = n_pages - tail;
+  c.cycle = cycle;
+  c.cycle_steps = 64;
+  return c;
+}
+
+TEST(Policies, RecencyRandomAndFullChooseFromTheMiddle) {
+  const KvCacheConfig c = small_config();
+  std::vector<int32_t> out;
+  make_policy("recency", c, 0)->select(ctx(20, 1, 2), 3, out);
+  EXPECT_EQ(out, (std::vector<int32_t>{17, 16, 15}));
+  out.clear();
+  make_policy("full", c, 0)->select(ctx(20, 1, 2), 100, out);
+  EXPECT_EQ(out.size(), 17u);
+  auto rnd = make_policy("random", c, 42);
+  std::vector<int32_t> a, b, a2;
+  rnd->select(ctx(100, 1, 1, 0), 10, a);
+  rnd->select(ctx(100, 1, 1, 1), 10, b);
+  make_policy("random", c, 42)->select(ctx(100, 1, 1, 0), 10, a2);
+  EXPECT_EQ(a, a2);  // seeded
+  EXPECT_NE(a, b);   // redrawn each cycle
+  EXPECT_EQ(std::set<int32_t>(a.begin(), a.end()).size(), 10u);
+  for (int32_t p : a) EXPECT_TRUE(p >= 1 && p < 99);
+}
+
+TEST(Policies, QuestFindsThePageWhoseKeysAlignWithTheQuery) {
+  KvCacheConfig c = small_config(KvType::kF16, 1);
+  c.n_kv_heads = 1;
+  auto quest = make_policy("quest", c, 0);
+  ASSERT_TRUE(quest->per_step());
+  PagedKvCache kv(c);
+  std::mt19937 rng(3);
+  std::normal_distribution<float> nd(0.0f, 0.3f);
+  const int d = c.head_dim;
+  for (int64_t t = 0; t < 10 * c.page_tokens; ++t) {
+    std::vector<float> k(d), v(d);
+    for (int i = 0; i < d; ++i) k[i] = nd(rng), v[i] = nd(rng);
+    if (t == 6 * c.page_tokens + 3) k[5] = 4.0f;  // one strong key in page 6
+    kv.append(0, 1, k.data(), v.data());
+  }
+  for (int32_t pg = 0; pg < 10; ++pg) quest->on_page(0, pg, static_cast<const uint8_t*>(kv.pages(0)[pg].k));
+  EXPECT_EQ(quest->index_bytes(), 10u * d * 2 * sizeof(float));
+  std::vector<float> q(2 * d, 0.0f);
+  q[5] = 1.0f;       // head 0 looks for dim 5
+  q[d + 9] = 0.1f;   // head 1 is vague
+  AttentionParams p = kv.attention_params(2, 0.25f);
+  std::vector<int32_t> out;
+  quest->select_step(ctx(10, 1, 1), 1, p, q.data(), out);
+  EXPECT_EQ(out, (std::vector<int32_t>{6}));
+}
+
+TEST(Policies, OracleReplaysTheHeaviestPagesOfTheNextWindow) {
+  AttentionTrace t;
+  const std::vector<int32_t> ids = {0, 1, 2, 3, 4, 5};
+  for (int64_t s = 0; s < 128; ++s) {
+    std::vector<float> mass(6, 0.01f);
+    mass[s < 64 ? 2 : 4] = 0.9f;  // page 2 matters in the first cycle, page 4 in the second
+    t.record(s, 0, ids, mass);
+  }
+  auto oracle = make_policy("oracle", small_config(), 0, &t);
+  std::vector<int32_t> out;
+  SelectContext c = ctx(6, 1, 1);
+  oracle->select(c, 1, out);
+  EXPECT_EQ(out, (std::vector<int32_t>{2}));
+  out.clear();
+  c.step = 64;
+  oracle->select(c, 1, out);
+  EXPECT_EQ(out, (std::vector<int32_t>{4}));
+}
+
+// The driver: sink and tail always resident, the policy's pages in between, the device within
+// budget through whole cycles, selections every τ steps.
+TEST(Residency, CyclesKeepSinkTailAndTheBudget) {
+  KvCacheConfig c = small_config(KvType::kF32);
+  ResidencyOptions o;
+  o.policy = "recency";
+  o.budget = KvBudget::parse("6pages");
+  o.cycle = 8;
+  o.sink_tokens = 8;
+  o.tail_tokens = 8;
+  const int64_t budget = resolve_budget_pages(o, c, 200);
+  ASSERT_EQ(budget, 6);
+  KvReserve reserve(c.page_bytes(), budget * c.n_layers);
+  CpuRecall recall;
+  TieredKvStore s(c, budget, reserve, recall);
+  Residency res(s, make_policy(o.policy, c, 0), o);
+  CpuBackend be(1);
+  append_all(s, c, 0, 100);  // "prefill"
+  const AttentionParams p = s.attention_params(4, 0.25f);
+  for (int64_t step = 0; step < 60; ++step) {
+    res.before_step(step, 60 - step);
+    append_all(s, c, 100 + step, 1);
+    const auto q = random_q(1, 4, c.head_dim, static_cast<uint32_t>(step));
+    const int32_t pos = static_cast<int32_t>(100 + step);
+    std::vector<float> out(q.size());
+    for (int l = 0; l < c.n_layers; ++l) {
+      s.attend(be, l, p, q.data(), &pos, 1, out.data());
+      ASSERT_TRUE(test::all_finite(out.data(), out.size()));
+      const auto sel = s.selected(l);
+      EXPECT_TRUE(std::find(sel.begin(), sel.end(), 0) != sel.end()) << "sink missing";
+      const int32_t newest = static_cast<int32_t>(s.completed_pages(l)) - 1;
+      EXPECT_TRUE(std::find(sel.begin(), sel.end(), newest) != sel.end()) << "tail missing";
+    }
+    EXPECT_LE(s.footprint().device(), reserve.bytes_allocated());
+  }
+  EXPECT_EQ(res.cycles(), 60 / 8 + 1);
+}
+
+}  // namespace
+}  // namespace flashmem

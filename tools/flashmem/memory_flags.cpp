@@ -1,0 +1,88 @@
+// The KV residency flags (--policy, --kv-budget, --cycle, --sink, --tail) and the footprint
+// report, shared by the commands that generate.
+#include <cstdio>
+
+#include "commands.h"
+#include "engine/engine.h"
+#include "memory/residency.h"
+
+namespace flashmem::cli {
+
+void add_memory_options(CLI::App* c, MemoryArgs& a) {
+  c->add_option("--policy", a.policy, "KV residency policy")
+      ->check(CLI::IsMember({"full", "recency", "random", "quest", "oracle", "lsa"}));
+  c->add_option("--kv-budget", a.kv_budget,
+                "Device KV budget: percent of the request's full KV (10%) or pages per layer (32pages)");
+  c->add_option("--cycle", a.cycle, "Decode steps between residency selections (tau)")
+      ->check(CLI::Range(1, 1 << 20));
+  c->add_option("--sink", a.sink, "First tokens that always stay resident")
+      ->check(CLI::Range(int64_t{0}, int64_t{1} << 30));
+  c->add_option("--tail", a.tail, "Newest tokens that always stay resident")
+      ->check(CLI::Range(int64_t{0}, int64_t{1} << 30));
+  c->add_option("--policy-seed", a.seed, "Seed of the random policy");
+}
+
+ResidencyOptions residency_options(const MemoryArgs& a) {
+  ResidencyOptions o;
+  o.policy = a.policy;
+  o.budget = KvBudget::parse(a.kv_budget);
+  o.cycle = a.cycle;
+  o.sink_tokens = a.sink;
+  o.tail_tokens = a.tail;
+  o.seed = a.seed;
+  o.validate();
+  return o;
+}
+
+namespace {
+double mib(uint64_t b) { return static_cast<double>(b) / (1024.0 * 1024.0); }
+double pct(uint64_t a, uint64_t b) { return b ? 100.0 * static_cast<double>(a) / static_cast<double>(b) : 0.0; }
+}  // namespace
+
+void print_kv_report(std::FILE* out, const KvReport& r) {
+  std::fprintf(out, "[flashmem] KV report: policy %s, budget %s = %lld pages/layer, %lld cycles\n",
+               r.policy.c_str(), r.budget.c_str(), static_cast<long long>(r.budget_pages),
+               static_cast<long long>(r.cycles));
+  std::fprintf(out, "  %-24s %12s %12s\n", "device bytes", "final MiB", "peak MiB");
+  auto row = [&](const char* name, uint64_t f, uint64_t p) {
+    std::fprintf(out, "  %-24s %12.3f %12.3f\n", name, mib(f), mib(p));
+  };
+  row("reserve (full pages)", r.final.reserve, r.peak.reserve);
+  row("open pages", r.final.open, r.peak.open);
+  row("index keys", r.final.index_keys, r.peak.index_keys);
+  row("selector scratch", r.final.scratch, r.peak.scratch);
+  row("device total", r.final.device(), r.peak.device());
+  std::fprintf(out, "  device mean over decode %.3f MiB; reserve allocated %.3f MiB\n",
+               r.mean_device_bytes / (1024.0 * 1024.0), mib(r.reserve_bytes));
+  std::fprintf(out, "  full-KV path would hold %.3f MiB: device peak %.1f%%, mean %.1f%% of it\n",
+               mib(r.final.full_kv), pct(r.peak.device(), r.final.full_kv),
+               r.final.full_kv ? 100.0 * r.mean_device_bytes / static_cast<double>(r.final.full_kv) : 0.0);
+  std::fprintf(out, "  host mirror %.3f MiB; recalled %lld pages (%.3f MiB) in %lld batches, %.3f s\n",
+               mib(r.final.mirror), static_cast<long long>(r.recall.pages), mib(r.recall.bytes),
+               static_cast<long long>(r.recall.batches), r.recall.seconds);
+}
+
+nlohmann::json kv_report_json(const KvReport& r) {
+  auto fp = [](const KvFootprint& f) {
+    return nlohmann::json{{"reserve", f.reserve},       {"open", f.open},
+                          {"index_keys", f.index_keys}, {"scratch", f.scratch},
+                          {"device", f.device()},       {"mirror", f.mirror},
+                          {"full_kv", f.full_kv}};
+  };
+  return {{"policy", r.policy},
+          {"budget", r.budget},
+          {"budget_pages", r.budget_pages},
+          {"reserve_bytes", r.reserve_bytes},
+          {"final", fp(r.final)},
+          {"peak", fp(r.peak)},
+          {"device_bytes_mean", r.mean_device_bytes},
+          {"device_bytes_peak", r.peak.device()},
+          {"full_kv_bytes", r.final.full_kv},
+          {"cycles", r.cycles},
+          {"recall", {{"batches", r.recall.batches}, {"pages", r.recall.pages},
+                      {"bytes", r.recall.bytes}, {"written_pages", r.recall.written},
+                      {"seconds", r.recall.seconds}}},
+          {"oracle_pass_seconds", r.oracle_pass_seconds}};
+}
+
+}  // namespace flashmem::cli
