@@ -93,7 +93,11 @@ void ThreadPool::run(int64_t n_tasks, const std::function<void(int64_t, int)>& f
   // Workers register as sleepers under mu_, so a zero read here means all are spinning.
   if (sleepers_.load() > 0) cv_.notify_all();
   work(0);
-  while (active_.load(std::memory_order_acquire) != 0) FM_CPU_RELAX();
+  // Spin briefly, then yield: on a busy machine a descheduled worker needs the core back.
+  for (int i = 0; active_.load(std::memory_order_acquire) != 0; ++i) {
+    if (i < kSpinIters) FM_CPU_RELAX();
+    else std::this_thread::yield();
+  }
   fn_ = nullptr;
   if (error_) std::rethrow_exception(error_);
 }

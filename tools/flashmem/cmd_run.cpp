@@ -29,6 +29,9 @@ CLI::App* add_run_command(CLI::App& app, RunArgs& a) {
   c->add_option("--page-tokens", a.page_tokens, "Tokens per KV page")->check(CLI::Range(1, 4096));
   c->add_option("--report-json", a.report_json, "Also write the run report as JSON to this file");
   add_memory_options(c, a.memory);
+  c->add_option("--prompt-tokens", a.prompt_tokens,
+                "Cut the tokenized prompt to this many tokens, from the middle (0: keep all)")
+      ->check(CLI::Range(int64_t{0}, int64_t{1} << 30));
   c->add_flag("--kv-report", a.kv_report, "Print the KV footprint by category after the run");
   return c;
 }
@@ -80,7 +83,12 @@ int run_command(const RunArgs& a) {
     go.stop_strings = tpl.stop_strings();
   }
   // Special-token text (e.g. a hand-written ChatML prompt) is recognised, as llama.cpp does.
-  const std::vector<int32_t> prompt = eng->tokenizer().encode(text, true, true);
+  std::vector<int32_t> prompt = eng->tokenizer().encode(text, true, true);
+  if (a.prompt_tokens > 0 && static_cast<int64_t>(prompt.size()) > a.prompt_tokens) {
+    // Middle truncation (as LongBench does): the start and the question at the end survive.
+    const int64_t head = a.prompt_tokens / 2, tail = a.prompt_tokens - head;
+    prompt.erase(prompt.begin() + head, prompt.end() - tail);
+  }
   GenerateResult r = eng->generate(prompt, go, [](std::string_view piece) {
     std::fwrite(piece.data(), 1, piece.size(), stdout);
     std::fflush(stdout);

@@ -51,6 +51,7 @@ struct RunArgs {
   std::string report_json;
   MemoryArgs memory;
   bool kv_report = false;
+  int64_t prompt_tokens = 0;
 };
 
 struct InfoArgs {
