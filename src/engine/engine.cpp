@@ -74,10 +74,8 @@ KvCacheConfig Engine::kv_config() const {
 
 PagedKvCache Engine::new_cache() const { return PagedKvCache(kv_config()); }
 
-GenerateResult Engine::generate(const std::vector<int32_t>& prompt, const GenerateOptions& opts,
-                                const std::function<void(std::string_view)>& on_text) {
+void Engine::check_prompt(const std::vector<int32_t>& prompt) const {
   FM_CHECK(!prompt.empty(), ErrorCode::kInvalidArgument, "the prompt is empty");
-  FM_CHECK(opts.max_new_tokens >= 0, ErrorCode::kInvalidArgument, "-n must be ≥ 0");
   FM_CHECK(static_cast<int64_t>(prompt.size()) < n_ctx_, ErrorCode::kOutOfRange, "the prompt has ",
            prompt.size(), " tokens but the context holds ", n_ctx_,
            " (prompt plus at least one generated token); raise -c (up to ",
@@ -85,8 +83,46 @@ GenerateResult Engine::generate(const std::vector<int32_t>& prompt, const Genera
   const int32_t n_vocab = model_->info().n_vocab;
   for (int32_t t : prompt)
     FM_CHECK(t >= 0 && t < n_vocab, ErrorCode::kInvalidArgument, "prompt token ", t, " out of range");
+}
+
+std::unique_ptr<Prefilled> Engine::prefill(const std::vector<int32_t>& prompt,
+                                           const ResidencyOptions& memory, int max_new_tokens) {
+  check_prompt(prompt);
+  FM_CHECK(max_new_tokens >= 0, ErrorCode::kInvalidArgument, "-n must be ≥ 0");
+  memory.validate();
+  const KvCacheConfig kc = kv_config();
+  const int64_t n_prompt = static_cast<int64_t>(prompt.size());
+  const int64_t final_tokens = std::min<int64_t>(n_ctx_, n_prompt + std::max(max_new_tokens, 1));
+  const int64_t budget_pages = resolve_budget_pages(memory, kc, final_tokens);
+  auto p = std::make_unique<Prefilled>();
+  p->prompt = prompt;
+  p->max_new_tokens = max_new_tokens;
+  // One request per engine call: the reserve is exactly this request's budget.
+  p->reserve = std::make_unique<KvReserve>(kc.page_bytes(), budget_pages * kc.n_layers);
+  p->recall = std::make_unique<CpuRecall>(&backend_.pool());
+  p->kv = std::make_unique<TieredKvStore>(kc, budget_pages, *p->reserve, *p->recall);
+  p->logits.resize(model_->info().n_vocab);
+  const auto t0 = std::chrono::steady_clock::now();
+  model_->forward(prompt, *p->kv, p->logits.data());
+  p->seconds = seconds_since(t0);
+  return p;
+}
+
+GenerateResult Engine::generate(const std::vector<int32_t>& prompt, const GenerateOptions& opts,
+                                const std::function<void(std::string_view)>& on_text) {
+  auto p = prefill(prompt, opts.memory, opts.max_new_tokens);
+  if (opts.memory.policy != "oracle") return decode_pass(*p, opts, on_text, false, nullptr, nullptr);
+  return decode(*p, opts, on_text);
+}
+
+GenerateResult Engine::decode(const Prefilled& pc, const GenerateOptions& opts,
+                              const std::function<void(std::string_view)>& on_text) {
+  // decode_pass only reads p through a fork.
+  Prefilled& p = const_cast<Prefilled&>(pc);
+  FM_CHECK(opts.max_new_tokens == p.max_new_tokens, ErrorCode::kInvalidArgument,
+           "decode for ", opts.max_new_tokens, " tokens from a prefill made for ", p.max_new_tokens);
   opts.memory.validate();
-  if (opts.memory.policy != "oracle") return run_pass(prompt, opts, on_text, nullptr, nullptr);
+  if (opts.memory.policy != "oracle") return decode_pass(p, opts, on_text, true, nullptr, nullptr);
   // The oracle replays what full attention attended: record it first, on the same prompt and
   // sampling, then generate with the recorded next-τ windows.
   AttentionTrace trace;
@@ -94,25 +130,37 @@ GenerateResult Engine::generate(const std::vector<int32_t>& prompt, const Genera
   rec.memory.policy = "full";
   rec.memory.budget = KvBudget{};
   const auto t0 = std::chrono::steady_clock::now();
-  run_pass(prompt, rec, {}, nullptr, &trace);
+  decode_pass(p, rec, {}, true, nullptr, &trace);
   const double rec_s = seconds_since(t0);
-  GenerateResult r = run_pass(prompt, opts, on_text, &trace, nullptr);
+  GenerateResult r = decode_pass(p, opts, on_text, true, &trace, nullptr);
   r.kv.oracle_pass_seconds = rec_s;
   return r;
 }
 
-GenerateResult Engine::run_pass(const std::vector<int32_t>& prompt, const GenerateOptions& opts,
-                                const std::function<void(std::string_view)>& on_text,
-                                const AttentionTrace* replay, AttentionTrace* record) {
+GenerateResult Engine::decode_pass(Prefilled& p, const GenerateOptions& opts,
+                                   const std::function<void(std::string_view)>& on_text, bool fork,
+                                   const AttentionTrace* replay, AttentionTrace* record) {
   const int32_t n_vocab = model_->info().n_vocab;
   const KvCacheConfig kc = kv_config();
-  const int64_t n_prompt = static_cast<int64_t>(prompt.size());
+  const int64_t n_prompt = static_cast<int64_t>(p.prompt.size());
   const int64_t final_tokens = std::min<int64_t>(n_ctx_, n_prompt + std::max(opts.max_new_tokens, 1));
   const int64_t budget_pages = resolve_budget_pages(opts.memory, kc, final_tokens);
-  // One request per engine call: the reserve is exactly this request's budget.
-  KvReserve reserve(kc.page_bytes(), budget_pages * kc.n_layers);
-  CpuRecall recall(&backend_.pool());
-  TieredKvStore kv(kc, budget_pages, reserve, recall);
+  std::unique_ptr<KvReserve> own_reserve;
+  std::unique_ptr<CpuRecall> own_recall;
+  std::unique_ptr<TieredKvStore> own_kv;
+  if (fork) {
+    FM_CHECK(budget_pages >= p.kv->budget_pages(), ErrorCode::kInvalidArgument, "a decode with ",
+             budget_pages, " pages per layer cannot reuse a prefill made with ",
+             p.kv->budget_pages(), ": prefill with the smallest budget");
+    own_reserve = std::make_unique<KvReserve>(kc.page_bytes(), budget_pages * kc.n_layers);
+    own_recall = std::make_unique<CpuRecall>(&backend_.pool());
+    own_kv = std::make_unique<TieredKvStore>(*p.kv, budget_pages, *own_reserve, *own_recall);
+  } else {
+    FM_ICHECK(budget_pages == p.kv->budget_pages(), "prefill and decode budgets differ");
+  }
+  TieredKvStore& kv = fork ? *own_kv : *p.kv;
+  KvReserve& reserve = fork ? *own_reserve : *p.reserve;
+  CpuRecall& recall = fork ? *own_recall : *p.recall;
   Residency residency(kv, make_policy(opts.memory.policy, kc, opts.memory.seed, replay), opts.memory);
   std::optional<TraceRecorder> recorder;
   if (record) {
@@ -122,12 +170,10 @@ GenerateResult Engine::run_pass(const std::vector<int32_t>& prompt, const Genera
 
   Sampler sampler(opts.sampling);
   GenerateResult r;
-  r.n_prompt = static_cast<int64_t>(prompt.size());
-  std::vector<float> logits(n_vocab);
-
+  r.n_prompt = n_prompt;
+  r.prefill_seconds = p.seconds;
+  std::vector<float> logits = p.logits;
   auto t0 = std::chrono::steady_clock::now();
-  model_->forward(prompt, kv, logits.data());
-  r.prefill_seconds = seconds_since(t0);
 
   StreamDecoder dec(tokenizer_);
   size_t emitted = 0;
@@ -136,7 +182,6 @@ GenerateResult Engine::run_pass(const std::vector<int32_t>& prompt, const Genera
     emitted = std::max(emitted, end);
   };
   r.stop_reason = "length";
-  t0 = std::chrono::steady_clock::now();
   for (int i = 0; i < opts.max_new_tokens; ++i) {
     const int32_t tok = sampler.sample(logits.data(), n_vocab);
     r.tokens.push_back(tok);
@@ -181,8 +226,15 @@ GenerateResult Engine::run_pass(const std::vector<int32_t>& prompt, const Genera
   r.kv.reserve_bytes = reserve.bytes_allocated();
   r.kv.final = kv.footprint();
   r.kv.peak = kv.peak();
+  if (fork && p.kv->peak().device() > r.kv.peak.device()) r.kv.peak = p.kv->peak();  // its prefill
   r.kv.mean_device_bytes = kv.mean_device_bytes();
   r.kv.recall = recall.stats();
+  if (fork) {  // count the prefill's streaming too
+    r.kv.recall.pages += p.recall->stats().pages;
+    r.kv.recall.bytes += p.recall->stats().bytes;
+    r.kv.recall.batches += p.recall->stats().batches;
+    r.kv.recall.seconds += p.recall->stats().seconds;
+  }
   r.kv.cycles = residency.cycles();
   return r;
 }

@@ -65,6 +65,20 @@ struct GenerateResult {
   KvReport kv;
 };
 
+// A prompt after prefill, ready to be decoded under one or more residency policies. Prefill is
+// exact attention whatever the budget (it streams pages through the reserve), so one prefill
+// can serve every policy whose budget is at least the prefill's: each decode forks the KV into
+// its own reserve of its own budget.
+struct Prefilled {
+  std::vector<int32_t> prompt;
+  std::vector<float> logits;  // after the last prompt token
+  int max_new_tokens = 0;     // the request length budgets are resolved for
+  double seconds = 0;
+  std::unique_ptr<KvReserve> reserve;
+  std::unique_ptr<CpuRecall> recall;
+  std::unique_ptr<TieredKvStore> kv;
+};
+
 class Engine {
  public:
   // Loads and checks everything; throws flashmem::Error on any problem.
@@ -95,10 +109,22 @@ class Engine {
   GenerateResult generate(const std::vector<int32_t>& prompt, const GenerateOptions& opts,
                           const std::function<void(std::string_view)>& on_text = {});
 
+  // Prefills `prompt` into a tiered store with the budget `memory` gives for a request of
+  // max_new_tokens more tokens (same checks as generate).
+  std::unique_ptr<Prefilled> prefill(const std::vector<int32_t>& prompt,
+                                     const ResidencyOptions& memory, int max_new_tokens);
+  // Decodes a fork of `p` under opts.memory; `p` is left as it was. opts.max_new_tokens must
+  // equal p.max_new_tokens and the budget must be ≥ the prefill's (Error kInvalidArgument):
+  // the device then never held more than this request's budget.
+  GenerateResult decode(const Prefilled& p, const GenerateOptions& opts,
+                        const std::function<void(std::string_view)>& on_text = {});
+
  private:
-  GenerateResult run_pass(const std::vector<int32_t>& prompt, const GenerateOptions& opts,
-                          const std::function<void(std::string_view)>& on_text,
-                          const AttentionTrace* replay, AttentionTrace* record);
+  void check_prompt(const std::vector<int32_t>& prompt) const;
+  // fork = false decodes in p's own store (generate's single pass).
+  GenerateResult decode_pass(Prefilled& p, const GenerateOptions& opts,
+                             const std::function<void(std::string_view)>& on_text, bool fork,
+                             const AttentionTrace* replay, AttentionTrace* record);
 
   Engine(const EngineOptions& opts, GgufFile file);
 

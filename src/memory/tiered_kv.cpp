@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstring>
 #include <new>
 
 #include "core/error.h"
@@ -33,6 +34,28 @@ TieredKvStore::TieredKvStore(const KvCacheConfig& c, int64_t budget_pages, KvRes
             mirror_bytes / (1 << 20), " MiB for ", c.max_tokens, " tokens; lower the context (-c)");
   }
   layers_.resize(c.n_layers);
+}
+
+TieredKvStore::TieredKvStore(const TieredKvStore& src, int64_t budget_pages, KvReserve& reserve,
+                             RecallEngine& recall)
+    : TieredKvStore(src.cfg_, budget_pages, reserve, recall) {
+  const size_t pb = cfg_.page_bytes();
+  for (int l = 0; l < cfg_.n_layers; ++l) {
+    const Layer& from = src.layers_[l];
+    Layer& to = layers_[l];
+    to.tokens = from.tokens;
+    to.pages.assign(from.pages.size(), PageState{});
+    const int32_t done = static_cast<int32_t>(completed_pages(l));
+    if (done > 0) std::memcpy(mirror_ptr(l, 0), src.mirror_ptr(l, 0), static_cast<size_t>(done) * pb);
+    if (done < static_cast<int32_t>(to.pages.size())) {  // the open page moves with the request
+      const int64_t slot = take_slot();
+      std::memcpy(reserve_.slot(slot), src.reserve_.slot(from.pages[done].slot), pb);
+      to.pages[done] = PageState{slot, true, 0};
+      ++open_slots_;
+    }
+  }
+  mirror_pages_ = src.mirror_pages_;
+  note_peak();
 }
 
 TieredKvStore::~TieredKvStore() { reserve_.release(client_); }

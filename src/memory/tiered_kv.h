@@ -70,6 +70,12 @@ class TieredKvStore final : public KvStore {
   // cannot admit budget_pages × n_layers slots or the mirror cannot be allocated.
   TieredKvStore(const KvCacheConfig& c, int64_t budget_pages, KvReserve& reserve,
                 RecallEngine& recall);
+  // A fork of `src` (same tokens) admitted into its own reserve with its own budget: the mirror
+  // is copied, the open pages take slots here, every completed page starts non-resident. Lets
+  // one prefill serve several policies (the eval harness); decoding then goes through the
+  // fork's budget only.
+  TieredKvStore(const TieredKvStore& src, int64_t budget_pages, KvReserve& reserve,
+                RecallEngine& recall);
   ~TieredKvStore() override;
   TieredKvStore(const TieredKvStore&) = delete;
   TieredKvStore& operator=(const TieredKvStore&) = delete;

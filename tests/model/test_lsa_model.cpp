@@ -9,6 +9,7 @@
 #include <fstream>
 #include <nlohmann/json.hpp>
 
+#include "core/error.h"
 #include "engine/engine.h"
 #include "engine/sampler.h"
 #include "memory/residency.h"
@@ -128,6 +129,37 @@ TEST(LsaModel, StreamedPrefillUnderATenPercentBudgetMatchesFullAttention) {
   EXPECT_LE(err, 1e-5);  // the same attention, merged in a different order
   EXPECT_LE(kv.peak().reserve + kv.peak().open, reserve.bytes_allocated());
   EXPECT_GT(recall.stats().pages, 0);
+}
+
+}  // namespace
+}  // namespace flashmem
+
+namespace flashmem {
+namespace {
+
+// One prefill, several policies (what the eval harness does): decoding a fork of the prefill
+// gives exactly what a request of its own gives, and a fork never reads the original's reserve.
+TEST(LsaModel, DecodingAForkOfOnePrefillEqualsAFreshRequest) {
+  Engine& eng = engine();
+  const auto prompt = long_prompt(1500);
+  GenerateOptions go;
+  go.max_new_tokens = 24;
+  go.memory.policy = "recency";
+  go.memory.budget = KvBudget::parse("25%");
+  const GenerateResult fresh = eng.generate(prompt, go);
+  auto pre = eng.prefill(prompt, go.memory, go.max_new_tokens);
+  const GenerateResult forked = eng.decode(*pre, go);
+  EXPECT_EQ(forked.tokens, fresh.tokens);
+  EXPECT_EQ(forked.kv.budget_pages, fresh.kv.budget_pages);
+  EXPECT_LE(forked.kv.peak.device(), forked.kv.reserve_bytes);
+  GenerateOptions full = go;
+  full.memory = ResidencyOptions{};
+  const GenerateResult f1 = eng.decode(*pre, full);  // a larger budget may reuse the prefill
+  EXPECT_EQ(f1.tokens.size(), 24u);
+  GenerateOptions small = go;
+  small.memory.budget = KvBudget::parse("20pages");
+  auto big = eng.prefill(prompt, full.memory, go.max_new_tokens);
+  EXPECT_THROW(eng.decode(*big, small), Error);  // smaller than the prefill's budget
 }
 
 }  // namespace
