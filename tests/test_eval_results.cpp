@@ -1,4 +1,5 @@
-// Tests of eval result recording and reporting (src/eval/results.h).
+// Tests of eval result recording and reporting (src/eval/results.h) and the progress bar
+// (src/eval/progress.h).
 #include "eval/results.h"
 
 #include <gtest/gtest.h>
@@ -12,6 +13,7 @@
 #include <sstream>
 
 #include "core/error.h"
+#include "eval/progress.h"
 
 namespace flashmem::eval {
 namespace {
@@ -480,6 +482,137 @@ TEST(EvalResults, PlotWithoutGnuplotIsUnsupported) {
                {"install gnuplot-nox (scripts/install-deps.sh)"});
   expect_error([&] { write_plot(std::vector<EvalRecord>{}, tmp.sub("p.png")); },
                ErrorCode::kInvalidArgument, {"nothing to plot"});
+}
+
+// ---- progress --------------------------------------------------------------------------------
+
+TEST(Progress, FormatDuration) {
+  EXPECT_EQ(format_duration(0), "0s");
+  EXPECT_EQ(format_duration(59.4), "59s");
+  EXPECT_EQ(format_duration(59.6), "1m00s");
+  EXPECT_EQ(format_duration(130), "2m10s");
+  EXPECT_EQ(format_duration(3725), "1h02m05s");
+  EXPECT_EQ(format_duration(100 * 3600 + 1), "100h00m01s");
+  EXPECT_EQ(format_duration(-1), "--");
+  EXPECT_EQ(format_duration(std::nan("")), "--");
+  EXPECT_EQ(format_duration(INFINITY), "--");
+}
+
+TEST(Progress, RenderBar) {
+  EXPECT_EQ(render_bar(5, 10, 10), "[#####.....]");
+  EXPECT_EQ(render_bar(37, 260, 10), "[#.........]");
+  EXPECT_EQ(render_bar(0, 0, 5), "[.....]");
+  EXPECT_EQ(render_bar(20, 10, 4), "[####]");
+  EXPECT_EQ(render_bar(-3, 10, 4), "[....]");
+  EXPECT_EQ(format_progress_line("ruler", 37, 260, 130, 220, "niah_single_2 4096 recency", 10),
+            "ruler [#.........] 37/260 14% elapsed 2m10s ETA 3m40s  niah_single_2 4096 recency");
+}
+
+struct FakeClock {
+  double t = 1000.0;
+  std::function<double()> fn() {
+    return [this] { return t; };
+  }
+};
+
+std::string read_all(FILE* f) {
+  std::fflush(f);
+  std::rewind(f);
+  std::string s;
+  char buf[4096];
+  for (size_t n; (n = std::fread(buf, 1, sizeof buf, f)) > 0;) s.append(buf, n);
+  return s;
+}
+
+TEST(Progress, EtaCountsOnlyItemsDoneInThisRun) {
+  EXPECT_DOUBLE_EQ(eta_seconds(5, 10.0, 45), 90.0);
+  EXPECT_TRUE(std::isnan(eta_seconds(0, 10.0, 45)));
+  EXPECT_EQ(eta_seconds(0, 10.0, 0), 0.0);
+
+  FakeClock clock;
+  FILE* out = std::tmpfile();
+  ASSERT_NE(out, nullptr);
+  {
+    ProgressOptions opt;
+    opt.tty = false;
+    opt.now = clock.fn();
+    Progress p(100, "ruler", out, opt);
+    p.skip(50, "resumed");
+    EXPECT_EQ(p.done(), 50);
+    EXPECT_TRUE(std::isnan(p.eta()));  // skipped items give no rate
+    clock.t += 10.0;
+    p.tick(5, "vt 4096 full");
+    EXPECT_DOUBLE_EQ(p.elapsed(), 10.0);
+    EXPECT_DOUBLE_EQ(p.eta(), 90.0);  // 45 left at 0.5 items/s, not 5.5 items/s
+    EXPECT_EQ(p.line(),
+              "ruler [#################.............] 55/100 55% elapsed 10s ETA 1m30s  vt 4096 full");
+  }
+  const std::string text = read_all(out);
+  std::fclose(out);
+  EXPECT_NE(text.find("ETA 1m30s"), std::string::npos) << text;
+  EXPECT_EQ(text.find('\r'), std::string::npos) << text;
+}
+
+TEST(Progress, PlainOutputIsOccasional) {
+  FakeClock clock;
+  FILE* out = std::tmpfile();
+  ASSERT_NE(out, nullptr);
+  ProgressOptions opt;
+  opt.tty = false;
+  opt.now = clock.fn();
+  Progress p(200, "", out, opt);
+  for (int i = 0; i < 200; ++i) {
+    clock.t += 0.1;
+    p.tick(1, "x");
+  }
+  p.finish();
+  const std::string text = read_all(out);
+  std::fclose(out);
+  // The first item, then one line per 20 items (10%); nothing extra at finish.
+  EXPECT_EQ(count_lines(text), 11u) << text;
+  EXPECT_EQ(p.draws(), 11);
+  EXPECT_NE(text.find("200/200 100%"), std::string::npos) << text;
+
+  // 30 s without a line: print one even below the 10% step.
+  FILE* out2 = std::tmpfile();
+  ASSERT_NE(out2, nullptr);
+  {
+    Progress q(1000, "", out2, opt);
+    q.tick(1);
+    clock.t += 31.0;
+    q.tick(1);
+    clock.t += 1.0;
+    q.tick(1);
+    EXPECT_EQ(q.draws(), 2);
+    q.finish();  // the third item was not shown yet: a final line
+    EXPECT_EQ(q.draws(), 3);
+  }
+  EXPECT_EQ(count_lines(read_all(out2)), 3u);
+  std::fclose(out2);
+}
+
+TEST(Progress, TtyRedrawIsRateLimited) {
+  FakeClock clock;
+  FILE* out = std::tmpfile();
+  ASSERT_NE(out, nullptr);
+  ProgressOptions opt;
+  opt.tty = true;
+  opt.now = clock.fn();
+  {
+    Progress p(100, "run", out, opt);
+    for (int i = 0; i < 100; ++i) {
+      clock.t += 0.01;  // 100 items in 1 s
+      p.tick(1, i % 2 ? "long status text" : "s");
+    }
+    // 5 Hz over 1 s, plus the final item.
+    EXPECT_LE(p.draws(), 7);
+    EXPECT_GE(p.draws(), 5);
+  }
+  const std::string text = read_all(out);
+  std::fclose(out);
+  EXPECT_EQ(text[0], '\r');
+  EXPECT_NE(text.find("100/100 100%"), std::string::npos);
+  EXPECT_EQ(text.back(), '\n');
 }
 
 }  // namespace
