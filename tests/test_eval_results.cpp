@@ -1,7 +1,5 @@
 // Tests of eval result recording and reporting (src/eval/results.h) and the progress bar
 // (src/eval/progress.h).
-#include "eval/results.h"
-
 #include <gtest/gtest.h>
 #include <unistd.h>
 
@@ -14,6 +12,7 @@
 
 #include "core/error.h"
 #include "eval/progress.h"
+#include "eval/results.h"
 
 namespace flashmem::eval {
 namespace {
@@ -93,7 +92,9 @@ void expect_error(F&& f, ErrorCode code, const std::vector<std::string>& needles
   }
 }
 
-size_t count_lines(const std::string& s) { return static_cast<size_t>(std::count(s.begin(), s.end(), '\n')); }
+size_t count_lines(const std::string& s) {
+  return static_cast<size_t>(std::count(s.begin(), s.end(), '\n'));
+}
 
 // ---- records ---------------------------------------------------------------------------------
 
@@ -123,12 +124,14 @@ TEST(EvalResults, FromJsonIsStrict) {
   {
     json j = good;
     j.erase("score");
-    expect_error([&] { from_json(j, "f.jsonl:3"); }, ErrorCode::kFormat, {"f.jsonl:3", "\"score\"", "missing"});
+    expect_error([&] { from_json(j, "f.jsonl:3"); }, ErrorCode::kFormat,
+                 {"f.jsonl:3", "\"score\"", "missing"});
   }
   {
     json j = good;
     j["length"] = "4096";
-    expect_error([&] { from_json(j, "f.jsonl:4"); }, ErrorCode::kFormat, {"f.jsonl:4", "\"length\""});
+    expect_error([&] { from_json(j, "f.jsonl:4"); }, ErrorCode::kFormat,
+                 {"f.jsonl:4", "\"length\""});
   }
   {
     json j = good;
@@ -544,8 +547,9 @@ TEST(Progress, EtaCountsOnlyItemsDoneInThisRun) {
     p.tick(5, "vt 4096 full");
     EXPECT_DOUBLE_EQ(p.elapsed(), 10.0);
     EXPECT_DOUBLE_EQ(p.eta(), 90.0);  // 45 left at 0.5 items/s, not 5.5 items/s
-    EXPECT_EQ(p.line(),
-              "ruler [#################.............] 55/100 55% elapsed 10s ETA 1m30s  vt 4096 full");
+    EXPECT_EQ(
+        p.line(),
+        "ruler [#################.............] 55/100 55% elapsed 10s ETA 1m30s  vt 4096 full");
   }
   const std::string text = read_all(out);
   std::fclose(out);

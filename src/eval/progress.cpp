@@ -32,8 +32,8 @@ std::string render_bar(int64_t done, int64_t total, int width) {
   int64_t filled = 0;
   if (total > 0) {
     const int64_t d = std::clamp<int64_t>(done, 0, total);
-    filled = static_cast<int64_t>(
-        std::llround(static_cast<double>(width) * static_cast<double>(d) / static_cast<double>(total)));
+    filled = static_cast<int64_t>(std::llround(static_cast<double>(width) * static_cast<double>(d) /
+                                               static_cast<double>(total)));
   }
   std::string bar;
   bar.reserve(static_cast<size_t>(width) + 2);
@@ -54,9 +54,10 @@ std::string format_progress_line(const std::string& label, int64_t done, int64_t
                                  double elapsed_s, double eta_s, const std::string& status,
                                  int bar_width) {
   const int64_t pct =
-      total > 0 ? static_cast<int64_t>(100.0 * static_cast<double>(std::clamp<int64_t>(done, 0, total)) /
-                                       static_cast<double>(total))
-                : 0;
+      total > 0
+          ? static_cast<int64_t>(100.0 * static_cast<double>(std::clamp<int64_t>(done, 0, total)) /
+                                 static_cast<double>(total))
+          : 0;
   std::string s;
   if (!label.empty()) {
     s += label;
@@ -97,7 +98,10 @@ Progress::Progress(int64_t total, std::string label, FILE* out)
     : Progress(total, std::move(label), out, ProgressOptions{}) {}
 
 Progress::Progress(int64_t total, std::string label, FILE* out, ProgressOptions opt)
-    : total_(std::max<int64_t>(total, 0)), label_(std::move(label)), out_(out), opt_(std::move(opt)) {
+    : total_(std::max<int64_t>(total, 0)),
+      label_(std::move(label)),
+      out_(out),
+      opt_(std::move(opt)) {
   if (!opt_.now) opt_.now = steady_now;
   tty_ = opt_.tty ? *opt_.tty : (out_ != nullptr && ::isatty(fileno(out_)) == 1);
   start_ = opt_.now();

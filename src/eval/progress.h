@@ -1,7 +1,8 @@
 // flashmem/eval/progress.h — a progress bar with ETA for long evaluation runs.
 //
 // On a terminal the line is redrawn in place with '\r' (at most `redraw_hz` times a second):
-//   ruler [#########.....................] 37/260 14% elapsed 2m10s ETA 12m44s  niah_single_2 4096 recency
+//   ruler [#########.....................] 37/260 14% elapsed 2m10s ETA 12m44s  niah_single_2 4096
+//   recency
 // Elsewhere (a log file, a pipe) a plain line is printed each time another `plain_step` of the
 // total is done or `plain_every_s` seconds have passed, whichever comes first.
 //
@@ -36,14 +37,15 @@ std::string format_progress_line(const std::string& label, int64_t done, int64_t
                                  int bar_width = 30);
 
 struct ProgressOptions {
-  std::optional<bool> tty;          // default: isatty(fileno(out))
-  std::function<double()> now;      // seconds on a monotonic clock; default steady_clock
-  double redraw_hz = 5.0;           // TTY redraw limit
-  double plain_step = 0.10;         // non-TTY: a line per this fraction of the total...
-  double plain_every_s = 30.0;      // ...or per this many seconds
+  std::optional<bool> tty;      // default: isatty(fileno(out))
+  std::function<double()> now;  // seconds on a monotonic clock; default steady_clock
+  double redraw_hz = 5.0;       // TTY redraw limit
+  double plain_step = 0.10;     // non-TTY: a line per this fraction of the total...
+  double plain_every_s = 30.0;  // ...or per this many seconds
   int bar_width = 30;
 };
 
+// Not thread-safe: call from the thread that runs the samples.
 class Progress {
  public:
   Progress(int64_t total, std::string label, FILE* out = stderr);
@@ -62,8 +64,8 @@ class Progress {
   int64_t done() const { return done_; }
   int64_t total() const { return total_; }
   double elapsed() const;
-  double eta() const;  // seconds; NaN while there is no rate
-  std::string line() const;  // the current line, as it would be drawn
+  double eta() const;                       // seconds; NaN while there is no rate
+  std::string line() const;                 // the current line, as it would be drawn
   int64_t draws() const { return draws_; }  // lines drawn so far (for tests)
 
  private:

@@ -68,7 +68,8 @@ bool get_bool(const json& j, const char* key, const std::string& where) {
 uint64_t get_u64(const json& j, const char* key, const std::string& where) {
   const json& v = field(j, key, where);
   if (v.is_number_unsigned()) return v.get<uint64_t>();
-  if (v.is_number_integer() && v.get<int64_t>() >= 0) return static_cast<uint64_t>(v.get<int64_t>());
+  if (v.is_number_integer() && v.get<int64_t>() >= 0)
+    return static_cast<uint64_t>(v.get<int64_t>());
   mistyped(key, "a non-negative integer", v, where);
 }
 
@@ -90,14 +91,26 @@ double get_number(const json& j, const char* key, const std::string& where,
   return d;
 }
 
-const char* const kFields[] = {
-    "suite",          "task",           "length",
-    "sample_index",   "prompt_id",      "seed",
-    "policy",         "budget",         "prompt_tokens",
-    "prediction",     "answers",        "score",
-    "device_kv_bytes_mean", "device_kv_bytes_peak", "full_kv_bytes",
-    "prefill_seconds", "decode_seconds", "generated_tokens",
-    "synthetic_substitute", "extra"};
+const char* const kFields[] = {"suite",
+                               "task",
+                               "length",
+                               "sample_index",
+                               "prompt_id",
+                               "seed",
+                               "policy",
+                               "budget",
+                               "prompt_tokens",
+                               "prediction",
+                               "answers",
+                               "score",
+                               "device_kv_bytes_mean",
+                               "device_kv_bytes_peak",
+                               "full_kv_bytes",
+                               "prefill_seconds",
+                               "decode_seconds",
+                               "generated_tokens",
+                               "synthetic_substitute",
+                               "extra"};
 
 std::string dump_line(const json& j) {
   // Generated text may hold invalid UTF-8 (a token cut mid-character): replace, never throw.
@@ -227,9 +240,7 @@ std::string results_path(const std::string& dir) { return (fs::path(dir) / kResu
 
 // ---- EvalRecord ------------------------------------------------------------------------------
 
-bool operator==(const EvalRecord& a, const EvalRecord& b) {
-  return to_json(a) == to_json(b);
-}
+bool operator==(const EvalRecord& a, const EvalRecord& b) { return to_json(a) == to_json(b); }
 
 json to_json(const EvalRecord& r) {
   json j = json::object();
@@ -327,8 +338,8 @@ ResultsWriter::ResultsWriter(const std::string& dir, FILE* warn) : path_(results
     records_ = std::move(parsed.records);
     for (const EvalRecord& r : records_) {
       if (!keys_.insert(key_of(r)).second) {
-        const std::string w = path_ + ": duplicate result for prompt " + r.prompt_id +
-                              " policy " + r.policy + " budget " + r.budget;
+        const std::string w = path_ + ": duplicate result for prompt " + r.prompt_id + " policy " +
+                              r.policy + " budget " + r.budget;
         warn_to(warn, w);
         warnings_.push_back(w);
       }
@@ -525,9 +536,12 @@ std::string fmt(const char* f, double v) {
 std::string md_cell(const std::string& s) {
   std::string out;
   for (const char c : s) {
-    if (c == '|') out += "\\|";
-    else if (c == '\n' || c == '\r') out += ' ';
-    else out += c;
+    if (c == '|')
+      out += "\\|";
+    else if (c == '\n' || c == '\r')
+      out += ' ';
+    else
+      out += c;
   }
   return out;
 }
@@ -580,8 +594,8 @@ Summary summarize(const std::vector<EvalRecord>& records) {
     TaskStats t = task_stats(rs);
     if (!run.empty()) {
       const SummaryRow& prev = run.back().row;
-      if (prev.suite != t.row.suite || prev.policy != t.row.policy ||
-          prev.budget != t.row.budget || prev.length != t.row.length)
+      if (prev.suite != t.row.suite || prev.policy != t.row.policy || prev.budget != t.row.budget ||
+          prev.length != t.row.length)
         flush();
     }
     s.tasks.push_back(t.row);
@@ -601,9 +615,8 @@ std::string render_summary_markdown(const Summary& s) {
     os << "| " << md_cell(r.suite) << " | " << md_cell(r.policy) << " | " << md_cell(r.budget)
        << " | " << r.length << " | " << md_cell(r.task) << " | " << r.n << " | "
        << fmt("%.1f", r.score) << " | " << ci_text(r) << " (" << r.ci_method << ") | "
-       << mib(r.device_kv_bytes_mean) << " | "
-       << mib(static_cast<double>(r.device_kv_bytes_peak)) << " | "
-       << mib(r.full_kv_bytes_mean) << " | " << percent(r.device_kv_ratio) << " |\n";
+       << mib(r.device_kv_bytes_mean) << " | " << mib(static_cast<double>(r.device_kv_bytes_peak))
+       << " | " << mib(r.full_kv_bytes_mean) << " | " << percent(r.device_kv_ratio) << " |\n";
   }
   os << "\n## Average over tasks per length\n\n"
      << "| suite | policy | budget | length | tasks | score | 95% CI | device KV mean (MiB) "
@@ -611,10 +624,10 @@ std::string render_summary_markdown(const Summary& s) {
      << "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|\n";
   for (const SummaryRow& r : s.averages) {
     os << "| " << md_cell(r.suite) << " | " << md_cell(r.policy) << " | " << md_cell(r.budget)
-       << " | " << r.length << " | " << r.n << " | " << fmt("%.1f", r.score) << " | "
-       << ci_text(r) << " | " << mib(r.device_kv_bytes_mean) << " | "
-       << mib(static_cast<double>(r.device_kv_bytes_peak)) << " | "
-       << mib(r.full_kv_bytes_mean) << " | " << percent(r.device_kv_ratio) << " |\n";
+       << " | " << r.length << " | " << r.n << " | " << fmt("%.1f", r.score) << " | " << ci_text(r)
+       << " | " << mib(r.device_kv_bytes_mean) << " | "
+       << mib(static_cast<double>(r.device_kv_bytes_peak)) << " | " << mib(r.full_kv_bytes_mean)
+       << " | " << percent(r.device_kv_ratio) << " |\n";
   }
   os << "\nScores ×100. 95% CI: Wilson score interval when every score of the task is 0 or 1, "
         "otherwise mean ± 1.96·s/√N; the per-length average is the unweighted mean of the task "
@@ -769,9 +782,12 @@ namespace {
 std::string gp_quote(const std::string& s) {
   std::string out = "'";
   for (const char c : s) {
-    if (c == '\'') out += "''";
-    else if (c == '\n' || c == '\r') out += ' ';
-    else out += c;
+    if (c == '\'')
+      out += "''";
+    else if (c == '\n' || c == '\r')
+      out += ' ';
+    else
+      out += c;
   }
   return out + "'";
 }
@@ -779,7 +795,8 @@ std::string gp_quote(const std::string& s) {
 // A token for the whitespace-separated data file, quoted for gnuplot's string columns.
 std::string data_label(const std::string& s) {
   std::string out = "\"";
-  for (const char c : s) out += (c == '"' || c == '\\' || std::isspace(static_cast<unsigned char>(c))) ? '_' : c;
+  for (const char c : s)
+    out += (c == '"' || c == '\\' || std::isspace(static_cast<unsigned char>(c))) ? '_' : c;
   return out + "\"";
 }
 
@@ -885,7 +902,8 @@ void write_plot(const Summary& s, const std::string& out_png, const PlotOptions&
          << "set key bottom right\n";
   int block = 0;
   for (auto& [pk, series] : panels) {
-    script << "set title " << gp_quote(panel_titles[pk]) << "\n" << "plot ";
+    script << "set title " << gp_quote(panel_titles[pk]) << "\n"
+           << "plot ";
     bool first = true;
     for (auto& [pol, points] : series) {
       std::sort(points.begin(), points.end(),

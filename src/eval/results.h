@@ -18,35 +18,34 @@
 #include <compare>
 #include <cstdint>
 #include <cstdio>
-#include <string>
-#include <set>
-#include <vector>
-
 #include <nlohmann/json.hpp>
+#include <set>
+#include <string>
+#include <vector>
 
 namespace flashmem::eval {
 
 // One evaluated sample.
 struct EvalRecord {
-  std::string suite;        // "ruler" | "longbench-v2" | "longmemeval"
-  std::string task;         // e.g. "niah_single_1"
-  int64_t length = 0;       // target context length in tokens, e.g. 4096
-  int64_t sample_index = 0; // index of the sample within (task, length, seed)
-  std::string prompt_id;    // unique id of the prompt, e.g. "ruler/niah_single_1/4096/seed0/3"
+  std::string suite;         // "ruler" | "longbench-v2" | "longmemeval"
+  std::string task;          // e.g. "niah_single_1"
+  int64_t length = 0;        // target context length in tokens, e.g. 4096
+  int64_t sample_index = 0;  // index of the sample within (task, length, seed)
+  std::string prompt_id;     // unique id of the prompt, e.g. "ruler/niah_single_1/4096/seed0/3"
   uint64_t seed = 0;
-  std::string policy;       // KV policy name, e.g. "full", "recency", "h2o"
-  std::string budget;       // KV budget as given on the command line: "10%", "100%", "32pages"
+  std::string policy;  // KV policy name, e.g. "full", "recency", "h2o"
+  std::string budget;  // KV budget as given on the command line: "10%", "100%", "32pages"
   int64_t prompt_tokens = 0;
-  std::string prediction;              // generated text
-  std::vector<std::string> answers;    // reference answers
-  double score = 0.0;                  // in [0, 1]
-  double device_kv_bytes_mean = 0.0;   // device-resident KV bytes, mean over the sample's steps
-  uint64_t device_kv_bytes_peak = 0;   // device-resident KV bytes, maximum over the steps
-  uint64_t full_kv_bytes = 0;          // KV bytes a full cache would hold for this sample
+  std::string prediction;             // generated text
+  std::vector<std::string> answers;   // reference answers
+  double score = 0.0;                 // in [0, 1]
+  double device_kv_bytes_mean = 0.0;  // device-resident KV bytes, mean over the sample's steps
+  uint64_t device_kv_bytes_peak = 0;  // device-resident KV bytes, maximum over the steps
+  uint64_t full_kv_bytes = 0;         // KV bytes a full cache would hold for this sample
   double prefill_seconds = 0.0;
   double decode_seconds = 0.0;
   int64_t generated_tokens = 0;
-  bool synthetic_substitute = false;   // the task uses a labelled synthetic substitute dataset
+  bool synthetic_substitute = false;  // the task uses a labelled synthetic substitute dataset
   nlohmann::json extra = nlohmann::json::object();  // free-form (any JSON value)
 };
 
@@ -83,6 +82,7 @@ ResultKey key_of(const EvalRecord& r);
 //    is left byte for byte as it was;
 //  * blank lines are ignored.
 // Each append() writes one line with a single write() and fsync()s it before returning.
+// Not thread-safe: one thread appends (the lock keeps other processes out).
 class ResultsWriter {
  public:
   explicit ResultsWriter(const std::string& dir, FILE* warn = stderr);
@@ -135,16 +135,16 @@ struct SummaryRow {
   std::string policy;
   std::string budget;
   int64_t length = 0;
-  std::string task;              // "average" in SummaryAverage rows
-  int64_t n = 0;                 // samples (task rows) or tasks (average rows)
-  double score = 0.0;            // mean score ×100
-  double ci_low = 0.0;           // 95% interval ×100 (NaN when undefined)
+  std::string task;     // "average" in Summary::averages
+  int64_t n = 0;        // samples (task rows) or tasks (average rows)
+  double score = 0.0;   // mean score ×100
+  double ci_low = 0.0;  // 95% interval ×100 (NaN when undefined)
   double ci_high = 0.0;
-  std::string ci_method;         // "wilson" | "normal"
+  std::string ci_method;              // "wilson" | "normal"
   double device_kv_bytes_mean = 0.0;  // mean of the per-sample means
   uint64_t device_kv_bytes_peak = 0;  // max over samples
   double full_kv_bytes_mean = 0.0;
-  double device_kv_ratio = 0.0;       // device_kv_bytes_mean / full_kv_bytes_mean (NaN if 0)
+  double device_kv_ratio = 0.0;  // device_kv_bytes_mean / full_kv_bytes_mean (NaN if 0)
 };
 
 struct Summary {
@@ -177,7 +177,7 @@ std::string render_compare_markdown(const std::vector<std::string>& dirs);
 struct PlotOptions {
   std::string gnuplot = "gnuplot";  // executable, looked up in PATH when it has no '/'
   std::string title = "Accuracy vs device KV footprint";
-  int panel_width = 640;   // pixels per panel
+  int panel_width = 640;  // pixels per panel
   int panel_height = 480;
 };
 
