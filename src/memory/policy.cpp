@@ -76,6 +76,8 @@ class QuestPolicy final : public ResidencyPolicy {
                    std::vector<int32_t>& out) override {
     const int d = kv_.head_dim, rep = p.n_heads / kv_.n_kv_heads;
     const auto& b = bounds_[c.layer];
+    FM_ICHECK(b.size() >= static_cast<size_t>(c.n_pages) * kv_.n_kv_heads * d * 2,
+              "quest has bounds for fewer pages than layer ", c.layer, " holds");
     score_.assign(static_cast<size_t>(c.n_pages), -INFINITY);
     head_.resize(static_cast<size_t>(c.n_pages));
     const size_t per_page = static_cast<size_t>(kv_.n_kv_heads) * d * 2;

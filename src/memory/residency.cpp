@@ -86,6 +86,9 @@ Residency::Residency(TieredKvStore& store, std::unique_ptr<ResidencyPolicy> poli
   o.validate();
   FM_ICHECK(policy_ != nullptr, "no policy");
   ResidencyPolicy* pol = policy_.get();
+  // Pages completed before the policy came (a prefill shared between policies) are shown first.
+  for (int l = 0; l < store_.config().n_layers; ++l)
+    for (int32_t pg = 0; pg < store_.completed_pages(l); ++pg) pol->on_page(l, pg, store_.mirror_page(l, pg));
   store_.set_page_listener([pol](int layer, int32_t page, const uint8_t* data) { pol->on_page(layer, page, data); });
   if (policy_->per_step()) store_.set_hook(this);
 }

@@ -54,6 +54,24 @@ struct RunArgs {
   int64_t prompt_tokens = 0;
 };
 
+struct EvalArgs {
+  std::string model;
+  std::string suite = "ruler";
+  std::vector<std::string> lengths{"4k"};
+  std::vector<std::string> tasks{"all"};
+  int samples = 20;
+  uint64_t seed = 0;
+  std::vector<std::string> policies{"full"};
+  std::vector<std::string> budgets{"10%"};
+  MemoryArgs memory;
+  std::string data;
+  int64_t max_length = 0;
+  std::string out;
+  int threads = 0;
+  std::vector<std::string> compare;
+  std::string plot;
+};
+
 struct InfoArgs {
   std::string model;
   bool tensors = true;
@@ -74,6 +92,8 @@ int bench_command(const BenchArgs& a);
 CLI::App* add_run_command(CLI::App& app, RunArgs& a);
 CLI::App* add_info_command(CLI::App& app, InfoArgs& a);
 int run_command(const RunArgs& a);
+CLI::App* add_eval_command(CLI::App& app, EvalArgs& a);
+int eval_command(const EvalArgs& a);
 int info_command(const InfoArgs& a);
 
 }  // namespace flashmem::cli

@@ -1,4 +1,4 @@
-// flashmem — command-line entry point: run · info · bench (more subcommands arrive with their issues).
+// flashmem — command-line entry point: run · eval · info · bench (more subcommands arrive with their issues).
 //
 // Exit codes: 0 success, 1 a runtime error (bad model file, prompt too long, ...), 2 bad usage.
 #include <CLI/CLI.hpp>
@@ -16,9 +16,11 @@ int main(int argc, char** argv) {
   flashmem::cli::RunArgs run_args;
   flashmem::cli::InfoArgs info_args;
   flashmem::cli::BenchArgs bench_args;
+  flashmem::cli::EvalArgs eval_args;
   CLI::App* run = flashmem::cli::add_run_command(app, run_args);
   CLI::App* info = flashmem::cli::add_info_command(app, info_args);
   CLI::App* bench = flashmem::cli::add_bench_command(app, bench_args);
+  CLI::App* eval = flashmem::cli::add_eval_command(app, eval_args);
   try {
     app.parse(argc, argv);
   } catch (const CLI::CallForHelp& e) {
@@ -31,7 +33,7 @@ int main(int argc, char** argv) {
     // CLI11 checks required options before unknown ones; an unknown flag or command is the
     // more useful thing to report, so look for leftovers first.
     std::string extras;
-    for (const CLI::App* a : {&app, run, info, bench})
+    for (const CLI::App* a : {&app, run, info, bench, eval})
       for (const auto& x : a->remaining()) extras += (extras.empty() ? "" : " ") + x;
     if (!extras.empty())
       std::fprintf(stderr, "flashmem: unknown command or argument: %s\n", extras.c_str());
@@ -44,6 +46,7 @@ int main(int argc, char** argv) {
     if (run->parsed()) return flashmem::cli::run_command(run_args);
     if (info->parsed()) return flashmem::cli::info_command(info_args);
     if (bench->parsed()) return flashmem::cli::bench_command(bench_args);
+    if (eval->parsed()) return flashmem::cli::eval_command(eval_args);
   } catch (const flashmem::Error& e) {
     std::fprintf(stderr, "flashmem: error (%s): %s\n", flashmem::error_code_name(e.code()), e.what());
     return e.code() == flashmem::ErrorCode::kInvalidArgument ? 2 : 1;

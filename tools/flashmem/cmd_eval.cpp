@@ -1,0 +1,194 @@
+// flashmem eval — accuracy against device KV footprint, through the real offload path.
+//
+//   flashmem eval -m MODEL --suite ruler --lengths 4k,8k --samples 20 --policy full,recency
+//                 --kv-budget 10% --out results/ruler
+//   flashmem eval --compare results/a results/b --plot cmp.png
+//
+// Every sample is prefilled once (with the smallest budget among the runs it still needs, so
+// the device never held more than any of them) and decoded under each (policy, budget) in a
+// fork of that prefill with its own reserve. One JSONL line per (sample, policy, budget) is
+// appended and synced as soon as it is scored; a rerun skips what is done (resume).
+#include <algorithm>
+#include <chrono>
+#include <cstdio>
+#include <map>
+#include <set>
+
+#include "commands.h"
+#include "core/error.h"
+#include "engine/engine.h"
+#include "eval/progress.h"
+#include "eval/results.h"
+#include "eval/ruler.h"
+#include "eval_suites.h"
+
+namespace flashmem::cli {
+
+CLI::App* add_eval_command(CLI::App& app, EvalArgs& a) {
+  CLI::App* c = app.add_subcommand("eval", "Evaluate accuracy vs device KV footprint (RULER, LongBench-v2, LongMemEval)");
+  c->add_option("-m,--model", a.model, "GGUF model file")->check(CLI::ExistingFile);
+  c->add_option("--suite", a.suite, "Benchmark suite")->check(CLI::IsMember({"ruler", "longbench-v2", "longmemeval"}));
+  c->add_option("--lengths", a.lengths, "Context lengths (RULER), e.g. 4k,8k")->delimiter(',');
+  c->add_option("--tasks", a.tasks, "Tasks (RULER: all or a list)")->delimiter(',');
+  c->add_option("--samples", a.samples, "Samples per task and length (RULER) or the first N records")->check(CLI::Range(1, 1 << 20));
+  c->add_option("--seed", a.seed, "Seed of sample generation");
+  c->add_option("--policy", a.policies, "Residency policies, comma-separated")->delimiter(',')
+      ->check(CLI::IsMember({"full", "recency", "random", "quest", "oracle", "lsa"}));
+  c->add_option("--kv-budget", a.budgets, "Device KV budgets, comma-separated (10%, 32pages)")->delimiter(',');
+  c->add_option("--cycle", a.memory.cycle, "Decode steps between residency selections")->check(CLI::Range(1, 1 << 20));
+  c->add_option("--sink", a.memory.sink, "First tokens always resident")->check(CLI::Range(int64_t{0}, int64_t{1} << 30));
+  c->add_option("--tail", a.memory.tail, "Newest tokens always resident")->check(CLI::Range(int64_t{0}, int64_t{1} << 30));
+  c->add_option("--data", a.data, "Data file (LongBench-v2 / LongMemEval JSON)")->check(CLI::ExistingFile);
+  c->add_option("--max-length", a.max_length, "Context limit for LongBench-v2/LongMemEval prompts (middle-truncated)");
+  c->add_option("--out", a.out, "Results directory (results.jsonl, summary.md, plot.png)");
+  c->add_option("-t,--threads", a.threads, "CPU threads (0: all cores)")->check(CLI::Range(0, 1024));
+  c->add_option("--compare", a.compare, "Render result directories side by side instead of running");
+  c->add_option("--plot", a.plot, "PNG of accuracy vs device KV footprint (default: OUT/plot.png)");
+  return c;
+}
+
+namespace {
+
+int64_t parse_length(const std::string& s) {
+  char* end = nullptr;
+  const double v = std::strtod(s.c_str(), &end);
+  const std::string unit = end ? end : "";
+  FM_CHECK(end != s.c_str() && v > 0 && (unit.empty() || unit == "k" || unit == "K"),
+           ErrorCode::kInvalidArgument, "bad length '", s, "' (expected e.g. 4k or 4096)");
+  return static_cast<int64_t>(unit.empty() ? v : v * 1024);
+}
+
+struct Run {
+  std::string policy;
+  std::string budget;
+  ResidencyOptions memory;
+};
+
+int compare_command(const EvalArgs& a) {
+  std::fputs(eval::render_compare_markdown(a.compare).c_str(), stdout);
+  std::vector<eval::EvalRecord> all;
+  for (const auto& d : a.compare) {
+    auto r = eval::load_results(d);
+    all.insert(all.end(), r.begin(), r.end());
+  }
+  if (!a.plot.empty()) {
+    eval::write_plot(all, a.plot);
+    std::fprintf(stderr, "[flashmem] plot written to %s\n", a.plot.c_str());
+  }
+  return 0;
+}
+
+}  // namespace
+
+int eval_command(const EvalArgs& a) {
+  if (!a.compare.empty()) return compare_command(a);
+  FM_CHECK(!a.model.empty(), ErrorCode::kInvalidArgument, "eval needs --model (or --compare DIR...)");
+  FM_CHECK(!a.out.empty(), ErrorCode::kInvalidArgument, "eval needs --out DIR for its results");
+
+  // Everything that can be wrong with the request is checked before anything is written.
+  std::vector<Run> runs;
+  for (const auto& p : a.policies) {
+    const std::vector<std::string> budgets = p == "full" ? std::vector<std::string>{"100%"} : a.budgets;
+    for (const auto& b : budgets) {
+      MemoryArgs m = a.memory;
+      m.policy = p;
+      m.kv_budget = b;
+      runs.push_back(Run{p, KvBudget::parse(b).str(), residency_options(m)});
+    }
+  }
+  FM_CHECK(!runs.empty(), ErrorCode::kInvalidArgument, "no (policy, budget) to evaluate");
+  std::vector<int64_t> lengths;
+  for (const auto& l : a.lengths) lengths.push_back(parse_length(l));
+
+  EngineOptions eo;
+  eo.model_path = a.model;
+  eo.n_threads = a.threads;
+  auto probe = Engine::load(eo);  // for the trained context and the tokenizer
+  const int64_t n_ctx_train = probe->info().n_ctx_train;
+  int64_t need_ctx = 0;
+  for (int64_t l : lengths) {
+    FM_CHECK(l <= n_ctx_train, ErrorCode::kOutOfRange, "length ", l,
+             " exceeds the model's context of ", n_ctx_train, " tokens");
+    need_ctx = std::max(need_ctx, l);
+  }
+  if (a.suite != "ruler") need_ctx = a.max_length > 0 ? std::min<int64_t>(a.max_length, n_ctx_train) : n_ctx_train;
+  probe.reset();
+  eo.n_ctx = need_ctx;
+  auto eng = Engine::load(eo);
+
+  SuiteRequest req;
+  req.suite = a.suite;
+  req.lengths = lengths;
+  req.tasks = a.tasks;
+  req.samples = a.samples;
+  req.seed = a.seed;
+  req.data = a.data;
+  req.max_length = need_ctx;
+  const std::vector<SuiteItem> items = make_suite_items(*eng, req);  // errors before writing
+
+  eval::ResultsWriter writer(a.out);
+  eval::Progress progress(static_cast<int64_t>(items.size() * runs.size()), "eval " + a.suite);
+  for (const SuiteItem& item : items) {
+    std::vector<const Run*> todo;
+    for (const Run& r : runs) {
+      if (writer.done(eval::ResultKey{item.prompt_id, r.policy, r.budget})) progress.skip(1, item.prompt_id);
+      else todo.push_back(&r);
+    }
+    if (todo.empty()) continue;
+    const std::vector<int32_t> prompt = eng->tokenizer().encode(item.prompt, true, true);
+    // Prefill once under the smallest budget any pending run has.
+    const KvCacheConfig kc = eng->kv_config();
+    const int64_t final_tokens = std::min<int64_t>(eng->n_ctx(), static_cast<int64_t>(prompt.size()) + item.max_new_tokens);
+    const Run* smallest = todo.front();
+    for (const Run* r : todo)
+      if (resolve_budget_pages(r->memory, kc, final_tokens) < resolve_budget_pages(smallest->memory, kc, final_tokens))
+        smallest = r;
+    auto pre = eng->prefill(prompt, smallest->memory, item.max_new_tokens);
+    for (const Run* r : todo) {
+      GenerateOptions go;
+      go.max_new_tokens = item.max_new_tokens;
+      go.memory = r->memory;
+      go.stop_strings = item.stop_strings;
+      const GenerateResult g = eng->decode(*pre, go);
+      eval::EvalRecord rec;
+      rec.suite = a.suite;
+      rec.task = item.task;
+      rec.length = item.length;
+      rec.sample_index = item.index;
+      rec.prompt_id = item.prompt_id;
+      rec.seed = a.seed;
+      rec.policy = r->policy;
+      rec.budget = r->budget;
+      rec.prompt_tokens = static_cast<int64_t>(prompt.size());
+      rec.prediction = g.text;
+      rec.answers = item.answers;
+      rec.score = item.score(g.text);
+      rec.device_kv_bytes_mean = g.kv.mean_device_bytes;
+      rec.device_kv_bytes_peak = g.kv.peak.device();
+      rec.full_kv_bytes = g.kv.final.full_kv;
+      rec.prefill_seconds = g.prefill_seconds;
+      rec.decode_seconds = g.decode_seconds;
+      rec.generated_tokens = static_cast<int64_t>(g.tokens.size());
+      rec.synthetic_substitute = item.synthetic_substitute;
+      rec.extra = {{"budget_pages", g.kv.budget_pages}, {"stop_reason", g.stop_reason},
+                   {"recalled_pages", g.kv.recall.pages}, {"cycles", g.kv.cycles},
+                   {"prefill_shared", todo.size() > 1}};
+      writer.append(rec);
+      progress.tick(1, item.task + " " + std::to_string(item.length) + " " + r->policy + " " + r->budget);
+    }
+  }
+  progress.finish();
+  const eval::Summary summary = eval::summarize(writer.records());
+  eval::write_summary(a.out, summary);
+  std::fputs(eval::render_summary_markdown(summary).c_str(), stdout);
+  const std::string plot = a.plot.empty() ? a.out + "/plot.png" : a.plot;
+  try {
+    eval::write_plot(summary, plot);
+    std::fprintf(stderr, "[flashmem] summary in %s/summary.md, plot %s\n", a.out.c_str(), plot.c_str());
+  } catch (const Error& e) {
+    std::fprintf(stderr, "[flashmem] summary in %s/summary.md; no plot: %s\n", a.out.c_str(), e.what());
+  }
+  return 0;
+}
+
+}  // namespace flashmem::cli
