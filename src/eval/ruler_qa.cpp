@@ -1,12 +1,13 @@
 // flashmem/eval/ruler_qa.cpp — loaders of the user-supplied QA data behind RULER qa_1 (SQuAD v2)
 // and qa_2 (HotpotQA, distractor setting).
+#include "eval/ruler.h"
+
 #include <algorithm>
 #include <cctype>
 #include <unordered_map>
 
 #include "core/error.h"
 #include "eval/json_input.h"
-#include "eval/ruler.h"
 
 namespace flashmem::eval {
 namespace {
