@@ -174,6 +174,8 @@ RulerSources RulerSources::load_default() {
   } else {
     s.prose = synth_prose(s.words, 8000);
   }
+  if (const char* p = std::getenv("FLASHMEM_RULER_SQUAD"); p && *p) s.squad = load_ruler_squad(p);
+  if (const char* p = std::getenv("FLASHMEM_RULER_HOTPOTQA"); p && *p) s.hotpotqa = load_ruler_hotpotqa(p);
   return s;
 }
 
@@ -491,9 +493,14 @@ struct Builder {
     std::vector<std::string> units;
     for (size_t i = 3; i + 1 < perm.size(); i += 2)
       units.push_back(((i / 2) % 2 || !two_hop) ? capital(w(i), w(i + 1)) : mayor(w(i), w(i + 1)));
+    documents(p, std::move(units), std::move(gold));
+  }
+
+  // The QA context: the first n distractor documents with the gold ones woven in at their
+  // depths, numbered "Document i:" after placement.
+  static void documents(Plan& p, std::vector<std::string> units, std::vector<Needle> gold) {
     p.max_units = static_cast<int64_t>(units.size());
-    p.context = [units = std::move(units), gold](int64_t n) {
-      // Number the documents after placing the gold ones.
+    p.context = [units = std::move(units), gold = std::move(gold)](int64_t n) {
       const std::string marker = "\x01";
       std::string flat = weave(units, n, gold, marker);
       std::string out;
@@ -511,6 +518,37 @@ struct Builder {
     p.head = "Read the documents below, then answer the question with only the answer and no other "
              "words.\n\n";
     p.answer_prefix = " Answer:";
+  }
+
+  // qa_1 / qa_2 from a real data set: one question picked by the sample's seed, its gold
+  // paragraph(s) at random depths, and randomly chosen paragraphs of other questions as
+  // distractors (no more than `length` tokens could hold: a document takes several tokens).
+  void qa_data(Plan& p, const RulerQaSet& set, int64_t length) {
+    p.gen = 32;
+    p.metric = "part";
+    p.synthetic = false;
+    const RulerQaSet::Item& item = set.items[uni(r, set.items.size())];
+    p.answers = item.answers;
+    p.tail = "\n\nQuestion: " + item.question;
+    std::vector<Needle> gold;
+    std::vector<char> is_gold(set.docs.size(), 0);
+    for (const size_t g : item.gold) {
+      gold.push_back({set.docs[g], pick_depth(r)});
+      is_gold[g] = 1;
+    }
+    p.depth = gold.empty() ? -1.0 : gold[0].depth;
+    std::vector<size_t> pool;
+    pool.reserve(set.docs.size());
+    for (size_t i = 0; i < set.docs.size(); ++i)
+      if (!is_gold[i]) pool.push_back(i);
+    const size_t want = std::min(pool.size(), static_cast<size_t>(length / 4 + 16));
+    std::vector<std::string> units;
+    units.reserve(want);
+    for (size_t i = 0; i < want; ++i) {  // partial Fisher-Yates: `want` distinct distractors
+      std::swap(pool[i], pool[i + uni(r, pool.size() - i)]);
+      units.push_back(set.docs[pool[i]]);
+    }
+    documents(p, std::move(units), std::move(gold));
   }
 };
 
@@ -534,6 +572,8 @@ RulerSample RulerGenerator::generate(const std::string& task, int64_t length, ui
   else if (task == "vt") b.vt(p, length);
   else if (task == "cwe") b.cwe(p);
   else if (task == "fwe") b.fwe(p, length);
+  else if (task == "qa_1" && !src_.squad.empty()) b.qa_data(p, src_.squad, length);
+  else if (task == "qa_2" && !src_.hotpotqa.empty()) b.qa_data(p, src_.hotpotqa, length);
   else b.qa(p, task == "qa_2");
 
   auto render = [&](const std::string& context, int64_t* ctx_begin) {

@@ -15,10 +15,14 @@
 //    dump it to text with the `bible` tool of package bible-kjv, stripping the verse labels:
 //      bible -f Gen1:1-Rev22:21 | sed -E 's/^[0-9]?[A-Za-z]+[0-9]+:[0-9]+ //' > kjv.txt
 //    (a labelled RULER variant either way; scores are not comparable with upstream essays);
-//  * qa_1 / qa_2 use synthetic generated documents instead of SQuAD / HotpotQA
-//    (RulerSample::synthetic_substitute = true).
+//  * qa_1 / qa_2 use SQuAD v2 dev / HotpotQA dev-distractor when the user supplies the files
+//    (RulerSources::squad / hotpotqa, from FLASHMEM_RULER_SQUAD / FLASHMEM_RULER_HOTPOTQA in
+//    load_default): the question's gold paragraph(s) plus distractor paragraphs of other
+//    questions, as "Document i:". Without a file they use synthetic generated documents
+//    instead (RulerSample::synthetic_substitute = true).
 #pragma once
 
+#include <cstddef>
 #include <cstdint>
 #include <string>
 #include <vector>
@@ -30,13 +34,45 @@ class ChatTemplate;
 
 namespace flashmem::eval {
 
+// A QA data set for qa_1 / qa_2: unique paragraphs and the answerable questions over them.
+struct RulerQaSet {
+  struct Item {
+    std::string question;
+    std::vector<std::string> answers;  // accepted answers (string_match_part), deduplicated
+    std::vector<size_t> gold;          // indices into `docs` of the question's own paragraphs
+  };
+  std::string source;              // the file it was read from
+  std::vector<std::string> docs;   // unique paragraphs; every one can serve as a distractor
+  std::vector<Item> items;
+
+  bool empty() const { return items.empty(); }
+};
+
+// SQuAD v2 JSON (`data[].paragraphs[].{context, qas[].{question, answers[].text,
+// is_impossible}}`): every paragraph becomes a document; answerable questions only (a missing
+// is_impossible means answerable). The gold document is the question's paragraph.
+RulerQaSet parse_ruler_squad(const std::string& text, const std::string& source);
+RulerQaSet load_ruler_squad(const std::string& path);
+// HotpotQA distractor-setting JSON (array of `{question, answer, context: [[title,
+// [sentences...]], ...]}`, JSON Lines also accepted): every paragraph becomes the document
+// "title\nsentences"; the gold documents are all paragraphs of the question's own context.
+RulerQaSet parse_ruler_hotpotqa(const std::string& text, const std::string& source);
+RulerQaSet load_ruler_hotpotqa(const std::string& path);
+// Both: Error(kIo) when the file cannot be read; Error(kFormat) naming the file, the record
+// (path inside the JSON or record index) and the field for malformed input, or when the file
+// holds no usable question.
+
 struct RulerSources {
   std::vector<std::string> words;  // lowercase alphabetic words (keys, values, word lists)
   std::string prose;               // haystack prose, sentences separated by whitespace
+  RulerQaSet squad;                // qa_1 data; empty: synthetic substitute
+  RulerQaSet hotpotqa;             // qa_2 data; empty: synthetic substitute
 
   // Words from Debian `wamerican` (/usr/share/dict/american-english), filtered to lowercase
   // alphabetic words. Prose from the plain-text file named by FLASHMEM_RULER_PROSE when set,
   // otherwise generated from the words. Error(kIo) naming the package/file when missing.
+  // SQuAD / HotpotQA from the files named by FLASHMEM_RULER_SQUAD / FLASHMEM_RULER_HOTPOTQA
+  // when set (errors as for load_ruler_squad / load_ruler_hotpotqa), otherwise left empty.
   static RulerSources load_default();
   // Deterministic pseudo-prose built from `words` (about `n_sentences` sentences).
   static std::string synth_prose(const std::vector<std::string>& words, int64_t n_sentences);
@@ -53,7 +89,7 @@ struct RulerSample {
   std::string metric;  // "all" | "part"
   int64_t n_tokens = 0;
   double depth = -1.0;  // depth of the first needle in percent of the context, or -1
-  bool synthetic_substitute = false;
+  bool synthetic_substitute = false;  // qa_1 / qa_2 built from synthetic documents (no data file)
   // Byte range [context_begin, context_end) of the haystack (needles included) in `prompt`.
   int64_t context_begin = 0;
   int64_t context_end = 0;
