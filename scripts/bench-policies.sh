@@ -27,15 +27,29 @@ run() {  # name, extra flags
     --prompt-tokens $((CTX - GEN)) --report-json "$OUT/$name.json" "$@" > "$OUT/$name.txt" 2> "$OUT/$name.log"
   echo "done $name" >&2
 }
-run full --policy full
-for b in $BUDGETS; do
-  for p in $POLICIES; do run "$p-${b%\%}" --policy "$p" --kv-budget "$b"; done
-done
+# Free-running greedy generation (SKIP_FREE=1 reuses the results of an earlier run), then
+# teacher-forced on full's tokens: top-1 agreement step by step, without compounding.
+if [ "${SKIP_FREE:-0}" != 1 ]; then
+  run full --policy full
+  for b in $BUDGETS; do
+    for p in $POLICIES; do run "$p-${b%\%}" --policy "$p" --kv-budget "$b"; done
+  done
+fi
+if [ "${FORCED:-1}" = 1 ]; then
+  for b in $BUDGETS; do
+    for p in $POLICIES; do run "$p-${b%\%}-tf" --policy "$p" --kv-budget "$b" --force-tokens "$OUT/full.json"; done
+  done
+fi
 python3 - "$OUT" "$BUDGETS" "$POLICIES" <<'PY'
 import json, sys, subprocess
 out, budgets, policies = sys.argv[1], sys.argv[2].split(), sys.argv[3].split()
 full = json.load(open(f"{out}/full.json"))
 ref = full["tokens"]
+import os
+def forced(name):
+    f = f"{out}/{name}-tf.json"
+    if not os.path.exists(f): return "–"
+    j = json.load(open(f)); return f"{j['forced_agree']}/{j['forced_tokens']}"
 def row(name, j):
     kv = j["kv"]; t = j["tokens"]
     n = min(len(t), len(ref)); prefix = 0
@@ -45,12 +59,12 @@ def row(name, j):
     return (f"| {kv['policy']} | {kv['budget']} ({kv['budget_pages']} pages/layer) | {mib(kv['device_bytes_mean']):.2f} | "
             f"{mib(kv['device_bytes_peak']):.2f} | {mib(kv['full_kv_bytes']):.2f} | "
             f"{100*kv['device_bytes_mean']/kv['full_kv_bytes']:.1f}% | {j['decode_tok_s']:.1f} | "
-            f"{prefix}/{len(ref)} | {same}/{len(ref)} | {kv['recall']['pages']} |")
+            f"{prefix}/{len(ref)} | {same}/{len(ref)} | {forced(name) if name != 'full' else '–'} | {kv['recall']['pages']} |")
 print(f"prompt {full['prompt_tokens']} tokens, {len(ref)} generated")
-print("| policy | budget | device KV mean MiB | device KV peak MiB | full-KV MiB | mean/full | decode tok/s | greedy prefix = full | same tokens | pages recalled |")
-print("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|")
+print("| policy | budget | device KV mean MiB | device KV peak MiB | full-KV MiB | mean/full | decode tok/s | greedy prefix = full | same tokens | teacher-forced top-1 = full | pages recalled |")
+print("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
 print(row("full", full))
 for b in budgets:
     for p in policies:
-        print(row(p, json.load(open(f"{out}/{p}-{b.rstrip('%')}.json"))))
+        print(row(f"{p}-{b.rstrip('%')}", json.load(open(f"{out}/{p}-{b.rstrip('%')}.json"))))
 PY

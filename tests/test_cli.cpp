@@ -16,22 +16,8 @@
 namespace flashmem {
 namespace {
 
-struct CmdResult {
-  int code;
-  std::string out;  // stdout and stderr together
-};
-
-CmdResult run_cli(const std::string& args) {
-  const std::string cmd = std::string(FLASHMEM_CLI_PATH) + " " + args + " 2>&1";
-  FILE* p = popen(cmd.c_str(), "r");
-  if (!p) return {-1, "popen failed"};
-  std::string out;
-  char buf[4096];
-  size_t n;
-  while ((n = fread(buf, 1, sizeof buf, p)) > 0) out.append(buf, n);
-  const int status = pclose(p);
-  return {WIFEXITED(status) ? WEXITSTATUS(status) : -1, out};
-}
+using test::CmdResult;
+using test::run_cli;
 
 std::string temp_file(const std::string& name, const std::string& contents) {
   const auto path = std::filesystem::temp_directory_path() / ("flashmem_cli_" + name);

@@ -183,7 +183,11 @@ GenerateResult Engine::decode_pass(Prefilled& p, const GenerateOptions& opts,
   };
   r.stop_reason = "length";
   for (int i = 0; i < opts.max_new_tokens; ++i) {
-    const int32_t tok = sampler.sample(logits.data(), n_vocab);
+    int32_t tok = sampler.sample(logits.data(), n_vocab);
+    if (i < static_cast<int>(opts.forced_tokens.size())) {
+      r.forced_agree += argmax(logits.data(), n_vocab) == opts.forced_tokens[i];
+      tok = opts.forced_tokens[i];
+    }
     r.tokens.push_back(tok);
     if (opts.stop_at_eos && tok == tokenizer_.special().eos) {
       r.stop_reason = "eos";

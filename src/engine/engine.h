@@ -37,6 +37,9 @@ struct GenerateOptions {
   std::vector<std::string> stop_strings;  // generation ends before the first occurrence
   bool stop_at_eos = true;
   ResidencyOptions memory;  // policy, KV budget, cycle, sink, tail (default: full, 100%)
+  // Teacher forcing: when given, step i feeds forced_tokens[i] (instead of the sampled token)
+  // and counts whether the model's argmax agreed (GenerateResult::forced_agree).
+  std::vector<int32_t> forced_tokens;
 };
 
 // What the request's KV cost, measured by the store (DESIGN.md §4: never estimated).
@@ -62,6 +65,7 @@ struct GenerateResult {
   double decode_seconds = 0;    // time of the decode loop (sampling + decode_steps forwards)
   int64_t decode_steps = 0;     // single-token forward passes run after prefill
   size_t kv_bytes_per_token = 0;
+  int64_t forced_agree = 0;     // teacher forcing: steps whose argmax was the forced token
   KvReport kv;
 };
 

@@ -82,6 +82,19 @@ int run_command(const RunArgs& a) {
     text = tpl.render(msgs, true);
     go.stop_strings = tpl.stop_strings();
   }
+  if (!a.force_tokens.empty()) {
+    std::ifstream in(a.force_tokens);
+    nlohmann::json j;
+    try {
+      j = nlohmann::json::parse(in);
+      go.forced_tokens = j.at("tokens").get<std::vector<int32_t>>();
+    } catch (const nlohmann::json::exception& e) {
+      FM_FAIL(ErrorCode::kFormat, a.force_tokens, ": not a run report with \"tokens\" (", e.what(), ")");
+    }
+    go.max_new_tokens = std::min<int>(go.max_new_tokens, static_cast<int>(go.forced_tokens.size()));
+    go.stop_at_eos = false;
+    go.stop_strings.clear();
+  }
   // Special-token text (e.g. a hand-written ChatML prompt) is recognised, as llama.cpp does.
   std::vector<int32_t> prompt = eng->tokenizer().encode(text, true, true);
   if (a.prompt_tokens > 0 && static_cast<int64_t>(prompt.size()) > a.prompt_tokens) {
@@ -127,6 +140,8 @@ int run_command(const RunArgs& a) {
                         {"kv_bytes_per_token", r.kv_bytes_per_token},
                         {"kv", kv_report_json(kv)},
                         {"tokens", r.tokens},
+                        {"forced_tokens", go.forced_tokens.size()},
+                        {"forced_agree", r.forced_agree},
                         {"text", r.text}};
     std::ofstream out(a.report_json);
     FM_CHECK(out.good(), ErrorCode::kIo, "cannot write ", a.report_json);

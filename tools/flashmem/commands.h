@@ -52,6 +52,7 @@ struct RunArgs {
   MemoryArgs memory;
   bool kv_report = false;
   int64_t prompt_tokens = 0;
+  std::string force_tokens;
 };
 
 struct EvalArgs {

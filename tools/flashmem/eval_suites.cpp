@@ -4,6 +4,8 @@
 
 #include "core/error.h"
 #include "engine/engine.h"
+#include "eval/longbench_v2.h"
+#include "eval/longmemeval.h"
 #include "eval/ruler.h"
 
 namespace flashmem::cli {
@@ -46,10 +48,74 @@ std::vector<SuiteItem> ruler_items(const Engine& eng, const SuiteRequest& req) {
   return items;
 }
 
+const ChatTemplate* chat_or_null(const Engine& eng) {
+  try {
+    return &eng.chat();
+  } catch (const Error&) {
+    return nullptr;  // raw prompt, no template
+  }
+}
+
+// LongBench-v2: 4-way multiple choice; the official decoding is 128 new tokens (0-shot).
+std::vector<SuiteItem> longbench_items(const Engine& eng, const SuiteRequest& req) {
+  FM_CHECK(!req.data.empty(), ErrorCode::kInvalidArgument,
+           "--suite longbench-v2 needs --data FILE (the public data.json or JSON Lines)");
+  const auto records = eval::load_longbench_v2(req.data);
+  const ChatTemplate* chat = chat_or_null(eng);
+  constexpr int kGen = 128;
+  std::vector<SuiteItem> items;
+  for (size_t i = 0; i < records.size() && static_cast<int64_t>(i) < req.samples; ++i) {
+    const auto& r = records[i];
+    const auto p = eval::longbench_v2_prompt(r, eng.tokenizer(), chat, req.max_length - kGen);
+    SuiteItem it;
+    it.suite = "longbench-v2";
+    it.task = r.domain.empty() ? "all" : r.domain;
+    it.length = req.max_length;
+    it.index = static_cast<int64_t>(i);
+    it.prompt_id = "longbench-v2/" + r.id;
+    it.prompt = p.prompt;
+    it.answers = {std::string(1, r.answer)};
+    it.max_new_tokens = kGen;
+    if (chat) it.stop_strings = chat->stop_strings();
+    it.score = [r](const std::string& pred) { return eval::score_longbench_v2(pred, r); };
+    items.push_back(std::move(it));
+  }
+  return items;
+}
+
+// LongMemEval: short free-form answers scored by normalised string match (see longmemeval.h).
+std::vector<SuiteItem> longmemeval_items(const Engine& eng, const SuiteRequest& req) {
+  FM_CHECK(!req.data.empty(), ErrorCode::kInvalidArgument,
+           "--suite longmemeval needs --data FILE (longmemeval_oracle.json, _s.json, ...)");
+  const auto records = eval::load_longmemeval(req.data);
+  const ChatTemplate* chat = chat_or_null(eng);
+  constexpr int kGen = 64;
+  std::vector<SuiteItem> items;
+  for (size_t i = 0; i < records.size() && static_cast<int64_t>(i) < req.samples; ++i) {
+    const auto& r = records[i];
+    const auto p = eval::longmemeval_prompt(r, eng.tokenizer(), chat, req.max_length - kGen);
+    SuiteItem it;
+    it.suite = "longmemeval";
+    it.task = r.question_type;
+    it.length = req.max_length;
+    it.index = static_cast<int64_t>(i);
+    it.prompt_id = "longmemeval/" + r.question_id;
+    it.prompt = p.prompt;
+    it.answers = {r.answer};
+    it.max_new_tokens = kGen;
+    if (chat) it.stop_strings = chat->stop_strings();
+    it.score = [r](const std::string& pred) { return eval::score_longmemeval(pred, r); };
+    items.push_back(std::move(it));
+  }
+  return items;
+}
+
 }  // namespace
 
 std::vector<SuiteItem> make_suite_items(const Engine& eng, const SuiteRequest& req) {
   if (req.suite == "ruler") return ruler_items(eng, req);
+  if (req.suite == "longbench-v2") return longbench_items(eng, req);
+  if (req.suite == "longmemeval") return longmemeval_items(eng, req);
   FM_FAIL(ErrorCode::kInvalidArgument, "unknown suite '", req.suite, "'");
 }
 

@@ -1,0 +1,115 @@
+// flashmem eval end to end on the default model: bad requests are refused before anything is
+// written, results are appended one line per (sample, policy, budget) and a rerun resumes,
+// the file suites run from user-supplied files, and --compare renders runs side by side.
+#include <gtest/gtest.h>
+
+#include <filesystem>
+#include <fstream>
+#include <string>
+
+#include <nlohmann/json.hpp>
+
+#include "test_util.h"
+
+namespace flashmem {
+namespace {
+
+namespace fs = std::filesystem;
+using test::run_cli;
+
+std::string fresh_dir(const std::string& name) {
+  const fs::path d = fs::temp_directory_path() / ("flashmem_eval_" + name);
+  fs::remove_all(d);
+  return d.string();
+}
+
+std::vector<nlohmann::json> lines(const std::string& dir) {
+  std::vector<nlohmann::json> out;
+  std::ifstream in(dir + "/results.jsonl");
+  for (std::string l; std::getline(in, l);)
+    if (!l.empty()) out.push_back(nlohmann::json::parse(l));
+  return out;
+}
+
+TEST(CliEval, BadRequestsAreRefusedBeforeAnythingIsWritten) {
+  const std::string m = "-m " + test::require_default_model();
+  const std::string fx = std::string(FLASHMEM_FIXTURES_DIR) + "/eval/";
+  const struct {
+    std::string args;
+    int code;
+    std::string expect;
+  } cases[] = {
+      {"--tasks niah_single_9 --lengths 1k", 2, "unknown RULER task"},
+      {"--tasks vt --lengths 16k", 1, "exceeds the model's context"},
+      {"--tasks vt --lengths 4q", 2, "bad length"},
+      {"--tasks vt --lengths 1k --policy recency --kv-budget 0%", 2, "(0%, 100%]"},
+      {"--suite longbench-v2", 2, "needs --data"},
+      {"--suite longbench-v2 --data " + fx + "longbench_v2_malformed.json", 1, "longbench_v2_malformed.json"},
+      {"--suite longmemeval --data " + fx + "longmemeval_bad_turn.json", 1, "longmemeval_bad_turn.json"},
+  };
+  for (const auto& c : cases) {
+    const std::string dir = fresh_dir("bad");
+    const auto r = run_cli("eval " + m + " --out " + dir + " " + c.args);
+    EXPECT_EQ(r.code, c.code) << c.args << "\n" << r.out;
+    EXPECT_NE(r.out.find(c.expect), std::string::npos) << c.args << "\n" << r.out;
+    EXPECT_FALSE(fs::exists(dir + "/results.jsonl")) << c.args;
+  }
+}
+
+TEST(CliEval, RulerRunsAppendsAndResumes) {
+  const std::string dir = fresh_dir("ruler");
+  const std::string base = "eval -m " + test::require_default_model() +
+                           " --suite ruler --lengths 1k --tasks niah_single_1 --policy full,recency"
+                           " --kv-budget 50% --out " + dir;
+  auto r = run_cli(base + " --samples 1");
+  ASSERT_EQ(r.code, 0) << r.out;
+  auto l1 = lines(dir);
+  ASSERT_EQ(l1.size(), 2u);  // 1 sample × (full, recency 50%)
+  for (const auto& j : l1) {
+    EXPECT_EQ(j.at("task"), "niah_single_1");
+    EXPECT_EQ(j.at("length"), 1024);
+    const double s = j.at("score").get<double>();
+    EXPECT_TRUE(s == 0.0 || s == 1.0);
+    EXPECT_GT(j.at("full_kv_bytes").get<double>(), 0.0);
+    EXPECT_LE(j.at("device_kv_bytes_peak").get<double>(), j.at("full_kv_bytes").get<double>() + 1);
+  }
+  EXPECT_EQ(l1[1].at("policy"), "recency");
+  EXPECT_LT(l1[1].at("device_kv_bytes_mean").get<double>(), 0.6 * l1[1].at("full_kv_bytes").get<double>());
+  EXPECT_TRUE(fs::exists(dir + "/summary.md"));
+  EXPECT_TRUE(fs::exists(dir + "/plot.png"));
+  // A rerun with one more sample keeps the finished lines and adds only the new sample's.
+  r = run_cli(base + " --samples 2");
+  ASSERT_EQ(r.code, 0) << r.out;
+  const auto l2 = lines(dir);
+  ASSERT_EQ(l2.size(), 4u);
+  EXPECT_EQ(l2[0], l1[0]);
+  EXPECT_EQ(l2[1], l1[1]);
+  EXPECT_EQ(l2[2].at("sample_index"), 1);
+  // --compare renders both policies and writes a plot.
+  const std::string png = fresh_dir("cmp") + ".png";
+  r = run_cli("eval --compare " + dir + " --plot " + png);
+  ASSERT_EQ(r.code, 0) << r.out;
+  EXPECT_NE(r.out.find("full"), std::string::npos) << r.out;
+  EXPECT_NE(r.out.find("recency"), std::string::npos) << r.out;
+  EXPECT_GT(fs::file_size(png), 1000u);
+}
+
+TEST(CliEval, FileSuitesRunFromUserSuppliedData) {
+  const std::string fx = std::string(FLASHMEM_FIXTURES_DIR) + "/eval/";
+  for (const char* suite : {"longbench-v2", "longmemeval"}) {
+    const std::string dir = fresh_dir(suite);
+    const std::string file = std::string(suite) == "longbench-v2" ? "longbench_v2.json" : "longmemeval.json";
+    const auto r = run_cli("eval -m " + test::require_default_model() + " --suite " + suite +
+                           " --data " + fx + file + " --samples 2 --max-length 1024 --out " + dir);
+    ASSERT_EQ(r.code, 0) << suite << "\n" << r.out;
+    const auto l = lines(dir);
+    ASSERT_EQ(l.size(), 2u) << suite;
+    for (const auto& j : l) {
+      EXPECT_EQ(j.at("suite"), suite);
+      EXPECT_LE(j.at("prompt_tokens").get<int>(), 1024);
+    }
+  }
+}
+
+}  // namespace
+}  // namespace flashmem
