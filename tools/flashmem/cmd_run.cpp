@@ -33,6 +33,9 @@ CLI::App* add_run_command(CLI::App& app, RunArgs& a) {
                 "Cut the tokenized prompt to this many tokens, from the middle (0: keep all)")
       ->check(CLI::Range(int64_t{0}, int64_t{1} << 30));
   c->add_flag("--kv-report", a.kv_report, "Print the KV footprint by category after the run");
+  c->add_option("--force-tokens", a.force_tokens,
+                "Teacher forcing: feed the \"tokens\" of this --report-json file, count argmax agreement")
+      ->check(CLI::ExistingFile);
   return c;
 }
 
