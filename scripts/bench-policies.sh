@@ -4,7 +4,8 @@
 #   CTX=8192 GEN=128 BUDGETS="10% 25%" THREADS=2 scripts/bench-policies.sh [OUT_DIR]
 # The prompt is public-domain-licensed text shipped with every Debian system (the Apache 2.0,
 # MPL 2.0 and GPL 3 texts in /usr/share/common-licenses) with a question at the end, in the
-# chat template, cut from the middle to CTX − GEN tokens.
+# chat template, cut from the middle to CTX − GEN tokens. Generation ignores end of turn, so
+# every run makes exactly GEN tokens.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 CTX=${CTX:-8192}
@@ -23,7 +24,7 @@ L=/usr/share/common-licenses
 } > "$PROMPT"
 run() {  # name, extra flags
   local name=$1; shift
-  "$BIN" run -m "$MODEL" -f "$PROMPT" --chat -c "$CTX" -n "$GEN" -t "$THREADS" \
+  "$BIN" run -m "$MODEL" -f "$PROMPT" --chat -c "$CTX" -n "$GEN" -t "$THREADS" --ignore-eos \
     --prompt-tokens $((CTX - GEN)) --report-json "$OUT/$name.json" "$@" > "$OUT/$name.txt" 2> "$OUT/$name.log"
   echo "done $name" >&2
 }
@@ -31,6 +32,7 @@ run() {  # name, extra flags
 # teacher-forced on full's tokens: top-1 agreement step by step, without compounding.
 if [ "${SKIP_FREE:-0}" != 1 ]; then
   run full --policy full
+  run full-tf --policy full --force-tokens "$OUT/full.json"  # full's own speed, same mode as the rows below
   for b in $BUDGETS; do
     for p in $POLICIES; do run "$p-${b%\%}" --policy "$p" --kv-budget "$b"; done
   done
@@ -46,23 +48,24 @@ out, budgets, policies = sys.argv[1], sys.argv[2].split(), sys.argv[3].split()
 full = json.load(open(f"{out}/full.json"))
 ref = full["tokens"]
 import os
-def forced(name):
+def tf(name):
     f = f"{out}/{name}-tf.json"
-    if not os.path.exists(f): return "–"
-    j = json.load(open(f)); return f"{j['forced_agree']}/{j['forced_tokens']}"
+    return json.load(open(f)) if os.path.exists(f) else None
+full_speed = (tf("full") or full)["decode_tok_s"]
 def row(name, j):
-    kv = j["kv"]; t = j["tokens"]
+    kv = j["kv"]; t = j["tokens"]; f = tf(name)
     n = min(len(t), len(ref)); prefix = 0
     while prefix < n and t[prefix] == ref[prefix]: prefix += 1
-    same = sum(a == b for a, b in zip(t, ref))
+    speed = (f or j)["decode_tok_s"]
+    forced = f"{f['forced_agree']}/{f['forced_tokens']}" if f else "–"
     mib = lambda b: b / 2**20
-    return (f"| {kv['policy']} | {kv['budget']} ({kv['budget_pages']} pages/layer) | {mib(kv['device_bytes_mean']):.2f} | "
+    return (f"| {kv['policy']} | {kv['budget']} ({kv['budget_pages']}) | {mib(kv['device_bytes_mean']):.2f} | "
             f"{mib(kv['device_bytes_peak']):.2f} | {mib(kv['full_kv_bytes']):.2f} | "
-            f"{100*kv['device_bytes_mean']/kv['full_kv_bytes']:.1f}% | {j['decode_tok_s']:.1f} | "
-            f"{prefix}/{len(ref)} | {same}/{len(ref)} | {forced(name) if name != 'full' else '–'} | {kv['recall']['pages']} |")
+            f"{100*kv['device_bytes_mean']/kv['full_kv_bytes']:.1f}% | {speed:.1f} | {speed/full_speed:.2f} | "
+            f"{prefix}/{len(ref)} | {forced} | {j['prefill_tok_s']:.1f} | {kv['recall']['pages']} |")
 print(f"prompt {full['prompt_tokens']} tokens, {len(ref)} generated")
-print("| policy | budget | device KV mean MiB | device KV peak MiB | full-KV MiB | mean/full | decode tok/s | greedy prefix = full | same tokens | teacher-forced top-1 = full | pages recalled |")
-print("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+print("| policy | budget (pages/layer) | device KV mean MiB | device KV peak MiB | full-KV MiB | device mean / full | decode tok/s | ×full | greedy prefix = full | teacher-forced top-1 = full | prefill tok/s | pages recalled |")
+print("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
 print(row("full", full))
 for b in budgets:
     for p in policies:

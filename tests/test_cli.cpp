@@ -147,3 +147,38 @@ TEST(Cli, RunUnderABudgetKeepsTheDeviceWithinItAndSaysSo) {
 
 }  // namespace
 }  // namespace flashmem
+
+namespace flashmem {
+namespace {
+
+// Teacher forcing a policy on full's own tokens: full agrees with itself at every step, and the
+// count is bounded by the forced length for any other policy.
+TEST(Cli, TeacherForcingCountsAgreementWithTheForcedTokens) {
+  const std::string fx = std::string(FLASHMEM_FIXTURES_DIR);
+  const auto tmp = std::filesystem::temp_directory_path();
+  const std::string ref = (tmp / "flashmem_cli_tf_ref.json").string();
+  const std::string base = "run -m " + test::require_default_model() + " -f " + fx + "/prompts/code.txt -n 12 ";
+  ASSERT_EQ(run_cli(base + "--report-json " + ref).code, 0);
+  for (const char* policy : {"--policy full", "--policy recency --kv-budget 40%"}) {
+    const std::string out = (tmp / "flashmem_cli_tf.json").string();
+    const auto r = run_cli(base + policy + " --force-tokens " + ref + " --report-json " + out);
+    ASSERT_EQ(r.code, 0) << r.out;
+    std::ifstream in(out);
+    const auto j = nlohmann::json::parse(in);
+    EXPECT_EQ(j.at("forced_tokens").get<int>(), 12);
+    if (std::string(policy) == "--policy full") {
+      EXPECT_EQ(j.at("forced_agree").get<int>(), 12);
+    } else {
+      EXPECT_LE(j.at("forced_agree").get<int>(), 12);
+    }
+    std::ifstream rin(ref);
+    EXPECT_EQ(j.at("tokens"), nlohmann::json::parse(rin).at("tokens"));  // the forced ones
+  }
+  const std::string bad = temp_file("tf_bad.json", "{\"no_tokens\": 1}");
+  const auto r = run_cli(base + "--force-tokens " + bad);
+  EXPECT_EQ(r.code, 1) << r.out;
+  EXPECT_NE(r.out.find("not a run report"), std::string::npos) << r.out;
+}
+
+}  // namespace
+}  // namespace flashmem

@@ -33,6 +33,7 @@ CLI::App* add_run_command(CLI::App& app, RunArgs& a) {
                 "Cut the tokenized prompt to this many tokens, from the middle (0: keep all)")
       ->check(CLI::Range(int64_t{0}, int64_t{1} << 30));
   c->add_flag("--kv-report", a.kv_report, "Print the KV footprint by category after the run");
+  c->add_flag("--ignore-eos", a.ignore_eos, "Generate all -n tokens (no end-of-text or end-of-turn stop)");
   c->add_option("--force-tokens", a.force_tokens,
                 "Teacher forcing: feed the \"tokens\" of this --report-json file, count argmax agreement")
       ->check(CLI::ExistingFile);
@@ -84,6 +85,10 @@ int run_command(const RunArgs& a) {
     msgs.push_back({"user", text});
     text = tpl.render(msgs, true);
     go.stop_strings = tpl.stop_strings();
+  }
+  if (a.ignore_eos) {
+    go.stop_at_eos = false;
+    go.stop_strings.clear();
   }
   if (!a.force_tokens.empty()) {
     std::ifstream in(a.force_tokens);

@@ -53,6 +53,7 @@ struct RunArgs {
   bool kv_report = false;
   int64_t prompt_tokens = 0;
   std::string force_tokens;
+  bool ignore_eos = false;
 };
 
 struct EvalArgs {
