@@ -5,7 +5,6 @@
 #include <numeric>
 #include <random>
 
-#include "core/dtype.h"
 #include "core/error.h"
 
 namespace flashmem {
@@ -108,9 +107,7 @@ class QuestPolicy final : public ResidencyPolicy {
         float lo = INFINITY, hi = -INFINITY;
         const size_t at = (static_cast<size_t>(g) * d + i) * pt;  // K dim-major
         for (int j = 0; j < pt; ++j) {
-          const float v = kv_.type == KvType::kF32
-                              ? reinterpret_cast<const float*>(data)[at + j]
-                              : fp16_to_fp32(reinterpret_cast<const uint16_t*>(data)[at + j]);
+          const float v = kv_load(data, kv_.type, static_cast<int64_t>(at + j));
           lo = std::min(lo, v);
           hi = std::max(hi, v);
         }

@@ -5,7 +5,6 @@
 #include <cstdio>
 #include <cstdlib>
 
-#include "core/dtype.h"
 #include "core/error.h"
 
 namespace flashmem {
@@ -170,10 +169,6 @@ void TraceRecorder::after_attend(TieredKvStore& /*s*/, int layer, const Attentio
   if (m != 1) return;
   const int d = p.head_dim, rep = p.n_heads / p.n_kv_heads, pt = p.page_tokens;
   mass_.assign(pages.size(), 0.0f);
-  auto kv_at = [&](const void* base, int64_t at) {
-    return p.kv_type == KvType::kF32 ? static_cast<const float*>(base)[at]
-                                     : fp16_to_fp32(static_cast<const uint16_t*>(base)[at]);
-  };
   for (int h = 0; h < p.n_heads; ++h) {
     const float* qh = q + static_cast<size_t>(h) * d;
     const int64_t off = static_cast<int64_t>(h / rep) * p.head_stride;
@@ -184,7 +179,7 @@ void TraceRecorder::after_attend(TieredKvStore& /*s*/, int layer, const Attentio
         float s = -INFINITY;
         if (pg.pos0 + j <= pos[0]) {
           s = 0.0f;
-          for (int c = 0; c < d; ++c) s += qh[c] * kv_at(pg.k, off + int64_t{c} * pt + j);
+          for (int c = 0; c < d; ++c) s += qh[c] * kv_load(pg.k, p.kv_type, off + int64_t{c} * pt + j);
           s *= p.scale;
         }
         scores_.push_back(s);

@@ -266,6 +266,15 @@ void TieredKvStore::select_layer(int layer, std::span<const int32_t> pages) {
 
 // ---- attention ----------------------------------------------------------------------------
 
+KvPageRef TieredKvStore::page_view(int layer, int32_t pg) {
+  const Layer& L = layers_[layer];
+  FM_ICHECK(L.pages[pg].slot >= 0, "page ", pg, " of layer ", layer, " is not resident");
+  uint8_t* base = reserve_.slot(L.pages[pg].slot);
+  const int32_t pos0 = pg * cfg_.page_tokens;
+  const int32_t n = static_cast<int32_t>(std::min<int64_t>(cfg_.page_tokens, L.tokens - pos0));
+  return KvPageRef{base, base + cfg_.page_bytes() / 2, pos0, n};
+}
+
 void TieredKvStore::attend(Backend& be, int layer, const AttentionParams& p, const float* q,
                            const int32_t* pos, int64_t m, float* out) {
   FM_ICHECK(layer >= 0 && layer < cfg_.n_layers, "layer ", layer, " out of range");
@@ -276,16 +285,11 @@ void TieredKvStore::attend(Backend& be, int layer, const AttentionParams& p, con
   view_ids_.clear();
   const int32_t done = static_cast<int32_t>(completed_pages(layer));
   auto add = [&](int32_t pg) {
-    const PageState& s = L.pages[pg];
-    FM_ICHECK(s.slot >= 0 && s.pinned, "selected page ", pg, " of layer ", layer, " is not resident");
-    uint8_t* base = reserve_.slot(s.slot);
-    const int32_t pos0 = pg * cfg_.page_tokens;
-    const int32_t n = static_cast<int32_t>(std::min<int64_t>(cfg_.page_tokens, L.tokens - pos0));
-    views_.push_back(KvPageRef{base, base + cfg_.page_bytes() / 2, pos0, n});
+    FM_ICHECK(L.pages[pg].pinned, "selected page ", pg, " of layer ", layer, " is not resident");
+    views_.push_back(page_view(layer, pg));
     view_ids_.push_back(pg);
   };
-  // The selection is ascending except for pages filled since; keep position order.
-  std::sort(L.selected.begin(), L.selected.end());
+  // Ascending: apply_selection sorts, and a page filled since is newer than every selected one.
   for (int32_t pg : L.selected) add(pg);
   if (done < static_cast<int32_t>(L.pages.size())) add(done);  // the open page
   be.attention(p, q, pos, m, views_, out);
@@ -296,12 +300,7 @@ void TieredKvStore::attend_streaming(Backend& be, int layer, const AttentionPara
                                      const float* q, const int32_t* pos, int64_t m, float* out) {
   Layer& L = layers_[layer];
   const int32_t n_pages = static_cast<int32_t>(L.pages.size());
-  auto view_of = [&](int32_t pg) {
-    uint8_t* base = reserve_.slot(L.pages[pg].slot);
-    const int32_t pos0 = pg * cfg_.page_tokens;
-    const int32_t n = static_cast<int32_t>(std::min<int64_t>(cfg_.page_tokens, L.tokens - pos0));
-    return KvPageRef{base, base + cfg_.page_bytes() / 2, pos0, n};
-  };
+  auto view_of = [&](int32_t pg) { return page_view(layer, pg); };
   // Pass 1: every page already resident, in place, in position order. When all are, this is
   // the one call the full-KV path makes (bit-identical at a 100% budget).
   views_.clear();

@@ -142,6 +142,8 @@ class TieredKvStore final : public KvStore {
   void pin(int layer, int32_t page);
   void unpin(int layer, int32_t page);
   void touch(int layer, int32_t page);
+  // The attention view of a resident page (its slot, position and token count).
+  KvPageRef page_view(int layer, int32_t page);
   void complete_page(int layer, int32_t page);
   void apply_selection(int layer, std::span<const int32_t> pages, std::vector<PageCopy>& copies);
   void attend_streaming(Backend& be, int layer, const AttentionParams& p, const float* q,

@@ -11,6 +11,7 @@
 #include <span>
 #include <string>
 
+#include "core/dtype.h"
 #include "core/quant.h"
 
 namespace flashmem {
@@ -28,6 +29,11 @@ struct WeightMatrix {
 enum class KvType { kF32, kF16 };
 const char* kv_type_name(KvType t);
 size_t kv_type_bytes(KvType t);
+// Element `at` of KV storage of type t, as f32 (plain loops: references, page metadata).
+inline float kv_load(const void* base, KvType t, int64_t at) {
+  return t == KvType::kF32 ? static_cast<const float*>(base)[at]
+                           : fp16_to_fp32(static_cast<const uint16_t*>(base)[at]);
+}
 
 // One page of KV as the attention op sees it: `page_tokens` slots, of which the first n_tokens
 // hold consecutive positions pos0, pos0 + 1, .... A layer's pages come in increasing position

@@ -36,11 +36,6 @@ void kv_to_f32(const void* src, KvType type, int64_t at, int64_t n, float* dst) 
   for (; i < n; ++i) dst[i] = fp16_to_fp32(h[i]);
 }
 
-float kv_at(const void* src, KvType type, int64_t at) {
-  return type == KvType::kF32 ? static_cast<const float*>(src)[at]
-                              : fp16_to_fp32(static_cast<const uint16_t*>(src)[at]);
-}
-
 void check_params(const AttentionParams& p) {
   FM_ICHECK(p.n_heads > 0 && p.n_kv_heads > 0 && p.n_heads % p.n_kv_heads == 0,
             "bad head counts ", p.n_heads, "/", p.n_kv_heads);
@@ -144,7 +139,7 @@ void attend_page_scalar(const Rows& rows, const void* kbase, const void* vbase, 
     float mx = *rows.m[r];
     for (int j = 0; j < n_vis; ++j) {
       float acc = 0.0f;
-      for (int c = 0; c < d; ++c) acc += rows.q[r][c] * kv_at(kbase, type, int64_t{c} * pt + j);
+      for (int c = 0; c < d; ++c) acc += rows.q[r][c] * kv_load(kbase, type, int64_t{c} * pt + j);
       sr[j] = acc * scale;
       mx = std::max(mx, sr[j]);
     }
@@ -156,7 +151,7 @@ void attend_page_scalar(const Rows& rows, const void* kbase, const void* vbase, 
     float* o = rows.o[r];
     for (int c = 0; c < d; ++c) o[c] *= corr;
     for (int j = 0; j < n_vis; ++j)
-      for (int c = 0; c < d; ++c) o[c] += sr[j] * kv_at(vbase, type, int64_t{j} * d + c);
+      for (int c = 0; c < d; ++c) o[c] += sr[j] * kv_load(vbase, type, int64_t{j} * d + c);
   }
 }
 #endif
@@ -390,7 +385,7 @@ void attention_ref(const AttentionParams& p, const float* q, const int32_t* pos,
         for (int j = 0; j < pg.n_tokens && pg.pos0 + j <= pos[i]; ++j) {
           double s = 0.0;
           for (int c = 0; c < d; ++c)
-            s += static_cast<double>(qh[c]) * kv_at(pg.k, p.kv_type, off + int64_t{c} * p.page_tokens + j);
+            s += static_cast<double>(qh[c]) * kv_load(pg.k, p.kv_type, off + int64_t{c} * p.page_tokens + j);
           scores.push_back(s * p.scale);
           keys.emplace_back(&pg, j);
         }
@@ -402,7 +397,7 @@ void attention_ref(const AttentionParams& p, const float* q, const int32_t* pos,
         const double e = std::exp(scores[k] - mx);
         sum += e;
         for (int c = 0; c < d; ++c)
-          acc[c] += e * kv_at(keys[k].first->v, p.kv_type, off + int64_t{keys[k].second} * d + c);
+          acc[c] += e * kv_load(keys[k].first->v, p.kv_type, off + int64_t{keys[k].second} * d + c);
       }
       float* o = out + (i * p.n_heads + h) * d;
       for (int c = 0; c < d; ++c) o[c] = sum > 0.0 ? static_cast<float>(acc[c] / sum) : 0.0f;
