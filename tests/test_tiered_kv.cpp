@@ -21,6 +21,12 @@
 namespace flashmem {
 namespace {
 
+// The backend the stores keep their reserve on (host memory).
+CpuBackend& host_backend() {
+  static CpuBackend be(1);
+  return be;
+}
+
 KvCacheConfig small_config(KvType t = KvType::kF32, int layers = 2) {
   KvCacheConfig c;
   c.n_layers = layers;
@@ -156,8 +162,8 @@ TEST(TieredKvStore, StreamingPrefillMatchesFullAttentionWithinTheBudget) {
   for (KvType t : {KvType::kF32, KvType::kF16}) {
     const KvCacheConfig c = small_config(t);
     const int64_t budget = 3;
-    KvReserve reserve(c.page_bytes(), budget * c.n_layers);
-    CpuRecall recall;
+    KvReserve reserve(host_backend(), c.page_bytes(), budget * c.n_layers);
+    RecallEngine recall(host_backend());
     TieredKvStore tiered(c, budget, reserve, recall);
     PagedKvCache full(c);
     CpuBackend be(2);
@@ -191,8 +197,8 @@ TEST(TieredKvStore, StreamingPrefillMatchesFullAttentionWithinTheBudget) {
 TEST(TieredKvStore, FullBudgetAttentionIsBitIdenticalToTheFullPath) {
   const KvCacheConfig c = small_config(KvType::kF16);
   const int64_t budget = c.max_tokens / c.page_tokens;
-  KvReserve reserve(c.page_bytes(), budget * c.n_layers);
-  CpuRecall recall;
+  KvReserve reserve(host_backend(), c.page_bytes(), budget * c.n_layers);
+  RecallEngine recall(host_backend());
   TieredKvStore tiered(c, budget, reserve, recall);
   PagedKvCache full(c);
   CpuBackend be(2);
@@ -223,9 +229,9 @@ TEST(TieredKvStore, FullBudgetAttentionIsBitIdenticalToTheFullPath) {
 TEST(TieredKvStore, NonResidentKvIsAbsentFromTheReserve) {
   const KvCacheConfig c = small_config(KvType::kF32);
   const int64_t budget = 4;
-  KvReserve reserve(c.page_bytes(), budget * c.n_layers);
+  KvReserve reserve(host_backend(), c.page_bytes(), budget * c.n_layers);
   EXPECT_EQ(reserve.bytes_allocated(), static_cast<size_t>(budget * c.n_layers) * c.page_bytes());
-  CpuRecall recall;
+  RecallEngine recall(host_backend());
   TieredKvStore s(c, budget, reserve, recall);
   CpuBackend be(1);
   append_all(s, c, 0, 123);  // 15 full pages + 3 tokens per layer
@@ -286,8 +292,8 @@ TEST(TieredKvStore, NonResidentKvIsAbsentFromTheReserve) {
 // not fit is refused at admission without disturbing either.
 TEST(TieredKvStore, PagesInUseAreNeverEvictedUnderPressure) {
   const KvCacheConfig c = small_config(KvType::kF32);
-  KvReserve reserve(c.page_bytes(), 2 * 4 * c.n_layers);
-  CpuRecall recall;
+  KvReserve reserve(host_backend(), c.page_bytes(), 2 * 4 * c.n_layers);
+  RecallEngine recall(host_backend());
   TieredKvStore a(c, 4, reserve, recall);
   TieredKvStore b(c, 4, reserve, recall);
   append_all(a, c, 0, 40);
@@ -324,11 +330,11 @@ TEST(TieredKvStore, PagesInUseAreNeverEvictedUnderPressure) {
 
 TEST(TieredKvStore, BadSelectionsAndConfigurationsAreClearErrors) {
   const KvCacheConfig c = small_config(KvType::kF32);
-  KvReserve reserve(c.page_bytes(), 8);
-  CpuRecall recall;
+  KvReserve reserve(host_backend(), c.page_bytes(), 8);
+  RecallEngine recall(host_backend());
   EXPECT_THROW(TieredKvStore(c, 1, reserve, recall), Error);     // < 2 pages
   EXPECT_THROW(TieredKvStore(c, 100, reserve, recall), Error);   // beyond the reserve
-  KvReserve other(c.page_bytes() * 2, 8);
+  KvReserve other(host_backend(), c.page_bytes() * 2, 8);
   EXPECT_THROW(TieredKvStore(c, 2, other, recall), Error);       // slot size mismatch
   TieredKvStore s(c, 4, reserve, recall);
   append_all(s, c, 0, 30);  // 3 completed pages per layer + open
@@ -434,8 +440,8 @@ TEST(Residency, CyclesKeepSinkTailAndTheBudget) {
   o.tail_tokens = 8;
   const int64_t budget = resolve_budget_pages(o, c, 200);
   ASSERT_EQ(budget, 6);
-  KvReserve reserve(c.page_bytes(), budget * c.n_layers);
-  CpuRecall recall;
+  KvReserve reserve(host_backend(), c.page_bytes(), budget * c.n_layers);
+  RecallEngine recall(host_backend());
   TieredKvStore s(c, budget, reserve, recall);
   Residency res(s, make_policy(o.policy, c, 0), o);
   CpuBackend be(1);

@@ -31,8 +31,8 @@ size_t held_back(const std::string& text, const std::vector<std::string>& stops)
 Engine::Engine(const EngineOptions& opts, GgufFile file)
     : opts_(opts),
       file_(std::move(file)),
-      backend_(opts.n_threads > 0 ? opts.n_threads : ThreadPool::default_threads()),
-      model_(load_model(file_, backend_)),
+      backend_(make_backend(opts.backend, opts.n_threads)),
+      model_(load_model(file_, *backend_)),
       tokenizer_(Tokenizer::from_gguf(file_)) {
   try {
     chat_ = ChatTemplate::from_gguf(file_);
@@ -98,8 +98,8 @@ std::unique_ptr<Prefilled> Engine::prefill(const std::vector<int32_t>& prompt,
   p->prompt = prompt;
   p->max_new_tokens = max_new_tokens;
   // One request per engine call: the reserve is exactly this request's budget.
-  p->reserve = std::make_unique<KvReserve>(kc.page_bytes(), budget_pages * kc.n_layers);
-  p->recall = std::make_unique<CpuRecall>(&backend_.pool());
+  p->reserve = std::make_unique<KvReserve>(*backend_, kc.page_bytes(), budget_pages * kc.n_layers);
+  p->recall = std::make_unique<RecallEngine>(*backend_);
   p->kv = std::make_unique<TieredKvStore>(kc, budget_pages, *p->reserve, *p->recall);
   p->logits.resize(model_->info().n_vocab);
   const auto t0 = std::chrono::steady_clock::now();
@@ -146,21 +146,21 @@ GenerateResult Engine::decode_pass(Prefilled& p, const GenerateOptions& opts,
   const int64_t final_tokens = std::min<int64_t>(n_ctx_, n_prompt + std::max(opts.max_new_tokens, 1));
   const int64_t budget_pages = resolve_budget_pages(opts.memory, kc, final_tokens);
   std::unique_ptr<KvReserve> own_reserve;
-  std::unique_ptr<CpuRecall> own_recall;
+  std::unique_ptr<RecallEngine> own_recall;
   std::unique_ptr<TieredKvStore> own_kv;
   if (fork) {
     FM_CHECK(budget_pages >= p.kv->budget_pages(), ErrorCode::kInvalidArgument, "a decode with ",
              budget_pages, " pages per layer cannot reuse a prefill made with ",
              p.kv->budget_pages(), ": prefill with the smallest budget");
-    own_reserve = std::make_unique<KvReserve>(kc.page_bytes(), budget_pages * kc.n_layers);
-    own_recall = std::make_unique<CpuRecall>(&backend_.pool());
+    own_reserve = std::make_unique<KvReserve>(*backend_, kc.page_bytes(), budget_pages * kc.n_layers);
+    own_recall = std::make_unique<RecallEngine>(*backend_);
     own_kv = std::make_unique<TieredKvStore>(*p.kv, budget_pages, *own_reserve, *own_recall);
   } else {
     FM_ICHECK(budget_pages == p.kv->budget_pages(), "prefill and decode budgets differ");
   }
   TieredKvStore& kv = fork ? *own_kv : *p.kv;
   KvReserve& reserve = fork ? *own_reserve : *p.reserve;
-  CpuRecall& recall = fork ? *own_recall : *p.recall;
+  RecallEngine& recall = fork ? *own_recall : *p.recall;
   Residency residency(kv, make_policy(opts.memory.policy, kc, opts.memory.seed, replay), opts.memory);
   std::optional<TraceRecorder> recorder;
   if (record) {

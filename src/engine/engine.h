@@ -19,13 +19,14 @@
 #include "memory/kv_cache.h"
 #include "memory/residency.h"
 #include "models/model.h"
-#include "ops/cpu/cpu_backend.h"
+#include "ops/backend.h"
 
 namespace flashmem {
 
 struct EngineOptions {
   std::string model_path;
-  int n_threads = 0;             // 0: ThreadPool::default_threads()
+  std::string backend = "cpu";   // "cpu" or "cuda" (see make_backend)
+  int n_threads = 0;             // CPU threads; 0: ThreadPool::default_threads()
   int64_t n_ctx = 0;             // 0: the model's training context
   KvType kv_type = KvType::kF16;
   int page_tokens = 64;
@@ -79,7 +80,7 @@ struct Prefilled {
   int max_new_tokens = 0;     // the request length budgets are resolved for
   double seconds = 0;
   std::unique_ptr<KvReserve> reserve;
-  std::unique_ptr<CpuRecall> recall;
+  std::unique_ptr<RecallEngine> recall;
   std::unique_ptr<TieredKvStore> kv;
 };
 
@@ -95,7 +96,7 @@ class Engine {
   const GgufFile& file() const { return file_; }
   int64_t n_ctx() const { return n_ctx_; }
   KvType kv_type() const { return opts_.kv_type; }
-  Backend& backend() { return backend_; }
+  Backend& backend() { return *backend_; }
   Model& model() { return *model_; }
 
   // Shape of this engine's KV (layers, heads, page size, context, precision).
@@ -134,7 +135,7 @@ class Engine {
 
   EngineOptions opts_;
   GgufFile file_;
-  CpuBackend backend_;
+  std::unique_ptr<Backend> backend_;
   std::unique_ptr<Model> model_;
   Tokenizer tokenizer_;
   std::optional<ChatTemplate> chat_;

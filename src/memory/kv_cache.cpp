@@ -7,6 +7,7 @@
 
 #include "core/dtype.h"
 #include "core/error.h"
+#include "ops/cpu/attention.h"
 
 namespace flashmem {
 
@@ -20,31 +21,13 @@ void KvCacheConfig::validate() const {
 
 void write_page_tokens(const KvCacheConfig& c, uint8_t* page, int slot0, int64_t n,
                        const float* k, const float* v) {
-  const int hd = c.head_dim, nh = c.n_kv_heads, pt = c.page_tokens;
-  const size_t esz = kv_type_bytes(c.type);
-  uint8_t* vpage = page + c.page_bytes() / 2;  // K part, then V part
-  for (int64_t t = 0; t < n; ++t) {
-    const int64_t slot = slot0 + t;
-    for (int h = 0; h < nh; ++h) {
-      const float* ks = k + (t * nh + h) * hd;
-      const float* vs = v + (t * nh + h) * hd;
-      const size_t head = static_cast<size_t>(h) * pt * hd;
-      const size_t k_at = head + slot;       // K dim-major: stride pt between dims
-      const size_t v_at = head + slot * hd;  // V token-major: one contiguous row
-      if (c.type == KvType::kF32) {
-        auto* kd = reinterpret_cast<float*>(page) + k_at;
-        for (int d = 0; d < hd; ++d) kd[static_cast<size_t>(d) * pt] = ks[d];
-        std::memcpy(vpage + v_at * esz, vs, hd * sizeof(float));
-      } else {
-        auto* kd = reinterpret_cast<uint16_t*>(page) + k_at;
-        auto* vd = reinterpret_cast<uint16_t*>(vpage) + v_at;
-        for (int d = 0; d < hd; ++d) {
-          kd[static_cast<size_t>(d) * pt] = fp32_to_fp16(ks[d]);
-          vd[d] = fp32_to_fp16(vs[d]);
-        }
-      }
-    }
-  }
+  AttentionParams p;
+  p.n_kv_heads = c.n_kv_heads;
+  p.head_dim = c.head_dim;
+  p.page_tokens = c.page_tokens;
+  p.head_stride = int64_t{c.page_tokens} * c.head_dim;
+  p.kv_type = c.type;
+  cpu::write_kv(p, page, page + c.page_bytes() / 2, slot0, n, k, v);
 }
 
 PagedKvCache::PagedKvCache(const KvCacheConfig& cfg) : cfg_(cfg) {

@@ -63,9 +63,10 @@ class KvStore {
   }
 };
 
-// Writes tokens [0, n) of k/v ([n × n_kv_heads × head_dim] f32) into slots slot0 … slot0+n−1
-// of one page laid out as KvPageRef describes (K dim-major, V token-major), converting to the
-// page's type. The caller guarantees slot0 + n ≤ page_tokens.
+// Writes tokens [0, n) of k/v ([n × n_kv_heads × head_dim] f32, host memory) into slots
+// slot0 … slot0+n−1 of one host page laid out as KvPageRef describes (K dim-major, V
+// token-major), converting to the page's type (the CPU write_kv op). The caller guarantees
+// slot0 + n ≤ page_tokens.
 void write_page_tokens(const KvCacheConfig& c, uint8_t* page, int slot0, int64_t n,
                        const float* k, const float* v);
 

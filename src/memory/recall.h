@@ -1,23 +1,17 @@
 // flashmem/memory/recall.h — moving KV pages between the host mirror and the device reserve.
 //
 // Recall is one batched operation per cycle (DESIGN.md §6: scattered page copies issued one by
-// one waste the link; one gather reads pinned host memory at full speed). The CPU engine does
-// the copies with memcpy on the thread pool; the CUDA engine implements the same interface
-// with a gather kernel on a copy stream.
+// one waste the link). The copies go through the backend's copy_pages: memcpy on the thread
+// pool for the CPU backend, async copies on one stream with a single wait for CUDA.
 #pragma once
 
 #include <cstddef>
 #include <cstdint>
 #include <span>
 
+#include "ops/backend.h"
+
 namespace flashmem {
-
-class ThreadPool;
-
-struct PageCopy {
-  const uint8_t* src = nullptr;
-  uint8_t* dst = nullptr;
-};
 
 struct RecallStats {
   int64_t batches = 0;    // gather calls with at least one page
@@ -29,27 +23,17 @@ struct RecallStats {
 
 class RecallEngine {
  public:
-  virtual ~RecallEngine() = default;
+  explicit RecallEngine(Backend& be) : be_(be) {}
   // Copies every page (page_bytes each) mirror → reserve as one batch; returns when done.
-  virtual void gather(std::span<const PageCopy> copies, size_t page_bytes) = 0;
+  void gather(std::span<const PageCopy> copies, size_t page_bytes);
   // Writes completed pages reserve → mirror (write-through).
-  virtual void write_back(std::span<const PageCopy> copies, size_t page_bytes) = 0;
+  void write_back(std::span<const PageCopy> copies, size_t page_bytes);
+  Backend& backend() const { return be_; }
   const RecallStats& stats() const { return stats_; }
 
- protected:
-  RecallStats stats_;
-};
-
-class CpuRecall final : public RecallEngine {
- public:
-  // pool may be null (copies run on the calling thread).
-  explicit CpuRecall(ThreadPool* pool = nullptr) : pool_(pool) {}
-  void gather(std::span<const PageCopy> copies, size_t page_bytes) override;
-  void write_back(std::span<const PageCopy> copies, size_t page_bytes) override;
-
  private:
-  void copy(std::span<const PageCopy> copies, size_t page_bytes);
-  ThreadPool* pool_;
+  Backend& be_;
+  RecallStats stats_;
 };
 
 }  // namespace flashmem

@@ -7,15 +7,17 @@
 
 namespace flashmem {
 
-KvReserve::KvReserve(size_t page_bytes, int64_t n_slots) : page_bytes_(page_bytes), capacity_(n_slots) {
+KvReserve::KvReserve(Backend& be, size_t page_bytes, int64_t n_slots)
+    : be_(be), page_bytes_(page_bytes), capacity_(n_slots) {
   FM_CHECK(page_bytes > 0 && n_slots > 0, ErrorCode::kInvalidArgument,
            "the KV reserve needs a positive page size and slot count");
   const double bytes = static_cast<double>(page_bytes) * static_cast<double>(n_slots);
   FM_CHECK(bytes < 0.5 * static_cast<double>(SIZE_MAX), ErrorCode::kOutOfMemory, "KV reserve too large");
   try {
-    arena_.reset(new uint8_t[bytes_allocated()]);
-  } catch (const std::bad_alloc&) {
-    FM_FAIL(ErrorCode::kOutOfMemory, "cannot allocate a KV reserve of ", bytes / (1 << 20), " MiB");
+    arena_ = BackendBuffer(be, bytes_allocated());
+  } catch (const Error& e) {
+    FM_FAIL(ErrorCode::kOutOfMemory, "cannot allocate a KV reserve of ", bytes / (1 << 20),
+            " MiB on the ", be.name(), " backend: ", e.what());
   }
   free_.reserve(n_slots);
   for (int64_t s = n_slots - 1; s >= 0; --s) free_.push_back(s);
@@ -47,7 +49,7 @@ void KvReserve::release(int64_t id) {
   if (!c.live) return;
   for (int64_t s = 0; s < capacity_; ++s)
     if (owner_[s] == id) {
-      std::memset(slot(s), 0, page_bytes_);  // nothing of a finished request stays behind
+      be_.fill_zero(slot(s), page_bytes_);  // nothing of a finished request stays behind
       owner_[s] = -1;
       free_.push_back(s);
     }

@@ -7,8 +7,8 @@
 // live request uses are safe by construction, and eviction (LRU) happens only among a
 // request's own cached pages (see TieredKvStore).
 //
-// On the CPU backend the arena is a separate host allocation of exactly capacity × page_bytes,
-// so every byte the reserve saves is real.
+// The arena is one backend allocation of exactly capacity × page_bytes (device memory on CUDA,
+// a separate host allocation on the CPU backend), so every byte the reserve saves is real.
 #pragma once
 
 #include <cstddef>
@@ -16,20 +16,24 @@
 #include <memory>
 #include <vector>
 
+#include "ops/backend.h"
+
 namespace flashmem {
 
 class KvReserve {
  public:
   // Throws Error(kInvalidArgument) for zero sizes and Error(kOutOfMemory) when the arena
   // cannot be allocated.
-  KvReserve(size_t page_bytes, int64_t n_slots);
+  KvReserve(Backend& be, size_t page_bytes, int64_t n_slots);
   KvReserve(const KvReserve&) = delete;
   KvReserve& operator=(const KvReserve&) = delete;
 
   int64_t capacity() const { return capacity_; }
   size_t page_bytes() const { return page_bytes_; }
   size_t bytes_allocated() const { return static_cast<size_t>(capacity_) * page_bytes_; }
-  const uint8_t* arena() const { return arena_.get(); }
+  // Backend memory: readable by the caller only when backend().host_memory().
+  const uint8_t* arena() const { return arena_.as<uint8_t>(); }
+  Backend& backend() const { return be_; }
 
   // Admits a client that may hold up to `quota` slots. Throws Error(kOutOfMemory) naming the
   // shortfall when the unreserved capacity is smaller; nothing changes then.
@@ -42,7 +46,7 @@ class KvReserve {
   // Gives a slot back (it must belong to the client).
   void free(int64_t client, int64_t slot);
 
-  uint8_t* slot(int64_t s) { return arena_.get() + static_cast<size_t>(s) * page_bytes_; }
+  uint8_t* slot(int64_t s) { return arena_.as<uint8_t>() + static_cast<size_t>(s) * page_bytes_; }
   int64_t owner(int64_t s) const { return owner_[s]; }  // −1 when free
   int64_t held(int64_t client) const;
   int64_t quota(int64_t client) const;
@@ -57,9 +61,10 @@ class KvReserve {
   };
   const Client& client(int64_t id) const;
 
+  Backend& be_;
   size_t page_bytes_;
   int64_t capacity_;
-  std::unique_ptr<uint8_t[]> arena_;
+  BackendBuffer arena_;
   std::vector<int64_t> free_;
   std::vector<int64_t> owner_;
   std::vector<Client> clients_;

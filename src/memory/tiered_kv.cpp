@@ -11,8 +11,11 @@ namespace flashmem {
 
 TieredKvStore::TieredKvStore(const KvCacheConfig& c, int64_t budget_pages, KvReserve& reserve,
                              RecallEngine& recall)
-    : cfg_(c), budget_(budget_pages), reserve_(reserve), recall_(recall) {
+    : cfg_(c), budget_(budget_pages), reserve_(reserve), recall_(recall), be_(recall.backend()) {
   c.validate();
+  FM_CHECK(&reserve.backend() == &recall.backend(), ErrorCode::kInvalidArgument,
+           "the reserve and the recall engine must use the same backend");
+  layout_ = attention_params(1, 1.0f);
   FM_CHECK(budget_pages >= 2, ErrorCode::kInvalidArgument,
            "a KV budget needs at least 2 pages per layer (the open page and one more), got ",
            budget_pages);
@@ -48,8 +51,12 @@ TieredKvStore::TieredKvStore(const TieredKvStore& src, int64_t budget_pages, KvR
     const int32_t done = static_cast<int32_t>(completed_pages(l));
     if (done > 0) std::memcpy(mirror_ptr(l, 0), src.mirror_ptr(l, 0), static_cast<size_t>(done) * pb);
     if (done < static_cast<int32_t>(to.pages.size())) {  // the open page moves with the request
+      FM_CHECK(&src.be_ == &be_, ErrorCode::kInvalidArgument,
+               "a fork must use the backend of the store it forks");
       const int64_t slot = take_slot();
-      std::memcpy(reserve_.slot(slot), src.reserve_.slot(from.pages[done].slot), pb);
+      const PageCopy open_page{const_cast<TieredKvStore&>(src).reserve_.slot(from.pages[done].slot),
+                               reserve_.slot(slot)};
+      be_.copy_pages(CopyDir::kBackendToBackend, {&open_page, 1}, pb);
       to.pages[done] = PageState{slot, true, 0};
       ++open_slots_;
     }
@@ -186,8 +193,9 @@ void TieredKvStore::append(int layer, int64_t n, const float* k, const float* v)
     }
     const int32_t page = static_cast<int32_t>(L.pages.size()) - 1;
     const int64_t take = std::min<int64_t>(n - t, pt - slot_in_page);
-    write_page_tokens(cfg_, reserve_.slot(L.pages[page].slot), slot_in_page, take, k + t * row,
-                      v + t * row);
+    uint8_t* base = reserve_.slot(L.pages[page].slot);
+    be_.write_kv(layout_, base, base + cfg_.page_bytes() / 2, slot_in_page, take, k + t * row,
+                 v + t * row);
     t += take;
     L.tokens += take;
     if (slot_in_page + take == pt) complete_page(layer, page);
@@ -279,7 +287,14 @@ void TieredKvStore::attend(Backend& be, int layer, const AttentionParams& p, con
                            const int32_t* pos, int64_t m, float* out) {
   FM_ICHECK(layer >= 0 && layer < cfg_.n_layers, "layer ", layer, " out of range");
   if (!decode_mode_) return attend_streaming(be, layer, p, q, pos, m, out);
-  if (hook_) hook_->before_attend(*this, layer, p, q, pos, m);
+  // Hooks run on the host: on a device backend they get a host copy of the queries.
+  const float* hq = q;
+  if (hook_ && !be.host_memory()) {
+    host_q_.resize(static_cast<size_t>(m) * p.n_heads * p.head_dim);
+    be.download(host_q_.data(), q, host_q_.size() * sizeof(float));
+    hq = host_q_.data();
+  }
+  if (hook_) hook_->before_attend(*this, layer, p, hq, pos, m);
   Layer& L = layers_[layer];
   views_.clear();
   view_ids_.clear();
@@ -293,7 +308,24 @@ void TieredKvStore::attend(Backend& be, int layer, const AttentionParams& p, con
   for (int32_t pg : L.selected) add(pg);
   if (done < static_cast<int32_t>(L.pages.size())) add(done);  // the open page
   be.attention(p, q, pos, m, views_, out);
-  if (hook_) hook_->after_attend(*this, layer, p, q, pos, m, views_, view_ids_);
+  if (!hook_) return;
+  if (be.host_memory()) return hook_->after_attend(*this, layer, p, hq, pos, m, views_, view_ids_);
+  // Host views: completed pages from the mirror (written through, same bytes), the open page
+  // copied down.
+  host_views_.clear();
+  for (int32_t pg : view_ids_) {
+    const uint8_t* base;
+    if (pg < done) {
+      base = mirror_ptr(layer, pg);
+    } else {
+      host_open_.resize(cfg_.page_bytes());
+      be.download(host_open_.data(), reserve_.slot(L.pages[pg].slot), cfg_.page_bytes());
+      base = host_open_.data();
+    }
+    const KvPageRef v = page_view(layer, pg);
+    host_views_.push_back(KvPageRef{base, base + cfg_.page_bytes() / 2, v.pos0, v.n_tokens});
+  }
+  hook_->after_attend(*this, layer, p, hq, pos, m, host_views_, view_ids_);
 }
 
 void TieredKvStore::attend_streaming(Backend& be, int layer, const AttentionParams& p,
@@ -315,14 +347,16 @@ void TieredKvStore::attend_streaming(Backend& be, int layer, const AttentionPara
     return;
   }
   const int64_t rows = m * p.n_heads;
-  lse_.resize(rows);
-  lse2_.resize(rows);
-  out2_.resize(static_cast<size_t>(rows) * p.head_dim);
+  if (lse_.bytes() < rows * sizeof(float)) {
+    lse_ = BackendBuffer(be, rows * sizeof(float));
+    lse2_ = BackendBuffer(be, rows * sizeof(float));
+    out2_ = BackendBuffer(be, rows * p.head_dim * sizeof(float));
+  }
+  // (out, lse) hold the partial result once `have` is set; each later part is merged into it.
+  bool have = false;
   if (!views_.empty()) {
-    be.attention(p, q, pos, m, views_, out, lse_.data());
-  } else {
-    std::fill_n(out, rows * p.head_dim, 0.0f);
-    std::fill(lse_.begin(), lse_.end(), -INFINITY);
+    be.attention(p, q, pos, m, views_, out, lse_.as<float>());
+    have = true;
   }
   // Pass 2: the rest through the reserve, a window at a time. The window is bounded by the
   // budget (the open page stays pinned), so the device never holds more than the budget.
@@ -341,8 +375,14 @@ void TieredKvStore::attend_streaming(Backend& be, int layer, const AttentionPara
     note_peak();
     views_.clear();
     for (size_t i = w0; i < w1; ++i) views_.push_back(view_of(missing[i]));
-    be.attention(p, q, pos, m, views_, out2_.data(), lse2_.data());
-    be.merge_attention(rows, p.head_dim, out, lse_.data(), out2_.data(), lse2_.data());
+    if (!have) {
+      be.attention(p, q, pos, m, views_, out, lse_.as<float>());
+      have = true;
+    } else {
+      be.attention(p, q, pos, m, views_, out2_.as<float>(), lse2_.as<float>());
+      be.merge_attention(rows, p.head_dim, out, lse_.as<float>(), out2_.as<float>(),
+                         lse2_.as<float>());
+    }
     for (size_t i = w0; i < w1; ++i) unpin(layer, missing[i]);
   }
 }

@@ -65,7 +65,8 @@ class AttendHook {
 
 class TieredKvStore final : public KvStore {
  public:
-  // budget_pages: device pages per layer (open page included), ≥ 2. Throws
+  // budget_pages: device pages per layer (open page included), ≥ 2. The reserve and the recall
+  // engine share the backend the model computes on. Throws
   // Error(kInvalidArgument) for a bad configuration and Error(kOutOfMemory) when the reserve
   // cannot admit budget_pages × n_layers slots or the mirror cannot be allocated.
   TieredKvStore(const KvCacheConfig& c, int64_t budget_pages, KvReserve& reserve,
@@ -154,6 +155,8 @@ class TieredKvStore final : public KvStore {
   int64_t budget_;
   KvReserve& reserve_;
   RecallEngine& recall_;
+  Backend& be_;
+  AttentionParams layout_;  // the page layout, for write_kv
   int64_t client_ = -1;
   int64_t max_pages_;  // per layer
   std::unique_ptr<uint8_t[]> mirror_;
@@ -172,7 +175,11 @@ class TieredKvStore final : public KvStore {
   // Scratch for attention.
   std::vector<KvPageRef> views_;
   std::vector<int32_t> view_ids_;
-  std::vector<float> out2_, lse_, lse2_;
+  BackendBuffer out2_, lse_, lse2_;
+  // Host copies for hooks on a device backend.
+  std::vector<float> host_q_;
+  std::vector<uint8_t> host_open_;
+  std::vector<KvPageRef> host_views_;
 };
 
 }  // namespace flashmem

@@ -52,10 +52,15 @@ class LlamaModel final : public Model {
  public:
   LlamaModel(const GgufFile& f, Backend& be, ModelInfo info) : be_(be), info_(std::move(info)) {
     const int d = info_.d_model, hd = info_.head_dim;
-    tok_embd_ = get_matrix(f, "token_embd.weight", d, info_.n_vocab);
-    output_norm_ = get_vector(f, "output_norm.weight", d);
+    // Every weight goes through the backend once (CUDA uploads it; the CPU keeps the file's).
+    auto matrix = [&](const std::string& name, int64_t cols, int64_t rows) {
+      return be_.prepare(get_matrix(f, name, cols, rows));
+    };
+    auto vec = [&](const std::string& name, int64_t n) { return be_.prepare(get_vector(f, name, n), n); };
+    tok_embd_ = matrix("token_embd.weight", d, info_.n_vocab);
+    output_norm_ = vec("output_norm.weight", d);
     if (f.find_tensor("output.weight")) {
-      output_ = get_matrix(f, "output.weight", d, info_.n_vocab);
+      output_ = matrix("output.weight", d, info_.n_vocab);
     } else {
       output_ = tok_embd_;
       info_.tied_embeddings = true;
@@ -64,15 +69,15 @@ class LlamaModel final : public Model {
     for (int l = 0; l < info_.n_layers; ++l) {
       const std::string p = "blk." + std::to_string(l) + ".";
       LayerWeights& w = layers_[l];
-      w.attn_norm = get_vector(f, p + "attn_norm.weight", d);
-      w.wq = get_matrix(f, p + "attn_q.weight", d, int64_t{info_.n_heads} * hd);
-      w.wk = get_matrix(f, p + "attn_k.weight", d, int64_t{info_.n_kv_heads} * hd);
-      w.wv = get_matrix(f, p + "attn_v.weight", d, int64_t{info_.n_kv_heads} * hd);
-      w.wo = get_matrix(f, p + "attn_output.weight", int64_t{info_.n_heads} * hd, d);
-      w.ffn_norm = get_vector(f, p + "ffn_norm.weight", d);
-      w.w_gate = get_matrix(f, p + "ffn_gate.weight", d, info_.n_ff);
-      w.w_up = get_matrix(f, p + "ffn_up.weight", d, info_.n_ff);
-      w.w_down = get_matrix(f, p + "ffn_down.weight", info_.n_ff, d);
+      w.attn_norm = vec(p + "attn_norm.weight", d);
+      w.wq = matrix(p + "attn_q.weight", d, int64_t{info_.n_heads} * hd);
+      w.wk = matrix(p + "attn_k.weight", d, int64_t{info_.n_kv_heads} * hd);
+      w.wv = matrix(p + "attn_v.weight", d, int64_t{info_.n_kv_heads} * hd);
+      w.wo = matrix(p + "attn_output.weight", int64_t{info_.n_heads} * hd, d);
+      w.ffn_norm = vec(p + "ffn_norm.weight", d);
+      w.w_gate = matrix(p + "ffn_gate.weight", d, info_.n_ff);
+      w.w_up = matrix(p + "ffn_up.weight", d, info_.n_ff);
+      w.w_down = matrix(p + "ffn_down.weight", info_.n_ff, d);
     }
   }
 
@@ -102,60 +107,81 @@ class LlamaModel final : public Model {
     ensure_scratch(m);
     for (int64_t i = 0; i < m; ++i) pos_[i] = static_cast<int32_t>(pos0 + i);
 
-    be_.get_rows(tok_embd_, tokens.data(), m, x_.data());
+    be_.get_rows(tok_embd_, tokens.data(), m, x_f());
     const AttentionParams ap = kv.attention_params(info_.n_heads, 1.0f / std::sqrt(float(hd)));
     for (int l = 0; l < info_.n_layers; ++l) {
       const LayerWeights& w = layers_[l];
       // Attention block.
-      be_.rms_norm(x_.data(), w.attn_norm, m, d, info_.rms_eps, xn_.data());
+      be_.rms_norm(x_f(), w.attn_norm, m, d, info_.rms_eps, xn_f());
       {
         const WeightMatrix* ws[3] = {&w.wq, &w.wk, &w.wv};
-        float* ys[3] = {q_.data(), k_.data(), v_.data()};
-        be_.matmul_n(ws, xn_.data(), m, ys);
+        float* ys[3] = {q_f(), k_f(), v_f()};
+        be_.matmul_n(ws, xn_f(), m, ys);
       }
-      be_.rope(q_.data(), m, info_.n_heads, hd, pos_.data(), info_.rope);
-      be_.rope(k_.data(), m, info_.n_kv_heads, hd, pos_.data(), info_.rope);
-      kv.append(l, m, k_.data(), v_.data());
-      kv.attend(be_, l, ap, q_.data(), pos_.data(), m, attn_.data());
-      be_.matmul(w.wo, attn_.data(), m, tmp_.data());
-      be_.add(x_.data(), tmp_.data(), m * d);
+      be_.rope(q_f(), m, info_.n_heads, hd, pos_.data(), info_.rope);
+      be_.rope(k_f(), m, info_.n_kv_heads, hd, pos_.data(), info_.rope);
+      kv.append(l, m, k_f(), v_f());
+      kv.attend(be_, l, ap, q_f(), pos_.data(), m, attn_f());
+      be_.matmul(w.wo, attn_f(), m, tmp_f());
+      be_.add(x_f(), tmp_f(), m * d);
       // MLP block (SwiGLU).
-      be_.rms_norm(x_.data(), w.ffn_norm, m, d, info_.rms_eps, xn_.data());
+      be_.rms_norm(x_f(), w.ffn_norm, m, d, info_.rms_eps, xn_f());
       {
         const WeightMatrix* ws[2] = {&w.w_gate, &w.w_up};
-        float* ys[2] = {gate_.data(), up_.data()};
-        be_.matmul_n(ws, xn_.data(), m, ys);
+        float* ys[2] = {gate_f(), up_f()};
+        be_.matmul_n(ws, xn_f(), m, ys);
       }
-      be_.swiglu(gate_.data(), up_.data(), m * info_.n_ff, gate_.data());
-      be_.matmul(w.w_down, gate_.data(), m, tmp_.data());
-      be_.add(x_.data(), tmp_.data(), m * d);
+      be_.swiglu(gate_f(), up_f(), m * info_.n_ff, gate_f());
+      be_.matmul(w.w_down, gate_f(), m, tmp_f());
+      be_.add(x_f(), tmp_f(), m * d);
     }
+    // Logits go to host memory: computed in place on the CPU, downloaded from a device.
+    const int64_t nv = info_.n_vocab;
     if (all_logits) {
-      be_.rms_norm(x_.data(), output_norm_, m, d, info_.rms_eps, xn_.data());
-      be_.matmul(output_, xn_.data(), m, all_logits);
-      if (logits_last)
-        std::copy_n(all_logits + (m - 1) * info_.n_vocab, info_.n_vocab, logits_last);
+      be_.rms_norm(x_f(), output_norm_, m, d, info_.rms_eps, xn_f());
+      float* dst = be_.host_memory() ? all_logits : logits_buffer(m);
+      be_.matmul(output_, xn_f(), m, dst);
+      if (!be_.host_memory()) be_.download(all_logits, dst, m * nv * sizeof(float));
+      if (logits_last) std::copy_n(all_logits + (m - 1) * nv, nv, logits_last);
     } else if (logits_last) {
-      const float* xl = x_.data() + (m - 1) * d;
-      be_.rms_norm(xl, output_norm_, 1, d, info_.rms_eps, xn_.data());
-      be_.matmul(output_, xn_.data(), 1, logits_last);
+      const float* xl = x_f() + (m - 1) * d;
+      be_.rms_norm(xl, output_norm_, 1, d, info_.rms_eps, xn_f());
+      float* dst = be_.host_memory() ? logits_last : logits_buffer(1);
+      be_.matmul(output_, xn_f(), 1, dst);
+      if (!be_.host_memory()) be_.download(logits_last, dst, nv * sizeof(float));
     }
   }
 
   void ensure_scratch(int64_t m) {
     if (static_cast<int64_t>(pos_.size()) >= m) return;
     const int64_t d = info_.d_model, hd = info_.head_dim;
+    auto floats = [&](int64_t n) { return BackendBuffer(be_, static_cast<size_t>(n) * sizeof(float)); };
     pos_.resize(m);
-    x_.resize(m * d);
-    xn_.resize(m * d);
-    tmp_.resize(m * d);
-    q_.resize(m * info_.n_heads * hd);
-    attn_.resize(m * info_.n_heads * hd);
-    k_.resize(m * info_.n_kv_heads * hd);
-    v_.resize(m * info_.n_kv_heads * hd);
-    gate_.resize(m * info_.n_ff);
-    up_.resize(m * info_.n_ff);
+    x_ = floats(m * d);
+    xn_ = floats(m * d);
+    tmp_ = floats(m * d);
+    q_ = floats(m * info_.n_heads * hd);
+    attn_ = floats(m * info_.n_heads * hd);
+    k_ = floats(m * info_.n_kv_heads * hd);
+    v_ = floats(m * info_.n_kv_heads * hd);
+    gate_ = floats(m * info_.n_ff);
+    up_ = floats(m * info_.n_ff);
   }
+
+  float* logits_buffer(int64_t m) {
+    const size_t bytes = static_cast<size_t>(m) * info_.n_vocab * sizeof(float);
+    if (logits_.bytes() < bytes) logits_ = BackendBuffer(be_, bytes);
+    return logits_.as<float>();
+  }
+  float* x_f() { return x_.as<float>(); }
+  float* xn_f() { return xn_.as<float>(); }
+  float* tmp_f() { return tmp_.as<float>(); }
+  float* q_f() { return q_.as<float>(); }
+  float* attn_f() { return attn_.as<float>(); }
+  float* k_f() { return k_.as<float>(); }
+  float* v_f() { return v_.as<float>(); }
+  float* gate_f() { return gate_.as<float>(); }
+  float* up_f() { return up_.as<float>(); }
 
   Backend& be_;
   ModelInfo info_;
@@ -163,9 +189,10 @@ class LlamaModel final : public Model {
   WeightMatrix output_;     // (n_vocab, d_model); == tok_embd_ when tied
   const float* output_norm_ = nullptr;
   std::vector<LayerWeights> layers_;
-  // Activation scratch, sized for the largest micro-batch seen.
+  // Activation scratch in backend memory, sized for the largest micro-batch seen; positions
+  // are host memory.
   std::vector<int32_t> pos_;
-  std::vector<float> x_, xn_, tmp_, q_, attn_, k_, v_, gate_, up_;
+  BackendBuffer x_, xn_, tmp_, q_, attn_, k_, v_, gate_, up_, logits_;
 };
 
 int read_count(const GgufFile& f, const std::string& key, int lo, int hi) {

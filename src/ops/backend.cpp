@@ -1,8 +1,38 @@
 #include "ops/backend.h"
 
+#include "core/error.h"
+#include "core/thread_pool.h"
+#include "ops/cpu/cpu_backend.h"
+#ifdef FLASHMEM_HAVE_CUDA
+#include "ops/cuda/cuda_backend.h"
+#endif
+
 namespace flashmem {
 
 const char* kv_type_name(KvType t) { return t == KvType::kF16 ? "f16" : "f32"; }
 size_t kv_type_bytes(KvType t) { return t == KvType::kF16 ? 2 : 4; }
+
+bool cuda_compiled() {
+#ifdef FLASHMEM_HAVE_CUDA
+  return true;
+#else
+  return false;
+#endif
+}
+
+std::unique_ptr<Backend> make_backend(const std::string& name, int n_threads) {
+  if (name == "cpu")
+    return std::make_unique<CpuBackend>(n_threads > 0 ? n_threads : ThreadPool::default_threads());
+  if (name == "cuda") {
+#ifdef FLASHMEM_HAVE_CUDA
+    return std::make_unique<CudaBackend>();
+#else
+    FM_FAIL(ErrorCode::kUnsupported,
+            "this flashmem was built without CUDA (configure with -DFLASHMEM_CUDA=ON where nvcc is "
+            "installed)");
+#endif
+  }
+  FM_FAIL(ErrorCode::kInvalidArgument, "unknown backend '", name, "' (cpu or cuda)");
+}
 
 }  // namespace flashmem

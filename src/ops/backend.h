@@ -1,13 +1,19 @@
 // flashmem/ops/backend.h — the compute interface the models are written against.
 //
-// The backend is chosen once (CPU now, CUDA later) and the model graph calls these ops;
-// every backend must match the CPU one, which is the reference. Activations are f32,
-// row-major, [m tokens × n features]. Weights stay in their file type (GGUF quant blocks)
-// and are dequantised on the fly.
+// The backend is chosen once (CPU or CUDA) and the model graph calls these ops; every backend
+// must match the CPU one, which is the reference. Activations are f32, row-major,
+// [m tokens × n features].
+//
+// Memory: every float/KV pointer an op takes is *backend memory* — host memory on the CPU
+// backend, device memory on CUDA — obtained from alloc() (or a BackendBuffer). Token ids and
+// positions are host arrays (a backend uploads them). Weights come from the model file and go
+// through prepare() once: the CPU keeps them in their file type (GGUF quant blocks, dequantised
+// on the fly); CUDA uploads them.
 #pragma once
 
 #include <cstddef>
 #include <cstdint>
+#include <memory>
 #include <span>
 #include <string>
 
@@ -41,7 +47,7 @@ inline float kv_load(const void* base, KvType t, int64_t at) {
 //   K is dim-major:   k[g·head_stride + c·page_tokens + j]   (dim c of token j)
 //   V is token-major: v[g·head_stride + j·head_dim + c]
 // Dim-major K lets decode score 16 keys with one FMA per dim, with no reduction per key.
-struct KvPageRef {
+struct KvPageRef {  // pointers into backend memory
   const void* k = nullptr;
   const void* v = nullptr;
   int32_t pos0 = 0;
@@ -65,10 +71,43 @@ struct RopeParams {
   bool neox = false;        // false: rotate adjacent pairs (GGUF llama); true: halves (NeoX)
 };
 
+// One page-sized copy of a batch (memory tiers: recall, write-through, forks).
+struct PageCopy {
+  const uint8_t* src = nullptr;
+  uint8_t* dst = nullptr;
+};
+
+enum class CopyDir { kHostToBackend, kBackendToHost, kBackendToBackend };
+
 class Backend {
  public:
   virtual ~Backend() = default;
   virtual const char* name() const = 0;
+
+  // ---- memory -----------------------------------------------------------------------------
+  // True when backend memory is host memory (the CPU backend): callers may then read it.
+  virtual bool host_memory() const = 0;
+  // `bytes` of backend memory, 256-byte aligned, uninitialised. Throws Error(kOutOfMemory).
+  virtual void* alloc(size_t bytes) = 0;
+  virtual void dealloc(void* p) noexcept = 0;
+  virtual void upload(void* dst, const void* host_src, size_t bytes) = 0;
+  // Returns when the bytes are in host_dst (after every op issued before it).
+  virtual void download(void* host_dst, const void* src, size_t bytes) = 0;
+  virtual void fill_zero(void* p, size_t bytes) = 0;
+  // Copies `bytes` from each src to its dst as one batch (host pages are ordinary host
+  // memory); returns when done.
+  virtual void copy_pages(CopyDir dir, std::span<const PageCopy> copies, size_t bytes) = 0;
+  // Waits for every op issued so far (timing).
+  virtual void synchronize() {}
+
+  // ---- weights ----------------------------------------------------------------------------
+  // The form of a model-file weight the ops compute with (the backend owns any copy it makes,
+  // for its lifetime). Throws Error(kUnsupported) for a type it cannot use.
+  virtual WeightMatrix prepare(const WeightMatrix& w) { return w; }
+  // The same for an f32 vector of n values (norm weights).
+  virtual const float* prepare(const float* v, int64_t n) { return v; }
+
+  // ---- ops --------------------------------------------------------------------------------
 
   // y[m × w.rows] = x[m × w.cols] · wᵀ
   virtual void matmul(const WeightMatrix& w, const float* x, int64_t m, float* y) = 0;
@@ -100,6 +139,54 @@ class Backend {
   // (out, lse) ← the combination of (out, lse) and (out2, lse2) over `rows` rows of head_dim.
   virtual void merge_attention(int64_t rows, int head_dim, float* out, float* lse,
                                const float* out2, const float* lse2) = 0;
+  // Writes tokens [0, n) of k/v ([n × n_kv_heads × head_dim] f32) into token slots
+  // slot0 … slot0 + n − 1 of one page (k_page/v_page as KvPageRef lays them out), converting to
+  // p.kv_type. The caller guarantees slot0 + n ≤ p.page_tokens.
+  virtual void write_kv(const AttentionParams& p, void* k_page, void* v_page, int slot0,
+                        int64_t n, const float* k, const float* v) = 0;
 };
+
+// An owned allocation of backend memory (move-only).
+class BackendBuffer {
+ public:
+  BackendBuffer() = default;
+  BackendBuffer(Backend& be, size_t bytes) : be_(&be), p_(bytes ? be.alloc(bytes) : nullptr), n_(bytes) {}
+  BackendBuffer(BackendBuffer&& o) noexcept : be_(o.be_), p_(o.p_), n_(o.n_) { o.p_ = nullptr; o.n_ = 0; }
+  BackendBuffer& operator=(BackendBuffer&& o) noexcept {
+    if (this != &o) {
+      reset();
+      be_ = o.be_;
+      p_ = o.p_;
+      n_ = o.n_;
+      o.p_ = nullptr;
+      o.n_ = 0;
+    }
+    return *this;
+  }
+  BackendBuffer(const BackendBuffer&) = delete;
+  BackendBuffer& operator=(const BackendBuffer&) = delete;
+  ~BackendBuffer() { reset(); }
+
+  void reset() noexcept {
+    if (p_) be_->dealloc(p_);
+    p_ = nullptr;
+    n_ = 0;
+  }
+  void* get() const { return p_; }
+  template <typename T>
+  T* as() const { return static_cast<T*>(p_); }
+  size_t bytes() const { return n_; }
+
+ private:
+  Backend* be_ = nullptr;
+  void* p_ = nullptr;
+  size_t n_ = 0;
+};
+
+// "cpu" (n_threads workers; 0 = ThreadPool::default_threads()) or "cuda" (the first visible
+// GPU). Throws Error(kInvalidArgument) for an unknown name and Error(kUnsupported) for "cuda"
+// in a build without CUDA or on a machine where no GPU can be used.
+bool cuda_compiled();
+std::unique_ptr<Backend> make_backend(const std::string& name, int n_threads);
 
 }  // namespace flashmem

@@ -80,8 +80,8 @@ TEST(LsaModel, FullBudgetIsBitIdenticalToTheFullPathAt2KOver64Steps) {
     o.policy = policy;
     const int64_t final_tokens = static_cast<int64_t>(prompt.size()) + kSteps;
     const int64_t pages = resolve_budget_pages(o, kc, final_tokens);
-    KvReserve reserve(kc.page_bytes(), pages * kc.n_layers);
-    CpuRecall recall;
+    KvReserve reserve(eng.backend(), kc.page_bytes(), pages * kc.n_layers);
+    RecallEngine recall(eng.backend());
     TieredKvStore kv(kc, pages, reserve, recall);
     o.cycle = 16;  // four selections over the 64 steps
     Residency res(kv, make_policy(policy, kc, 7), o);
@@ -118,8 +118,8 @@ TEST(LsaModel, StreamedPrefillUnderATenPercentBudgetMatchesFullAttention) {
   o.cycle = 1;  // so that 3 pages per layer meet the minimum (sink + tail + 1 per cycle)
   const int64_t p2 = resolve_budget_pages(o, kc, static_cast<int64_t>(prompt.size()) + 1);
   ASSERT_EQ(p2, 3);  // ⌊0.1 · 33⌋: the 2.1K-token prompt streams through 3 pages per layer
-  KvReserve reserve(kc.page_bytes(), p2 * kc.n_layers);
-  CpuRecall recall;
+  KvReserve reserve(eng.backend(), kc.page_bytes(), p2 * kc.n_layers);
+  RecallEngine recall(eng.backend());
   TieredKvStore kv(kc, p2, reserve, recall);
   eng.model().forward(prompt, kv, got.data());
   ASSERT_TRUE(test::all_finite(got.data(), nv));

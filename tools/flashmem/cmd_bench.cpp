@@ -21,6 +21,7 @@ CLI::App* add_bench_command(CLI::App& app, BenchArgs& a) {
   c->add_option("-n,--n-gen", a.n_gen, "Decode steps timed at each depth")->check(CLI::Range(1, 1 << 20));
   c->add_option("-r,--reps", a.reps, "Repetitions")->check(CLI::Range(1, 100));
   c->add_option("-t,--threads", a.threads, "CPU threads (0: all cores)")->check(CLI::Range(0, 1024));
+  add_backend_option(c, a.backend);
   c->add_option("--kv-type", a.kv_type, "KV cache precision")->check(CLI::IsMember({"f16", "f32"}));
   return c;
 }
@@ -39,20 +40,35 @@ Stat stat(const std::vector<double>& v) {
 double now_s() {
   return std::chrono::duration<double>(std::chrono::steady_clock::now().time_since_epoch()).count();
 }
+// The whole context resident on the backend (the full-KV path every backend runs).
+struct FullKv {
+  explicit FullKv(Engine& e)
+      : cfg(e.kv_config()),
+        pages((cfg.max_tokens + cfg.page_tokens - 1) / cfg.page_tokens),
+        reserve(e.backend(), cfg.page_bytes(), pages * cfg.n_layers),
+        recall(e.backend()),
+        kv(cfg, pages, reserve, recall) {}
+  KvCacheConfig cfg;
+  int64_t pages;
+  KvReserve reserve;
+  RecallEngine recall;
+  TieredKvStore kv;
+};
 }  // namespace
 
 int bench_command(const BenchArgs& a) {
   EngineOptions eo;
   eo.model_path = a.model;
   eo.n_threads = a.threads;
+  eo.backend = a.backend;
   eo.kv_type = a.kv_type == "f32" ? KvType::kF32 : KvType::kF16;
   auto eng = Engine::load(eo);
   const ModelInfo& mi = eng->info();
   std::mt19937 rng(1);
   std::uniform_int_distribution<int32_t> tok(100, mi.n_vocab - 1);
   std::vector<float> logits(mi.n_vocab);
-  const int threads = static_cast<CpuBackend&>(eng->backend()).pool().size();
-  std::printf("| model | kv | threads | test | tok/s |\n|---|---|---|---|---|\n");
+  const std::string where = backend_label(*eng);
+  std::printf("| model | kv | backend | test | tok/s |\n|---|---|---|---|---|\n");
   for (int64_t p : a.prefill) {
     FM_CHECK(p >= 1 && p <= eng->n_ctx(), ErrorCode::kInvalidArgument, "prefill length ", p,
              " outside [1, ", eng->n_ctx(), "]");
@@ -60,14 +76,15 @@ int bench_command(const BenchArgs& a) {
     for (int r = 0; r < a.reps; ++r) {
       std::vector<int32_t> toks(p);
       for (auto& t : toks) t = tok(rng);
-      PagedKvCache kv = eng->new_cache();
+      FullKv full(*eng);
+      TieredKvStore& kv = full.kv;
       const double t0 = now_s();
       eng->model().forward(toks, kv, logits.data());
       rates.push_back(static_cast<double>(p) / (now_s() - t0));
     }
     const Stat s = stat(rates);
-    std::printf("| %s | %s | %d | pp%lld | %.2f ± %.2f |\n", mi.name.c_str(), a.kv_type.c_str(),
-                threads, static_cast<long long>(p), s.mean, s.sd);
+    std::printf("| %s | %s | %s | pp%lld | %.2f ± %.2f |\n", mi.name.c_str(), a.kv_type.c_str(),
+                where.c_str(), static_cast<long long>(p), s.mean, s.sd);
     std::fflush(stdout);
   }
   for (int64_t d : a.depth) {
@@ -75,7 +92,8 @@ int bench_command(const BenchArgs& a) {
              " + ", a.n_gen, " exceeds the context ", eng->n_ctx());
     std::vector<double> rates;
     for (int r = 0; r < a.reps; ++r) {
-      PagedKvCache kv = eng->new_cache();
+      FullKv full(*eng);
+      TieredKvStore& kv = full.kv;
       if (d > 0) {
         std::vector<int32_t> toks(d);
         for (auto& t : toks) t = tok(rng);
@@ -90,8 +108,8 @@ int bench_command(const BenchArgs& a) {
       rates.push_back(a.n_gen / (now_s() - t0));
     }
     const Stat s = stat(rates);
-    std::printf("| %s | %s | %d | tg%d @ d%lld | %.2f ± %.2f |\n", mi.name.c_str(), a.kv_type.c_str(),
-                threads, a.n_gen, static_cast<long long>(d), s.mean, s.sd);
+    std::printf("| %s | %s | %s | tg%d @ d%lld | %.2f ± %.2f |\n", mi.name.c_str(), a.kv_type.c_str(),
+                where.c_str(), a.n_gen, static_cast<long long>(d), s.mean, s.sd);
     std::fflush(stdout);
   }
   return 0;

@@ -42,7 +42,11 @@ CLI::App* add_eval_command(CLI::App& app, EvalArgs& a) {
   c->add_option("--max-length", a.max_length, "Context limit for LongBench-v2/LongMemEval prompts (middle-truncated)");
   c->add_option("--out", a.out, "Results directory (results.jsonl, summary.md, plot.png)");
   c->add_option("-t,--threads", a.threads, "CPU threads (0: all cores)")->check(CLI::Range(0, 1024));
+  add_backend_option(c, a.backend);
   c->add_option("--compare", a.compare, "Render result directories side by side instead of running");
+  c->add_option("--summarize", a.summarize,
+                "Rewrite DIR's summary.md/json and plot from its results.jsonl (no model needed; "
+                "e.g. after concatenating the results of runs split by task)");
   c->add_option("--plot", a.plot, "PNG of accuracy vs device KV footprint (default: OUT/plot.png)");
   return c;
 }
@@ -80,8 +84,29 @@ int compare_command(const EvalArgs& a) {
 
 }  // namespace
 
+// Summary and plot of a results directory, as a run writes them at its end.
+void write_outputs(const std::string& dir, const std::vector<eval::EvalRecord>& records,
+                   const std::string& plot_path) {
+  const eval::Summary summary = eval::summarize(records);
+  eval::write_summary(dir, summary);
+  std::fputs(eval::render_summary_markdown(summary).c_str(), stdout);
+  const std::string plot = plot_path.empty() ? dir + "/plot.png" : plot_path;
+  try {
+    eval::write_plot(summary, plot);
+    std::fprintf(stderr, "[flashmem] summary in %s/summary.md, plot %s\n", dir.c_str(), plot.c_str());
+  } catch (const Error& e) {
+    std::fprintf(stderr, "[flashmem] summary in %s/summary.md; no plot: %s\n", dir.c_str(), e.what());
+  }
+}
+
 int eval_command(const EvalArgs& a) {
   if (!a.compare.empty()) return compare_command(a);
+  if (!a.summarize.empty()) {
+    const auto records = eval::load_results(a.summarize);
+    FM_CHECK(!records.empty(), ErrorCode::kInvalidArgument, "no results in ", a.summarize);
+    write_outputs(a.summarize, records, a.plot);
+    return 0;
+  }
   FM_CHECK(!a.model.empty(), ErrorCode::kInvalidArgument, "eval needs --model (or --compare DIR...)");
   FM_CHECK(!a.out.empty(), ErrorCode::kInvalidArgument, "eval needs --out DIR for its results");
 
@@ -103,6 +128,7 @@ int eval_command(const EvalArgs& a) {
   EngineOptions eo;
   eo.model_path = a.model;
   eo.n_threads = a.threads;
+  eo.backend = a.backend;
   auto probe = Engine::load(eo);  // for the trained context and the tokenizer
   const int64_t n_ctx_train = probe->info().n_ctx_train;
   int64_t need_ctx = 0;
@@ -115,6 +141,7 @@ int eval_command(const EvalArgs& a) {
   probe.reset();
   eo.n_ctx = need_ctx;
   auto eng = Engine::load(eo);
+  const std::string where = backend_label(*eng);
 
   SuiteRequest req;
   req.suite = a.suite;
@@ -172,22 +199,13 @@ int eval_command(const EvalArgs& a) {
       rec.synthetic_substitute = item.synthetic_substitute;
       rec.extra = {{"budget_pages", g.kv.budget_pages}, {"stop_reason", g.stop_reason},
                    {"recalled_pages", g.kv.recall.pages}, {"cycles", g.kv.cycles},
-                   {"prefill_shared", todo.size() > 1}};
+                   {"prefill_shared", todo.size() > 1}, {"backend", where}};
       writer.append(rec);
       progress.tick(1, item.task + " " + std::to_string(item.length) + " " + r->policy + " " + r->budget);
     }
   }
   progress.finish();
-  const eval::Summary summary = eval::summarize(writer.records());
-  eval::write_summary(a.out, summary);
-  std::fputs(eval::render_summary_markdown(summary).c_str(), stdout);
-  const std::string plot = a.plot.empty() ? a.out + "/plot.png" : a.plot;
-  try {
-    eval::write_plot(summary, plot);
-    std::fprintf(stderr, "[flashmem] summary in %s/summary.md, plot %s\n", a.out.c_str(), plot.c_str());
-  } catch (const Error& e) {
-    std::fprintf(stderr, "[flashmem] summary in %s/summary.md; no plot: %s\n", a.out.c_str(), e.what());
-  }
+  write_outputs(a.out, writer.records(), a.plot);
   return 0;
 }
 

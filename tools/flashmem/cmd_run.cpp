@@ -25,6 +25,7 @@ CLI::App* add_run_command(CLI::App& app, RunArgs& a) {
   c->add_option("--top-p", a.top_p, "Nucleus sampling mass in (0, 1]")->check(CLI::Range(1e-6f, 1.0f));
   c->add_option("--seed", a.seed, "Random seed for sampling");
   c->add_option("-t,--threads", a.threads, "CPU threads (0: all cores)")->check(CLI::Range(0, 1024));
+  add_backend_option(c, a.backend);
   c->add_option("--kv-type", a.kv_type, "KV cache precision")->check(CLI::IsMember({"f16", "f32"}));
   c->add_option("--page-tokens", a.page_tokens, "Tokens per KV page")->check(CLI::Range(1, 4096));
   c->add_option("--report-json", a.report_json, "Also write the run report as JSON to this file");
@@ -65,6 +66,7 @@ int run_command(const RunArgs& a) {
   EngineOptions eo;
   eo.model_path = a.model;
   eo.n_threads = a.threads;
+  eo.backend = a.backend;
   eo.n_ctx = a.n_ctx;
   eo.kv_type = a.kv_type == "f32" ? KvType::kF32 : KvType::kF16;
   eo.page_tokens = a.page_tokens;
@@ -122,10 +124,9 @@ int run_command(const RunArgs& a) {
   const KvReport& kv = r.kv;
   std::fprintf(stderr,
                "\n[flashmem] prompt %lld tok, generated %zu tok (%s) | prefill %.1f tok/s, "
-               "decode %.1f tok/s | %d threads\n",
+               "decode %.1f tok/s | %s\n",
                static_cast<long long>(r.n_prompt), r.tokens.size(), r.stop_reason.c_str(), pf, dc,
-               eng->backend().name() == std::string("cpu")
-                   ? static_cast<CpuBackend&>(eng->backend()).pool().size() : 0);
+               backend_label(*eng).c_str());
   std::fprintf(stderr,
                "[flashmem] KV %s %s: device peak %s, mean %s; full-KV need %s (%zu B/token, %s, "
                "page %d tok); host mirror %s\n",

@@ -10,6 +10,7 @@
 #include <vector>
 
 namespace flashmem {
+class Engine;
 struct KvReport;
 struct ResidencyOptions;
 }  // namespace flashmem
@@ -33,6 +34,11 @@ void print_kv_report(std::FILE* out, const KvReport& r);
 // The same, machine-readable (bytes, by category, final and peak).
 nlohmann::json kv_report_json(const KvReport& r);
 
+// --backend cpu|cuda, shared by run, eval and bench.
+void add_backend_option(CLI::App* c, std::string& backend);
+// What computes: "cpu, 16 threads" or "cuda, NVIDIA H100 80GB HBM3".
+std::string backend_label(Engine& e);
+
 struct RunArgs {
   std::string model;
   std::string prompt;
@@ -45,6 +51,7 @@ struct RunArgs {
   int top_k = 0;
   float top_p = 1.0f;
   uint64_t seed = 0;
+  std::string backend = "cpu";
   int threads = 0;
   std::string kv_type = "f16";
   int page_tokens = 64;
@@ -69,8 +76,10 @@ struct EvalArgs {
   std::string data;
   int64_t max_length = 0;
   std::string out;
+  std::string backend = "cpu";
   int threads = 0;
   std::vector<std::string> compare;
+  std::string summarize;
   std::string plot;
 };
 
@@ -85,6 +94,7 @@ struct BenchArgs {
   std::vector<int64_t> depth{0};
   int n_gen = 64;
   int reps = 3;
+  std::string backend = "cpu";
   int threads = 0;
   std::string kv_type = "f16";
 };

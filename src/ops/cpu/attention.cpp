@@ -370,6 +370,32 @@ void merge_attention(int64_t rows, int head_dim, float* out, float* lse, const f
   }
 }
 
+void write_kv(const AttentionParams& p, void* k_page, void* v_page, int slot0, int64_t n,
+              const float* k, const float* v) {
+  const int hd = p.head_dim, nh = p.n_kv_heads, pt = p.page_tokens;
+  for (int64_t t = 0; t < n; ++t) {
+    const int64_t slot = slot0 + t;
+    for (int h = 0; h < nh; ++h) {
+      const float* ks = k + (t * nh + h) * hd;
+      const float* vs = v + (t * nh + h) * hd;
+      const size_t k_at = static_cast<size_t>(h) * p.head_stride + slot;       // dim-major
+      const size_t v_at = static_cast<size_t>(h) * p.head_stride + slot * hd;  // token-major
+      if (p.kv_type == KvType::kF32) {
+        float* kd = static_cast<float*>(k_page) + k_at;
+        for (int d = 0; d < hd; ++d) kd[static_cast<size_t>(d) * pt] = ks[d];
+        std::memcpy(static_cast<float*>(v_page) + v_at, vs, hd * sizeof(float));
+      } else {
+        uint16_t* kd = static_cast<uint16_t*>(k_page) + k_at;
+        uint16_t* vd = static_cast<uint16_t*>(v_page) + v_at;
+        for (int d = 0; d < hd; ++d) {
+          kd[static_cast<size_t>(d) * pt] = fp32_to_fp16(ks[d]);
+          vd[d] = fp32_to_fp16(vs[d]);
+        }
+      }
+    }
+  }
+}
+
 void attention_ref(const AttentionParams& p, const float* q, const int32_t* pos, int64_t m,
                    std::span<const KvPageRef> pages, float* out) {
   check_params(p);

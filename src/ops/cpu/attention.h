@@ -38,6 +38,10 @@ void attention(ThreadPool& pool, const AttentionParams& p, const float* q, const
 void merge_attention(int64_t rows, int head_dim, float* out, float* lse, const float* out2,
                      const float* lse2);
 
+// Writes n tokens of K/V into token slots slot0 … of one page (Backend::write_kv).
+void write_kv(const AttentionParams& p, void* k_page, void* v_page, int slot0, int64_t n,
+              const float* k, const float* v);
+
 // Plain reference: per query and head, scores over every visible key in double precision.
 void attention_ref(const AttentionParams& p, const float* q, const int32_t* pos, int64_t m,
                    std::span<const KvPageRef> pages, float* out);

@@ -1,5 +1,8 @@
 #include "ops/cpu/cpu_backend.h"
 
+#include <cstring>
+#include <new>
+
 #include "core/error.h"
 #include "ops/cpu/attention.h"
 #include "ops/cpu/elementwise.h"
@@ -17,6 +20,37 @@ CpuBackend::CpuBackend(int n_threads) : pool_(n_threads) {
 #ifdef FLASHMEM_HAVE_BLAS
   if (openblas_set_num_threads) openblas_set_num_threads(1);
 #endif
+}
+
+void* CpuBackend::alloc(size_t bytes) {
+  void* p = ::operator new(bytes ? bytes : 1, std::align_val_t{256}, std::nothrow);
+  FM_CHECK(p != nullptr, ErrorCode::kOutOfMemory, "cannot allocate ",
+           static_cast<double>(bytes) / (1 << 20), " MiB of host memory");
+  return p;
+}
+
+void CpuBackend::dealloc(void* p) noexcept { ::operator delete(p, std::align_val_t{256}); }
+
+void CpuBackend::upload(void* dst, const void* host_src, size_t bytes) {
+  if (bytes) std::memcpy(dst, host_src, bytes);
+}
+
+void CpuBackend::download(void* host_dst, const void* src, size_t bytes) {
+  if (bytes) std::memcpy(host_dst, src, bytes);
+}
+
+void CpuBackend::fill_zero(void* p, size_t bytes) {
+  if (bytes) std::memset(p, 0, bytes);
+}
+
+void CpuBackend::copy_pages(CopyDir /*dir*/, std::span<const PageCopy> copies, size_t bytes) {
+  // Small batches are not worth waking the pool for.
+  if (copies.size() * bytes < (size_t{1} << 20)) {
+    for (const PageCopy& c : copies) std::memcpy(c.dst, c.src, bytes);
+    return;
+  }
+  pool_.run(static_cast<int64_t>(copies.size()),
+            [&](int64_t i, int) { std::memcpy(copies[i].dst, copies[i].src, bytes); });
 }
 
 void CpuBackend::matmul(const WeightMatrix& w, const float* x, int64_t m, float* y) {
@@ -68,6 +102,11 @@ void CpuBackend::attention(const AttentionParams& p, const float* q, const int32
 void CpuBackend::merge_attention(int64_t rows, int head_dim, float* out, float* lse,
                                  const float* out2, const float* lse2) {
   cpu::merge_attention(rows, head_dim, out, lse, out2, lse2);
+}
+
+void CpuBackend::write_kv(const AttentionParams& p, void* k_page, void* v_page, int slot0,
+                          int64_t n, const float* k, const float* v) {
+  cpu::write_kv(p, k_page, v_page, slot0, n, k, v);
 }
 
 }  // namespace flashmem

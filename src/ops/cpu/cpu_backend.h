@@ -14,6 +14,14 @@ class CpuBackend final : public Backend {
   const char* name() const override { return "cpu"; }
   ThreadPool& pool() { return pool_; }
 
+  bool host_memory() const override { return true; }
+  void* alloc(size_t bytes) override;
+  void dealloc(void* p) noexcept override;
+  void upload(void* dst, const void* host_src, size_t bytes) override;
+  void download(void* host_dst, const void* src, size_t bytes) override;
+  void fill_zero(void* p, size_t bytes) override;
+  void copy_pages(CopyDir dir, std::span<const PageCopy> copies, size_t bytes) override;
+
   void matmul(const WeightMatrix& w, const float* x, int64_t m, float* y) override;
   void matmul_n(std::span<const WeightMatrix* const> ws, const float* x, int64_t m,
                 std::span<float* const> ys) override;
@@ -28,6 +36,8 @@ class CpuBackend final : public Backend {
                  std::span<const KvPageRef> pages, float* out, float* lse = nullptr) override;
   void merge_attention(int64_t rows, int head_dim, float* out, float* lse, const float* out2,
                        const float* lse2) override;
+  void write_kv(const AttentionParams& p, void* k_page, void* v_page, int slot0, int64_t n,
+                const float* k, const float* v) override;
 
  private:
   ThreadPool pool_;

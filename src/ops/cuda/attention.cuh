@@ -1,0 +1,38 @@
+// flashmem/ops/cuda/attention.cuh — causal GQA attention over paged KV on the GPU, the
+// log-sum-exp merge of partial results, and the KV page writer. Same page layout and math as
+// the CPU ops (ops/backend.h: KvPageRef; ops/cpu/attention.cpp).
+//
+// Launchers only: included by the C++20 backend. Every pointer is device memory.
+#pragma once
+
+#include <cuda_runtime.h>
+
+#include <cstdint>
+
+namespace flashmem::cuda {
+
+// A page as the kernels read it: the device twin of KvPageRef (same layout).
+struct DevPage {
+  const void* k;
+  const void* v;
+  int32_t pos0;
+  int32_t n_tokens;
+};
+
+struct DevAttention {
+  int n_heads, n_kv_heads, head_dim, page_tokens;
+  int64_t head_stride;
+  bool kv_f16;
+  float scale;
+};
+
+// out[m × n_heads × head_dim]; lse (optional) as Backend::attention defines it. Supports
+// head_dim 64 and 128 (cudaErrorInvalidValue otherwise).
+cudaError_t attention(const DevAttention& p, const float* q, const int32_t* pos, int64_t m,
+                      const DevPage* pages, int n_pages, float* out, float* lse, cudaStream_t s);
+cudaError_t merge_attention(int64_t rows, int head_dim, float* out, float* lse, const float* out2,
+                            const float* lse2, cudaStream_t s);
+cudaError_t write_kv(const DevAttention& p, void* k_page, void* v_page, int slot0, int64_t n,
+                     const float* k, const float* v, cudaStream_t s);
+
+}  // namespace flashmem::cuda

@@ -1,0 +1,251 @@
+#include "ops/cuda/cuda_backend.h"
+
+#include <cublas_v2.h>
+#include <cuda_runtime.h>
+
+#include <algorithm>
+#include <cstddef>
+#include <cstring>
+#include <type_traits>
+
+#include "core/error.h"
+#include "ops/cuda/attention.cuh"
+#include "ops/cuda/dequant.cuh"
+#include "ops/cuda/elementwise.cuh"
+
+namespace flashmem {
+
+namespace {
+
+#define FM_CUDA(call)                                                                        \
+  do {                                                                                       \
+    const cudaError_t err_ = (call);                                                         \
+    FM_CHECK(err_ == cudaSuccess, ErrorCode::kInternal, "CUDA: ", #call, " failed: ",       \
+             cudaGetErrorString(err_));                                                      \
+  } while (0)
+
+#define FM_CUBLAS(call)                                                                      \
+  do {                                                                                       \
+    const cublasStatus_t st_ = (call);                                                       \
+    FM_CHECK(st_ == CUBLAS_STATUS_SUCCESS, ErrorCode::kInternal, "cuBLAS: ", #call,         \
+             " failed with status ", static_cast<int>(st_));                                 \
+  } while (0)
+
+static_assert(sizeof(cuda::DevPage) == sizeof(KvPageRef) &&
+              offsetof(cuda::DevPage, pos0) == offsetof(KvPageRef, pos0) &&
+              offsetof(cuda::DevPage, n_tokens) == offsetof(KvPageRef, n_tokens) &&
+              std::is_trivially_copyable_v<KvPageRef>);
+
+cuda::DevAttention dev_params(const AttentionParams& p) {
+  return cuda::DevAttention{p.n_heads,   p.n_kv_heads, p.head_dim, p.page_tokens,
+                            p.head_stride, p.kv_type == KvType::kF16, p.scale};
+}
+
+}  // namespace
+
+#define STREAM static_cast<cudaStream_t>(stream_)
+#define CUBLAS static_cast<cublasHandle_t>(cublas_)
+
+CudaBackend::CudaBackend() {
+  int n = 0;
+  const cudaError_t e = cudaGetDeviceCount(&n);
+  FM_CHECK(e == cudaSuccess && n > 0, ErrorCode::kUnsupported, "no usable CUDA GPU (",
+           e == cudaSuccess ? "none found" : cudaGetErrorString(e), ")");
+  FM_CUDA(cudaSetDevice(0));
+  cudaDeviceProp prop{};
+  FM_CUDA(cudaGetDeviceProperties(&prop, 0));
+  device_name_ = prop.name;
+  cudaStream_t s = nullptr;
+  FM_CUDA(cudaStreamCreateWithFlags(&s, cudaStreamNonBlocking));
+  stream_ = s;
+  cublasHandle_t h = nullptr;
+  const cublasStatus_t st = cublasCreate(&h);
+  if (st != CUBLAS_STATUS_SUCCESS) {
+    cudaStreamDestroy(s);
+    FM_FAIL(ErrorCode::kUnsupported, "cuBLAS could not start (status ", static_cast<int>(st), ")");
+  }
+  cublas_ = h;
+  cublasSetStream(h, s);
+  cublasSetMathMode(h, CUBLAS_DEFAULT_MATH);  // full f32 products: no TF32
+}
+
+CudaBackend::~CudaBackend() {
+  cudaStreamSynchronize(STREAM);
+  pos_dev_.reset();
+  ids_dev_.reset();
+  pages_dev_.reset();
+  for (void* p : owned_) cudaFree(p);
+  cublasDestroy(CUBLAS);
+  cudaStreamDestroy(STREAM);
+}
+
+// ---- memory --------------------------------------------------------------------------------
+
+void* CudaBackend::alloc(size_t bytes) {
+  void* p = nullptr;
+  const cudaError_t e = cudaMalloc(&p, bytes ? bytes : 1);
+  if (e != cudaSuccess) {
+    cudaGetLastError();  // clear the sticky-free error state
+    FM_FAIL(ErrorCode::kOutOfMemory, "cannot allocate ", static_cast<double>(bytes) / (1 << 20),
+            " MiB of GPU memory: ", cudaGetErrorString(e));
+  }
+  return p;
+}
+
+void CudaBackend::dealloc(void* p) noexcept {
+  if (!p) return;
+  cudaStreamSynchronize(STREAM);  // no op in flight may still use it
+  cudaFree(p);
+}
+
+void CudaBackend::upload(void* dst, const void* host_src, size_t bytes) {
+  // From pageable memory the copy is staged before the call returns: host_src may be reused.
+  if (bytes) FM_CUDA(cudaMemcpyAsync(dst, host_src, bytes, cudaMemcpyHostToDevice, STREAM));
+}
+
+void CudaBackend::download(void* host_dst, const void* src, size_t bytes) {
+  if (!bytes) return;
+  FM_CUDA(cudaMemcpyAsync(host_dst, src, bytes, cudaMemcpyDeviceToHost, STREAM));
+  FM_CUDA(cudaStreamSynchronize(STREAM));
+}
+
+void CudaBackend::fill_zero(void* p, size_t bytes) {
+  if (bytes) FM_CUDA(cudaMemsetAsync(p, 0, bytes, STREAM));
+}
+
+void CudaBackend::copy_pages(CopyDir dir, std::span<const PageCopy> copies, size_t bytes) {
+  if (copies.empty()) return;
+  const cudaMemcpyKind kind = dir == CopyDir::kHostToBackend   ? cudaMemcpyHostToDevice
+                              : dir == CopyDir::kBackendToHost ? cudaMemcpyDeviceToHost
+                                                               : cudaMemcpyDeviceToDevice;
+  for (const PageCopy& c : copies) FM_CUDA(cudaMemcpyAsync(c.dst, c.src, bytes, kind, STREAM));
+  FM_CUDA(cudaStreamSynchronize(STREAM));
+}
+
+void CudaBackend::synchronize() { FM_CUDA(cudaStreamSynchronize(STREAM)); }
+
+void* CudaBackend::scratch(BackendBuffer& b, size_t bytes) {
+  if (b.bytes() < bytes) {
+    b.reset();
+    b = BackendBuffer(*this, std::max<size_t>(bytes, 4096));
+  }
+  return b.get();
+}
+
+const int32_t* CudaBackend::device_positions(const int32_t* pos, int64_t m) {
+  const size_t bytes = static_cast<size_t>(m) * sizeof(int32_t);
+  if (static_cast<int64_t>(pos_host_.size()) == m && std::memcmp(pos_host_.data(), pos, bytes) == 0)
+    return pos_dev_.as<int32_t>();
+  scratch(pos_dev_, bytes);
+  upload(pos_dev_.get(), pos, bytes);
+  pos_host_.assign(pos, pos + m);
+  return pos_dev_.as<int32_t>();
+}
+
+// ---- weights -------------------------------------------------------------------------------
+
+WeightMatrix CudaBackend::prepare(const WeightMatrix& w) {
+  if (auto it = prepared_.find(w.data); it != prepared_.end()) return it->second;
+  const size_t raw = static_cast<size_t>(w.rows) * w.row_bytes;
+  const size_t out = static_cast<size_t>(w.rows) * w.cols * sizeof(float);
+  BackendBuffer staged(*this, raw);
+  upload(staged.get(), w.data, raw);
+  float* dst = static_cast<float*>(alloc(out));
+  const cudaError_t e = cuda::dequantize_rows(w.type, staged.get(), w.row_bytes, dst, w.rows, w.cols, STREAM);
+  if (e != cudaSuccess) {
+    cudaFree(dst);
+    FM_FAIL(ErrorCode::kUnsupported, "weight ", w.name, " (", ggml_type_name(w.type),
+            ") cannot be used on the GPU: ", cudaGetErrorString(e));
+  }
+  owned_.push_back(dst);
+  weight_bytes_ += out;
+  WeightMatrix r{GgmlType::F32, w.rows, w.cols, static_cast<size_t>(w.cols) * sizeof(float),
+                 reinterpret_cast<const uint8_t*>(dst), w.name};
+  prepared_[w.data] = r;
+  return r;
+}
+
+const float* CudaBackend::prepare(const float* v, int64_t n) {
+  if (auto it = prepared_vec_.find(v); it != prepared_vec_.end()) return it->second;
+  const size_t bytes = static_cast<size_t>(n) * sizeof(float);
+  void* dst = alloc(bytes);
+  owned_.push_back(dst);
+  weight_bytes_ += bytes;
+  upload(dst, v, bytes);
+  prepared_vec_[v] = static_cast<const float*>(dst);
+  return static_cast<const float*>(dst);
+}
+
+// ---- ops -----------------------------------------------------------------------------------
+
+void CudaBackend::matmul(const WeightMatrix& w, const float* x, int64_t m, float* y) {
+  FM_ICHECK(w.type == GgmlType::F32 && w.row_bytes == static_cast<size_t>(w.cols) * sizeof(float),
+            "weight ", w.name, " was not prepared for the CUDA backend");
+  if (m <= 0) return;
+  // Row-major y[m × rows] = x[m × cols] · wᵀ is column-major yᵀ = w · xᵀ, with w read as the
+  // transpose of its column-major [cols × rows] self.
+  const float one = 1.0f, zero = 0.0f;
+  FM_CUBLAS(cublasSgemm(CUBLAS, CUBLAS_OP_T, CUBLAS_OP_N, static_cast<int>(w.rows), static_cast<int>(m),
+                        static_cast<int>(w.cols), &one, reinterpret_cast<const float*>(w.data),
+                        static_cast<int>(w.cols), x, static_cast<int>(w.cols), &zero, y,
+                        static_cast<int>(w.rows)));
+}
+
+void CudaBackend::get_rows(const WeightMatrix& w, const int32_t* ids, int64_t m, float* out) {
+  FM_ICHECK(w.type == GgmlType::F32, "embedding ", w.name, " was not prepared for the CUDA backend");
+  for (int64_t i = 0; i < m; ++i)
+    FM_CHECK(ids[i] >= 0 && ids[i] < w.rows, ErrorCode::kInvalidArgument, "token id ", ids[i],
+             " is outside the vocabulary [0, ", w.rows, ")");
+  const size_t bytes = static_cast<size_t>(m) * sizeof(int32_t);
+  scratch(ids_dev_, bytes);
+  upload(ids_dev_.get(), ids, bytes);
+  FM_CUDA(cuda::get_rows(reinterpret_cast<const float*>(w.data), w.cols, ids_dev_.as<int32_t>(), m,
+                         out, STREAM));
+}
+
+void CudaBackend::rms_norm(const float* x, const float* weight, int64_t m, int64_t n, float eps,
+                           float* y) {
+  FM_CUDA(cuda::rms_norm(x, weight, m, n, eps, y, STREAM));
+}
+
+void CudaBackend::rope(float* x, int64_t m, int n_heads, int head_dim, const int32_t* pos,
+                       const RopeParams& p) {
+  FM_CUDA(cuda::rope(x, m, n_heads, head_dim, device_positions(pos, m), p.n_rot, p.freq_base,
+                     p.freq_scale, p.neox, STREAM));
+}
+
+void CudaBackend::swiglu(const float* gate, const float* up, int64_t n, float* out) {
+  FM_CUDA(cuda::swiglu(gate, up, n, out, STREAM));
+}
+
+void CudaBackend::add(float* x, const float* y, int64_t n) { FM_CUDA(cuda::add(x, y, n, STREAM)); }
+
+void CudaBackend::attention(const AttentionParams& p, const float* q, const int32_t* pos,
+                            int64_t m, std::span<const KvPageRef> pages, float* out, float* lse) {
+  FM_CHECK(p.head_dim == 64 || p.head_dim == 128, ErrorCode::kUnsupported,
+           "the CUDA attention supports head_dim 64 and 128, not ", p.head_dim);
+  FM_ICHECK(p.n_heads > 0 && p.n_kv_heads > 0 && p.n_heads % p.n_kv_heads == 0 &&
+                p.head_stride == int64_t{p.page_tokens} * p.head_dim,
+            "bad attention parameters");
+  const size_t bytes = pages.size() * sizeof(KvPageRef);
+  if (bytes) {
+    scratch(pages_dev_, bytes);
+    upload(pages_dev_.get(), pages.data(), bytes);
+  }
+  FM_CUDA(cuda::attention(dev_params(p), q, device_positions(pos, m), m,
+                          pages_dev_.as<const cuda::DevPage>(), static_cast<int>(pages.size()), out,
+                          lse, STREAM));
+}
+
+void CudaBackend::merge_attention(int64_t rows, int head_dim, float* out, float* lse,
+                                  const float* out2, const float* lse2) {
+  FM_CUDA(cuda::merge_attention(rows, head_dim, out, lse, out2, lse2, STREAM));
+}
+
+void CudaBackend::write_kv(const AttentionParams& p, void* k_page, void* v_page, int slot0,
+                           int64_t n, const float* k, const float* v) {
+  FM_ICHECK(slot0 >= 0 && slot0 + n <= p.page_tokens, "write_kv past the page");
+  FM_CUDA(cuda::write_kv(dev_params(p), k_page, v_page, slot0, n, k, v, STREAM));
+}
+
+}  // namespace flashmem

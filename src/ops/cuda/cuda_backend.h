@@ -1,0 +1,77 @@
+// flashmem/ops/cuda/cuda_backend.h — the CUDA implementation of Backend.
+//
+// Backend memory is device memory; every op runs on one stream in issue order, and download()
+// waits for it. Weights are dequantised to f32 on the device when the model prepares them
+// (prepare); matmuls are cuBLAS SGEMM with full f32 math (no TF32), attention and the rest are
+// flashmem's kernels (ops/cuda/*.cu). Checked against the CPU backend op by op and end to end by
+// the GPU tests (scripts/gpu-check).
+//
+// This header needs no CUDA headers: it is included where the backend is chosen.
+#pragma once
+
+#include <cstdint>
+#include <unordered_map>
+#include <vector>
+
+#include "ops/backend.h"
+
+namespace flashmem {
+
+class CudaBackend final : public Backend {
+ public:
+  // Uses the first visible GPU. Throws Error(kUnsupported) when there is none.
+  CudaBackend();
+  ~CudaBackend() override;
+  CudaBackend(const CudaBackend&) = delete;
+  CudaBackend& operator=(const CudaBackend&) = delete;
+
+  const char* name() const override { return "cuda"; }
+  const std::string& device_name() const { return device_name_; }
+  // Device memory the backend holds for prepared weights.
+  size_t weight_bytes() const { return weight_bytes_; }
+
+  bool host_memory() const override { return false; }
+  void* alloc(size_t bytes) override;
+  void dealloc(void* p) noexcept override;
+  void upload(void* dst, const void* host_src, size_t bytes) override;
+  void download(void* host_dst, const void* src, size_t bytes) override;
+  void fill_zero(void* p, size_t bytes) override;
+  void copy_pages(CopyDir dir, std::span<const PageCopy> copies, size_t bytes) override;
+  void synchronize() override;
+
+  WeightMatrix prepare(const WeightMatrix& w) override;
+  const float* prepare(const float* v, int64_t n) override;
+
+  void matmul(const WeightMatrix& w, const float* x, int64_t m, float* y) override;
+  void get_rows(const WeightMatrix& w, const int32_t* ids, int64_t m, float* out) override;
+  void rms_norm(const float* x, const float* weight, int64_t m, int64_t n, float eps,
+                float* y) override;
+  void rope(float* x, int64_t m, int n_heads, int head_dim, const int32_t* pos,
+            const RopeParams& p) override;
+  void swiglu(const float* gate, const float* up, int64_t n, float* out) override;
+  void add(float* x, const float* y, int64_t n) override;
+  void attention(const AttentionParams& p, const float* q, const int32_t* pos, int64_t m,
+                 std::span<const KvPageRef> pages, float* out, float* lse = nullptr) override;
+  void merge_attention(int64_t rows, int head_dim, float* out, float* lse, const float* out2,
+                       const float* lse2) override;
+  void write_kv(const AttentionParams& p, void* k_page, void* v_page, int slot0, int64_t n,
+                const float* k, const float* v) override;
+
+ private:
+  // Uploads host positions unless the device copy already holds the same values.
+  const int32_t* device_positions(const int32_t* pos, int64_t m);
+  // A device scratch buffer of at least `bytes` (grown on demand, kept).
+  void* scratch(BackendBuffer& b, size_t bytes);
+
+  void* stream_ = nullptr;  // cudaStream_t
+  void* cublas_ = nullptr;  // cublasHandle_t
+  std::string device_name_;
+  std::unordered_map<const void*, WeightMatrix> prepared_;     // by host data
+  std::unordered_map<const void*, const float*> prepared_vec_;  // by host data
+  std::vector<void*> owned_;
+  size_t weight_bytes_ = 0;
+  BackendBuffer pos_dev_, ids_dev_, pages_dev_;
+  std::vector<int32_t> pos_host_;  // what pos_dev_ holds
+};
+
+}  // namespace flashmem

@@ -1,0 +1,105 @@
+#include "ops/cuda/elementwise.cuh"
+
+namespace flashmem::cuda {
+
+namespace {
+
+constexpr int kThreads = 256;
+
+unsigned blocks_for(int64_t n) { return static_cast<unsigned>((n + kThreads - 1) / kThreads); }
+
+__global__ void rms_norm_kernel(const float* x, const float* w, int64_t n, float eps, float* y) {
+  const float* xr = x + blockIdx.x * n;
+  float* yr = y + blockIdx.x * n;
+  double ss = 0.0;
+  for (int64_t i = threadIdx.x; i < n; i += blockDim.x) ss += static_cast<double>(xr[i]) * xr[i];
+  __shared__ double part[kThreads];
+  part[threadIdx.x] = ss;
+  __syncthreads();
+  for (int step = kThreads / 2; step > 0; step /= 2) {
+    if (threadIdx.x < step) part[threadIdx.x] += part[threadIdx.x + step];
+    __syncthreads();
+  }
+  const float inv = static_cast<float>(1.0 / sqrt(part[0] / static_cast<double>(n) + eps));
+  for (int64_t i = threadIdx.x; i < n; i += blockDim.x) yr[i] = __fmul_rn(__fmul_rn(xr[i], inv), w[i]);
+}
+
+// One thread per (row, head, rotated pair).
+__global__ void rope_kernel(float* x, int64_t m, int n_heads, int head_dim, const int32_t* pos,
+                            int n_rot, float freq_base, float freq_scale, bool neox) {
+  const int half = n_rot / 2;
+  const int64_t idx = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
+  if (idx >= m * n_heads * half) return;
+  const int i = static_cast<int>(idx % half);
+  const int h = static_cast<int>((idx / half) % n_heads);
+  const int64_t row = idx / (int64_t{half} * n_heads);
+  const double position = static_cast<double>(pos[row]) * freq_scale;
+  const double theta = position * pow(static_cast<double>(freq_base), -2.0 * i / static_cast<double>(n_rot));
+  const float c = static_cast<float>(cos(theta));
+  const float sn = static_cast<float>(sin(theta));
+  float* v = x + (row * n_heads + h) * head_dim;
+  const int i0 = neox ? i : 2 * i;
+  const int i1 = neox ? i + half : 2 * i + 1;
+  const float a = v[i0], b = v[i1];
+  v[i0] = __fsub_rn(__fmul_rn(a, c), __fmul_rn(b, sn));
+  v[i1] = __fadd_rn(__fmul_rn(a, sn), __fmul_rn(b, c));
+}
+
+__global__ void swiglu_kernel(const float* gate, const float* up, int64_t n, float* out) {
+  const int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
+  if (i >= n) return;
+  const float g = gate[i];
+  out[i] = __fmul_rn(__fdiv_rn(g, __fadd_rn(1.0f, expf(-g))), up[i]);
+}
+
+__global__ void add_kernel(float* x, const float* y, int64_t n) {
+  const int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
+  if (i < n) x[i] = __fadd_rn(x[i], y[i]);
+}
+
+__global__ void get_rows_kernel(const float* table, int64_t cols, const int32_t* ids, int64_t m,
+                                float* out) {
+  const int64_t idx = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
+  if (idx >= m * cols) return;
+  const int64_t r = idx / cols, c = idx % cols;
+  out[idx] = table[static_cast<int64_t>(ids[r]) * cols + c];
+}
+
+}  // namespace
+
+cudaError_t rms_norm(const float* x, const float* weight, int64_t m, int64_t n, float eps,
+                     float* y, cudaStream_t s) {
+  if (m <= 0) return cudaSuccess;
+  rms_norm_kernel<<<static_cast<unsigned>(m), kThreads, 0, s>>>(x, weight, n, eps, y);
+  return cudaGetLastError();
+}
+
+cudaError_t rope(float* x, int64_t m, int n_heads, int head_dim, const int32_t* pos, int n_rot,
+                 float freq_base, float freq_scale, bool neox, cudaStream_t s) {
+  const int64_t n = m * n_heads * (n_rot / 2);
+  if (n <= 0) return cudaSuccess;
+  rope_kernel<<<blocks_for(n), kThreads, 0, s>>>(x, m, n_heads, head_dim, pos, n_rot, freq_base,
+                                                  freq_scale, neox);
+  return cudaGetLastError();
+}
+
+cudaError_t swiglu(const float* gate, const float* up, int64_t n, float* out, cudaStream_t s) {
+  if (n <= 0) return cudaSuccess;
+  swiglu_kernel<<<blocks_for(n), kThreads, 0, s>>>(gate, up, n, out);
+  return cudaGetLastError();
+}
+
+cudaError_t add(float* x, const float* y, int64_t n, cudaStream_t s) {
+  if (n <= 0) return cudaSuccess;
+  add_kernel<<<blocks_for(n), kThreads, 0, s>>>(x, y, n);
+  return cudaGetLastError();
+}
+
+cudaError_t get_rows(const float* table, int64_t cols, const int32_t* ids, int64_t m, float* out,
+                     cudaStream_t s) {
+  if (m * cols <= 0) return cudaSuccess;
+  get_rows_kernel<<<blocks_for(m * cols), kThreads, 0, s>>>(table, cols, ids, m, out);
+  return cudaGetLastError();
+}
+
+}  // namespace flashmem::cuda

@@ -1,0 +1,28 @@
+// flashmem CLI: choosing the compute backend.
+#include "commands.h"
+#include "engine/engine.h"
+#include "ops/cpu/cpu_backend.h"
+#ifdef FLASHMEM_HAVE_CUDA
+#include "ops/cuda/cuda_backend.h"
+#endif
+
+namespace flashmem::cli {
+
+void add_backend_option(CLI::App* c, std::string& backend) {
+  c->add_option("--backend", backend,
+                cuda_compiled() ? "compute on: cpu or cuda (the first visible GPU)"
+                                : "compute on: cpu (this build has no CUDA)")
+      ->check(CLI::IsMember({"cpu", "cuda"}));
+}
+
+std::string backend_label(Engine& e) {
+  Backend& be = e.backend();
+  if (auto* cpu = dynamic_cast<CpuBackend*>(&be))
+    return "cpu, " + std::to_string(cpu->pool().size()) + " threads";
+#ifdef FLASHMEM_HAVE_CUDA
+  if (auto* gpu = dynamic_cast<CudaBackend*>(&be)) return "cuda, " + gpu->device_name();
+#endif
+  return be.name();
+}
+
+}  // namespace flashmem::cli
