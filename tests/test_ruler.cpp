@@ -7,11 +7,13 @@
 #include <cmath>
 #include <cstdio>
 #include <cstdlib>
+#include <fstream>
 #include <map>
 #include <memory>
 #include <sstream>
 
 #include "core/error.h"
+#include "eval/word_filter.h"
 #include "io/chat_template.h"
 #include "io/gguf.h"
 #include "io/tokenizer.h"
@@ -192,6 +194,48 @@ TEST(Ruler, WordTasksAnswersMatchCounts) {
     EXPECT_GE(dots, counts[0]);
     for (size_t k = 0; k < 3; ++k) EXPECT_EQ(m.at(s.answers[k]), counts[k]) << s.answers[k];
   }
+}
+
+TEST(WordFilter, HashesAndBlocklist) {
+  EXPECT_EQ(fnv1a64(""), 0xcbf29ce484222325ull);  // the FNV-1a 64 offset basis
+  EXPECT_EQ(fnv1a64("a"), 0xaf63dc4c8601ec8cull);
+  const auto h = blocked_word_hashes();
+  ASSERT_GE(h.size(), 500u);
+  EXPECT_TRUE(std::is_sorted(h.begin(), h.end()));
+  EXPECT_TRUE(std::adjacent_find(h.begin(), h.end()) == h.end());
+  EXPECT_FALSE(is_blocked_word("haystack"));
+  EXPECT_FALSE(is_blocked_word("needle"));
+}
+
+// The Debian list holds blocked words; the generator's word pool holds none, and no generated
+// word-task prompt contains one (case-insensitively).
+TEST(WordFilter, GeneratorNeverDrawsABlockedWord) {
+  std::ifstream in("/usr/share/dict/american-english");
+  ASSERT_TRUE(in);
+  int raw_blocked = 0;
+  for (std::string w; std::getline(in, w);) {
+    raw_blocked += is_blocked_word(w);
+    std::string up = w;
+    for (char& c : up) c = static_cast<char>(std::toupper(static_cast<unsigned char>(c)));
+    ASSERT_EQ(is_blocked_word(w), is_blocked_word(up)) << "case matters for a word";
+  }
+  EXPECT_GE(raw_blocked, 100);  // so the filter has something to do
+  Env& e = env();
+  const RulerSources src = RulerSources::load_default();
+  for (const auto& w : src.words) ASSERT_FALSE(is_blocked_word(w));
+  for (const char* task : {"cwe", "fwe", "vt", "niah_multivalue"})
+    for (int i = 0; i < 4; ++i) {
+      const RulerSample s = e.gen().generate(task, 4096, 3, i);
+      std::string word;
+      for (char c : s.prompt + " ") {
+        if (std::isalpha(static_cast<unsigned char>(c))) {
+          word += c;
+        } else {
+          EXPECT_FALSE(!word.empty() && is_blocked_word(word)) << task << " sample " << i;
+          word.clear();
+        }
+      }
+    }
 }
 
 TEST(Ruler, ProseFileErrorNamesThePackage) {

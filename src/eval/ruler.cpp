@@ -12,6 +12,7 @@
 
 #include "core/error.h"
 #include "io/chat_template.h"
+#include "eval/word_filter.h"
 #include "io/tokenizer.h"
 
 namespace flashmem::eval {
@@ -159,6 +160,7 @@ RulerSources RulerSources::load_default() {
   for (std::string line; std::getline(in, line);) {
     if (line.size() < 3 || line.size() > 12) continue;
     if (!std::all_of(line.begin(), line.end(), [](char c) { return c >= 'a' && c <= 'z'; })) continue;
+    if (is_blocked_word(line)) continue;  // offensive words are never drawn (word_filter.h)
     if (seen.insert(line).second) s.words.push_back(line);
   }
   FM_CHECK(s.words.size() >= 2000, ErrorCode::kIo, "RULER word list ", kWordsPath,

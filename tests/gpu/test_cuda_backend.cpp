@@ -328,27 +328,36 @@ void test_model(const std::string& path) {
   std::printf("  greedy agreement cpu vs cuda: %zu of %zu tokens\n", agree, rc.tokens.size());
   check(agree >= 16, "cuda greedy text agrees with the cpu for ≥ 16 of 32 tokens");
 
-  // Prefill logits: CUDA vs CPU.
+  // Prefill logits, CUDA vs CPU, and streamed within 10% vs one call, with f32 KV: with f16
+  // KV, last-bit differences of the hidden state flip f16 roundings of later layers' K/V, and
+  // the comparison would measure f16 quantisation rather than the arithmetic (about 1e-3 on
+  // either backend; printed below).
   {
+    EngineOptions c32 = co, g32 = go;
+    c32.kv_type = g32.kv_type = KvType::kF32;
+    auto cpu32 = Engine::load(c32);
+    auto gpu32 = Engine::load(g32);
     ResidencyOptions full;
-    auto pc = cpu->prefill(prompt, full, 1);
-    auto pg = gpu->prefill(prompt, full, 1);
-    close(pg->logits, pc->logits, 2e-3, "prefill logits cuda vs cpu (2.1K tokens)");
-    // Streamed within 10%: the logits of the 100% prefill, to the precision the CPU's own
-    // streamed prefill keeps (printed for both).
     ResidencyOptions ten;
     ten.policy = "recency";
     ten.budget = KvBudget::parse("10%");
     ten.cycle = 1;
-    auto ps = gpu->prefill(prompt, ten, 1);
-    auto pcs = cpu->prefill(prompt, ten, 1);
+    auto pc = cpu32->prefill(prompt, full, 1);
+    auto pg = gpu32->prefill(prompt, full, 1);
+    close(pg->logits, pc->logits, 1e-3, "prefill logits cuda vs cpu (2.1K tokens, f32 KV)");
+    auto pcs = cpu32->prefill(prompt, ten, 1);
+    auto ps = gpu32->prefill(prompt, ten, 1);
     const size_t nv = pg->logits.size();
     const double cpu_err = rel_l2(pcs->logits.data(), pc->logits.data(), nv);
-    std::printf("  streamed vs one-shot prefill, rel L2: cpu %.3g, cuda %.3g\n", cpu_err,
+    std::printf("  streamed vs one-shot prefill (f32 KV), rel L2: cpu %.3g, cuda %.3g\n", cpu_err,
                 rel_l2(ps->logits.data(), pg->logits.data(), nv));
-    close(ps->logits, pg->logits, std::max(1e-5, 10 * cpu_err), "cuda prefill streamed through a 10% reserve");
+    close(ps->logits, pg->logits, 1e-5, "cuda prefill streamed through a 10% reserve (f32 KV)");
     check(ps->kv->peak().reserve + ps->kv->peak().open <= ps->reserve->bytes_allocated(),
           "streamed prefill stays within the reserve");
+    auto f16c = cpu->prefill(prompt, full, 1);
+    auto f16g = gpu->prefill(prompt, full, 1);
+    std::printf("  f16 KV prefill logits cuda vs cpu, rel L2 %.3g\n",
+                rel_l2(f16g->logits.data(), f16c->logits.data(), nv));
   }
   // Budget 100% ⇒ bit-identical to full attention, on the GPU, for every policy.
   {

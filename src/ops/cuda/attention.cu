@@ -2,11 +2,15 @@
 
 #include <cuda_fp16.h>
 
+#include <algorithm>
+
 namespace flashmem::cuda {
 
 namespace {
 
 constexpr int kWarps = 4;  // (query, head) items per block, one warp each
+// Below this many (query, head) items, attention splits the pages over more warps.
+constexpr int64_t kSplitWarps = 1024;
 
 template <bool F16>
 __device__ inline float kv_at(const void* base, int64_t at) {
@@ -17,12 +21,21 @@ __device__ inline float kv_at(const void* base, int64_t at) {
 // One warp per (query row i, head h). Lane j takes keys j, j + 32, ... of each page and keeps
 // its own online-softmax state (max, sum, unnormalised output); the warp merges the 32 states
 // at the end. K is dim-major, so the lanes' key loads for one dim are contiguous.
+//
+// Split (few queries, many pages): warp (item, chunk) attends to pages
+// [chunk·chunk_pages, (chunk + 1)·chunk_pages) and writes its normalised partial result and
+// lse to out/lse at row item·n_chunks + chunk; combine_kernel folds the chunks.
 template <int HD, bool F16>
 __global__ void attention_kernel(DevAttention p, const float* q, const int32_t* pos, int64_t m,
-                                 const DevPage* pages, int n_pages, float* out, float* lse) {
+                                 const DevPage* pages, int n_pages, int n_chunks, int chunk_pages,
+                                 float* out, float* lse) {
   const int lane = threadIdx.x & 31;
-  const int64_t item = static_cast<int64_t>(blockIdx.x) * kWarps + (threadIdx.x >> 5);
-  if (item >= m * p.n_heads) return;
+  const int64_t warp = static_cast<int64_t>(blockIdx.x) * kWarps + (threadIdx.x >> 5);
+  if (warp >= m * p.n_heads * n_chunks) return;
+  const int64_t item = warp / n_chunks;
+  const int chunk = static_cast<int>(warp % n_chunks);
+  const int page_begin = chunk * chunk_pages;
+  const int page_end = min(n_pages, page_begin + chunk_pages);
   const int64_t i = item / p.n_heads;
   const int h = static_cast<int>(item % p.n_heads);
   const int g = h / (p.n_heads / p.n_kv_heads);
@@ -37,7 +50,7 @@ __global__ void attention_kernel(DevAttention p, const float* q, const int32_t* 
   float mx = -INFINITY, l = 0.0f;
   const int pt = p.page_tokens;
   const int64_t head_off = static_cast<int64_t>(g) * p.head_stride;
-  for (int pi = 0; pi < n_pages; ++pi) {
+  for (int pi = page_begin; pi < page_end; ++pi) {
     const DevPage pg = pages[pi];
     const int vis = min(pg.n_tokens, qpos - pg.pos0 + 1);
     for (int j = lane; j < vis; j += 32) {
@@ -67,7 +80,7 @@ __global__ void attention_kernel(DevAttention p, const float* q, const int32_t* 
   l *= w;
 #pragma unroll
   for (int o = 16; o > 0; o >>= 1) l += __shfl_xor_sync(0xffffffffu, l, o);
-  float* oh = out + item * HD;
+  float* oh = out + warp * HD;
   const float inv = l > 0.0f ? 1.0f / l : 0.0f;
 #pragma unroll
   for (int c = 0; c < HD; ++c) {
@@ -76,7 +89,35 @@ __global__ void attention_kernel(DevAttention p, const float* q, const int32_t* 
     for (int o = 16; o > 0; o >>= 1) a += __shfl_xor_sync(0xffffffffu, a, o);
     if (lane == (c & 31)) oh[c] = a * inv;
   }
-  if (lse && lane == 0) lse[item] = l > 0.0f ? gm + logf(l) : -INFINITY;
+  if (lse && lane == 0) lse[warp] = l > 0.0f ? gm + logf(l) : -INFINITY;
+}
+
+// One warp per item: folds its n_chunks partial results (normalised, with lse) into out/lse.
+__global__ void combine_kernel(int64_t items, int n_chunks, int head_dim, const float* part_o,
+                               const float* part_lse, float* out, float* lse) {
+  const int lane = threadIdx.x & 31;
+  const int64_t item = static_cast<int64_t>(blockIdx.x) * kWarps + (threadIdx.x >> 5);
+  if (item >= items) return;
+  const float* pl = part_lse + item * n_chunks;
+  float mx = -INFINITY;
+  for (int c = lane; c < n_chunks; c += 32) mx = fmaxf(mx, pl[c]);
+  for (int o = 16; o > 0; o >>= 1) mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, o));
+  float* oh = out + item * head_dim;
+  if (mx == -INFINITY) {  // no chunk saw a key
+    for (int d = lane; d < head_dim; d += 32) oh[d] = 0.0f;
+    if (lse && lane == 0) lse[item] = -INFINITY;
+    return;
+  }
+  float wsum = 0.0f;
+  for (int c = 0; c < n_chunks; ++c) wsum += pl[c] == -INFINITY ? 0.0f : expf(pl[c] - mx);
+  const float inv = 1.0f / wsum;
+  for (int d = lane; d < head_dim; d += 32) {
+    float a = 0.0f;
+    for (int c = 0; c < n_chunks; ++c)
+      if (pl[c] != -INFINITY) a = fmaf(expf(pl[c] - mx), part_o[(item * n_chunks + c) * head_dim + d], a);
+    oh[d] = a * inv;
+  }
+  if (lse && lane == 0) lse[item] = mx + logf(wsum);
 }
 
 // One block per row, one thread per dim.
@@ -125,21 +166,44 @@ __global__ void write_kv_kernel(DevAttention p, void* k_page, void* v_page, int 
 
 }  // namespace
 
+int attention_chunks(int64_t m, int n_heads, int n_pages) {
+  const int64_t items = m * n_heads;
+  if (items >= kSplitWarps || n_pages < 2) return 1;
+  return static_cast<int>(std::min<int64_t>(n_pages, (kSplitWarps + items - 1) / items));
+}
+
 cudaError_t attention(const DevAttention& p, const float* q, const int32_t* pos, int64_t m,
-                      const DevPage* pages, int n_pages, float* out, float* lse, cudaStream_t s) {
+                      const DevPage* pages, int n_pages, float* out, float* lse, float* part_o,
+                      float* part_lse, cudaStream_t s) {
   const int64_t items = m * p.n_heads;
   if (items <= 0) return cudaSuccess;
   if (p.n_kv_heads <= 0 || p.n_heads % p.n_kv_heads != 0) return cudaErrorInvalidValue;
-  const unsigned blocks = static_cast<unsigned>((items + kWarps - 1) / kWarps);
+  const int n_chunks = attention_chunks(m, p.n_heads, n_pages);
+  const int chunk_pages = n_chunks > 1 ? (n_pages + n_chunks - 1) / n_chunks : std::max(n_pages, 1);
+  float* o = n_chunks > 1 ? part_o : out;
+  float* l = n_chunks > 1 ? part_lse : lse;
+  if (n_chunks > 1 && (!part_o || !part_lse)) return cudaErrorInvalidValue;
+  const int64_t warps = items * n_chunks;
+  const unsigned blocks = static_cast<unsigned>((warps + kWarps - 1) / kWarps);
   const int threads = 32 * kWarps;
+#define FM_LAUNCH(HD, F16)                                                                  \
+  attention_kernel<HD, F16><<<blocks, threads, 0, s>>>(p, q, pos, m, pages, n_pages, n_chunks, \
+                                                       chunk_pages, o, l)
   if (p.head_dim == 64) {
-    if (p.kv_f16) attention_kernel<64, true><<<blocks, threads, 0, s>>>(p, q, pos, m, pages, n_pages, out, lse);
-    else attention_kernel<64, false><<<blocks, threads, 0, s>>>(p, q, pos, m, pages, n_pages, out, lse);
+    if (p.kv_f16) FM_LAUNCH(64, true);
+    else FM_LAUNCH(64, false);
   } else if (p.head_dim == 128) {
-    if (p.kv_f16) attention_kernel<128, true><<<blocks, threads, 0, s>>>(p, q, pos, m, pages, n_pages, out, lse);
-    else attention_kernel<128, false><<<blocks, threads, 0, s>>>(p, q, pos, m, pages, n_pages, out, lse);
+    if (p.kv_f16) FM_LAUNCH(128, true);
+    else FM_LAUNCH(128, false);
   } else {
     return cudaErrorInvalidValue;
+  }
+#undef FM_LAUNCH
+  if (n_chunks > 1) {
+    const cudaError_t e = cudaGetLastError();
+    if (e != cudaSuccess) return e;
+    combine_kernel<<<static_cast<unsigned>((items + kWarps - 1) / kWarps), threads, 0, s>>>(
+        items, n_chunks, p.head_dim, part_o, part_lse, out, lse);
   }
   return cudaGetLastError();
 }

@@ -26,10 +26,15 @@ struct DevAttention {
   float scale;
 };
 
+// How many page chunks attention splits each (query, head) over: 1 when there are enough
+// queries to fill the GPU, more for decode (flash-decoding), at most n_pages.
+int attention_chunks(int64_t m, int n_heads, int n_pages);
 // out[m × n_heads × head_dim]; lse (optional) as Backend::attention defines it. Supports
-// head_dim 64 and 128 (cudaErrorInvalidValue otherwise).
+// head_dim 64 and 128 (cudaErrorInvalidValue otherwise). When attention_chunks(...) > 1,
+// part_o (items × chunks × head_dim floats) and part_lse (items × chunks) are scratch.
 cudaError_t attention(const DevAttention& p, const float* q, const int32_t* pos, int64_t m,
-                      const DevPage* pages, int n_pages, float* out, float* lse, cudaStream_t s);
+                      const DevPage* pages, int n_pages, float* out, float* lse, float* part_o,
+                      float* part_lse, cudaStream_t s);
 cudaError_t merge_attention(int64_t rows, int head_dim, float* out, float* lse, const float* out2,
                             const float* lse2, cudaStream_t s);
 cudaError_t write_kv(const DevAttention& p, void* k_page, void* v_page, int slot0, int64_t n,

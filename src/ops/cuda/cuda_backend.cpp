@@ -74,6 +74,8 @@ CudaBackend::~CudaBackend() {
   pos_dev_.reset();
   ids_dev_.reset();
   pages_dev_.reset();
+  part_o_.reset();
+  part_lse_.reset();
   for (void* p : owned_) cudaFree(p);
   cublasDestroy(CUBLAS);
   cudaStreamDestroy(STREAM);
@@ -232,9 +234,18 @@ void CudaBackend::attention(const AttentionParams& p, const float* q, const int3
     scratch(pages_dev_, bytes);
     upload(pages_dev_.get(), pages.data(), bytes);
   }
+  const int n_pages = static_cast<int>(pages.size());
+  const int chunks = cuda::attention_chunks(m, p.n_heads, n_pages);
+  float* part_o = nullptr;
+  float* part_lse = nullptr;
+  if (chunks > 1) {
+    const size_t rows = static_cast<size_t>(m) * p.n_heads * chunks;
+    part_o = static_cast<float*>(scratch(part_o_, rows * p.head_dim * sizeof(float)));
+    part_lse = static_cast<float*>(scratch(part_lse_, rows * sizeof(float)));
+  }
   FM_CUDA(cuda::attention(dev_params(p), q, device_positions(pos, m), m,
-                          pages_dev_.as<const cuda::DevPage>(), static_cast<int>(pages.size()), out,
-                          lse, STREAM));
+                          pages_dev_.as<const cuda::DevPage>(), n_pages, out, lse, part_o, part_lse,
+                          STREAM));
 }
 
 void CudaBackend::merge_attention(int64_t rows, int head_dim, float* out, float* lse,

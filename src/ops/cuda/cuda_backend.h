@@ -71,6 +71,7 @@ class CudaBackend final : public Backend {
   std::vector<void*> owned_;
   size_t weight_bytes_ = 0;
   BackendBuffer pos_dev_, ids_dev_, pages_dev_;
+  BackendBuffer part_o_, part_lse_;  // split attention's partial results
   std::vector<int32_t> pos_host_;  // what pos_dev_ holds
 };
 
