@@ -347,10 +347,11 @@ void TieredKvStore::attend_streaming(Backend& be, int layer, const AttentionPara
     return;
   }
   const int64_t rows = m * p.n_heads;
+  // Scratch on the store's own backend (`be` must be the same one; it may not outlive us).
   if (lse_.bytes() < rows * sizeof(float)) {
-    lse_ = BackendBuffer(be, rows * sizeof(float));
-    lse2_ = BackendBuffer(be, rows * sizeof(float));
-    out2_ = BackendBuffer(be, rows * p.head_dim * sizeof(float));
+    lse_ = BackendBuffer(be_, rows * sizeof(float));
+    lse2_ = BackendBuffer(be_, rows * sizeof(float));
+    out2_ = BackendBuffer(be_, rows * p.head_dim * sizeof(float));
   }
   // (out, lse) hold the partial result once `have` is set; each later part is merged into it.
   bool have = false;
