@@ -10,6 +10,7 @@
 #include <fstream>
 #include <map>
 #include <memory>
+#include <set>
 #include <sstream>
 
 #include "core/error.h"
@@ -199,12 +200,20 @@ TEST(Ruler, WordTasksAnswersMatchCounts) {
 TEST(WordFilter, HashesAndBlocklist) {
   EXPECT_EQ(fnv1a64(""), 0xcbf29ce484222325ull);  // the FNV-1a 64 offset basis
   EXPECT_EQ(fnv1a64("a"), 0xaf63dc4c8601ec8cull);
+  EXPECT_EQ(fnv1a64("foobar"), 0x85944171f73967e8ull);  // FNV reference test vector
   const auto h = blocked_word_hashes();
   ASSERT_GE(h.size(), 500u);
   EXPECT_TRUE(std::is_sorted(h.begin(), h.end()));
   EXPECT_TRUE(std::adjacent_find(h.begin(), h.end()) == h.end());
   EXPECT_FALSE(is_blocked_word("haystack"));
   EXPECT_FALSE(is_blocked_word("needle"));
+  EXPECT_FALSE(is_blocked_word(""));
+  // A word is blocked exactly when its lowercase hash is on the list.
+  for (const char* w : {"haystack", "Needle", "ZEBRA", "a"}) {
+    std::string low = w;
+    for (char& c : low) c = static_cast<char>(std::tolower(static_cast<unsigned char>(c)));
+    EXPECT_EQ(is_blocked_word(w), std::binary_search(h.begin(), h.end(), fnv1a64(low))) << w;
+  }
 }
 
 // The Debian list holds blocked words; the generator's word pool holds none, and no generated
@@ -213,29 +222,49 @@ TEST(WordFilter, GeneratorNeverDrawsABlockedWord) {
   std::ifstream in("/usr/share/dict/american-english");
   ASSERT_TRUE(in);
   int raw_blocked = 0;
+  std::set<std::string> pool_kept, pool_blocked;  // the loader's criteria: 3-12 letters a-z
   for (std::string w; std::getline(in, w);) {
     raw_blocked += is_blocked_word(w);
     std::string up = w;
     for (char& c : up) c = static_cast<char>(std::toupper(static_cast<unsigned char>(c)));
     ASSERT_EQ(is_blocked_word(w), is_blocked_word(up)) << "case matters for a word";
+    if (w.size() >= 3 && w.size() <= 12 &&
+        std::all_of(w.begin(), w.end(), [](char c) { return c >= 'a' && c <= 'z'; }))
+      (is_blocked_word(w) ? pool_blocked : pool_kept).insert(w);
   }
   EXPECT_GE(raw_blocked, 100);  // so the filter has something to do
+  EXPECT_GE(pool_blocked.size(), 300u);  // 362 of 60,540 with wamerican 2020.12.07
   Env& e = env();
   const RulerSources src = RulerSources::load_default();
   for (const auto& w : src.words) ASSERT_FALSE(is_blocked_word(w));
-  for (const char* task : {"cwe", "fwe", "vt", "niah_multivalue"})
-    for (int i = 0; i < 4; ++i) {
-      const RulerSample s = e.gen().generate(task, 4096, 3, i);
-      std::string word;
-      for (char c : s.prompt + " ") {
-        if (std::isalpha(static_cast<unsigned char>(c))) {
-          word += c;
-        } else {
-          EXPECT_FALSE(!word.empty() && is_blocked_word(word)) << task << " sample " << i;
-          word.clear();
+  EXPECT_EQ(src.words.size(), pool_kept.size());  // the blocklist is the only other filter
+  for (const char* task : {"cwe", "fwe", "vt", "niah_single_2", "niah_multivalue"})
+    for (uint64_t seed : {0u, 3u, 11u})
+      for (int i = 0; i < 3; ++i) {
+        const RulerSample s = e.gen().generate(task, 4096, seed, i);
+        for (const auto& a : s.answers) {
+          std::string word;  // answers may be phrases; check each letter run
+          for (char c : a + " ") {
+            if (std::isalpha(static_cast<unsigned char>(c))) {
+              word += c;
+            } else {
+              ASSERT_FALSE(!word.empty() && is_blocked_word(word))
+                  << task << " seed " << seed << " sample " << i << " answer";
+              word.clear();
+            }
+          }
+        }
+        std::string word;
+        for (char c : s.prompt + " ") {
+          if (std::isalpha(static_cast<unsigned char>(c))) {
+            word += c;
+          } else {
+            ASSERT_FALSE(!word.empty() && is_blocked_word(word))
+                << task << " seed " << seed << " sample " << i;
+            word.clear();
+          }
         }
       }
-    }
 }
 
 TEST(Ruler, ProseFileErrorNamesThePackage) {
