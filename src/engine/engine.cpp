@@ -167,6 +167,11 @@ GenerateResult Engine::decode_pass(Prefilled& p, const GenerateOptions& opts,
     recorder.emplace(*record);
     kv.set_hook(&*recorder);
   }
+  if (opts.attend_hook) {
+    FM_CHECK(!record && !residency.policy().per_step(), ErrorCode::kInvalidArgument,
+             "an attention observer cannot be combined with policy ", opts.memory.policy);
+    kv.set_hook(opts.attend_hook);
+  }
 
   Sampler sampler(opts.sampling);
   GenerateResult r;
@@ -215,6 +220,7 @@ GenerateResult Engine::decode_pass(Prefilled& p, const GenerateOptions& opts,
     const int64_t tokens_left = std::min<int64_t>(opts.max_new_tokens - 1 - i, n_ctx_ - kv.n_tokens());
     residency.before_step(r.decode_steps, tokens_left);
     if (recorder) recorder->set_step(r.decode_steps);
+    if (opts.on_step) opts.on_step(r.decode_steps);
     const int32_t one[1] = {tok};
     model_->forward(one, kv, logits.data());
     kv.sample();

@@ -41,6 +41,10 @@ struct GenerateOptions {
   // Teacher forcing: when given, step i feeds forced_tokens[i] (instead of the sampled token)
   // and counts whether the model's argmax agreed (GenerateResult::forced_agree).
   std::vector<int32_t> forced_tokens;
+  // Observers (flashmem dump): a hook around every decode-mode attention, and a call before
+  // each decode forward pass with its step number (0 = the first token after the prompt).
+  AttendHook* attend_hook = nullptr;
+  std::function<void(int64_t step)> on_step;
 };
 
 // What the request's KV cost, measured by the store (DESIGN.md §4: never estimated).

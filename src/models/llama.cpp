@@ -113,6 +113,7 @@ class LlamaModel final : public Model {
       const LayerWeights& w = layers_[l];
       // Attention block.
       be_.rms_norm(x_f(), w.attn_norm, m, d, info_.rms_eps, xn_f());
+      if (tap_) observe(l, pos_[m - 1], xn_f() + (m - 1) * d);
       {
         const WeightMatrix* ws[3] = {&w.wq, &w.wk, &w.wv};
         float* ys[3] = {q_f(), k_f(), v_f()};
@@ -150,6 +151,16 @@ class LlamaModel final : public Model {
       be_.matmul(output_, xn_f(), 1, dst);
       if (!be_.host_memory()) be_.download(logits_last, dst, nv * sizeof(float));
     }
+  }
+
+  void observe(int layer, int32_t position, const float* x) {
+    const auto ls = tap_->layers();
+    if (!std::binary_search(ls.begin(), ls.end(), layer)) return;
+    const int d = info_.d_model;
+    if (be_.host_memory()) return tap_->on_layer_input(layer, position, x);
+    tap_row_.resize(d);
+    be_.download(tap_row_.data(), x, d * sizeof(float));
+    tap_->on_layer_input(layer, position, tap_row_.data());
   }
 
   void ensure_scratch(int64_t m) {
@@ -192,6 +203,7 @@ class LlamaModel final : public Model {
   // Activation scratch in backend memory, sized for the largest micro-batch seen; positions
   // are host memory.
   std::vector<int32_t> pos_;
+  std::vector<float> tap_row_;
   BackendBuffer x_, xn_, tmp_, q_, attn_, k_, v_, gate_, up_, logits_;
 };
 

@@ -39,6 +39,18 @@ struct ModelInfo {
   }
 };
 
+// Observes the input of chosen layers (the attention block's RMS-normalised hidden state, the
+// vector a layer's q/k/v projections read) for the last token of every forward pass: what the
+// Memory Indexer scores from (DESIGN.md §4) and what `flashmem dump` records. Host memory.
+class ActivationTap {
+ public:
+  virtual ~ActivationTap() = default;
+  // Layers to observe (ascending, each < n_layers).
+  virtual std::span<const int> layers() const = 0;
+  // x: d_model floats, the normalised input of layer `layer` for the token at `position`.
+  virtual void on_layer_input(int layer, int32_t position, const float* x) = 0;
+};
+
 class Model {
  public:
   virtual ~Model() = default;
@@ -49,6 +61,12 @@ class Model {
   // given, writes every position's logits there (n × n_vocab).
   virtual void forward(std::span<const int32_t> tokens, KvStore& kv, float* logits_last,
                        float* all_logits = nullptr) = 0;
+
+  // Observes layer inputs from now on (nullptr: stop). The tap must outlive its use.
+  void set_tap(ActivationTap* tap) { tap_ = tap; }
+
+ protected:
+  ActivationTap* tap_ = nullptr;
 };
 
 // Builds the model for the file's architecture on `backend`. The file and backend must outlive

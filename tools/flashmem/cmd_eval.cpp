@@ -51,8 +51,6 @@ CLI::App* add_eval_command(CLI::App& app, EvalArgs& a) {
   return c;
 }
 
-namespace {
-
 int64_t parse_length(const std::string& s) {
   char* end = nullptr;
   const double v = std::strtod(s.c_str(), &end);
@@ -61,6 +59,9 @@ int64_t parse_length(const std::string& s) {
            ErrorCode::kInvalidArgument, "bad length '", s, "' (expected e.g. 4k or 4096)");
   return static_cast<int64_t>(unit.empty() ? v : v * 1024);
 }
+
+namespace {
+
 
 struct Run {
   std::string policy;

@@ -99,6 +99,33 @@ struct BenchArgs {
   std::string kv_type = "f16";
 };
 
+struct DumpArgs {
+  std::string model;
+  std::string out;
+  std::vector<std::string> ruler_lengths{"4k"};
+  std::vector<std::string> tasks{"all"};
+  int ruler_samples = 0;
+  uint64_t seed = 1000;  // not the eval's seed 0: dumped prompts never equal evaluated ones
+  std::string prose;     // plain-text file for natural-text documents
+  std::vector<std::string> prose_lengths{"4k"};
+  int prose_docs = 0;
+  std::vector<int> layers;
+  std::vector<std::string> poolings{"post_rope_mean", "pre_rope_mean"};
+  int chunk_tokens = 16;
+  float top_p = 0.5f;
+  int tau = 64;
+  int point_stride = 8;
+  int n_predict = 64;
+  std::string shard = "0/1";
+  std::string backend = "cpu";
+  int threads = 0;
+};
+
+// "4k" → 4096, "4096" → 4096; Error(kInvalidArgument) otherwise.
+int64_t parse_length(const std::string& s);
+
+CLI::App* add_dump_command(CLI::App& app, DumpArgs& a);
+int dump_command(const DumpArgs& a);
 CLI::App* add_bench_command(CLI::App& app, BenchArgs& a);
 int bench_command(const BenchArgs& a);
 CLI::App* add_run_command(CLI::App& app, RunArgs& a);

@@ -1,0 +1,300 @@
+#include "train/dump.h"
+
+#include <algorithm>
+#include <cstring>
+#include <fstream>
+#include <map>
+
+#include <nlohmann/json.hpp>
+
+#include "core/dtype.h"
+#include "core/error.h"
+
+namespace flashmem::train {
+
+namespace {
+
+constexpr char kMagic[8] = {'F', 'M', 'D', 'U', 'M', 'P', '\r', '\n'};
+constexpr uint64_t kMaxHeader = 1 << 20;
+
+uint64_t fnv1a(const uint8_t* p, size_t n, uint64_t h = 0xcbf29ce484222325ull) {
+  for (size_t i = 0; i < n; ++i) {
+    h ^= p[i];
+    h *= 0x100000001b3ull;
+  }
+  return h;
+}
+
+int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
+
+// The arrays of a document, in file order: name, element size, data.
+struct ArrayRef {
+  std::string name;
+  std::string dtype;
+  size_t elem = 0;
+  const void* data = nullptr;
+  size_t count = 0;
+};
+
+template <class T>
+ArrayRef ref(std::string name, const char* dtype, const std::vector<T>& v) {
+  return ArrayRef{std::move(name), dtype, sizeof(T), v.data(), v.size()};
+}
+
+std::vector<ArrayRef> arrays_of(const DumpDoc& d) {
+  std::vector<ArrayRef> a = {ref("point_step", "i32", d.point_step), ref("point_pos", "i32", d.point_pos),
+                             ref("hidden", "f16", d.hidden), ref("hit_ptr", "i32", d.hit_ptr),
+                             ref("hit_chunk", "i32", d.hit_chunk), ref("hit_count", "i32", d.hit_count)};
+  for (size_t p = 0; p < d.poolings.size(); ++p)
+    for (size_t t = 0; t < d.target_layers.size(); ++t) {
+      const std::string sfx = d.poolings[p] + "." + std::to_string(d.target_layers[t]);
+      a.push_back(ref("keys." + sfx, "u8", d.keys[p][t]));
+      a.push_back(ref("scales." + sfx, "f32", d.scales[p][t]));
+    }
+  return a;
+}
+
+}  // namespace
+
+void DumpDoc::check() const {
+  const size_t S = point_step.size(), nt = target_layers.size();
+  FM_CHECK(d_model > 0 && n_kv_heads > 0 && head_dim > 0 && page_tokens > 0 && chunk_tokens > 0 &&
+               page_tokens % chunk_tokens == 0 && nt > 0 && !poolings.empty() && n_steps >= 0 &&
+               n_chunks >= 0,
+           ErrorCode::kFormat, "dump ", name, ": bad shape parameters");
+  FM_CHECK(point_pos.size() == S && hidden.size() == S * nt * d_model, ErrorCode::kFormat, "dump ",
+           name, ": decision-point arrays disagree (", S, " points)");
+  FM_CHECK(hit_ptr.size() == static_cast<size_t>(n_steps) + 1 && hit_ptr.front() == 0 &&
+               static_cast<size_t>(hit_ptr.back()) == hit_chunk.size() && hit_count.size() == hit_chunk.size(),
+           ErrorCode::kFormat, "dump ", name, ": hit arrays disagree");
+  for (size_t t = 0; t + 1 < hit_ptr.size(); ++t)
+    FM_CHECK(hit_ptr[t] <= hit_ptr[t + 1], ErrorCode::kFormat, "dump ", name, ": hit_ptr decreases");
+  for (size_t s = 0; s < S; ++s)
+    FM_CHECK(point_step[s] >= 0 && point_step[s] <= n_steps && point_pos[s] >= 0, ErrorCode::kFormat,
+             "dump ", name, ": decision point ", s, " out of range");
+  FM_CHECK(keys.size() == poolings.size() && scales.size() == poolings.size(), ErrorCode::kFormat,
+           "dump ", name, ": keys for ", keys.size(), " poolings, ", poolings.size(), " named");
+  for (size_t p = 0; p < poolings.size(); ++p) {
+    FM_CHECK(keys[p].size() == nt && scales[p].size() == nt, ErrorCode::kFormat, "dump ", name,
+             ": keys for the wrong number of layers");
+    for (size_t t = 0; t < nt; ++t)
+      FM_CHECK(keys[p][t].size() == static_cast<size_t>(n_chunks) * key_dim() &&
+                   scales[p][t].size() == static_cast<size_t>(n_chunks),
+               ErrorCode::kFormat, "dump ", name, ": keys of ", poolings[p], " layer ",
+               target_layers[t], " do not hold ", n_chunks, " chunks");
+  }
+}
+
+std::string split_of(const std::string& name) {
+  const uint64_t h = fnv1a(reinterpret_cast<const uint8_t*>(name.data()), name.size());
+  const int b = static_cast<int>((h >> 17) % 10);
+  return b < 8 ? "train" : b == 8 ? "val" : "test";
+}
+
+void write_dump(const std::string& path, const DumpDoc& d) {
+  d.check();
+  nlohmann::json h;
+  h["name"] = d.name;
+  h["source"] = d.source;
+  h["split"] = d.split;
+  h["model"] = d.model;
+  h["d_model"] = d.d_model;
+  h["n_kv_heads"] = d.n_kv_heads;
+  h["head_dim"] = d.head_dim;
+  h["n_layers"] = d.n_layers;
+  h["n_heads"] = d.n_heads;
+  h["page_tokens"] = d.page_tokens;
+  h["chunk_tokens"] = d.chunk_tokens;
+  h["tau"] = d.tau;
+  h["top_p"] = d.top_p;
+  h["rope"] = {{"n_rot", d.rope.n_rot}, {"freq_base", d.rope.freq_base},
+               {"freq_scale", d.rope.freq_scale}, {"neox", d.rope.neox}};
+  h["target_layers"] = d.target_layers;
+  h["poolings"] = d.poolings;
+  h["n_prompt"] = d.n_prompt;
+  h["n_steps"] = d.n_steps;
+  h["n_points"] = d.point_step.size();
+  h["n_chunks"] = d.n_chunks;
+  const auto arrays = arrays_of(d);
+  for (const auto& a : arrays) h["arrays"].push_back({{"name", a.name}, {"dtype", a.dtype}, {"count", a.count}});
+  const std::string hs = h.dump();
+
+  std::vector<uint8_t> buf;
+  auto put = [&](const void* p, size_t n) {
+    const auto* b = static_cast<const uint8_t*>(p);
+    buf.insert(buf.end(), b, b + n);
+  };
+  const uint32_t ver = kDumpVersion, zero = 0;
+  const uint64_t hl = hs.size();
+  put(kMagic, 8);
+  put(&ver, 4);
+  put(&zero, 4);
+  put(&hl, 8);
+  put(hs.data(), hs.size());
+  for (const auto& a : arrays) put(a.data, a.elem * a.count);
+  const uint64_t sum = fnv1a(buf.data(), buf.size());
+  put(&sum, 8);
+  std::ofstream out(path, std::ios::binary | std::ios::trunc);
+  FM_CHECK(out.good(), ErrorCode::kIo, "cannot write ", path);
+  out.write(reinterpret_cast<const char*>(buf.data()), static_cast<std::streamsize>(buf.size()));
+  out.close();
+  FM_CHECK(out.good(), ErrorCode::kIo, "writing ", path, " failed");
+}
+
+DumpDoc read_dump(const std::string& path) {
+  std::ifstream in(path, std::ios::binary);
+  FM_CHECK(in.good(), ErrorCode::kIo, "cannot open ", path);
+  std::vector<uint8_t> buf((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+  FM_CHECK(buf.size() >= 32 && std::memcmp(buf.data(), kMagic, 8) == 0, ErrorCode::kFormat, path,
+           " is not a flashmem dump file");
+  uint32_t ver = 0;
+  uint64_t hl = 0, sum = 0;
+  std::memcpy(&ver, buf.data() + 8, 4);
+  std::memcpy(&hl, buf.data() + 16, 8);
+  FM_CHECK(ver == kDumpVersion, ErrorCode::kFormat, path, ": dump version ", ver, ", this build reads ",
+           kDumpVersion);
+  FM_CHECK(hl <= kMaxHeader && 24 + hl + 8 <= buf.size(), ErrorCode::kFormat, path, ": bad header length ", hl);
+  std::memcpy(&sum, buf.data() + buf.size() - 8, 8);
+  FM_CHECK(fnv1a(buf.data(), buf.size() - 8) == sum, ErrorCode::kFormat, path,
+           ": checksum mismatch (the file is damaged or truncated)");
+  DumpDoc d;
+  size_t at = 24 + hl;
+  try {
+    const auto h = nlohmann::json::parse(buf.begin() + 24, buf.begin() + 24 + static_cast<std::ptrdiff_t>(hl));
+    d.name = h.at("name");
+    d.source = h.at("source");
+    d.split = h.at("split");
+    d.model = h.at("model");
+    d.d_model = h.at("d_model");
+    d.n_kv_heads = h.at("n_kv_heads");
+    d.head_dim = h.at("head_dim");
+    d.n_layers = h.at("n_layers");
+    d.n_heads = h.at("n_heads");
+    d.page_tokens = h.at("page_tokens");
+    d.chunk_tokens = h.at("chunk_tokens");
+    d.tau = h.at("tau");
+    d.top_p = h.at("top_p");
+    d.rope.n_rot = h.at("rope").at("n_rot");
+    d.rope.freq_base = h.at("rope").at("freq_base");
+    d.rope.freq_scale = h.at("rope").at("freq_scale");
+    d.rope.neox = h.at("rope").at("neox");
+    d.target_layers = h.at("target_layers").get<std::vector<int>>();
+    d.poolings = h.at("poolings").get<std::vector<std::string>>();
+    d.n_prompt = h.at("n_prompt");
+    d.n_steps = h.at("n_steps");
+    d.n_chunks = h.at("n_chunks");
+    d.keys.assign(d.poolings.size(), std::vector<std::vector<uint8_t>>(d.target_layers.size()));
+    d.scales.assign(d.poolings.size(), std::vector<std::vector<float>>(d.target_layers.size()));
+    std::map<std::string, std::pair<void*, size_t>> dst;  // name → (vector to resize, elem size)
+    auto read_into = [&](auto& v, size_t count) {
+      using T = typename std::remove_reference_t<decltype(v)>::value_type;
+      const size_t bytes = count * sizeof(T);
+      FM_CHECK(count <= buf.size() && at + bytes + 8 <= buf.size(), ErrorCode::kFormat, path,
+               ": arrays run past the end of the file");
+      v.resize(count);
+      std::memcpy(v.data(), buf.data() + at, bytes);
+      at += bytes;
+    };
+    for (const auto& a : h.at("arrays")) {
+      const std::string n = a.at("name");
+      const size_t count = a.at("count");
+      if (n == "point_step") read_into(d.point_step, count);
+      else if (n == "point_pos") read_into(d.point_pos, count);
+      else if (n == "hidden") read_into(d.hidden, count);
+      else if (n == "hit_ptr") read_into(d.hit_ptr, count);
+      else if (n == "hit_chunk") read_into(d.hit_chunk, count);
+      else if (n == "hit_count") read_into(d.hit_count, count);
+      else {
+        bool found = false;
+        for (size_t p = 0; p < d.poolings.size() && !found; ++p)
+          for (size_t t = 0; t < d.target_layers.size() && !found; ++t) {
+            const std::string sfx = d.poolings[p] + "." + std::to_string(d.target_layers[t]);
+            if (n == "keys." + sfx) read_into(d.keys[p][t], count), found = true;
+            else if (n == "scales." + sfx) read_into(d.scales[p][t], count), found = true;
+          }
+        FM_CHECK(found, ErrorCode::kFormat, path, ": unknown array '", n, "'");
+      }
+    }
+  } catch (const nlohmann::json::exception& e) {
+    FM_FAIL(ErrorCode::kFormat, path, ": bad dump header: ", e.what());
+  }
+  FM_CHECK(at + 8 == buf.size(), ErrorCode::kFormat, path, ": ", buf.size() - 8 - at,
+           " bytes after the arrays");
+  d.check();
+  return d;
+}
+
+IndexerDataset load_dataset(const std::vector<std::string>& paths, const LoadOptions& o) {
+  IndexerDataset ds;
+  FM_CHECK(!paths.empty(), ErrorCode::kInvalidArgument, "no dump files given");
+  for (const std::string& path : paths) {
+    const DumpDoc d = read_dump(path);
+    const auto pit = std::find(d.poolings.begin(), d.poolings.end(), o.pooling);
+    FM_CHECK(pit != d.poolings.end(), ErrorCode::kFormat, path, " has no keys pooled as ", o.pooling);
+    const size_t pi = static_cast<size_t>(pit - d.poolings.begin());
+    std::vector<int> layers = o.layers.empty() ? d.target_layers : o.layers;
+    std::vector<size_t> ti;
+    for (int l : layers) {
+      const auto it = std::find(d.target_layers.begin(), d.target_layers.end(), l);
+      FM_CHECK(it != d.target_layers.end(), ErrorCode::kFormat, path, " has no target layer ", l);
+      ti.push_back(static_cast<size_t>(it - d.target_layers.begin()));
+    }
+    if (ds.docs.empty()) {
+      ds.d_model = d.d_model;
+      ds.n_kv_heads = d.n_kv_heads;
+      ds.head_dim = d.head_dim;
+      ds.n_targets = static_cast<int>(layers.size());
+      ds.target_layers = layers;
+      ds.rope = d.rope;
+      ds.chunk_tokens = d.chunk_tokens;
+      ds.max_hits = static_cast<float>(d.n_layers * d.n_heads);
+    }
+    FM_CHECK(ds.d_model == d.d_model && ds.n_kv_heads == d.n_kv_heads && ds.head_dim == d.head_dim &&
+                 ds.chunk_tokens == d.chunk_tokens,
+             ErrorCode::kFormat, path, " does not match the shapes of the first file");
+    IndexerDoc doc;
+    doc.name = d.name;
+    doc.n_chunks = d.n_chunks;
+    for (size_t t : ti) {
+      doc.keys.push_back(d.keys[pi][t]);
+      doc.scales.push_back(d.scales[pi][t]);
+    }
+    const int64_t pt = d.page_tokens, cpp = d.page_tokens / d.chunk_tokens;
+    doc.label_ptr.push_back(0);
+    std::vector<int32_t> best;
+    for (size_t s = 0; s < d.point_step.size(); ++s) {
+      const int64_t tokens = int64_t{d.point_pos[s]} + 1;
+      const int64_t pages = tokens / pt;
+      const int64_t mb = std::min(pages, ceil_div(o.sink_tokens, pt));
+      const int64_t me = std::max(mb, pages - ceil_div(o.tail_tokens, pt));
+      const int32_t cb = static_cast<int32_t>(std::min(d.n_chunks, mb * cpp));
+      const int32_t ce = static_cast<int32_t>(std::min(d.n_chunks, me * cpp));
+      // Golden: hit by ≥ min_hits heads at some step of [step, step + τ).
+      best.assign(static_cast<size_t>(std::max(ce - cb, 0)), 0);
+      const int64_t t1 = std::min<int64_t>(d.n_steps, int64_t{d.point_step[s]} + d.tau);
+      for (int64_t t = d.point_step[s]; t < t1; ++t)
+        for (int32_t k = d.hit_ptr[t]; k < d.hit_ptr[t + 1]; ++k) {
+          const int32_t c = d.hit_chunk[k];
+          if (c >= cb && c < ce && d.hit_count[k] >= o.min_hits)
+            best[c - cb] = std::max(best[c - cb], d.hit_count[k]);
+        }
+      doc.position.push_back(d.point_pos[s]);
+      doc.cand_begin.push_back(cb);
+      doc.cand_end.push_back(ce);
+      for (size_t t : ti) {
+        const uint16_t* hrow = d.hidden.data() + (s * d.target_layers.size() + t) * d.d_model;
+        for (int i = 0; i < d.d_model; ++i) doc.hidden.push_back(fp16_to_fp32(hrow[i]));
+      }
+      for (size_t c = 0; c < best.size(); ++c)
+        if (best[c] > 0) {
+          doc.label_idx.push_back(cb + static_cast<int32_t>(c));
+          doc.label_hits.push_back(static_cast<float>(best[c]));
+        }
+      doc.label_ptr.push_back(static_cast<int32_t>(doc.label_idx.size()));
+    }
+    ds.docs.push_back(std::move(doc));
+  }
+  return ds;
+}
+
+}  // namespace flashmem::train

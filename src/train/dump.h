@@ -1,0 +1,80 @@
+// flashmem/train/dump.h — `flashmem dump` files: what the Memory Indexer is trained from
+// (DESIGN.md §4; the format is documented in docs/formats.md).
+//
+// One file per document. It holds, for a run of the model with full attention:
+//  * decision points: decode steps s (every `point_stride` steps, s = 0 right after prefill)
+//    with the target layers' input hidden states (f16) of the token processed just before
+//    step s and its position — what Level 1 scores from at step s;
+//  * per decode step, the chunks the model's attention hit and how many (layer, head) pairs
+//    hit them (CSR: step t owns [hit_ptr[t], hit_ptr[t+1]));
+//  * the index keys of every chunk of every completed page, per pooling and target layer.
+// File layout: 8-byte magic "FMDUMP\r\n", u32 version, u32 0, u64 header length, the header
+// (JSON: scalars and the list of arrays with dtype and element count), the arrays in that
+// order, and the FNV-1a 64 of every byte before it. Little-endian.
+#pragma once
+
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include "ops/backend.h"
+#include "train/dataset.h"
+
+namespace flashmem::train {
+
+inline constexpr uint32_t kDumpVersion = 1;
+
+struct DumpDoc {
+  // What and where from.
+  std::string name;    // unique per corpus, e.g. "ruler/vt/4096/s3"
+  std::string source;  // "ruler" or "prose"
+  std::string split;   // "train", "val" or "test" (split_of(name))
+  std::string model;   // model name
+  // Shapes and settings.
+  int d_model = 0, n_kv_heads = 0, head_dim = 0, page_tokens = 0, chunk_tokens = 0;
+  int n_layers = 0, n_heads = 0, tau = 64;
+  float top_p = 0.0f;
+  RopeParams rope;
+  std::vector<int> target_layers;
+  std::vector<std::string> poolings;
+  int64_t n_prompt = 0;
+  int64_t n_steps = 0;  // decode steps with recorded attention
+  // Decision points.
+  std::vector<int32_t> point_step, point_pos;  // [S]
+  std::vector<uint16_t> hidden;                // [S × n_targets × d_model] f16
+  // Attention hits per decode step.
+  std::vector<int32_t> hit_ptr;                // [n_steps + 1]
+  std::vector<int32_t> hit_chunk, hit_count;   // [nnz]
+  // Index keys.
+  int64_t n_chunks = 0;
+  std::vector<std::vector<std::vector<uint8_t>>> keys;  // [pooling][target][n_chunks × key_dim]
+  std::vector<std::vector<std::vector<float>>> scales;  // [pooling][target][n_chunks]
+
+  int key_dim() const { return n_kv_heads * head_dim; }
+  // Throws Error(kFormat) when shapes disagree.
+  void check() const;
+};
+
+// "train" for 80% of names, "val" and "test" for 10% each, by a hash of the name (so a
+// document always lands in the same split, whatever else is dumped).
+std::string split_of(const std::string& name);
+
+// Throws Error(kIo) when the file cannot be written.
+void write_dump(const std::string& path, const DumpDoc& d);
+// Throws Error(kIo) when unreadable, Error(kFormat) for a bad magic, version, header, size or
+// checksum.
+DumpDoc read_dump(const std::string& path);
+
+struct LoadOptions {
+  std::string pooling = "post_rope_mean";
+  int min_hits = 1;             // a chunk is golden at a step when hit by ≥ min_hits heads
+  int64_t sink_tokens = 64;     // the residency's sink and tail: their chunks are never scored
+  int64_t tail_tokens = 64;
+  std::vector<int> layers;      // target layers to keep (empty: all in the files)
+};
+
+// The dump files of one split as a training set. Error(kFormat) when files disagree on shapes
+// or lack the pooling/layers asked for.
+IndexerDataset load_dataset(const std::vector<std::string>& paths, const LoadOptions& o);
+
+}  // namespace flashmem::train

@@ -1,0 +1,164 @@
+// flashmem dump — training data for the Memory Indexer (DESIGN.md §4, docs/formats.md).
+//
+//   flashmem dump -m MODEL --out DIR --ruler-lengths 4k,8k --ruler-samples 8
+//                 --prose kjv.txt --prose-docs 100 --prose-lengths 4k,8k --layers 8,14,20
+//
+// Runs every document with full attention and writes DIR/<split>/<name>.fmd: RULER-style task
+// prompts (generated continuations, seed ≠ the eval's) and natural text (teacher-forced with
+// its real continuation). Documents are split train/val/test by name. --shard i/n runs every
+// n-th document (parallel processes); existing files are skipped (resume).
+#include <algorithm>
+#include <cstdio>
+#include <filesystem>
+#include <fstream>
+#include <random>
+#include <sstream>
+
+#include "commands.h"
+#include "core/error.h"
+#include "engine/dump.h"
+#include "eval/progress.h"
+#include "eval_suites.h"
+
+namespace flashmem::cli {
+
+CLI::App* add_dump_command(CLI::App& app, DumpArgs& a) {
+  CLI::App* c = app.add_subcommand("dump", "Dump Memory Indexer training data (hidden states, index keys, attended chunks)");
+  c->add_option("-m,--model", a.model, "GGUF model file")->required()->check(CLI::ExistingFile);
+  c->add_option("--out", a.out, "Output directory")->required();
+  c->add_option("--ruler-lengths", a.ruler_lengths, "RULER prompt lengths, e.g. 2k,4k,8k")->delimiter(',');
+  c->add_option("--tasks", a.tasks, "RULER tasks (all or a list)")->delimiter(',');
+  c->add_option("--ruler-samples", a.ruler_samples, "RULER prompts per task and length")->check(CLI::Range(0, 1 << 20));
+  c->add_option("--seed", a.seed, "Seed of the RULER prompts and prose offsets (the eval uses 0)");
+  c->add_option("--prose", a.prose, "Plain-text file for natural-text documents")->check(CLI::ExistingFile);
+  c->add_option("--prose-lengths", a.prose_lengths, "Natural-text prompt lengths")->delimiter(',');
+  c->add_option("--prose-docs", a.prose_docs, "Natural-text documents per length")->check(CLI::Range(0, 1 << 20));
+  c->add_option("--layers", a.layers, "Target layers, e.g. 8,14,20")->delimiter(',')->required();
+  c->add_option("--pooling", a.poolings, "Index-key poolings to record")->delimiter(',')
+      ->check(CLI::IsMember({"post_rope_mean", "pre_rope_mean"}));
+  c->add_option("--chunk-tokens", a.chunk_tokens, "Tokens per indexed chunk")->check(CLI::Range(1, 4096));
+  c->add_option("--top-p", a.top_p, "Attention mass per head that counts as a hit")->check(CLI::Range(0.01, 1.0));
+  c->add_option("--tau", a.tau, "Decode steps a decision looks ahead")->check(CLI::Range(1, 1 << 16));
+  c->add_option("--point-stride", a.point_stride, "A decision point every N decode steps")->check(CLI::Range(1, 1 << 16));
+  c->add_option("-n,--n-predict", a.n_predict, "Decode steps per document")->check(CLI::Range(1, 1 << 16));
+  c->add_option("--shard", a.shard, "i/n: this process dumps documents i, i+n, ...");
+  c->add_option("-t,--threads", a.threads, "CPU threads (0: all cores)")->check(CLI::Range(0, 1024));
+  add_backend_option(c, a.backend);
+  return c;
+}
+
+namespace {
+
+std::string file_name(const std::string& doc) {
+  std::string s = doc;
+  for (char& ch : s)
+    if (!std::isalnum(static_cast<unsigned char>(ch)) && ch != '-' && ch != '.') ch = '_';
+  return s + ".fmd";
+}
+
+std::string read_text(const std::string& path) {
+  std::ifstream in(path, std::ios::binary);
+  FM_CHECK(in.good(), ErrorCode::kIo, "cannot open ", path);
+  std::stringstream ss;
+  ss << in.rdbuf();
+  return ss.str();
+}
+
+}  // namespace
+
+int dump_command(const DumpArgs& a) {
+  int shard = 0, shards = 1;
+  FM_CHECK(std::sscanf(a.shard.c_str(), "%d/%d", &shard, &shards) == 2 && shards >= 1 && shard >= 0 &&
+               shard < shards,
+           ErrorCode::kInvalidArgument, "bad --shard '", a.shard, "' (expected i/n with 0 ≤ i < n)");
+  FM_CHECK(a.ruler_samples > 0 || a.prose_docs > 0, ErrorCode::kInvalidArgument,
+           "nothing to dump: give --ruler-samples and/or --prose with --prose-docs");
+  FM_CHECK(a.prose_docs == 0 || !a.prose.empty(), ErrorCode::kInvalidArgument, "--prose-docs needs --prose FILE");
+  DumpSettings s;
+  s.target_layers = a.layers;
+  std::sort(s.target_layers.begin(), s.target_layers.end());
+  s.poolings = a.poolings;
+  s.chunk_tokens = a.chunk_tokens;
+  s.top_p = a.top_p;
+  s.tau = a.tau;
+  s.point_stride = a.point_stride;
+  s.max_new_tokens = a.n_predict;
+
+  std::vector<int64_t> ruler_lengths, prose_lengths;
+  int64_t need = 0;
+  if (a.ruler_samples > 0)
+    for (const auto& l : a.ruler_lengths) need = std::max(need, ruler_lengths.emplace_back(parse_length(l)));
+  if (a.prose_docs > 0)
+    for (const auto& l : a.prose_lengths) need = std::max(need, prose_lengths.emplace_back(parse_length(l)));
+  EngineOptions eo;
+  eo.model_path = a.model;
+  eo.backend = a.backend;
+  eo.n_threads = a.threads;
+  eo.n_ctx = need + a.n_predict + 64;
+  auto eng = Engine::load(eo);
+  FM_CHECK(eo.n_ctx <= eng->info().n_ctx_train, ErrorCode::kOutOfRange, "documents of ", need,
+           " tokens plus ", a.n_predict, " generated do not fit the model's context of ",
+           eng->info().n_ctx_train);
+
+  std::vector<DumpInput> docs;
+  if (a.ruler_samples > 0) {
+    SuiteRequest req;
+    req.suite = "ruler";
+    req.lengths = ruler_lengths;
+    req.tasks = a.tasks;
+    req.samples = a.ruler_samples;
+    req.seed = a.seed;
+    for (SuiteItem& it : make_suite_items(*eng, req)) {
+      DumpInput in;
+      in.name = it.prompt_id;
+      in.source = "ruler";
+      in.prompt = eng->tokenizer().encode(it.prompt, true, true);
+      in.stop_strings = it.stop_strings;
+      docs.push_back(std::move(in));
+    }
+  }
+  if (a.prose_docs > 0) {
+    const std::string text = read_text(a.prose);
+    std::mt19937_64 rng(a.seed * 0x9E3779B97F4A7C15ull + 7);
+    for (int64_t len : prose_lengths)
+      for (int i = 0; i < a.prose_docs; ++i) {
+        // A slice starting at a line boundary, long enough for len + n_predict tokens.
+        const size_t want = static_cast<size_t>((len + a.n_predict) * 8);
+        FM_CHECK(text.size() > want, ErrorCode::kInvalidArgument, a.prose, " is too short for ", len, "-token documents");
+        size_t at = std::uniform_int_distribution<size_t>(0, text.size() - want)(rng);
+        at = std::min(text.size() - want, text.find('\n', at) + 1);
+        std::vector<int32_t> toks = eng->tokenizer().encode(text.substr(at, want), true, false);
+        FM_CHECK(static_cast<int64_t>(toks.size()) >= len + a.n_predict, ErrorCode::kInvalidArgument,
+                 "prose slice too short");
+        DumpInput in;
+        in.name = "prose/" + std::to_string(len) + "/seed" + std::to_string(a.seed) + "/" + std::to_string(i);
+        in.source = "prose";
+        in.prompt.assign(toks.begin(), toks.begin() + len);
+        in.forced.assign(toks.begin() + len, toks.begin() + len + a.n_predict);
+        docs.push_back(std::move(in));
+      }
+  }
+
+  namespace fs = std::filesystem;
+  for (const char* split : {"train", "val", "test"}) fs::create_directories(fs::path(a.out) / split);
+  int64_t mine = 0;
+  for (size_t i = shard; i < docs.size(); i += shards) ++mine;
+  eval::Progress progress(mine, "dump");
+  for (size_t i = shard; i < docs.size(); i += shards) {
+    const DumpInput& in = docs[i];
+    const fs::path path = fs::path(a.out) / train::split_of(in.name) / file_name(in.name);
+    if (fs::exists(path)) {
+      progress.skip(1, in.name);
+      continue;
+    }
+    const train::DumpDoc d = dump_document(*eng, in, s);
+    const fs::path tmp = path.string() + ".tmp";
+    train::write_dump(tmp.string(), d);
+    fs::rename(tmp, path);
+    progress.tick(1, in.name);
+  }
+  progress.finish();
+  return 0;
+}
+
+}  // namespace flashmem::cli
