@@ -85,20 +85,20 @@ int dump_command(const DumpArgs& a) {
   s.max_new_tokens = a.n_predict;
 
   std::vector<int64_t> ruler_lengths, prose_lengths;
-  int64_t need = 0;
   if (a.ruler_samples > 0)
-    for (const auto& l : a.ruler_lengths) need = std::max(need, ruler_lengths.emplace_back(parse_length(l)));
+    for (const auto& l : a.ruler_lengths) ruler_lengths.push_back(parse_length(l));
   if (a.prose_docs > 0)
-    for (const auto& l : a.prose_lengths) need = std::max(need, prose_lengths.emplace_back(parse_length(l)));
+    for (const auto& l : a.prose_lengths) prose_lengths.push_back(parse_length(l));
   EngineOptions eo;
   eo.model_path = a.model;
   eo.backend = a.backend;
   eo.n_threads = a.threads;
-  eo.n_ctx = need + a.n_predict + 64;
-  auto eng = Engine::load(eo);
-  FM_CHECK(eo.n_ctx <= eng->info().n_ctx_train, ErrorCode::kOutOfRange, "documents of ", need,
-           " tokens plus ", a.n_predict, " generated do not fit the model's context of ",
-           eng->info().n_ctx_train);
+  auto eng = Engine::load(eo);  // the model's whole context
+  // A document must leave room for its generated tokens: lengths are capped there.
+  const int64_t room = eng->n_ctx() - a.n_predict - 1;
+  FM_CHECK(room >= 256, ErrorCode::kOutOfRange, "-n ", a.n_predict, " leaves no room for a prompt in the context of ",
+           eng->n_ctx());
+  for (int64_t& l : prose_lengths) l = std::min(l, room);
 
   std::vector<DumpInput> docs;
   if (a.ruler_samples > 0) {

@@ -1,0 +1,365 @@
+// Memory Indexer training data: index keys (pooling, Hadamard, fp8), attention-hit labels and
+// the dump file format. References: float64 math written here, hand-made cases, and corrupted
+// files that must be refused.
+#include <gtest/gtest.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstdio>
+#include <filesystem>
+#include <fstream>
+#include <random>
+#include <vector>
+
+#include "core/dtype.h"
+#include "core/error.h"
+#include "core/fp8.h"
+#include "memory/attention_labels.h"
+#include "memory/index_keys.h"
+#include "ops/cpu/cpu_backend.h"
+#include "ops/cpu/elementwise.h"
+#include "train/dump.h"
+
+namespace flashmem {
+namespace {
+
+KvCacheConfig key_config() {
+  KvCacheConfig c;
+  c.n_layers = 3;
+  c.n_kv_heads = 2;
+  c.head_dim = 8;
+  c.page_tokens = 8;
+  c.max_tokens = 256;
+  c.type = KvType::kF32;
+  return c;
+}
+
+RopeParams test_rope() {
+  RopeParams r;
+  r.n_rot = 8;
+  r.freq_base = 10000.0f;
+  return r;
+}
+
+// A page's K part (f32, dim-major per kv head) from token-major keys k[token][g·d + i].
+std::vector<float> page_from_keys(const KvCacheConfig& c, const std::vector<std::vector<double>>& k) {
+  std::vector<float> page(static_cast<size_t>(2) * c.n_kv_heads * c.head_dim * c.page_tokens, 0.0f);
+  for (int j = 0; j < c.page_tokens; ++j)
+    for (int g = 0; g < c.n_kv_heads; ++g)
+      for (int i = 0; i < c.head_dim; ++i)
+        page[(static_cast<size_t>(g) * c.head_dim + i) * c.page_tokens + j] = static_cast<float>(k[j][g * c.head_dim + i]);
+  return page;
+}
+
+// Orthonormal Sylvester Hadamard in double, by the matrix definition H[r][c] = (−1)^popcount(r&c).
+std::vector<double> hadamard_ref(const std::vector<double>& x) {
+  const size_t n = x.size();
+  std::vector<double> y(n, 0.0);
+  for (size_t r = 0; r < n; ++r)
+    for (size_t c = 0; c < n; ++c) y[r] += (__builtin_popcountll(r & c) % 2 ? -1.0 : 1.0) * x[c];
+  for (double& v : y) v /= std::sqrt(static_cast<double>(n));
+  return y;
+}
+
+// Checks a stored key against the float64 pooled vector `want` (per kv head before Hadamard).
+void expect_key(const KvCacheConfig& c, const uint8_t* key, float scale, const std::vector<double>& want) {
+  std::vector<double> rot;
+  double amax = 0.0;
+  for (int g = 0; g < c.n_kv_heads; ++g) {
+    std::vector<double> h(want.begin() + g * c.head_dim, want.begin() + (g + 1) * c.head_dim);
+    for (double v : hadamard_ref(h)) {
+      rot.push_back(v);
+      amax = std::max(amax, std::fabs(v));
+    }
+  }
+  EXPECT_NEAR(scale, amax / 448.0, 1e-6 * amax);
+  for (size_t i = 0; i < rot.size(); ++i) {
+    const double got = fp8_e4m3_to_fp32(key[i]) * static_cast<double>(scale);
+    ASSERT_FALSE(std::isnan(got));
+    // e4m3 keeps 3 mantissa bits: relative error ≤ 2^−4 for normals, plus the subnormal step.
+    EXPECT_NEAR(got, rot[i], std::fabs(rot[i]) / 16.0 + amax / 448.0 * std::ldexp(1.0, -9) + 1e-7) << i;
+  }
+}
+
+TEST(IndexKeys, PostRopeMeanIsTheMeanOfCachedKeysHadamardRotatedInFp8) {
+  const KvCacheConfig c = key_config();
+  std::mt19937 rng(1);
+  std::normal_distribution<double> nd(0.0, 1.0);
+  std::vector<std::vector<double>> k(c.page_tokens, std::vector<double>(c.n_kv_heads * c.head_dim));
+  for (auto& row : k)
+    for (double& v : row) v = nd(rng);
+  const std::vector<float> page = page_from_keys(c, k);
+  IndexKeyConfig ic;
+  ic.chunk_tokens = 4;
+  ic.layers = {0, 2};
+  ic.rope = test_rope();
+  IndexKeys keys(c, ic, nullptr);
+  keys.on_page(1, 0, reinterpret_cast<const uint8_t*>(page.data()));  // not a target: ignored
+  EXPECT_EQ(keys.n_chunks(0), 0);
+  keys.on_page(2, 0, reinterpret_cast<const uint8_t*>(page.data()));
+  ASSERT_EQ(keys.n_chunks(1), 2);
+  keys.on_page(2, 0, reinterpret_cast<const uint8_t*>(page.data()));  // replayed page: ignored
+  EXPECT_EQ(keys.n_chunks(1), 2);
+  for (int ch = 0; ch < 2; ++ch) {
+    std::vector<double> mean(c.n_kv_heads * c.head_dim, 0.0);
+    for (int j = ch * 4; j < ch * 4 + 4; ++j)
+      for (size_t i = 0; i < mean.size(); ++i) mean[i] += k[j][i] / 4.0;
+    expect_key(c, keys.host_keys(1).data() + ch * keys.key_dim(), keys.host_scales(1)[ch], mean);
+  }
+  EXPECT_THROW(keys.on_page(2, 2, reinterpret_cast<const uint8_t*>(page.data())), Error);  // a gap
+}
+
+TEST(IndexKeys, PreRopeMeanRotatesTheUnrotatedMeanToTheChunkStart) {
+  const KvCacheConfig c = key_config();
+  std::mt19937 rng(2);
+  std::normal_distribution<double> nd(0.0, 1.0);
+  // Keys before RoPE, then rotated at their positions (page 3: positions 24..31), as cached.
+  const int32_t pos0 = 3 * c.page_tokens;
+  std::vector<std::vector<double>> raw(c.page_tokens, std::vector<double>(c.n_kv_heads * c.head_dim));
+  std::vector<std::vector<double>> cached = raw;
+  for (int j = 0; j < c.page_tokens; ++j) {
+    std::vector<float> t(raw[j].size());
+    for (size_t i = 0; i < t.size(); ++i) t[i] = static_cast<float>(raw[j][i] = nd(rng));
+    cpu::rope(t.data(), c.n_kv_heads, c.head_dim, pos0 + j, test_rope());
+    for (size_t i = 0; i < t.size(); ++i) cached[j][i] = t[i];
+  }
+  const std::vector<float> page = page_from_keys(c, cached);
+  IndexKeyConfig ic;
+  ic.chunk_tokens = 8;
+  ic.layers = {1};
+  ic.pooling = KeyPooling::kPreRopeMean;
+  ic.rope = test_rope();
+  IndexKeys keys(c, ic, nullptr);
+  for (int32_t pg = 0; pg <= 3; ++pg) keys.on_page(1, pg, reinterpret_cast<const uint8_t*>(page.data()));
+  ASSERT_EQ(keys.n_chunks(0), 4);
+  // Want: RoPE(mean of raw keys) at pos0, rotated here in double.
+  std::vector<double> want(raw[0].size(), 0.0);
+  for (const auto& r : raw)
+    for (size_t i = 0; i < want.size(); ++i) want[i] += r[i] / c.page_tokens;
+  for (int g = 0; g < c.n_kv_heads; ++g)
+    for (int i = 0; i < c.head_dim / 2; ++i) {
+      const double th = pos0 * std::pow(10000.0, -2.0 * i / c.head_dim);
+      double& a = want[g * c.head_dim + 2 * i];
+      double& b = want[g * c.head_dim + 2 * i + 1];
+      const double x = a, y = b;
+      a = x * std::cos(th) - y * std::sin(th);
+      b = x * std::sin(th) + y * std::cos(th);
+    }
+  expect_key(c, keys.host_keys(0).data() + 3 * keys.key_dim(), keys.host_scales(0)[3], want);
+}
+
+TEST(IndexKeys, DeviceCopyAndBadConfigurations) {
+  const KvCacheConfig c = key_config();
+  CpuBackend be(1);
+  IndexKeyConfig ic;
+  ic.chunk_tokens = 4;
+  ic.layers = {0};
+  ic.rope = test_rope();
+  IndexKeys keys(c, ic, &be);
+  std::vector<float> page(static_cast<size_t>(2) * c.n_kv_heads * c.head_dim * c.page_tokens, 0.5f);
+  for (int32_t pg = 0; pg < 3; ++pg) keys.on_page(0, pg, reinterpret_cast<const uint8_t*>(page.data()));
+  const uint8_t* dk = keys.device_keys(0);
+  const float* ds = keys.device_scales(0);
+  ASSERT_EQ(keys.n_chunks(0), 6);
+  EXPECT_TRUE(std::equal(keys.host_keys(0).begin(), keys.host_keys(0).end(), dk));
+  EXPECT_TRUE(std::equal(keys.host_scales(0).begin(), keys.host_scales(0).end(), ds));
+  EXPECT_GE(keys.device_bytes(), 6u * (keys.key_dim() + 4));
+  IndexKeyConfig bad = ic;
+  bad.chunk_tokens = 3;  // does not divide the page
+  EXPECT_THROW(IndexKeys(c, bad, nullptr), Error);
+  bad = ic;
+  bad.layers = {3};
+  EXPECT_THROW(IndexKeys(c, bad, nullptr), Error);
+  bad.layers = {1, 0};
+  EXPECT_THROW(IndexKeys(c, bad, nullptr), Error);
+  EXPECT_THROW(parse_pooling("max"), Error);
+}
+
+// ---- attention hits -------------------------------------------------------------------------
+
+TEST(ChunkHits, EachHeadHitsTheShortestTopPPrefixOfItsChunkMass) {
+  // One kv head, two query heads, 16 tokens in two pages of 8, chunks of 4 tokens.
+  AttentionParams p;
+  p.n_heads = 2;
+  p.n_kv_heads = 1;
+  p.head_dim = 4;
+  p.page_tokens = 8;
+  p.head_stride = 8 * 4;
+  p.kv_type = KvType::kF32;
+  p.scale = 1.0f;
+  std::mt19937 rng(3);
+  std::normal_distribution<float> nd(0.0f, 1.5f);
+  std::vector<float> k0(64), k1(64), q(8);
+  for (float& v : k0) v = nd(rng);
+  for (float& v : k1) v = nd(rng);
+  for (float& v : q) v = nd(rng);
+  const KvPageRef pages[2] = {{k0.data(), nullptr, 0, 8}, {k1.data(), nullptr, 8, 7}};  // 15 visible
+  const int32_t ids[2] = {0, 1};
+  const int32_t pos[1] = {14};
+  const float top_p = 0.6f;
+  ChunkHitRecorder rec(4, top_p);
+  rec.set_step(0);
+  rec.after_attend(*static_cast<TieredKvStore*>(nullptr), 0, p, q.data(), pos, 1, pages, ids);
+  // Reference in double.
+  std::vector<int> want(4, 0);
+  for (int h = 0; h < 2; ++h) {
+    std::vector<double> s;
+    for (int t = 0; t < 15; ++t) {
+      const std::vector<float>& k = t < 8 ? k0 : k1;
+      double dot = 0.0;
+      for (int c = 0; c < 4; ++c) dot += static_cast<double>(q[h * 4 + c]) * k[c * 8 + t % 8];
+      s.push_back(dot);
+    }
+    const double mx = *std::max_element(s.begin(), s.end());
+    double sum = 0.0;
+    std::vector<double> mass(4, 0.0);
+    for (int t = 0; t < 15; ++t) sum += std::exp(s[t] - mx);
+    for (int t = 0; t < 15; ++t) mass[t / 4] += std::exp(s[t] - mx) / sum;
+    std::vector<int> order = {0, 1, 2, 3};
+    std::sort(order.begin(), order.end(), [&](int a, int b) { return mass[a] > mass[b]; });
+    double cum = 0.0;
+    for (int ch : order) {
+      ++want[ch];
+      cum += mass[ch];
+      if (cum >= top_p) break;
+    }
+  }
+  std::vector<int> got(4, 0);
+  for (const auto& [ch, n] : rec.step_hits(0)) got[ch] = n;
+  EXPECT_EQ(got, want);
+  int total = 0;
+  for (int n : got) total += n;
+  EXPECT_GE(total, 2);  // every head hits at least its top chunk
+  EXPECT_TRUE(rec.step_hits(1).empty());
+}
+
+// ---- dump files --------------------------------------------------------------------------
+
+train::DumpDoc small_doc() {
+  train::DumpDoc d;
+  d.name = "test/doc";
+  d.source = "ruler";
+  d.split = train::split_of(d.name);
+  d.model = "tiny";
+  d.d_model = 4;
+  d.n_kv_heads = 1;
+  d.head_dim = 2;
+  d.n_layers = 2;
+  d.n_heads = 2;
+  d.page_tokens = 8;
+  d.chunk_tokens = 4;
+  d.tau = 2;
+  d.top_p = 0.5f;
+  d.rope = test_rope();
+  d.target_layers = {1};
+  d.poolings = {"post_rope_mean"};
+  d.n_prompt = 40;
+  d.n_steps = 3;
+  d.point_step = {0, 2};
+  d.point_pos = {39, 41};
+  for (int i = 1; i <= 8; ++i) d.hidden.push_back(fp32_to_fp16(static_cast<float>(i)));  // f16 bits
+  d.hit_ptr = {0, 3, 4, 6};
+  d.hit_chunk = {0, 3, 5, 4, 6, 9};  // step 0: 0,3,5; step 1: 4; step 2: 6,9
+  d.hit_count = {4, 1, 2, 3, 2, 1};
+  d.n_chunks = 10;
+  d.keys = {{std::vector<uint8_t>(20, 7)}};
+  d.scales = {{std::vector<float>(10, 0.25f)}};
+  return d;
+}
+
+std::string temp_path(const char* name) {
+  return (std::filesystem::temp_directory_path() / name).string();
+}
+
+TEST(DumpFile, RoundTripAndSplits) {
+  const train::DumpDoc d = small_doc();
+  const std::string path = temp_path("flashmem_test.fmd");
+  train::write_dump(path, d);
+  const train::DumpDoc r = train::read_dump(path);
+  EXPECT_EQ(r.name, d.name);
+  EXPECT_EQ(r.split, d.split);
+  EXPECT_EQ(r.rope.n_rot, d.rope.n_rot);
+  EXPECT_EQ(r.hidden, d.hidden);
+  EXPECT_EQ(r.hit_chunk, d.hit_chunk);
+  EXPECT_EQ(r.hit_count, d.hit_count);
+  EXPECT_EQ(r.keys, d.keys);
+  EXPECT_EQ(r.scales, d.scales);
+  // Splits: stable, and about 80/10/10 over many names.
+  int n[3] = {0, 0, 0};
+  for (int i = 0; i < 2000; ++i) {
+    const std::string s = train::split_of("doc/" + std::to_string(i));
+    EXPECT_EQ(s, train::split_of("doc/" + std::to_string(i)));
+    n[s == "train" ? 0 : s == "val" ? 1 : 2]++;
+  }
+  EXPECT_GT(n[0], 1500);
+  EXPECT_GT(n[1], 130);
+  EXPECT_GT(n[2], 130);
+}
+
+TEST(DumpFile, DamagedFilesAreRefusedWithAClearError) {
+  const std::string path = temp_path("flashmem_test_bad.fmd");
+  train::write_dump(path, small_doc());
+  std::vector<char> bytes;
+  {
+    std::ifstream in(path, std::ios::binary);
+    bytes.assign(std::istreambuf_iterator<char>(in), std::istreambuf_iterator<char>());
+  }
+  auto refused = [&](std::vector<char> b, const char* what) {
+    {
+      std::ofstream out(path, std::ios::binary | std::ios::trunc);
+      out.write(b.data(), static_cast<std::streamsize>(b.size()));
+    }
+    try {
+      train::read_dump(path);
+      ADD_FAILURE() << "accepted: " << what;
+    } catch (const Error& e) {
+      EXPECT_EQ(e.code(), ErrorCode::kFormat) << what;
+      EXPECT_NE(std::string(e.what()).find(path), std::string::npos) << what;
+    }
+  };
+  std::vector<char> b = bytes;
+  b[b.size() / 2] ^= 0x10;
+  refused(b, "a flipped bit");
+  refused(std::vector<char>(bytes.begin(), bytes.end() - 9), "truncated");
+  b = bytes;
+  b[0] = 'X';
+  refused(b, "bad magic");
+  b = bytes;
+  b[8] = 9;
+  refused(b, "unknown version");
+  refused(std::vector<char>(bytes.begin(), bytes.begin() + 20), "shorter than a header");
+  EXPECT_THROW(train::read_dump(temp_path("flashmem_no_such_file.fmd")), Error);
+  train::DumpDoc bad = small_doc();
+  bad.hidden.pop_back();
+  EXPECT_THROW(train::write_dump(path, bad), Error);
+}
+
+TEST(DumpFile, DatasetLabelsAreTheWindowUnionOverCandidates) {
+  const std::string path = temp_path("flashmem_test_ds.fmd");
+  train::write_dump(path, small_doc());
+  train::LoadOptions o;
+  o.sink_tokens = 8;  // chunks 0-1 are sink
+  o.tail_tokens = 8;  // the last completed page is tail
+  o.min_hits = 2;
+  const train::IndexerDataset ds = train::load_dataset({path}, o);
+  ASSERT_EQ(ds.docs.size(), 1u);
+  const train::IndexerDoc& doc = ds.docs[0];
+  ASSERT_EQ(doc.n_points(), 2);
+  // Point 0: position 39 → 40 tokens → 5 completed pages; middle pages [1, 4) → chunks [2, 8).
+  EXPECT_EQ(doc.cand_begin[0], 2);
+  EXPECT_EQ(doc.cand_end[0], 8);
+  // Window steps 0-1 (τ = 2), hits ≥ 2: chunk 0 (sink, out), 5 (2 hits), 4 (3 hits).
+  std::vector<int32_t> l0(doc.label_idx.begin() + doc.label_ptr[0], doc.label_idx.begin() + doc.label_ptr[1]);
+  EXPECT_EQ(l0, (std::vector<int32_t>{4, 5}));
+  EXPECT_EQ(doc.label_hits[doc.label_ptr[0]], 3.0f);
+  // Point 1: step 2 only (the dump ends): chunk 6 (2 hits); chunk 9 has 1.
+  std::vector<int32_t> l1(doc.label_idx.begin() + doc.label_ptr[1], doc.label_idx.begin() + doc.label_ptr[2]);
+  EXPECT_EQ(l1, (std::vector<int32_t>{6}));
+  EXPECT_EQ(doc.hidden.size(), 8u);
+  EXPECT_FLOAT_EQ(doc.hidden[4], 5.0f);
+  o.pooling = "pre_rope_mean";
+  EXPECT_THROW(train::load_dataset({path}, o), Error);
+}
+
+}  // namespace
+}  // namespace flashmem
