@@ -4,6 +4,7 @@
 #include <chrono>
 
 #include "core/error.h"
+#include "memory/indexer_scorer.h"
 
 namespace flashmem {
 
@@ -26,6 +27,23 @@ size_t held_back(const std::string& text, const std::vector<std::string>& stops)
   return hold;
 }
 
+// Keeps an IndexerQuery up to date with the model's target-layer inputs (lsa's Level 1 reads it).
+class QueryTap final : public ActivationTap {
+ public:
+  QueryTap(Model& m, IndexerQuery& q) : m_(m), q_(q) { m_.set_tap(this); }
+  ~QueryTap() override { m_.set_tap(nullptr); }
+  std::span<const int> layers() const override { return q_.layers; }
+  void on_layer_input(int layer, int32_t position, const float* x) override {
+    const auto it = std::lower_bound(q_.layers.begin(), q_.layers.end(), layer);
+    std::copy_n(x, q_.d_model, q_.rows.begin() + (it - q_.layers.begin()) * q_.d_model);
+    q_.position = position;
+  }
+
+ private:
+  Model& m_;
+  IndexerQuery& q_;
+};
+
 }  // namespace
 
 Engine::Engine(const EngineOptions& opts, GgufFile file)
@@ -47,6 +65,15 @@ Engine::Engine(const EngineOptions& opts, GgufFile file)
            " exceeds the model's training context ", mi.n_ctx_train);
   FM_CHECK(opts.page_tokens >= 1 && opts.page_tokens <= 4096, ErrorCode::kInvalidArgument,
            "page tokens must be in [1, 4096], got ", opts.page_tokens);
+  if (!opts.indexer_path.empty()) {
+    auto m = load_indexer(opts.indexer_path);
+    FM_CHECK(m->shape.d_model == mi.d_model && m->shape.n_kv_heads == mi.n_kv_heads &&
+                 m->shape.head_dim == mi.head_dim && m->keys.layers.back() < mi.n_layers &&
+                 m->shape.rope.n_rot == mi.rope.n_rot && m->shape.rope.freq_base == mi.rope.freq_base,
+             ErrorCode::kInvalidArgument, "the indexer ", opts.indexer_path, " was trained for another model (d_model ",
+             m->shape.d_model, ", kv heads ", m->shape.n_kv_heads, ", head_dim ", m->shape.head_dim, ")");
+    indexer_ = make_indexer_scorer(std::move(m), *backend_);
+  }
 }
 
 std::unique_ptr<Engine> Engine::load(const EngineOptions& opts) {
@@ -102,6 +129,13 @@ std::unique_ptr<Prefilled> Engine::prefill(const std::vector<int32_t>& prompt,
   p->recall = std::make_unique<RecallEngine>(*backend_);
   p->kv = std::make_unique<TieredKvStore>(kc, budget_pages, *p->reserve, *p->recall);
   p->logits.resize(model_->info().n_vocab);
+  std::optional<QueryTap> tap;
+  if (indexer_) {  // Level 1 right after prefill scores from the last prompt token
+    p->query.layers = indexer_->keys_config().layers;
+    p->query.d_model = model_->info().d_model;
+    p->query.rows.assign(p->query.layers.size() * p->query.d_model, 0.0f);
+    tap.emplace(*model_, p->query);
+  }
   const auto t0 = std::chrono::steady_clock::now();
   model_->forward(prompt, *p->kv, p->logits.data());
   p->seconds = seconds_since(t0);
@@ -111,7 +145,9 @@ std::unique_ptr<Prefilled> Engine::prefill(const std::vector<int32_t>& prompt,
 GenerateResult Engine::generate(const std::vector<int32_t>& prompt, const GenerateOptions& opts,
                                 const std::function<void(std::string_view)>& on_text) {
   auto p = prefill(prompt, opts.memory, opts.max_new_tokens);
-  if (opts.memory.policy != "oracle") return decode_pass(*p, opts, on_text, false, nullptr, nullptr);
+  // oracle records first; lsa may widen to a full budget, which needs a store of its own.
+  if (opts.memory.policy != "oracle" && opts.memory.policy != "lsa")
+    return decode_pass(*p, opts, on_text, false, nullptr, nullptr);
   return decode(*p, opts, on_text);
 }
 
@@ -158,19 +194,42 @@ GenerateResult Engine::decode_pass(Prefilled& p, const GenerateOptions& opts,
   } else {
     FM_ICHECK(budget_pages == p.kv->budget_pages(), "prefill and decode budgets differ");
   }
-  TieredKvStore& kv = fork ? *own_kv : *p.kv;
-  KvReserve& reserve = fork ? *own_reserve : *p.reserve;
-  RecallEngine& recall = fork ? *own_recall : *p.recall;
-  Residency residency(kv, make_policy(opts.memory.policy, kc, opts.memory.seed, replay), opts.memory);
+  TieredKvStore* kvp = fork ? own_kv.get() : p.kv.get();
+  KvReserve* reserve = fork ? own_reserve.get() : p.reserve.get();
+  RecallEngine* recall = fork ? own_recall.get() : p.recall.get();
+  IndexerQuery query = p.query;  // lsa: updated by every decode forward
+  std::optional<QueryTap> tap;
+  PolicyDeps deps;
+  deps.trace = replay;
+  if (opts.memory.policy == "lsa") {
+    FM_CHECK(indexer_ != nullptr && query.position >= 0, ErrorCode::kInvalidArgument,
+             "policy lsa needs a trained Memory Indexer (--indexer FILE) loaded before the prefill");
+    deps.lsa = indexer_;
+    deps.query = &query;
+    deps.device = backend_.get();
+    deps.lsa_options = &opts.memory.lsa;
+    tap.emplace(*model_, query);
+  }
+  auto residency = std::make_unique<Residency>(*kvp, make_policy(opts.memory.policy, kc, opts.memory.seed, deps),
+                                               opts.memory);
+  const auto* lsa = dynamic_cast<const LsaPolicy*>(&residency->policy());
+  // The needle fallback's full-budget store (lsa), and what the narrow one measured before.
+  std::unique_ptr<KvReserve> wide_reserve;
+  std::unique_ptr<RecallEngine> wide_recall;
+  std::unique_ptr<TieredKvStore> wide_kv;
+  double narrow_sum = 0;
+  int64_t narrow_samples = 0;
+  KvFootprint narrow_peak;
+  RecallStats narrow_recall;
   std::optional<TraceRecorder> recorder;
   if (record) {
     recorder.emplace(*record);
-    kv.set_hook(&*recorder);
+    kvp->set_hook(&*recorder);
   }
   if (opts.attend_hook) {
-    FM_CHECK(!record && !residency.policy().per_step(), ErrorCode::kInvalidArgument,
+    FM_CHECK(!record && !residency->policy().per_step(), ErrorCode::kInvalidArgument,
              "an attention observer cannot be combined with policy ", opts.memory.policy);
-    kv.set_hook(opts.attend_hook);
+    kvp->set_hook(opts.attend_hook);
   }
 
   Sampler sampler(opts.sampling);
@@ -213,17 +272,48 @@ GenerateResult Engine::decode_pass(Prefilled& p, const GenerateOptions& opts,
     }
     emit_upto(r.text.size() - held_back(r.text, opts.stop_strings));
     if (i + 1 == opts.max_new_tokens) break;
-    if (kv.n_tokens() + 1 > n_ctx_) {
+    if (kvp->n_tokens() + 1 > n_ctx_) {
       r.stop_reason = "context";
       break;
     }
-    const int64_t tokens_left = std::min<int64_t>(opts.max_new_tokens - 1 - i, n_ctx_ - kv.n_tokens());
-    residency.before_step(r.decode_steps, tokens_left);
+    const int64_t tokens_left = std::min<int64_t>(opts.max_new_tokens - 1 - i, n_ctx_ - kvp->n_tokens());
+    residency->before_step(r.decode_steps, tokens_left);
+    if (lsa && lsa->wants_widen() && !wide_kv) {
+      // Needle fallback: the rest of the request runs with every page on the device, in a
+      // full-budget fork of its KV (the narrow reserve is released).
+      r.kv.widened_at_step = r.decode_steps;
+      r.kv.widen_reason = lsa->widen_reason();
+      if (r.kv.lsa_kept_fraction < 0) r.kv.lsa_kept_fraction = lsa->last_kept_fraction();
+      ResidencyOptions wide = opts.memory;
+      wide.policy = "full";
+      wide.budget = KvBudget{};
+      const int64_t wide_pages = resolve_budget_pages(wide, kc, final_tokens);
+      narrow_sum = kvp->mean_device_bytes() * static_cast<double>(kvp->samples());
+      narrow_samples = kvp->samples();
+      narrow_peak = kvp->peak();
+      narrow_recall = recall->stats();
+      wide_reserve = std::make_unique<KvReserve>(*backend_, kc.page_bytes(), wide_pages * kc.n_layers);
+      wide_recall = std::make_unique<RecallEngine>(*backend_);
+      wide_kv = std::make_unique<TieredKvStore>(*kvp, wide_pages, *wide_reserve, *wide_recall);
+      residency.reset();
+      lsa = nullptr;
+      tap.reset();
+      if (fork) {
+        own_kv.reset();
+        own_reserve.reset();
+      }
+      kvp = wide_kv.get();
+      reserve = wide_reserve.get();
+      recall = wide_recall.get();
+      residency = std::make_unique<Residency>(*kvp, make_policy("full", kc, 0), wide);
+      residency->before_step(r.decode_steps, tokens_left);
+    }
+    if (lsa && r.kv.lsa_kept_fraction < 0) r.kv.lsa_kept_fraction = lsa->last_kept_fraction();
     if (recorder) recorder->set_step(r.decode_steps);
     if (opts.on_step) opts.on_step(r.decode_steps);
     const int32_t one[1] = {tok};
-    model_->forward(one, kv, logits.data());
-    kv.sample();
+    model_->forward(one, *kvp, logits.data());
+    kvp->sample();
     ++r.decode_steps;
   }
   r.decode_seconds = seconds_since(t0);
@@ -233,19 +323,27 @@ GenerateResult Engine::decode_pass(Prefilled& p, const GenerateOptions& opts,
   r.kv.policy = opts.memory.policy;
   r.kv.budget = opts.memory.budget.str();
   r.kv.budget_pages = budget_pages;
-  r.kv.reserve_bytes = reserve.bytes_allocated();
-  r.kv.final = kv.footprint();
-  r.kv.peak = kv.peak();
+  r.kv.reserve_bytes = reserve->bytes_allocated();
+  r.kv.final = kvp->footprint();
+  r.kv.peak = kvp->peak();
+  if (narrow_peak.device() > r.kv.peak.device()) r.kv.peak = narrow_peak;
   if (fork && p.kv->peak().device() > r.kv.peak.device()) r.kv.peak = p.kv->peak();  // its prefill
-  r.kv.mean_device_bytes = kv.mean_device_bytes();
-  r.kv.recall = recall.stats();
+  r.kv.mean_device_bytes = kvp->mean_device_bytes();
+  if (narrow_samples + kvp->samples() > 0 && wide_kv)
+    r.kv.mean_device_bytes = (narrow_sum + kvp->mean_device_bytes() * static_cast<double>(kvp->samples())) /
+                             static_cast<double>(narrow_samples + kvp->samples());
+  r.kv.recall = recall->stats();
+  r.kv.recall.pages += narrow_recall.pages;
+  r.kv.recall.bytes += narrow_recall.bytes;
+  r.kv.recall.batches += narrow_recall.batches;
+  r.kv.recall.seconds += narrow_recall.seconds;
   if (fork) {  // count the prefill's streaming too
     r.kv.recall.pages += p.recall->stats().pages;
     r.kv.recall.bytes += p.recall->stats().bytes;
     r.kv.recall.batches += p.recall->stats().batches;
     r.kv.recall.seconds += p.recall->stats().seconds;
   }
-  r.kv.cycles = residency.cycles();
+  r.kv.cycles = residency->cycles();
   return r;
 }
 

@@ -30,6 +30,7 @@ struct EngineOptions {
   int64_t n_ctx = 0;             // 0: the model's training context
   KvType kv_type = KvType::kF16;
   int page_tokens = 64;
+  std::string indexer_path;      // a trained Memory Indexer (safetensors) for policy lsa
 };
 
 struct GenerateOptions {
@@ -59,6 +60,10 @@ struct KvReport {
   RecallStats recall;
   int64_t cycles = 0;
   double oracle_pass_seconds = 0; // the oracle's recording pass (not in prefill/decode times)
+  // lsa's needle fallback: the request moved to a full budget at this decode step (−1: never).
+  int64_t widened_at_step = -1;
+  std::string widen_reason;
+  double lsa_kept_fraction = -1;  // middle chunks above θ at the first Level-1 pass (lsa)
 };
 
 struct GenerateResult {
@@ -86,6 +91,7 @@ struct Prefilled {
   std::unique_ptr<KvReserve> reserve;
   std::unique_ptr<RecallEngine> recall;
   std::unique_ptr<TieredKvStore> kv;
+  IndexerQuery query;  // the last prompt token's indexer inputs (when an indexer is loaded)
 };
 
 class Engine {
@@ -101,6 +107,9 @@ class Engine {
   int64_t n_ctx() const { return n_ctx_; }
   KvType kv_type() const { return opts_.kv_type; }
   Backend& backend() { return *backend_; }
+  // The Memory Indexer policy lsa scores with (loaded from opts.indexer_path, or set here).
+  const std::shared_ptr<LsaScorer>& indexer() const { return indexer_; }
+  void set_indexer(std::shared_ptr<LsaScorer> s) { indexer_ = std::move(s); }
   Model& model() { return *model_; }
 
   // Shape of this engine's KV (layers, heads, page size, context, precision).
@@ -141,6 +150,7 @@ class Engine {
   GgufFile file_;
   std::unique_ptr<Backend> backend_;
   std::unique_ptr<Model> model_;
+  std::shared_ptr<LsaScorer> indexer_;
   Tokenizer tokenizer_;
   std::optional<ChatTemplate> chat_;
   std::string chat_error_;

@@ -6,6 +6,7 @@
 #include <random>
 
 #include "core/error.h"
+#include "memory/lsa.h"
 
 namespace flashmem {
 
@@ -176,6 +177,14 @@ const std::vector<std::string>& policy_names() {
 
 std::unique_ptr<ResidencyPolicy> make_policy(const std::string& name, const KvCacheConfig& kv,
                                              uint64_t seed, const AttentionTrace* trace) {
+  PolicyDeps d;
+  d.trace = trace;
+  return make_policy(name, kv, seed, d);
+}
+
+std::unique_ptr<ResidencyPolicy> make_policy(const std::string& name, const KvCacheConfig& kv,
+                                             uint64_t seed, const PolicyDeps& deps) {
+  const AttentionTrace* trace = deps.trace;
   if (name == "full") return std::make_unique<FullPolicy>();
   if (name == "recency") return std::make_unique<RecencyPolicy>();
   if (name == "random") return std::make_unique<RandomPolicy>(seed);
@@ -185,9 +194,12 @@ std::unique_ptr<ResidencyPolicy> make_policy(const std::string& name, const KvCa
              "the oracle policy needs an attention trace from a full-attention pass");
     return std::make_unique<OraclePolicy>(*trace);
   }
-  if (name == "lsa")
-    FM_FAIL(ErrorCode::kUnsupported,
-            "policy 'lsa' needs a trained Memory Indexer, which this build does not have yet");
+  if (name == "lsa") {
+    FM_CHECK(deps.lsa != nullptr && deps.query != nullptr, ErrorCode::kInvalidArgument,
+             "policy 'lsa' needs a trained Memory Indexer (--indexer FILE)");
+    return std::make_unique<LsaPolicy>(kv, deps.lsa, *deps.query, deps.device,
+                                       deps.lsa_options ? *deps.lsa_options : LsaOptions{});
+  }
   FM_FAIL(ErrorCode::kInvalidArgument, "unknown policy '", name,
           "' (known: full, recency, random, quest, oracle, lsa)");
 }

@@ -10,7 +10,7 @@
 //            on q·k is highest (Quest, ICML'24), recalled on demand
 //   oracle   the pages the full model actually attended during the next cycle, replayed from
 //            a recorded full-attention pass (an upper bound, not a deployable policy)
-// `lsa` (the Memory Indexer) plugs in here too.
+//   lsa      the Memory Indexer's Level-1 selection (memory/lsa.h)
 #pragma once
 
 #include <cstdint>
@@ -70,12 +70,28 @@ class AttentionTrace {
   std::vector<std::vector<Entry>> steps_;  // [step][layer]
 };
 
+class LsaScorer;
+struct IndexerQuery;
+struct LsaOptions;
+
+// What some policies need beyond their name: the oracle its trace, lsa its indexer (scorer),
+// the query rows the engine fills, the backend its keys live on, and its options.
+struct PolicyDeps {
+  const AttentionTrace* trace = nullptr;
+  std::shared_ptr<LsaScorer> lsa;
+  const IndexerQuery* query = nullptr;
+  Backend* device = nullptr;
+  const LsaOptions* lsa_options = nullptr;
+};
+
 // Names make_policy accepts.
 const std::vector<std::string>& policy_names();
 
-// Builds a policy. `trace` is required by (and only by) oracle. Error(kInvalidArgument) for an
-// unknown name, Error(kUnsupported) for lsa until a trained indexer is available.
+// Builds a policy. `trace` is required by (and only by) oracle, `deps.lsa` and `deps.query` by
+// lsa. Error(kInvalidArgument) for an unknown name or a missing dependency.
 std::unique_ptr<ResidencyPolicy> make_policy(const std::string& name, const KvCacheConfig& kv,
                                              uint64_t seed, const AttentionTrace* trace = nullptr);
+std::unique_ptr<ResidencyPolicy> make_policy(const std::string& name, const KvCacheConfig& kv,
+                                             uint64_t seed, const PolicyDeps& deps);
 
 }  // namespace flashmem

@@ -17,6 +17,7 @@
 #include <string>
 #include <vector>
 
+#include "memory/lsa.h"
 #include "memory/policy.h"
 #include "memory/tiered_kv.h"
 
@@ -41,6 +42,7 @@ struct ResidencyOptions {
   int64_t sink_tokens = 64;      // first tokens, always resident
   int64_t tail_tokens = 64;      // newest tokens, always resident
   uint64_t seed = 0;             // for `random`
+  LsaOptions lsa;                // for `lsa`: threshold, ensemble, needle fallback
 
   // Error(kInvalidArgument) for an unknown policy, cycle < 1, negative sink/tail, or a budget
   // below 100% with policy full.

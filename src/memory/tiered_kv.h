@@ -124,6 +124,7 @@ class TieredKvStore final : public KvStore {
   // Adds the current device bytes to the running mean (the engine samples once per step).
   void sample();
   double mean_device_bytes() const;
+  int64_t samples() const { return sample_count_; }
 
  private:
   struct PageState {

@@ -64,6 +64,14 @@ struct AttentionParams {
   float scale = 0.0f;       // usually 1/sqrt(head_dim)
 };
 
+// Memory Indexer Level-1 scoring (DESIGN.md §4).
+struct IndexScoreParams {
+  int n_heads = 0;     // indexer query heads (a multiple of n_kv_heads)
+  int n_kv_heads = 0;  // key groups
+  int head_dim = 0;
+  float bias = 0.0f;
+};
+
 struct RopeParams {
   int n_rot = 0;            // rotated dims per head (≤ head_dim)
   float freq_base = 10000.0f;
@@ -144,6 +152,13 @@ class Backend {
   // p.kv_type. The caller guarantees slot0 + n ≤ p.page_tokens.
   virtual void write_kv(const AttentionParams& p, void* k_page, void* v_page, int slot0,
                         int64_t n, const float* k, const float* v) = 0;
+  // Memory Indexer logits of n chunks:
+  //   logits[c] = bias + Σ_h w[h] · ReLU(Σ_i q[h·head_dim + i] · k(c, g(h), i)),
+  //   g(h) = h / (n_heads / n_kv_heads),
+  //   k(c, g, i) = fp8_e4m3(keys[(c·n_kv_heads + g)·head_dim + i]) · scales[c].
+  // q [n_heads × head_dim], w [n_heads], keys, scales and logits [n] are backend memory.
+  virtual void index_scores(const IndexScoreParams& p, const float* q, const float* w,
+                            const uint8_t* keys, const float* scales, int64_t n, float* logits) = 0;
 };
 
 // An owned allocation of backend memory (move-only).

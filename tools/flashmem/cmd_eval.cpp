@@ -38,6 +38,14 @@ CLI::App* add_eval_command(CLI::App& app, EvalArgs& a) {
   c->add_option("--cycle", a.memory.cycle, "Decode steps between residency selections")->check(CLI::Range(1, 1 << 20));
   c->add_option("--sink", a.memory.sink, "First tokens always resident")->check(CLI::Range(int64_t{0}, int64_t{1} << 30));
   c->add_option("--tail", a.memory.tail, "Newest tokens always resident")->check(CLI::Range(int64_t{0}, int64_t{1} << 30));
+  c->add_option("--indexer", a.memory.indexer, "Memory Indexer checkpoint for lsa (default: the shipped one)")
+      ->check(CLI::ExistingFile);
+  c->add_option("--lsa-threshold", a.memory.lsa_threshold, "lsa: chunk score threshold theta")->check(CLI::Range(0.001, 0.999));
+  c->add_option("--lsa-ensemble", a.memory.lsa_ensemble, "lsa: ensemble over target layers")
+      ->check(CLI::IsMember({"max", "mean"}));
+  c->add_option("--lsa-widen-kept", a.memory.lsa_widen_kept, "lsa: kept fraction that widens a request to full KV")
+      ->check(CLI::Range(0.001, 1.0));
+  c->add_flag("--lsa-no-widen", a.memory.lsa_no_widen, "lsa: never widen (no needle fallback)");
   c->add_option("--data", a.data, "Data file (LongBench-v2 / LongMemEval JSON)")->check(CLI::ExistingFile);
   c->add_option("--max-length", a.max_length, "Context limit for LongBench-v2/LongMemEval prompts (middle-truncated)");
   c->add_option("--out", a.out, "Results directory (results.jsonl, summary.md, plot.png)");
@@ -130,6 +138,7 @@ int eval_command(const EvalArgs& a) {
   eo.model_path = a.model;
   eo.n_threads = a.threads;
   eo.backend = a.backend;
+  const bool lsa_wanted = std::find(a.policies.begin(), a.policies.end(), "lsa") != a.policies.end();
   auto probe = Engine::load(eo);  // for the trained context and the tokenizer
   const int64_t n_ctx_train = probe->info().n_ctx_train;
   int64_t need_ctx = 0;
@@ -141,6 +150,7 @@ int eval_command(const EvalArgs& a) {
   if (a.suite != "ruler") need_ctx = a.max_length > 0 ? std::min<int64_t>(a.max_length, n_ctx_train) : n_ctx_train;
   probe.reset();
   eo.n_ctx = need_ctx;
+  eo.indexer_path = indexer_path(a.memory, a.model, lsa_wanted);
   auto eng = Engine::load(eo);
   const std::string where = backend_label(*eng);
 
@@ -201,6 +211,11 @@ int eval_command(const EvalArgs& a) {
       rec.extra = {{"budget_pages", g.kv.budget_pages}, {"stop_reason", g.stop_reason},
                    {"recalled_pages", g.kv.recall.pages}, {"cycles", g.kv.cycles},
                    {"prefill_shared", todo.size() > 1}, {"backend", where}};
+      if (r->policy == "lsa") {
+        rec.extra["widened_at_step"] = g.kv.widened_at_step;
+        rec.extra["widen_reason"] = g.kv.widen_reason;
+        rec.extra["lsa_kept_fraction"] = g.kv.lsa_kept_fraction;
+      }
       writer.append(rec);
       progress.tick(1, item.task + " " + std::to_string(item.length) + " " + r->policy + " " + r->budget);
     }

@@ -70,6 +70,7 @@ int run_command(const RunArgs& a) {
   eo.n_ctx = a.n_ctx;
   eo.kv_type = a.kv_type == "f32" ? KvType::kF32 : KvType::kF16;
   eo.page_tokens = a.page_tokens;
+  eo.indexer_path = indexer_path(a.memory, a.model, a.memory.policy == "lsa");
   auto eng = Engine::load(eo);
 
   std::string text = a.prompt_file.empty() ? a.prompt : read_file(a.prompt_file);

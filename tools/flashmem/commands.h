@@ -25,10 +25,19 @@ struct MemoryArgs {
   int64_t sink = 64;
   int64_t tail = 64;
   uint64_t seed = 0;
+  std::string indexer;        // Memory Indexer checkpoint (lsa); empty: the one shipped for the model
+  float lsa_threshold = 0.5f;
+  std::string lsa_ensemble = "max";
+  float lsa_widen_kept = 0.5f;
+  bool lsa_no_widen = false;
 };
 void add_memory_options(CLI::App* c, MemoryArgs& a);
 // Parsed and validated; Error(kInvalidArgument) with a clear message otherwise.
 ResidencyOptions residency_options(const MemoryArgs& a);
+// The indexer checkpoint to load for these flags: --indexer, or the one shipped in the source
+// tree's indexers/ for the model file's name when a policy list includes lsa; "" when none is
+// needed. Error(kInvalidArgument) when lsa is asked for and no checkpoint is found.
+std::string indexer_path(const MemoryArgs& a, const std::string& model_path, bool lsa_wanted);
 // Human-readable footprint table (run --kv-report).
 void print_kv_report(std::FILE* out, const KvReport& r);
 // The same, machine-readable (bytes, by category, final and peak).
@@ -124,6 +133,28 @@ struct DumpArgs {
 // "4k" → 4096, "4096" → 4096; Error(kInvalidArgument) otherwise.
 int64_t parse_length(const std::string& s);
 
+struct TrainIndexerArgs {
+  std::string data;     // dump directory with train/ val/ test/
+  std::string out;      // checkpoint (.safetensors)
+  std::string evaluate; // score this checkpoint on the test split instead of training
+  std::string pooling = "post_rope_mean";
+  std::vector<int> layers;
+  int min_hits = 3;
+  int heads = 12;
+  int rank = 128;
+  int epochs = 20;
+  int batch = 16;
+  float lr = 2e-3f;
+  float weight_decay = 0.01f;
+  int neg_ratio = 3;
+  float gamma = 2.0f;
+  uint64_t seed = 0;
+  int threads = 0;
+  std::string metrics_json;
+};
+
+CLI::App* add_train_indexer_command(CLI::App& app, TrainIndexerArgs& a);
+int train_indexer_command(const TrainIndexerArgs& a);
 CLI::App* add_dump_command(CLI::App& app, DumpArgs& a);
 int dump_command(const DumpArgs& a);
 CLI::App* add_bench_command(CLI::App& app, BenchArgs& a);

@@ -18,11 +18,13 @@ int main(int argc, char** argv) {
   flashmem::cli::BenchArgs bench_args;
   flashmem::cli::EvalArgs eval_args;
   flashmem::cli::DumpArgs dump_args;
+  flashmem::cli::TrainIndexerArgs train_args;
   CLI::App* run = flashmem::cli::add_run_command(app, run_args);
   CLI::App* info = flashmem::cli::add_info_command(app, info_args);
   CLI::App* bench = flashmem::cli::add_bench_command(app, bench_args);
   CLI::App* eval = flashmem::cli::add_eval_command(app, eval_args);
   CLI::App* dump = flashmem::cli::add_dump_command(app, dump_args);
+  CLI::App* train = flashmem::cli::add_train_indexer_command(app, train_args);
   try {
     app.parse(argc, argv);
   } catch (const CLI::CallForHelp& e) {
@@ -35,7 +37,7 @@ int main(int argc, char** argv) {
     // CLI11 checks required options before unknown ones; an unknown flag or command is the
     // more useful thing to report, so look for leftovers first.
     std::string extras;
-    for (const CLI::App* a : {&app, run, info, bench, eval, dump})
+    for (const CLI::App* a : {&app, run, info, bench, eval, dump, train})
       for (const auto& x : a->remaining()) extras += (extras.empty() ? "" : " ") + x;
     if (!extras.empty())
       std::fprintf(stderr, "flashmem: unknown command or argument: %s\n", extras.c_str());
@@ -50,6 +52,7 @@ int main(int argc, char** argv) {
     if (bench->parsed()) return flashmem::cli::bench_command(bench_args);
     if (eval->parsed()) return flashmem::cli::eval_command(eval_args);
     if (dump->parsed()) return flashmem::cli::dump_command(dump_args);
+    if (train->parsed()) return flashmem::cli::train_indexer_command(train_args);
   } catch (const flashmem::Error& e) {
     std::fprintf(stderr, "flashmem: error (%s): %s\n", flashmem::error_code_name(e.code()), e.what());
     return e.code() == flashmem::ErrorCode::kInvalidArgument ? 2 : 1;

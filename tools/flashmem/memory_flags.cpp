@@ -1,8 +1,10 @@
 // The KV residency flags (--policy, --kv-budget, --cycle, --sink, --tail) and the footprint
 // report, shared by the commands that generate.
 #include <cstdio>
+#include <filesystem>
 
 #include "commands.h"
+#include "core/error.h"
 #include "engine/engine.h"
 #include "memory/residency.h"
 
@@ -20,6 +22,29 @@ void add_memory_options(CLI::App* c, MemoryArgs& a) {
   c->add_option("--tail", a.tail, "Newest tokens that always stay resident")
       ->check(CLI::Range(int64_t{0}, int64_t{1} << 30));
   c->add_option("--policy-seed", a.seed, "Seed of the random policy");
+  c->add_option("--indexer", a.indexer, "Memory Indexer checkpoint for --policy lsa (default: the shipped one)")
+      ->check(CLI::ExistingFile);
+  c->add_option("--lsa-threshold", a.lsa_threshold, "lsa: chunk score threshold theta")->check(CLI::Range(0.001, 0.999));
+  c->add_option("--lsa-ensemble", a.lsa_ensemble, "lsa: ensemble over target layers")
+      ->check(CLI::IsMember({"max", "mean"}));
+  c->add_option("--lsa-widen-kept", a.lsa_widen_kept,
+                "lsa: kept fraction of the middle chunks above which the request widens to full KV")
+      ->check(CLI::Range(0.001, 1.0));
+  c->add_flag("--lsa-no-widen", a.lsa_no_widen, "lsa: never widen (no needle fallback)");
+}
+
+std::string indexer_path(const MemoryArgs& a, const std::string& model_path, bool lsa_wanted) {
+  if (!a.indexer.empty()) return a.indexer;
+  if (!lsa_wanted) return "";
+  namespace fs = std::filesystem;
+  std::string stem = fs::path(model_path).stem().string();  // SmolLM2-135M-Instruct.Q4_1
+  stem = stem.substr(0, stem.find('.'));
+  for (const fs::path& dir : {fs::path(FLASHMEM_SOURCE_DIR) / "indexers", fs::path("indexers")}) {
+    const fs::path f = dir / (stem + ".safetensors");
+    if (fs::exists(f)) return f.string();
+  }
+  FM_FAIL(ErrorCode::kInvalidArgument, "policy lsa needs a Memory Indexer: no --indexer given and none shipped for '",
+          stem, "' in indexers/ (train one with flashmem dump + flashmem train-indexer)");
 }
 
 ResidencyOptions residency_options(const MemoryArgs& a) {
@@ -30,6 +55,10 @@ ResidencyOptions residency_options(const MemoryArgs& a) {
   o.sink_tokens = a.sink;
   o.tail_tokens = a.tail;
   o.seed = a.seed;
+  o.lsa.threshold = a.lsa_threshold;
+  o.lsa.ensemble = a.lsa_ensemble;
+  o.lsa.widen_kept = a.lsa_widen_kept;
+  o.lsa.widen = !a.lsa_no_widen;
   o.validate();
   return o;
 }

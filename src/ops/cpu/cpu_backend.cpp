@@ -6,6 +6,7 @@
 #include "core/error.h"
 #include "ops/cpu/attention.h"
 #include "ops/cpu/elementwise.h"
+#include "ops/cpu/indexer.h"
 #include "ops/cpu/matmul.h"
 
 #ifdef FLASHMEM_HAVE_BLAS
@@ -102,6 +103,13 @@ void CpuBackend::attention(const AttentionParams& p, const float* q, const int32
 void CpuBackend::merge_attention(int64_t rows, int head_dim, float* out, float* lse,
                                  const float* out2, const float* lse2) {
   cpu::merge_attention(rows, head_dim, out, lse, out2, lse2);
+}
+
+void CpuBackend::index_scores(const IndexScoreParams& p, const float* q, const float* w,
+                              const uint8_t* keys, const float* scales, int64_t n, float* logits) {
+  pool_.parallel_for(n, 256, [&](int64_t b, int64_t e, int) {
+    cpu::index_scores(p, q, w, keys, scales, b, e, logits);
+  });
 }
 
 void CpuBackend::write_kv(const AttentionParams& p, void* k_page, void* v_page, int slot0,

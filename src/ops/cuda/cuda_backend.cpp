@@ -12,6 +12,7 @@
 #include "ops/cuda/attention.cuh"
 #include "ops/cuda/dequant.cuh"
 #include "ops/cuda/elementwise.cuh"
+#include "ops/cuda/indexer.cuh"
 
 namespace flashmem {
 
@@ -251,6 +252,12 @@ void CudaBackend::attention(const AttentionParams& p, const float* q, const int3
 void CudaBackend::merge_attention(int64_t rows, int head_dim, float* out, float* lse,
                                   const float* out2, const float* lse2) {
   FM_CUDA(cuda::merge_attention(rows, head_dim, out, lse, out2, lse2, STREAM));
+}
+
+void CudaBackend::index_scores(const IndexScoreParams& p, const float* q, const float* w,
+                               const uint8_t* keys, const float* scales, int64_t n, float* logits) {
+  FM_CUDA(cuda::index_scores(p.n_heads, p.n_kv_heads, p.head_dim, p.bias, q, w, keys, scales, n, logits,
+                             STREAM));
 }
 
 void CudaBackend::write_kv(const AttentionParams& p, void* k_page, void* v_page, int slot0,

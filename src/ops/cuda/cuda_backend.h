@@ -54,6 +54,8 @@ class CudaBackend final : public Backend {
                  std::span<const KvPageRef> pages, float* out, float* lse = nullptr) override;
   void merge_attention(int64_t rows, int head_dim, float* out, float* lse, const float* out2,
                        const float* lse2) override;
+  void index_scores(const IndexScoreParams& p, const float* q, const float* w, const uint8_t* keys,
+                    const float* scales, int64_t n, float* logits) override;
   void write_kv(const AttentionParams& p, void* k_page, void* v_page, int slot0, int64_t n,
                 const float* k, const float* v) override;
 

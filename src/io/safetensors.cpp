@@ -1,0 +1,105 @@
+#include "io/safetensors.h"
+
+#include <algorithm>
+#include <cstring>
+#include <fstream>
+
+#include <nlohmann/json.hpp>
+
+#include "core/error.h"
+
+namespace flashmem {
+
+size_t safetensors_dtype_size(const std::string& d) {
+  if (d == "F32" || d == "I32") return 4;
+  if (d == "F16" || d == "BF16" || d == "I16") return 2;
+  if (d == "I64" || d == "F64") return 8;
+  if (d == "U8" || d == "I8" || d == "BOOL") return 1;
+  return 0;
+}
+
+namespace {
+
+uint64_t elements(const std::vector<int64_t>& shape) {
+  uint64_t n = 1;
+  for (int64_t s : shape) n *= static_cast<uint64_t>(s);
+  return n;
+}
+
+}  // namespace
+
+void write_safetensors(const std::string& path, const SafeTensorsFile& f) {
+  nlohmann::json h = nlohmann::json::object();
+  if (!f.metadata.empty()) h["__metadata__"] = f.metadata;
+  uint64_t off = 0;
+  for (const auto& [name, t] : f.tensors) {
+    const size_t es = safetensors_dtype_size(t.dtype);
+    FM_CHECK(es > 0 && elements(t.shape) * es == t.data.size(), ErrorCode::kInvalidArgument, "tensor ", name,
+             ": ", t.data.size(), " bytes do not match ", t.dtype, " of its shape");
+    h[name] = {{"dtype", t.dtype}, {"shape", t.shape}, {"data_offsets", {off, off + t.data.size()}}};
+    off += t.data.size();
+  }
+  std::string hs = h.dump();
+  hs.append((8 - hs.size() % 8) % 8, ' ');
+  const uint64_t hl = hs.size();
+  std::ofstream out(path, std::ios::binary | std::ios::trunc);
+  FM_CHECK(out.good(), ErrorCode::kIo, "cannot write ", path);
+  out.write(reinterpret_cast<const char*>(&hl), 8);
+  out.write(hs.data(), static_cast<std::streamsize>(hs.size()));
+  for (const auto& [name, t] : f.tensors)
+    out.write(reinterpret_cast<const char*>(t.data.data()), static_cast<std::streamsize>(t.data.size()));
+  out.close();
+  FM_CHECK(out.good(), ErrorCode::kIo, "writing ", path, " failed");
+}
+
+SafeTensorsFile read_safetensors(const std::string& path) {
+  std::ifstream in(path, std::ios::binary);
+  FM_CHECK(in.good(), ErrorCode::kIo, "cannot open ", path);
+  std::vector<uint8_t> buf((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+  FM_CHECK(buf.size() >= 8, ErrorCode::kFormat, path, ": too short for a safetensors file");
+  uint64_t hl = 0;
+  std::memcpy(&hl, buf.data(), 8);
+  FM_CHECK(hl >= 2 && hl <= (100u << 20) && 8 + hl <= buf.size(), ErrorCode::kFormat, path,
+           ": header length ", hl, " does not fit the file of ", buf.size(), " bytes");
+  const uint8_t* data = buf.data() + 8 + hl;
+  const uint64_t data_size = buf.size() - 8 - hl;
+  SafeTensorsFile f;
+  std::vector<std::pair<uint64_t, uint64_t>> ranges;
+  try {
+    const auto h = nlohmann::json::parse(buf.begin() + 8, buf.begin() + 8 + static_cast<std::ptrdiff_t>(hl));
+    FM_CHECK(h.is_object(), ErrorCode::kFormat, path, ": the header is not a JSON object");
+    for (const auto& [name, v] : h.items()) {
+      if (name == "__metadata__") {
+        FM_CHECK(v.is_object(), ErrorCode::kFormat, path, ": __metadata__ is not an object");
+        for (const auto& [k, s] : v.items()) {
+          FM_CHECK(s.is_string(), ErrorCode::kFormat, path, ": metadata '", k, "' is not a string");
+          f.metadata[k] = s.get<std::string>();
+        }
+        continue;
+      }
+      SafeTensor t;
+      t.dtype = v.at("dtype").get<std::string>();
+      const size_t es = safetensors_dtype_size(t.dtype);
+      FM_CHECK(es > 0, ErrorCode::kFormat, path, ": tensor ", name, " has unknown dtype ", t.dtype);
+      t.shape = v.at("shape").get<std::vector<int64_t>>();
+      for (int64_t d : t.shape)
+        FM_CHECK(d >= 0 && d < (int64_t{1} << 40), ErrorCode::kFormat, path, ": tensor ", name, " has a bad shape");
+      const auto off = v.at("data_offsets").get<std::vector<uint64_t>>();
+      FM_CHECK(off.size() == 2 && off[0] <= off[1] && off[1] <= data_size, ErrorCode::kFormat, path, ": tensor ",
+               name, " lies outside the data");
+      FM_CHECK(off[1] - off[0] == elements(t.shape) * es, ErrorCode::kFormat, path, ": tensor ", name, " holds ",
+               off[1] - off[0], " bytes, its shape needs ", elements(t.shape) * es);
+      t.data.assign(data + off[0], data + off[1]);
+      ranges.emplace_back(off[0], off[1]);
+      f.tensors.emplace(name, std::move(t));
+    }
+  } catch (const nlohmann::json::exception& e) {
+    FM_FAIL(ErrorCode::kFormat, path, ": bad safetensors header: ", e.what());
+  }
+  std::sort(ranges.begin(), ranges.end());
+  for (size_t i = 1; i < ranges.size(); ++i)
+    FM_CHECK(ranges[i].first >= ranges[i - 1].second, ErrorCode::kFormat, path, ": tensors overlap");
+  return f;
+}
+
+}  // namespace flashmem

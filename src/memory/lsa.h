@@ -1,0 +1,90 @@
+// flashmem/memory/lsa.h — the `lsa` residency policy: Level-1 selection by the Memory Indexer
+// (DESIGN.md §4, lsa-spec §4.2, §4.6).
+//
+// Every τ steps (first right after prefill) the indexer scores every indexed chunk of the
+// middle pages from the latest decode token's target-layer inputs, one probability per chunk
+// and target layer; the per-chunk ensemble (max by default) is thresholded at θ, pages are
+// ranked by how many of their chunks pass (ties: by their best chunk), and the top pages
+// within the budget join sink and tail. The same pages stay resident in every layer.
+//
+// Needle fallback (unreleased by the paper's authors): when the indexer keeps more than
+// `widen_kept` of the middle chunks, or its scores are flat (standard deviation below
+// `widen_flat`), it cannot tell the budget's worth of pages apart; the policy then asks for
+// the whole KV (wants_widen()), and the engine moves the request to a full budget for the rest
+// of the request — counted in its footprint and reported.
+#pragma once
+
+#include <cstdint>
+#include <memory>
+#include <span>
+#include <string>
+#include <vector>
+
+#include "memory/index_keys.h"
+#include "memory/policy.h"
+
+namespace flashmem {
+
+// The latest decode token's target-layer inputs (the engine's model tap fills it).
+struct IndexerQuery {
+  std::vector<int> layers;   // target layers, ascending
+  int d_model = 0;
+  std::vector<float> rows;   // [layers × d_model]
+  int32_t position = -1;     // of the token those inputs belong to; −1 before any forward
+};
+
+// Scores chunks: prob[c] for every chunk of target t's keys, from the query row of that target.
+class LsaScorer {
+ public:
+  virtual ~LsaScorer() = default;
+  virtual const IndexKeyConfig& keys_config() const = 0;  // layers, chunk size, pooling
+  virtual void score(int t, const float* row, int32_t position, IndexKeys& keys,
+                     std::vector<float>& prob) = 0;
+  // Device bytes of the scorer's own buffers (weights, q/w/logits scratch).
+  virtual uint64_t device_bytes() const { return 0; }
+};
+
+struct LsaOptions {
+  float threshold = 0.5f;         // θ
+  std::string ensemble = "max";   // "max" or "mean" over target layers
+  bool widen = true;              // needle fallback on/off
+  float widen_kept = 0.5f;        // kept fraction of the middle chunks that triggers it
+  float widen_flat = 0.0f;        // score standard deviation at or below which it triggers
+  // Error(kInvalidArgument) for values out of range.
+  void validate() const;
+};
+
+class LsaPolicy final : public ResidencyPolicy {
+ public:
+  LsaPolicy(const KvCacheConfig& kv, std::shared_ptr<LsaScorer> scorer, const IndexerQuery& query,
+            Backend* device, LsaOptions o);
+  const char* name() const override { return "lsa"; }
+  void select(const SelectContext& c, int64_t n, std::vector<int32_t>& out) override;
+  void on_page(int layer, int32_t page, const uint8_t* data) override { keys_.on_page(layer, page, data); }
+  uint64_t index_bytes() const override { return keys_.device_bytes(); }
+  uint64_t scratch_bytes() const override;
+
+  // The needle fallback asked for the whole KV (sticky).
+  bool wants_widen() const { return widen_; }
+  std::string widen_reason() const { return widen_reason_; }
+  // Statistics of the last Level-1 pass.
+  double last_kept_fraction() const { return kept_fraction_; }
+  double last_score_std() const { return score_std_; }
+
+ private:
+  void level1(const SelectContext& c);
+
+  KvCacheConfig kv_;
+  std::shared_ptr<LsaScorer> scorer_;
+  const IndexerQuery& query_;
+  IndexKeys keys_;
+  LsaOptions opts_;
+  int64_t scored_cycle_ = -1;
+  std::vector<float> prob_, ens_;   // per chunk
+  std::vector<float> page_score_;   // per page
+  bool widen_ = false;
+  std::string widen_reason_;
+  double kept_fraction_ = 0.0, score_std_ = 0.0;
+};
+
+}  // namespace flashmem
