@@ -46,7 +46,7 @@ class LsaScorer {
 
 struct LsaOptions {
   float threshold = 0.5f;         // θ
-  std::string ensemble = "max";   // "max" or "mean" over target layers
+  std::string ensemble = "mean";  // "max" or "mean" over target layers (mean measured better here)
   bool widen = true;              // needle fallback on/off
   float widen_kept = 0.5f;        // kept fraction of the middle chunks that triggers it
   float widen_flat = 0.0f;        // score standard deviation at or below which it triggers

@@ -415,6 +415,39 @@ void test_model(const std::string& path) {
 
 }  // namespace
 
+// Memory Indexer logits: the CUDA op against the CPU op (same fp8 decode, fp32 sums in another
+// order), for GQA groupings, sizes around the warp/block edges, and n = 0.
+void test_index_scores(CudaBackend& g, CpuBackend& c, std::mt19937& rng) {
+  struct Shape {
+    int heads, kv, dim;
+    int64_t n;
+  };
+  for (const Shape sh : {Shape{12, 3, 64, 1000}, Shape{9, 3, 64, 1}, Shape{128, 1, 128, 4097},
+                         Shape{4, 4, 32, 100000}, Shape{6, 3, 64, 0}}) {
+    IndexScoreParams p;
+    p.n_heads = sh.heads;
+    p.n_kv_heads = sh.kv;
+    p.head_dim = sh.dim;
+    p.bias = 0.25f;
+    auto q = randv(static_cast<size_t>(sh.heads) * sh.dim, rng);
+    auto w = randv(sh.heads, rng);
+    std::vector<uint8_t> keys(static_cast<size_t>(sh.n) * sh.kv * sh.dim);
+    for (auto& b : keys) b = static_cast<uint8_t>(rng() & 0xFF);
+    for (auto& b : keys)
+      if ((b & 0x7F) == 0x7F) b &= 0xFE;  // no NaN codes
+    auto scales = randv(static_cast<size_t>(sh.n), rng, 0.001f, 0.01f);
+    std::vector<float> want(static_cast<size_t>(sh.n));
+    c.index_scores(p, q.data(), w.data(), keys.data(), scales.data(), sh.n, want.data());
+    auto dq = to_dev(g, q), dw = to_dev(g, w), dk = to_dev(g, keys), ds = to_dev(g, scales);
+    BackendBuffer out(g, std::max<size_t>(1, want.size()) * sizeof(float));
+    g.index_scores(p, dq.as<float>(), dw.as<float>(), dk.as<uint8_t>(), ds.as<float>(), sh.n, out.as<float>());
+    const std::string what = "index_scores " + std::to_string(sh.heads) + "/" + std::to_string(sh.kv) + " heads, dim " +
+                             std::to_string(sh.dim) + ", " + std::to_string(sh.n) + " chunks";
+    if (sh.n == 0) check(true, what);
+    else close(to_host<float>(g, out, want.size()), want, 1e-5, what);
+  }
+}
+
 int main() {
   try {
     CudaBackend g;
@@ -425,6 +458,7 @@ int main() {
     test_matmul(g, c, rng);
     test_attention(g, c, rng);
     test_write_kv_and_copies(g, rng);
+    test_index_scores(g, c, rng);
     if (const char* m = std::getenv("FLASHMEM_MODEL"); m && *m) test_model(m);
     else std::printf("FLASHMEM_MODEL not set: model checks not run\n");
   } catch (const std::exception& e) {

@@ -27,7 +27,7 @@ struct MemoryArgs {
   uint64_t seed = 0;
   std::string indexer;        // Memory Indexer checkpoint (lsa); empty: the one shipped for the model
   float lsa_threshold = 0.5f;
-  std::string lsa_ensemble = "max";
+  std::string lsa_ensemble = "mean";
   float lsa_widen_kept = 0.5f;
   bool lsa_no_widen = false;
 };
