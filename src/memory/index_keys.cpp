@@ -84,6 +84,7 @@ void IndexKeys::on_page(int layer, int32_t page, const uint8_t* data) {
     pool_chunk_key(kv_, cfg_, data, j0, cfg_.chunk_tokens, page * kv_.page_tokens + j0,
                    keys_[t].data() + (have + c) * kd, &scales_[t][have + c]);
   }
+  if (dev_) sync(t);  // the keys live on the device from the moment their page completes
 }
 
 void IndexKeys::sync(int t) {

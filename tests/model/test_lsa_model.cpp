@@ -5,6 +5,7 @@
 //    (prefill is exact; only decode is sparse), and the device never exceeds the budget.
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <cstring>
 #include <fstream>
 #include <nlohmann/json.hpp>
@@ -12,6 +13,7 @@
 #include "core/error.h"
 #include "engine/engine.h"
 #include "engine/sampler.h"
+#include "memory/indexer_scorer.h"
 #include "memory/residency.h"
 #include "test_util.h"
 
@@ -160,6 +162,107 @@ TEST(LsaModel, DecodingAForkOfOnePrefillEqualsAFreshRequest) {
   small.memory.budget = KvBudget::parse("20pages");
   auto big = eng.prefill(prompt, full.memory, go.max_new_tokens);
   EXPECT_THROW(eng.decode(*big, small), Error);  // smaller than the prefill's budget
+}
+
+}  // namespace
+}  // namespace flashmem
+
+namespace flashmem {
+namespace {
+
+std::string shipped_indexer() { return std::string(FLASHMEM_SOURCE_DIR) + "/indexers/SmolLM2-135M-Instruct.safetensors"; }
+
+// Fills an IndexerQuery from the model's target-layer inputs (what the engine does for lsa).
+class TestTap final : public ActivationTap {
+ public:
+  explicit TestTap(IndexerQuery& q) : q_(q) {}
+  std::span<const int> layers() const override { return q_.layers; }
+  void on_layer_input(int layer, int32_t position, const float* x) override {
+    const auto t = std::lower_bound(q_.layers.begin(), q_.layers.end(), layer) - q_.layers.begin();
+    std::copy_n(x, q_.d_model, q_.rows.begin() + t * q_.d_model);
+    q_.position = position;
+  }
+
+ private:
+  IndexerQuery& q_;
+};
+
+TEST(LsaModel, LsaAtFullBudgetIsBitIdenticalToTheFullPath) {
+  Engine& eng = engine();
+  const auto prompt = long_prompt(2100);
+  const Trajectory ref = full_path(prompt);
+  const int nv = eng.info().n_vocab;
+  const KvCacheConfig kc = eng.kv_config();
+  auto model = load_indexer(shipped_indexer());
+  PolicyDeps deps;
+  deps.lsa = make_indexer_scorer(model, eng.backend());
+  IndexerQuery q;
+  q.layers = model->keys.layers;
+  q.d_model = eng.info().d_model;
+  q.rows.assign(q.layers.size() * q.d_model, 0.0f);
+  deps.query = &q;
+  deps.device = &eng.backend();
+  TestTap tap(q);
+  eng.model().set_tap(&tap);
+  ResidencyOptions o;
+  o.policy = "lsa";
+  o.cycle = 16;
+  const int64_t pages = resolve_budget_pages(o, kc, static_cast<int64_t>(prompt.size()) + kSteps);
+  KvReserve reserve(eng.backend(), kc.page_bytes(), pages * kc.n_layers);
+  RecallEngine recall(eng.backend());
+  TieredKvStore kv(kc, pages, reserve, recall);
+  auto res = std::make_unique<Residency>(kv, make_policy("lsa", kc, 7, deps), o);
+  std::vector<float> logits(nv);
+  eng.model().forward(prompt, kv, logits.data());
+  EXPECT_EQ(std::memcmp(logits.data(), ref.logits[0].data(), nv * sizeof(float)), 0) << "prefill";
+  for (int i = 0; i < kSteps; ++i) {
+    res->before_step(i, kSteps - i);
+    eng.model().forward(std::span<const int32_t>(&ref.tokens[i], 1), kv, logits.data());
+    ASSERT_EQ(std::memcmp(logits.data(), ref.logits[i + 1].data(), nv * sizeof(float)), 0) << "decode step " << i;
+  }
+  eng.model().set_tap(nullptr);
+  EXPECT_EQ(recall.stats().pages, 0);
+  EXPECT_EQ(res->cycles(), 4);
+  // The index keys are device bytes of the request: 3 layers × 196 B per 16-token chunk.
+  EXPECT_GE(kv.footprint().index_keys, static_cast<uint64_t>(3 * 196 * (2100 / 16)));
+}
+
+TEST(LsaModel, LsaUnderABudgetKeepsTheDeviceWithinItAndCountsItsKeys) {
+  EngineOptions eo;
+  eo.model_path = test::require_default_model();
+  eo.n_ctx = 4096;
+  eo.indexer_path = shipped_indexer();
+  auto eng = Engine::load(eo);
+  const auto prompt = long_prompt(2100);
+  GenerateOptions go;
+  go.max_new_tokens = 16;
+  go.memory.policy = "lsa";
+  go.memory.budget = KvBudget::parse("20%");
+  const GenerateResult r = eng->generate(prompt, go);
+  EXPECT_EQ(r.tokens.size(), 16u);
+  EXPECT_GT(r.kv.final.index_keys, 0u);
+  EXPECT_GE(r.kv.lsa_kept_fraction, 0.0);
+  if (r.kv.widened_at_step < 0) {  // no fallback: the budget holds
+    EXPECT_LE(r.kv.peak.reserve + r.kv.peak.open, r.kv.reserve_bytes);
+    EXPECT_LT(r.kv.mean_device_bytes, 0.3 * static_cast<double>(r.kv.final.full_kv));
+  }
+  // The needle fallback: a request that cannot choose widens to a full budget at once and then
+  // generates exactly what full attention does.
+  GenerateOptions wide = go;
+  wide.memory.lsa.widen_kept = 0.001f;
+  const GenerateResult w = eng->generate(prompt, wide);
+  EXPECT_EQ(w.kv.widened_at_step, 0);
+  EXPECT_FALSE(w.kv.widen_reason.empty());
+  GenerateOptions full = go;
+  full.memory.policy = "full";
+  full.memory.budget = KvBudget{};
+  EXPECT_EQ(w.tokens, eng->generate(prompt, full).tokens);
+  EXPECT_EQ(w.kv.final.reserve + w.kv.final.open, w.kv.final.full_kv);  // everything resident
+  // Without the indexer the policy is refused with a clear error.
+  EngineOptions plain = eo;
+  plain.indexer_path.clear();
+  auto eng2 = Engine::load(plain);
+  EXPECT_THROW(eng2->generate(prompt, go), Error);
 }
 
 }  // namespace

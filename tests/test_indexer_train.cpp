@@ -1,0 +1,385 @@
+// The Memory Indexer: forward against an independent float64 evaluation, backward against
+// central finite differences, the focal loss's derivative, reproducible training that learns a
+// planted rule, metrics against brute force, checkpoints (round trip, malformed files), and
+// the lsa policy's Level-1 selection and needle fallback with a scripted scorer.
+#include <gtest/gtest.h>
+
+#include <algorithm>
+#include <cmath>
+#include <filesystem>
+#include <fstream>
+#include <random>
+
+#include "core/error.h"
+#include "core/fp8.h"
+#include "core/hadamard.h"
+#include "io/safetensors.h"
+#include "memory/lsa.h"
+#include "ops/cpu/cpu_backend.h"
+#include "train/indexer_model.h"
+#include "train/metrics.h"
+#include "train/trainer.h"
+
+namespace flashmem {
+namespace {
+
+train::IndexerDataset tiny_shapes() {
+  train::IndexerDataset ds;
+  ds.d_model = 12;
+  ds.n_kv_heads = 2;
+  ds.head_dim = 8;
+  ds.n_targets = 2;
+  ds.target_layers = {1, 3};
+  ds.rope.n_rot = 8;
+  ds.rope.freq_base = 10000.0f;
+  ds.chunk_tokens = 4;
+  ds.max_hits = 10.0f;
+  return ds;
+}
+
+train::TrainOptions tiny_options() {
+  train::TrainOptions o;
+  o.n_heads = 4;
+  o.rank = 6;
+  o.seed = 7;
+  return o;
+}
+
+// The loss of one point, all in double from the definition (no shared code with the trainer
+// beyond the RoPE angles and the Hadamard sign pattern).
+double loss_double(const IndexerModel& m, int t, const std::vector<float>& h, int32_t pos,
+                   const std::vector<float>& keys, const std::vector<float>& lab, const std::vector<float>& wt,
+                   double gamma) {
+  const auto& s = m.shape;
+  const auto& L = m.layers[t];
+  const int D = s.d_model, R = s.rank, H = s.n_heads, d = s.head_dim, rep = H / s.n_kv_heads, kd = s.n_kv_heads * d;
+  std::vector<double> a(R), q(H * d, 0.0), w(H, 0.0);
+  double ss = 0;
+  for (int r = 0; r < R; ++r) {
+    for (int i = 0; i < D; ++i) a[r] += static_cast<double>(L.wq_a[r * D + i]) * h[i];
+    ss += a[r] * a[r];
+  }
+  for (int r = 0; r < R; ++r) a[r] = a[r] / std::sqrt(ss / R + s.eps) * L.q_norm[r];
+  for (int o = 0; o < H * d; ++o)
+    for (int r = 0; r < R; ++r) q[o] += static_cast<double>(L.wq_b[o * R + r]) * a[r];
+  for (int hh = 0; hh < H; ++hh) {
+    double* v = q.data() + hh * d;
+    for (int i = 0; i < d / 2; ++i) {
+      const double th = pos * std::pow(static_cast<double>(s.rope.freq_base), -2.0 * i / s.rope.n_rot);
+      const double x = v[2 * i], y = v[2 * i + 1];
+      v[2 * i] = x * std::cos(th) - y * std::sin(th);
+      v[2 * i + 1] = x * std::sin(th) + y * std::cos(th);
+    }
+    std::vector<double> u(d, 0.0);
+    for (int r = 0; r < d; ++r)
+      for (int c = 0; c < d; ++c) u[r] += (__builtin_popcount(r & c) % 2 ? -1.0 : 1.0) * v[c] / std::sqrt(d * 1.0);
+    std::copy(u.begin(), u.end(), v);
+  }
+  for (int hh = 0; hh < H; ++hh) {
+    for (int i = 0; i < D; ++i) w[hh] += static_cast<double>(L.weights_proj[hh * D + i]) * h[i];
+    w[hh] /= std::sqrt(static_cast<double>(H * d));
+  }
+  double loss = 0;
+  for (size_t c = 0; c < lab.size(); ++c) {
+    double z = L.bias;
+    for (int hh = 0; hh < H; ++hh) {
+      double dot = 0;
+      for (int i = 0; i < d; ++i) dot += q[hh * d + i] * keys[c * kd + (hh / rep) * d + i];
+      z += w[hh] * std::max(dot, 0.0);
+    }
+    const double p = 1.0 / (1.0 + std::exp(-z)), pt = lab[c] > 0.5 ? p : 1.0 - p;
+    loss += wt[c] * -std::pow(1.0 - pt, gamma) * std::log(pt);
+  }
+  return loss;
+}
+
+TEST(IndexerTrain, FocalLossDerivativeMatchesFiniteDifferences) {
+  for (double gamma : {0.0, 1.0, 2.0})
+    for (double y : {0.0, 1.0})
+      for (double z : {-6.0, -1.3, -0.2, 0.4, 2.5, 7.0}) {
+        double d = 0;
+        const double l = train::focal_loss(z, y, gamma, &d);
+        const double p = 1 / (1 + std::exp(-z)), pt = y > 0.5 ? p : 1 - p;
+        EXPECT_NEAR(l, -std::pow(1 - pt, gamma) * std::log(pt), 1e-12);
+        const double e = 1e-5;
+        const double fd = (train::focal_loss(z + e, y, gamma, nullptr) - train::focal_loss(z - e, y, gamma, nullptr)) / (2 * e);
+        EXPECT_NEAR(d, fd, 1e-7 + 1e-5 * std::fabs(fd)) << "gamma " << gamma << " y " << y << " z " << z;
+      }
+}
+
+TEST(IndexerTrain, ForwardAndGradientsMatchFloat64AndFiniteDifferences) {
+  const train::IndexerDataset ds = tiny_shapes();
+  IndexerModel m = train::init_model(ds, tiny_options());
+  std::mt19937 rng(5);
+  std::normal_distribution<float> nd(0.0f, 1.0f);
+  for (auto& l : m.layers) {
+    for (float& x : l.q_norm) x = 1.0f + 0.3f * nd(rng);
+    l.bias = 0.2f;
+  }
+  const int n = 9, kd = ds.key_dim();
+  std::vector<float> h(ds.d_model), keys(static_cast<size_t>(n) * kd), lab(n), wt(n);
+  for (float& x : h) x = nd(rng);
+  for (float& x : keys) x = nd(rng);
+  for (int c = 0; c < n; ++c) {
+    lab[c] = c % 3 == 0 ? 1.0f : 0.0f;
+    wt[c] = 0.5f + 0.25f * c;
+  }
+  const int32_t pos = 37;
+  for (int t = 0; t < 2; ++t) {
+    IndexerLayer g = m.layers[t];
+    for (auto* v : {&g.wq_a, &g.q_norm, &g.wq_b, &g.weights_proj}) std::fill(v->begin(), v->end(), 0.0f);
+    g.bias = 0;
+    const double loss = train::point_loss_grad(m, t, h.data(), pos, keys.data(), lab.data(), wt.data(), n, 2.0f, &g);
+    const double ref = loss_double(m, t, h, pos, keys, lab, wt, 2.0);
+    ASSERT_TRUE(std::isfinite(loss));
+    EXPECT_NEAR(loss, ref, 1e-4 * std::fabs(ref) + 1e-6);
+    // Central differences in double on the float64 reference, a sample of every tensor.
+    auto check = [&](std::vector<float>& param, const std::vector<float>& grad, const char* name) {
+      std::uniform_int_distribution<size_t> pick(0, param.size() - 1);
+      for (int k = 0; k < 12; ++k) {
+        const size_t i = pick(rng);
+        const float keep = param[i];
+        const float e = 1e-3f * std::max(1.0f, std::fabs(keep));
+        param[i] = keep + e;
+        const double up = loss_double(m, t, h, pos, keys, lab, wt, 2.0);
+        param[i] = keep - e;
+        const double dn = loss_double(m, t, h, pos, keys, lab, wt, 2.0);
+        param[i] = keep;
+        const double fd = (up - dn) / (2.0 * e);
+        EXPECT_NEAR(grad[i], fd, 2e-3 + 2e-2 * std::fabs(fd)) << name << "[" << i << "] layer " << t;
+      }
+    };
+    IndexerLayer& L = m.layers[t];
+    check(L.wq_a, g.wq_a, "wq_a");
+    check(L.q_norm, g.q_norm, "q_norm");
+    check(L.wq_b, g.wq_b, "wq_b");
+    check(L.weights_proj, g.weights_proj, "weights_proj");
+    std::vector<float> b = {L.bias}, gb = {g.bias};
+    const float keep = L.bias;
+    L.bias = keep + 1e-3f;
+    const double up = loss_double(m, t, h, pos, keys, lab, wt, 2.0);
+    L.bias = keep - 1e-3f;
+    const double dn = loss_double(m, t, h, pos, keys, lab, wt, 2.0);
+    L.bias = keep;
+    EXPECT_NEAR(g.bias, (up - dn) / 2e-3, 1e-3 + 1e-2 * std::fabs(g.bias));
+  }
+}
+
+// Documents whose golden chunks are the ones a hidden teacher indexer scores highest.
+train::IndexerDataset planted(uint64_t seed, int n_docs) {
+  train::IndexerDataset ds = tiny_shapes();
+  train::TrainOptions to = tiny_options();
+  to.seed = 999;
+  const IndexerModel teacher = train::init_model(ds, to);
+  std::mt19937 rng(static_cast<uint32_t>(seed));
+  std::normal_distribution<float> nd(0.0f, 1.0f);
+  const int kd = ds.key_dim(), n_chunks = 40;
+  for (int di = 0; di < n_docs; ++di) {
+    train::IndexerDoc d;
+    d.name = "doc" + std::to_string(di);
+    d.n_chunks = n_chunks;
+    for (int t = 0; t < ds.n_targets; ++t) {
+      d.keys.emplace_back(static_cast<size_t>(n_chunks) * kd);
+      d.scales.emplace_back(n_chunks, 1.0f / 64.0f);
+      for (auto& b : d.keys[t]) b = fp32_to_fp8_e4m3(64.0f * nd(rng));
+    }
+    d.label_ptr.push_back(0);
+    for (int s = 0; s < 4; ++s) {
+      d.position.push_back(160 + s);
+      d.cand_begin.push_back(2);
+      d.cand_end.push_back(n_chunks - 2);
+      for (int t = 0; t < ds.n_targets; ++t)
+        for (int i = 0; i < ds.d_model; ++i) d.hidden.push_back(nd(rng));
+      std::vector<float> lg;
+      train::score_candidates(teacher, 0, ds, d, s, lg);  // layer 0's teacher decides
+      std::vector<int> idx(lg.size());
+      for (size_t i = 0; i < idx.size(); ++i) idx[i] = static_cast<int>(i);
+      std::sort(idx.begin(), idx.end(), [&](int a, int b) { return lg[a] > lg[b]; });
+      std::vector<int32_t> gold;
+      for (int k = 0; k < 4; ++k) gold.push_back(2 + idx[k]);
+      std::sort(gold.begin(), gold.end());
+      for (int32_t c : gold) {
+        d.label_idx.push_back(c);
+        d.label_hits.push_back(5.0f);
+      }
+      d.label_ptr.push_back(static_cast<int32_t>(d.label_idx.size()));
+    }
+    ds.docs.push_back(std::move(d));
+  }
+  return ds;
+}
+
+TEST(IndexerTrain, LearnsAPlantedRuleReproduciblyForAnyThreadCount) {
+  const train::IndexerDataset tr = planted(1, 120), va = planted(2, 8), te = planted(3, 12);
+  train::TrainOptions o = tiny_options();
+  o.epochs = 30;
+  o.batch = 16;
+  o.lr = 2e-2f;
+  o.threads = 1;
+  const IndexerModel init = train::init_model(tr, o);
+  const double before = train::evaluate_indexer(init, te, 1).rows[0].auc;
+  const train::TrainResult a = train::train_indexer(tr, &va, o);
+  o.threads = 3;
+  const train::TrainResult b = train::train_indexer(tr, &va, o);
+  ASSERT_EQ(a.step_losses.size(), b.step_losses.size());
+  EXPECT_EQ(a.step_losses, b.step_losses);  // bit for bit
+  for (double l : a.step_losses) ASSERT_TRUE(std::isfinite(l));
+  // The loss falls and the held-out layer-0 AUC (the layer the rule was planted in) rises.
+  const double first = (a.step_losses[0] + a.step_losses[1]) / 2;
+  const double last = (a.step_losses.back() + a.step_losses[a.step_losses.size() - 2]) / 2;
+  EXPECT_LT(last, 0.7 * first);
+  const train::IndexerMetrics m = train::evaluate_indexer(a.model, te, 2);
+  EXPECT_GT(m.rows[0].auc, 0.9) << "before training " << before;
+  EXPECT_GT(m.rows[0].auc, before + 0.1);
+  EXPECT_EQ(m.rows.size(), 4u);  // two layers, max, mean
+  EXPECT_GE(a.best_epoch, 1);
+}
+
+TEST(IndexerMetrics, AucAndRecallAgainstBruteForce) {
+  const std::vector<float> s = {0.9f, 0.1f, 0.5f, 0.5f, 0.3f, 0.5f};
+  const std::vector<uint8_t> g = {1, 0, 1, 0, 0, 1};
+  // Brute force: P(score_pos > score_neg) + ½ P(tie) over all pairs.
+  double wins = 0;
+  int pairs = 0;
+  for (size_t i = 0; i < s.size(); ++i)
+    for (size_t j = 0; j < s.size(); ++j)
+      if (g[i] && !g[j]) {
+        wins += s[i] > s[j] ? 1.0 : s[i] == s[j] ? 0.5 : 0.0;
+        ++pairs;
+      }
+  EXPECT_DOUBLE_EQ(train::auc(s, g), wins / pairs);
+  EXPECT_DOUBLE_EQ(train::auc({1, 2, 3}, {0, 0, 1}), 1.0);
+  EXPECT_TRUE(std::isnan(train::auc({1, 2}, {1, 1})));
+  EXPECT_DOUBLE_EQ(train::recall_at(s, g, 1), 1.0 / 3);
+  EXPECT_DOUBLE_EQ(train::recall_at(s, g, 6), 1.0);
+  EXPECT_DOUBLE_EQ(train::recall_at({3, 2, 1}, {0, 1, 1}, 2), 0.5);
+}
+
+TEST(IndexerCheckpoint, RoundTripAndMalformedFiles) {
+  const train::IndexerDataset ds = tiny_shapes();
+  const IndexerModel m = train::init_model(ds, tiny_options());
+  const std::string path = (std::filesystem::temp_directory_path() / "flashmem_ix.safetensors").string();
+  save_indexer(path, m, {{"train.seed", "7"}});
+  const auto r = load_indexer(path);
+  EXPECT_EQ(r->keys.layers, m.keys.layers);
+  EXPECT_EQ(indexer_metadata(path).at("train.seed"), "7");
+  std::vector<float> q1(32), w1(4), q2(32), w2(4), h(12, 0.5f);
+  m.encode_query(1, h.data(), 99, q1.data(), w1.data());
+  r->encode_query(1, h.data(), 99, q2.data(), w2.data());
+  EXPECT_EQ(q1, q2);
+  EXPECT_EQ(w1, w2);
+  // Malformed: each must be refused with kFormat.
+  std::vector<char> bytes;
+  {
+    std::ifstream in(path, std::ios::binary);
+    bytes.assign(std::istreambuf_iterator<char>(in), std::istreambuf_iterator<char>());
+  }
+  auto refused = [&](const std::vector<char>& b, const char* what) {
+    {
+      std::ofstream out(path, std::ios::binary | std::ios::trunc);
+      out.write(b.data(), static_cast<std::streamsize>(b.size()));
+    }
+    try {
+      load_indexer(path);
+      ADD_FAILURE() << "accepted: " << what;
+    } catch (const Error& e) {
+      EXPECT_EQ(e.code(), ErrorCode::kFormat) << what << ": " << e.what();
+    }
+  };
+  refused(std::vector<char>(bytes.begin(), bytes.begin() + 5), "shorter than the length field");
+  refused(std::vector<char>(bytes.begin(), bytes.end() - 4), "truncated data");
+  std::vector<char> b = bytes;
+  b[0] = static_cast<char>(0xFF);
+  b[5] = 0x7F;
+  refused(b, "absurd header length");
+  b = bytes;
+  b[9] = '[';
+  refused(b, "bad JSON");
+  // A valid safetensors file that is not an indexer.
+  SafeTensorsFile f;
+  f.tensors["x"] = SafeTensor{"F32", {2}, std::vector<uint8_t>(8, 0)};
+  write_safetensors(path, f);
+  EXPECT_THROW(load_indexer(path), Error);
+  const SafeTensorsFile back = read_safetensors(path);
+  EXPECT_EQ(back.tensors.at("x").shape, (std::vector<int64_t>{2}));
+  f.tensors["y"] = SafeTensor{"F32", {3}, std::vector<uint8_t>(8, 0)};  // wrong byte count
+  EXPECT_THROW(write_safetensors(path, f), Error);
+}
+
+// ---- the lsa policy with a scripted scorer ---------------------------------------------------
+
+class ScriptedScorer final : public LsaScorer {
+ public:
+  explicit ScriptedScorer(IndexKeyConfig c) : c_(std::move(c)) {}
+  const IndexKeyConfig& keys_config() const override { return c_; }
+  void score(int /*t*/, const float* /*row*/, int32_t /*position*/, IndexKeys& keys, std::vector<float>& prob) override {
+    prob.assign(static_cast<size_t>(keys.n_chunks(0)), low);
+    for (auto [c, p] : high)
+      if (c < static_cast<int64_t>(prob.size())) prob[c] = p;
+    ++calls;
+  }
+  IndexKeyConfig c_;
+  float low = 0.1f;
+  std::vector<std::pair<int64_t, float>> high;
+  int calls = 0;
+};
+
+TEST(LsaPolicy, RanksPagesByKeptChunksAndWidensWhenItCannotChoose) {
+  KvCacheConfig kv;
+  kv.n_layers = 2;
+  kv.n_kv_heads = 1;
+  kv.head_dim = 8;
+  kv.page_tokens = 8;
+  kv.max_tokens = 256;
+  IndexKeyConfig ic;
+  ic.chunk_tokens = 4;
+  ic.layers = {1};
+  ic.rope.n_rot = 8;
+  auto scorer = std::make_shared<ScriptedScorer>(ic);
+  IndexerQuery q;
+  q.layers = {1};
+  q.d_model = 4;
+  q.rows.assign(4, 0.0f);
+  q.position = 100;
+  LsaOptions o;
+  CpuBackend be(1);
+  LsaPolicy pol(kv, scorer, q, &be, o);
+  std::vector<float> page(static_cast<size_t>(2) * 8 * 8, 0.25f);
+  for (int32_t pg = 0; pg < 10; ++pg) pol.on_page(1, pg, reinterpret_cast<const uint8_t*>(page.data()));
+  EXPECT_GT(pol.index_bytes(), 0u);  // keys live in backend memory
+  // Page 6 has two chunks above θ, page 3 one (with the best score), page 8 one.
+  scorer->high = {{12, 0.9f}, {13, 0.8f}, {6, 0.95f}, {16, 0.7f}};
+  SelectContext c;
+  c.n_pages = 10;
+  c.middle_begin = 1;
+  c.middle_end = 9;
+  std::vector<int32_t> out;
+  pol.select(c, 2, out);
+  EXPECT_EQ(out, (std::vector<int32_t>{6, 3}));
+  c.layer = 1;  // the same cycle: no second scoring, same pages
+  out.clear();
+  pol.select(c, 3, out);
+  EXPECT_EQ(out, (std::vector<int32_t>{6, 3, 8}));
+  EXPECT_EQ(scorer->calls, 1);
+  EXPECT_FALSE(pol.wants_widen());
+  // Next cycle: most chunks pass θ → the needle fallback asks for the whole KV.
+  scorer->low = 0.8f;
+  c.cycle = 1;
+  out.clear();
+  pol.select(c, 2, out);
+  EXPECT_TRUE(pol.wants_widen());
+  EXPECT_NE(pol.widen_reason().find("kept"), std::string::npos);
+  EXPECT_GT(pol.last_kept_fraction(), 0.5);
+  o.widen = false;
+  LsaPolicy quiet(kv, scorer, q, &be, o);
+  for (int32_t pg = 0; pg < 10; ++pg) quiet.on_page(1, pg, reinterpret_cast<const uint8_t*>(page.data()));
+  out.clear();
+  quiet.select(c, 2, out);
+  EXPECT_FALSE(quiet.wants_widen());
+  LsaOptions bad;
+  bad.ensemble = "min";
+  EXPECT_THROW(bad.validate(), Error);
+}
+
+}  // namespace
+}  // namespace flashmem
