@@ -779,6 +779,17 @@ std::string render_compare_markdown(const std::vector<std::string>& dirs) {
 namespace {
 
 // A gnuplot single-quoted string: no escapes inside except '' for a quote.
+// One fixed colour per policy, so that every plot reads the same (gnuplot's own cycle repeats
+// once labels take line types too).
+std::string policy_color(const std::string& policy) {
+  static const std::pair<const char*, const char*> colors[] = {
+      {"full", "#000000"}, {"lsa", "#d62728"}, {"oracle", "#2ca02c"}, {"quest", "#1f77b4"},
+      {"recency", "#ff7f0e"}, {"random", "#9467bd"}};
+  for (const auto& [name, c] : colors)
+    if (policy == name) return c;
+  return "#7f7f7f";
+}
+
 std::string gp_quote(const std::string& s) {
   std::string out = "'";
   for (const char c : s) {
@@ -913,7 +924,8 @@ void write_plot(const Summary& s, const std::string& out_png, const PlotOptions&
         data << fmt("%.6g", p.x) << " " << fmt("%.6g", p.y) << " " << data_label(p.label) << "\n";
       data << "\n\n";
       script << (first ? "" : ", \\\n     ") << gp_quote(dat) << " index " << block
-             << " using 1:2 with linespoints lw 2 pt 7 title " << gp_quote(policy_names[pol])
+             << " using 1:2 with linespoints lw 2 pt 7 lc rgb " << gp_quote(policy_color(policy_names[pol]))
+             << " title " << gp_quote(policy_names[pol])
              << ", \\\n     " << gp_quote(dat) << " index " << block
              << " using 1:2:3 with labels offset 1,1 notitle";
       first = false;

@@ -6,11 +6,15 @@
 #include <gtest/gtest.h>
 
 #include <algorithm>
+#include <cmath>
 #include <cstring>
+#include <filesystem>
 #include <fstream>
 #include <nlohmann/json.hpp>
 
 #include "core/error.h"
+#include "core/dtype.h"
+#include "engine/dump.h"
 #include "engine/engine.h"
 #include "engine/sampler.h"
 #include "memory/indexer_scorer.h"
@@ -263,6 +267,45 @@ TEST(LsaModel, LsaUnderABudgetKeepsTheDeviceWithinItAndCountsItsKeys) {
   plain.indexer_path.clear();
   auto eng2 = Engine::load(plain);
   EXPECT_THROW(eng2->generate(prompt, go), Error);
+}
+
+}  // namespace
+}  // namespace flashmem
+
+namespace flashmem {
+namespace {
+
+TEST(LsaModel, DumpOfOneDocumentIsConsistent) {
+  Engine& eng = engine();
+  DumpInput in;
+  in.name = "test/prose";
+  in.source = "prose";
+  in.prompt = long_prompt(700);
+  const auto extra = long_prompt(720);
+  in.forced.assign(extra.begin() + 700, extra.end());  // 20 teacher-forced tokens
+  DumpSettings s;
+  s.target_layers = {8, 14};
+  s.point_stride = 8;
+  const train::DumpDoc d = dump_document(eng, in, s);
+  EXPECT_EQ(d.n_steps, 19);  // one forward per forced token but the last
+  EXPECT_EQ(d.point_step, (std::vector<int32_t>{0, 8, 16}));
+  EXPECT_EQ(d.point_pos[0], 699);  // the last prompt token
+  EXPECT_EQ(d.n_chunks, 700 / 64 * 4);
+  const int heads = eng.info().n_layers * eng.info().n_heads;
+  for (int64_t t = 0; t < d.n_steps; ++t) {
+    int64_t sum = 0;
+    for (int32_t k = d.hit_ptr[t]; k < d.hit_ptr[t + 1]; ++k) {
+      ASSERT_GE(d.hit_count[k], 1);
+      ASSERT_LE(d.hit_count[k], heads);
+      ASSERT_LE(d.hit_chunk[k], (700 + t) / 16);
+      sum += d.hit_count[k];
+    }
+    EXPECT_GE(sum, heads);  // every head hits at least its top chunk
+  }
+  for (uint16_t h : d.hidden) ASSERT_TRUE(std::isfinite(fp16_to_fp32(h)));
+  const std::string path = (std::filesystem::temp_directory_path() / "flashmem_model_dump.fmd").string();
+  train::write_dump(path, d);
+  EXPECT_EQ(train::read_dump(path).hit_chunk, d.hit_chunk);
 }
 
 }  // namespace
