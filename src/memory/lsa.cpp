@@ -2,7 +2,6 @@
 
 #include <algorithm>
 #include <cmath>
-#include <numeric>
 #include <sstream>
 
 #include "core/error.h"
@@ -82,13 +81,7 @@ void LsaPolicy::select(const SelectContext& c, int64_t n, std::vector<int32_t>& 
     level1(c);
     scored_cycle_ = c.cycle;
   }
-  std::vector<int32_t> cand(static_cast<size_t>(std::max<int64_t>(0, c.middle_end - c.middle_begin)));
-  std::iota(cand.begin(), cand.end(), static_cast<int32_t>(c.middle_begin));
-  const size_t k = static_cast<size_t>(std::clamp<int64_t>(n, 0, static_cast<int64_t>(cand.size())));
-  std::partial_sort(cand.begin(), cand.begin() + k, cand.end(), [&](int32_t a, int32_t b) {
-    return page_score_[a] != page_score_[b] ? page_score_[a] > page_score_[b] : a > b;
-  });
-  out.insert(out.end(), cand.begin(), cand.begin() + k);
+  top_pages(c, n, page_score_, out);
 }
 
 }  // namespace flashmem

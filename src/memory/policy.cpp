@@ -12,17 +12,6 @@ namespace flashmem {
 
 namespace {
 
-// Appends the n highest-scoring pages of [c.middle_begin, c.middle_end) (ties: newer first).
-void top_pages(const SelectContext& c, int64_t n, const std::vector<float>& score,
-               std::vector<int32_t>& out) {
-  std::vector<int32_t> cand(static_cast<size_t>(std::max<int64_t>(0, c.middle_end - c.middle_begin)));
-  std::iota(cand.begin(), cand.end(), static_cast<int32_t>(c.middle_begin));
-  const size_t k = static_cast<size_t>(std::clamp<int64_t>(n, 0, static_cast<int64_t>(cand.size())));
-  std::partial_sort(cand.begin(), cand.begin() + k, cand.end(), [&](int32_t a, int32_t b) {
-    return score[a] != score[b] ? score[a] > score[b] : a > b;
-  });
-  out.insert(out.end(), cand.begin(), cand.begin() + k);
-}
 
 class FullPolicy final : public ResidencyPolicy {
  public:
@@ -148,6 +137,17 @@ class OraclePolicy final : public ResidencyPolicy {
 };
 
 }  // namespace
+
+void top_pages(const SelectContext& c, int64_t n, const std::vector<float>& score,
+               std::vector<int32_t>& out) {
+  std::vector<int32_t> cand(static_cast<size_t>(std::max<int64_t>(0, c.middle_end - c.middle_begin)));
+  std::iota(cand.begin(), cand.end(), static_cast<int32_t>(c.middle_begin));
+  const size_t k = static_cast<size_t>(std::clamp<int64_t>(n, 0, static_cast<int64_t>(cand.size())));
+  std::partial_sort(cand.begin(), cand.begin() + k, cand.end(), [&](int32_t a, int32_t b) {
+    return score[a] != score[b] ? score[a] > score[b] : a > b;
+  });
+  out.insert(out.end(), cand.begin(), cand.begin() + k);
+}
 
 void AttentionTrace::record(int64_t step, int layer, std::span<const int32_t> ids,
                             std::span<const float> mass) {

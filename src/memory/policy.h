@@ -84,6 +84,10 @@ struct PolicyDeps {
   const LsaOptions* lsa_options = nullptr;
 };
 
+// Appends the n highest-scoring pages of [c.middle_begin, c.middle_end) (ties: newer first);
+// score is indexed by page number.
+void top_pages(const SelectContext& c, int64_t n, const std::vector<float>& score, std::vector<int32_t>& out);
+
 // Names make_policy accepts.
 const std::vector<std::string>& policy_names();
 

@@ -27,7 +27,8 @@ void IndexerModel::check() const {
              ErrorCode::kFormat, "indexer: weights do not match the shape");
 }
 
-void IndexerModel::encode_query(int t, const float* h, int32_t position, float* q, float* w) const {
+void IndexerModel::encode_query(int t, const float* h, int32_t position, float* q, float* w,
+                                Activations* keep) const {
   const IndexerShape& s = shape;
   const IndexerLayer& l = layers[t];
   std::vector<float> a(s.rank);
@@ -40,7 +41,19 @@ void IndexerModel::encode_query(int t, const float* h, int32_t position, float* 
     ss += static_cast<double>(acc) * acc;
   }
   const float inv = static_cast<float>(1.0 / std::sqrt(ss / s.rank + s.eps));
-  for (int r = 0; r < s.rank; ++r) a[r] = a[r] * inv * l.q_norm[r];
+  if (keep) {
+    keep->inv_rms = inv;
+    keep->a_hat.resize(s.rank);
+    keep->an.resize(s.rank);
+  }
+  for (int r = 0; r < s.rank; ++r) {
+    const float ah = a[r] * inv;
+    a[r] = ah * l.q_norm[r];
+    if (keep) {
+      keep->a_hat[r] = ah;
+      keep->an[r] = a[r];
+    }
+  }
   const int qd = s.n_heads * s.head_dim;
   for (int o = 0; o < qd; ++o) {
     const float* row = l.wq_b.data() + static_cast<size_t>(o) * s.rank;

@@ -44,8 +44,16 @@ struct IndexerModel {
   IndexerKeys keys;
   std::vector<IndexerLayer> layers; // one per target layer
 
-  // q [n_heads × head_dim] and w [n_heads] of target t for the input row h at `position`.
-  void encode_query(int t, const float* h, int32_t position, float* q, float* w) const;
+  // What backward needs from the query encoder (the trainer).
+  struct Activations {
+    std::vector<float> a_hat;  // wq_a·h / rms
+    std::vector<float> an;     // a_hat ⊙ q_norm
+    float inv_rms = 0.0f;
+  };
+  // q [n_heads × head_dim] and w [n_heads] of target t for the input row h at `position` — the
+  // one forward pass of inference and training (keep: the activations backward needs).
+  void encode_query(int t, const float* h, int32_t position, float* q, float* w,
+                    Activations* keep = nullptr) const;
   // Error(kFormat) when the weights do not have the shape's sizes.
   void check() const;
 };

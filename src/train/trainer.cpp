@@ -97,36 +97,14 @@ double point_loss_grad(const IndexerModel& m, int t, const float* h, int32_t pos
   const int D = s.d_model, R = s.rank, H = s.n_heads, d = s.head_dim, rep = s.n_heads / s.n_kv_heads;
   const int QD = H * d;
   const int kd = s.n_kv_heads * d;
-  // Forward, keeping what backward needs.
-  std::vector<float> a(R), ahat(R), an(R), q(QD), wv(H);
-  double ss = 0.0;
-  for (int r = 0; r < R; ++r) {
-    const float* row = L.wq_a.data() + static_cast<size_t>(r) * D;
-    float acc = 0.0f;
-    for (int i = 0; i < D; ++i) acc += row[i] * h[i];
-    a[r] = acc;
-    ss += static_cast<double>(acc) * acc;
-  }
-  const float inv = static_cast<float>(1.0 / std::sqrt(ss / R + s.eps));
-  for (int r = 0; r < R; ++r) {
-    ahat[r] = a[r] * inv;
-    an[r] = ahat[r] * L.q_norm[r];
-  }
-  for (int o = 0; o < QD; ++o) {
-    const float* row = L.wq_b.data() + static_cast<size_t>(o) * R;
-    float acc = 0.0f;
-    for (int r = 0; r < R; ++r) acc += row[r] * an[r];
-    q[o] = acc;
-  }
-  cpu::rope(q.data(), H, d, position, s.rope);
-  for (int hh = 0; hh < H; ++hh) hadamard_inplace(q.data() + static_cast<size_t>(hh) * d, d);
+  // Forward (the inference encoder), keeping what backward needs.
+  std::vector<float> q(QD), wv(H);
+  IndexerModel::Activations act;
+  m.encode_query(t, h, position, q.data(), wv.data(), &act);
+  const std::vector<float>& ahat = act.a_hat;
+  const std::vector<float>& an = act.an;
+  const float inv = act.inv_rms;
   const float ws = 1.0f / std::sqrt(static_cast<float>(QD));
-  for (int hh = 0; hh < H; ++hh) {
-    const float* row = L.weights_proj.data() + static_cast<size_t>(hh) * D;
-    float acc = 0.0f;
-    for (int i = 0; i < D; ++i) acc += row[i] * h[i];
-    wv[hh] = acc * ws;
-  }
   std::vector<float> dots(static_cast<size_t>(n) * H);
   double loss = 0.0;
   std::vector<float> dq(QD, 0.0f), dwv(H, 0.0f);

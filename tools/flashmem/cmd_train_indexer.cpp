@@ -26,7 +26,8 @@ CLI::App* add_train_indexer_command(CLI::App& app, TrainIndexerArgs& a) {
   c->add_option("--evaluate", a.evaluate, "Score this checkpoint on the test split (no training)")->check(CLI::ExistingFile);
   c->add_option("--pooling", a.pooling, "Index-key pooling")->check(CLI::IsMember({"post_rope_mean", "pre_rope_mean"}));
   c->add_option("--layers", a.layers, "Target layers (default: all in the dump)")->delimiter(',');
-  c->add_option("--min-hits", a.min_hits, "Heads that must hit a chunk for it to be golden")->check(CLI::Range(1, 1 << 20));
+  c->add_option("--min-hits", a.min_hits, "Heads that must hit a chunk for it to be golden (default 30; with --evaluate the checkpoint's)")
+      ->check(CLI::Range(1, 1 << 20));
   c->add_option("--heads", a.heads, "Indexer query heads")->check(CLI::Range(1, 1024));
   c->add_option("--rank", a.rank, "Query low-rank width (wq_a)")->check(CLI::Range(1, 1 << 16));
   c->add_option("--epochs", a.epochs, "Epochs")->check(CLI::Range(1, 100000));
@@ -70,7 +71,7 @@ int train_indexer_command(const TrainIndexerArgs& a) {
   namespace fs = std::filesystem;
   train::LoadOptions lo;
   lo.pooling = a.pooling;
-  lo.min_hits = a.min_hits;
+  lo.min_hits = a.min_hits > 0 ? a.min_hits : 30;
   lo.layers = a.layers;
   const auto test_files = files_of((fs::path(a.data) / "test").string());
   FM_CHECK(!test_files.empty(), ErrorCode::kInvalidArgument, a.data, "/test holds no .fmd files");
@@ -80,6 +81,14 @@ int train_indexer_command(const TrainIndexerArgs& a) {
     model = *load_indexer(a.evaluate);
     lo.pooling = model.keys.pooling;
     lo.layers = model.keys.layers;
+    const auto md = indexer_metadata(a.evaluate);
+    if (a.min_hits == 0 && md.count("train.min_hits")) {
+      try {
+        lo.min_hits = std::max(1, std::stoi(md.at("train.min_hits")));
+      } catch (const std::logic_error&) {
+        FM_FAIL(ErrorCode::kFormat, a.evaluate, ": bad train.min_hits '", md.at("train.min_hits"), "'");
+      }
+    }
   } else {
     FM_CHECK(!a.out.empty(), ErrorCode::kInvalidArgument, "train-indexer needs --out FILE (or --evaluate FILE)");
     const auto train_files = files_of((fs::path(a.data) / "train").string());
@@ -102,7 +111,7 @@ int train_indexer_command(const TrainIndexerArgs& a) {
     o.pooling = a.pooling;
     std::fprintf(stderr, "[flashmem] training on %zu documents (%zu validation), layers", tr.docs.size(), va.docs.size());
     for (int l : tr.target_layers) std::fprintf(stderr, " %d", l);
-    std::fprintf(stderr, ", pooling %s, min hits %d\n", a.pooling.c_str(), a.min_hits);
+    std::fprintf(stderr, ", pooling %s, min hits %d\n", a.pooling.c_str(), lo.min_hits);
     std::unique_ptr<eval::Progress> bar;
     const train::TrainResult r = train::train_indexer(tr, val_files.empty() ? nullptr : &va, o, [&](const train::TrainProgress& p) {
       if (!bar) bar = std::make_unique<eval::Progress>(p.total_steps, "train-indexer");
@@ -118,7 +127,7 @@ int train_indexer_command(const TrainIndexerArgs& a) {
     }
     model = r.model;
     auto md = r.metadata;
-    md["train.min_hits"] = std::to_string(a.min_hits);
+    md["train.min_hits"] = std::to_string(lo.min_hits);
     md["train.data"] = fs::path(a.data).filename().string();
     save_indexer(a.out, model, md);
     std::fprintf(stderr, "[flashmem] best epoch %d; checkpoint %s (%.2f MiB)\n", r.best_epoch, a.out.c_str(),

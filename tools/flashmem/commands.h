@@ -139,7 +139,7 @@ struct TrainIndexerArgs {
   std::string evaluate; // score this checkpoint on the test split instead of training
   std::string pooling = "post_rope_mean";
   std::vector<int> layers;
-  int min_hits = 3;
+  int min_hits = 0;     // 0: 30 when training, the checkpoint's own with --evaluate
   int heads = 12;
   int rank = 128;
   int epochs = 20;
