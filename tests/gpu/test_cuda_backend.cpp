@@ -202,28 +202,34 @@ Pages make_pages(CudaBackend& g, const AttentionParams& p, int n_tokens, std::mt
 
 void test_attention(CudaBackend& g, CpuBackend& c, std::mt19937& rng) {
   for (KvType t : {KvType::kF16, KvType::kF32}) {
-    for (int hd : {64, 128}) {
+    for (auto [hd, pt] : {std::pair{64, 64}, std::pair{128, 64}, std::pair{64, 16}}) {
       AttentionParams p;
       p.n_heads = 9;
       p.n_kv_heads = 3;
       p.head_dim = hd;
-      p.page_tokens = 64;
-      p.head_stride = 64 * hd;
+      p.page_tokens = pt;
+      p.head_stride = int64_t{pt} * hd;
       p.kv_type = t;
       p.scale = 1.0f / std::sqrt(static_cast<float>(hd));
-      const int n_tokens = 1000;  // 16 pages, the last partial
+      const int n_tokens = 1000;  // the last page partial
       Pages P = make_pages(g, p, n_tokens, rng);
-      for (int64_t m : {1, 3, 600}) {
+      // m = 1 and 3: one warp per (query, head), split over pages; 37 and 600: the tiled
+      // prefill kernel (37: a partial last tile, rows at scattered positions, some seeing only
+      // the first keys).
+      for (int64_t m : {1, 3, 37, 600}) {
         std::vector<int32_t> pos(m);
         for (int64_t i = 0; i < m; ++i) pos[i] = static_cast<int32_t>(n_tokens - m + i);
         if (m == 3) pos = {10, 500, 999};
+        if (m == 37)
+          for (int64_t i = 0; i < m; ++i) pos[i] = static_cast<int32_t>((i * 277) % n_tokens);
         auto q = randv(m * p.n_heads * hd, rng, -2.0f, 2.0f);
         std::vector<float> want(q.size()), want_lse(m * p.n_heads);
         c.attention(p, q.data(), pos.data(), m, P.href, want.data(), want_lse.data());
         auto dq = to_dev(g, q);
         BackendBuffer out(g, q.size() * 4), lse(g, want_lse.size() * 4);
         g.attention(p, dq.as<float>(), pos.data(), m, P.dref, out.as<float>(), lse.as<float>());
-        const std::string tag = std::string(kv_type_name(t)) + " hd" + std::to_string(hd) + " m=" + std::to_string(m);
+        const std::string tag = std::string(kv_type_name(t)) + " hd" + std::to_string(hd) + " page" +
+                                std::to_string(pt) + " m=" + std::to_string(m);
         close(to_host<float>(g, out, q.size()), want, 2e-5, "attention " + tag);
         close(to_host<float>(g, lse, want_lse.size()), want_lse, 1e-6, "attention lse " + tag);
         // Split into two page sets and merged: the same result.
@@ -234,18 +240,18 @@ void test_attention(CudaBackend& g, CpuBackend& c, std::mt19937& rng) {
         g.merge_attention(m * p.n_heads, hd, out.as<float>(), lse.as<float>(), o2.as<float>(), l2.as<float>());
         close(to_host<float>(g, out, q.size()), want, 2e-5, "attention split+merge " + tag);
       }
-      {  // nothing visible: −inf and zeros
-        const int32_t early = 3;
-        auto q = randv(p.n_heads * hd, rng);
+      for (int64_t m : {1, 40}) {  // nothing visible: −inf and zeros (one warp each, tiled)
+        const std::vector<int32_t> early(static_cast<size_t>(m), 3);
+        auto q = randv(m * p.n_heads * hd, rng);
         auto dq = to_dev(g, q);
-        BackendBuffer out(g, q.size() * 4), lse(g, p.n_heads * 4);
+        BackendBuffer out(g, q.size() * 4), lse(g, m * p.n_heads * 4);
         const std::span<const KvPageRef> late = std::span<const KvPageRef>(P.dref).subspan(2);
-        g.attention(p, dq.as<float>(), &early, 1, late, out.as<float>(), lse.as<float>());
-        const auto l = to_host<float>(g, lse, p.n_heads);
+        g.attention(p, dq.as<float>(), early.data(), m, late, out.as<float>(), lse.as<float>());
+        const auto l = to_host<float>(g, lse, m * p.n_heads);
         const auto o = to_host<float>(g, out, q.size());
         check(std::all_of(l.begin(), l.end(), [](float x) { return x == -INFINITY; }) &&
                   std::all_of(o.begin(), o.end(), [](float x) { return x == 0.0f; }),
-              "attention with no visible key: lse −inf, output 0");
+              "attention with no visible key: lse −inf, output 0, m=" + std::to_string(m));
       }
     }
   }

@@ -92,6 +92,139 @@ __global__ void attention_kernel(DevAttention p, const float* q, const int32_t* 
   if (lse && lane == 0) lse[warp] = l > 0.0f ? gm + logf(l) : -INFINITY;
 }
 
+// Tiled prefill attention: a block takes kTileQ consecutive query rows of one head, and the
+// keys stream through shared memory kTileK tokens at a time, so each key and value is read
+// from memory once per kTileQ queries instead of once per query. Warp w owns rows
+// w·kRowsPerWarp …; in the score phase lane t takes key t of the tile for each of its rows (one
+// float4 of K against a broadcast float4 of each q), in the value phase lane c accumulates
+// output dims c, c + 32, …. Online softmax with a warp-uniform running max per row; lanes keep
+// partial sums, folded at the end. Masking: a key is visible when its position ≤ the row's.
+constexpr int kRowsPerWarp = 4;
+constexpr int kTileQ = kWarps * kRowsPerWarp;
+constexpr int kTileK = 32;
+
+template <int HD, bool F16>
+__global__ void __launch_bounds__(32 * kWarps)
+attention_tiled_kernel(DevAttention p, const float* q, const int32_t* pos, int64_t m,
+                       const DevPage* pages, int n_pages, float* out, float* lse) {
+  constexpr int KS = HD + 4;  // padded K row: lane t reads float4s of key t without conflicts
+  constexpr int DPL = HD / 32;  // output dims per lane
+  __shared__ __align__(16) float ks[kTileK * KS];
+  __shared__ __align__(16) float vs[kTileK * HD];
+  __shared__ __align__(16) float qs[kTileQ * HD];
+  __shared__ __align__(16) float ps[kWarps][kRowsPerWarp][kTileK];
+  const int lane = threadIdx.x & 31, wid = threadIdx.x >> 5;
+  const int h = blockIdx.y;
+  const int g = h / (p.n_heads / p.n_kv_heads);
+  const int64_t row0 = static_cast<int64_t>(blockIdx.x) * kTileQ;
+  const int64_t head_off = static_cast<int64_t>(g) * p.head_stride;
+  const int pt = p.page_tokens;
+  // The block's queries (scaled here once); rows past m read as zero and are never written.
+  for (int idx = threadIdx.x; idx < kTileQ * HD; idx += blockDim.x) {
+    const int r = idx / HD, c = idx % HD;
+    const int64_t i = row0 + r;
+    qs[idx] = i < m ? q[(i * p.n_heads + h) * HD + c] * p.scale : 0.0f;
+  }
+  int32_t qpos[kRowsPerWarp];
+  int32_t max_pos = INT32_MIN;  // of the whole block: pages past it are skipped
+  for (int r = 0; r < kTileQ; ++r) {
+    const int64_t i = row0 + r;
+    const int32_t qp = i < m ? pos[i] : INT32_MIN;
+    max_pos = max(max_pos, qp);
+    if (r / kRowsPerWarp == wid) qpos[r % kRowsPerWarp] = qp;
+  }
+  float mx[kRowsPerWarp], l[kRowsPerWarp], acc[kRowsPerWarp][DPL];
+#pragma unroll
+  for (int r = 0; r < kRowsPerWarp; ++r) {
+    mx[r] = -INFINITY;
+    l[r] = 0.0f;
+#pragma unroll
+    for (int d = 0; d < DPL; ++d) acc[r][d] = 0.0f;
+  }
+  for (int pi = 0; pi < n_pages; ++pi) {
+    const DevPage pg = pages[pi];
+    // Block-uniform; row 0 of the block is < m, so max_pos is a real position.
+    const int64_t reach = static_cast<int64_t>(max_pos) - pg.pos0 + 1;
+    const int vis = static_cast<int>(reach < pg.n_tokens ? reach : pg.n_tokens);
+    for (int j0 = 0; j0 < vis; j0 += kTileK) {
+      const int nk = min(kTileK, vis - j0);
+      __syncthreads();  // the previous tile is no longer read
+      for (int idx = threadIdx.x; idx < HD * kTileK; idx += blockDim.x) {
+        const int c = idx / kTileK, t = idx % kTileK;  // K is dim-major: t runs along memory
+        ks[t * KS + c] = t < nk ? kv_at<F16>(pg.k, head_off + int64_t{c} * pt + j0 + t) : 0.0f;
+      }
+      for (int idx = threadIdx.x; idx < HD * kTileK; idx += blockDim.x) {
+        const int t = idx / HD, c = idx % HD;
+        vs[idx] = t < nk ? kv_at<F16>(pg.v, head_off + int64_t{j0 + t} * HD + c) : 0.0f;
+      }
+      __syncthreads();
+      // Scores of key `lane` for this warp's rows.
+      float s[kRowsPerWarp];
+#pragma unroll
+      for (int r = 0; r < kRowsPerWarp; ++r) s[r] = 0.0f;
+      const float4* kr = reinterpret_cast<const float4*>(ks + lane * KS);
+      const float4* qw = reinterpret_cast<const float4*>(qs + wid * kRowsPerWarp * HD);
+#pragma unroll 4
+      for (int c4 = 0; c4 < HD / 4; ++c4) {
+        const float4 k = kr[c4];
+#pragma unroll
+        for (int r = 0; r < kRowsPerWarp; ++r) {
+          const float4 a = qw[r * (HD / 4) + c4];
+          s[r] = fmaf(a.x, k.x, fmaf(a.y, k.y, fmaf(a.z, k.z, fmaf(a.w, k.w, s[r]))));
+        }
+      }
+      const int32_t kpos = pg.pos0 + j0 + lane;
+#pragma unroll
+      for (int r = 0; r < kRowsPerWarp; ++r) {
+        const bool ok = lane < nk && kpos <= qpos[r];
+        float v = ok ? s[r] : -INFINITY;
+        float tmax = v;
+#pragma unroll
+        for (int o = 16; o > 0; o >>= 1) tmax = fmaxf(tmax, __shfl_xor_sync(0xffffffffu, tmax, o));
+        float e = 0.0f;
+        if (tmax != -INFINITY) {  // warp-uniform
+          if (tmax > mx[r]) {
+            const float corr = expf(mx[r] - tmax);  // 0 while mx is −inf
+            l[r] *= corr;
+#pragma unroll
+            for (int d = 0; d < DPL; ++d) acc[r][d] *= corr;
+            mx[r] = tmax;
+          }
+          e = ok ? expf(v - mx[r]) : 0.0f;
+          l[r] += e;
+        }
+        ps[wid][r][lane] = e;
+      }
+      __syncwarp();
+      for (int t = 0; t < nk; ++t) {
+        float vv[DPL];
+#pragma unroll
+        for (int d = 0; d < DPL; ++d) vv[d] = vs[t * HD + lane + 32 * d];
+#pragma unroll
+        for (int r = 0; r < kRowsPerWarp; ++r) {
+          const float e = ps[wid][r][t];
+#pragma unroll
+          for (int d = 0; d < DPL; ++d) acc[r][d] = fmaf(e, vv[d], acc[r][d]);
+        }
+      }
+      __syncwarp();  // ps is rewritten by the next tile
+    }
+  }
+#pragma unroll
+  for (int r = 0; r < kRowsPerWarp; ++r) {
+    const int64_t i = row0 + wid * kRowsPerWarp + r;
+    float sum = l[r];
+#pragma unroll
+    for (int o = 16; o > 0; o >>= 1) sum += __shfl_xor_sync(0xffffffffu, sum, o);
+    if (i >= m) continue;
+    const int64_t item = i * p.n_heads + h;
+    const float inv = sum > 0.0f ? 1.0f / sum : 0.0f;
+#pragma unroll
+    for (int d = 0; d < DPL; ++d) out[item * HD + lane + 32 * d] = acc[r][d] * inv;
+    if (lse && lane == 0) lse[item] = sum > 0.0f ? mx[r] + logf(sum) : -INFINITY;
+  }
+}
+
 // One warp per item: folds its n_chunks partial results (normalised, with lse) into out/lse.
 __global__ void combine_kernel(int64_t items, int n_chunks, int head_dim, const float* part_o,
                                const float* part_lse, float* out, float* lse) {
@@ -180,6 +313,22 @@ cudaError_t attention(const DevAttention& p, const float* q, const int32_t* pos,
   if (p.n_kv_heads <= 0 || p.n_heads % p.n_kv_heads != 0) return cudaErrorInvalidValue;
   const int n_chunks = attention_chunks(m, p.n_heads, n_pages);
   const int chunk_pages = n_chunks > 1 ? (n_pages + n_chunks - 1) / n_chunks : std::max(n_pages, 1);
+  if (n_chunks == 1 && m >= kTileQ) {  // prefill: the tiled kernel
+    const dim3 grid(static_cast<unsigned>((m + kTileQ - 1) / kTileQ), static_cast<unsigned>(p.n_heads));
+#define FM_TILED(HD, F16) \
+  attention_tiled_kernel<HD, F16><<<grid, 32 * kWarps, 0, s>>>(p, q, pos, m, pages, n_pages, out, lse)
+    if (p.head_dim == 64) {
+      if (p.kv_f16) FM_TILED(64, true);
+      else FM_TILED(64, false);
+    } else if (p.head_dim == 128) {
+      if (p.kv_f16) FM_TILED(128, true);
+      else FM_TILED(128, false);
+    } else {
+      return cudaErrorInvalidValue;
+    }
+#undef FM_TILED
+    return cudaGetLastError();
+  }
   float* o = n_chunks > 1 ? part_o : out;
   float* l = n_chunks > 1 ? part_lse : lse;
   if (n_chunks > 1 && (!part_o || !part_lse)) return cudaErrorInvalidValue;
