@@ -194,9 +194,10 @@ TEST(ChunkHits, EachHeadHitsTheShortestTopPPrefixOfItsChunkMass) {
   for (float& v : k0) v = nd(rng);
   for (float& v : k1) v = nd(rng);
   for (float& v : q) v = nd(rng);
-  const KvPageRef pages[2] = {{k0.data(), nullptr, 0, 8}, {k1.data(), nullptr, 8, 7}};  // 15 visible
+  // The query sits at position 12: the second page holds 7 tokens, of which 5 are visible.
+  const KvPageRef pages[2] = {{k0.data(), nullptr, 0, 8}, {k1.data(), nullptr, 8, 7}};
   const int32_t ids[2] = {0, 1};
-  const int32_t pos[1] = {14};
+  const int32_t pos[1] = {12};
   const float top_p = 0.6f;
   ChunkHitRecorder rec(4, top_p);
   rec.set_step(0);
@@ -211,7 +212,7 @@ TEST(ChunkHits, EachHeadHitsTheShortestTopPPrefixOfItsChunkMass) {
   std::vector<int> want(4, 0);
   for (int h = 0; h < 2; ++h) {
     std::vector<double> s;
-    for (int t = 0; t < 15; ++t) {
+    for (int t = 0; t < 13; ++t) {
       const std::vector<float>& k = t < 8 ? k0 : k1;
       double dot = 0.0;
       for (int c = 0; c < 4; ++c) dot += static_cast<double>(q[h * 4 + c]) * k[c * 8 + t % 8];
@@ -220,8 +221,8 @@ TEST(ChunkHits, EachHeadHitsTheShortestTopPPrefixOfItsChunkMass) {
     const double mx = *std::max_element(s.begin(), s.end());
     double sum = 0.0;
     std::vector<double> mass(4, 0.0);
-    for (int t = 0; t < 15; ++t) sum += std::exp(s[t] - mx);
-    for (int t = 0; t < 15; ++t) mass[t / 4] += std::exp(s[t] - mx) / sum;
+    for (int t = 0; t < 13; ++t) sum += std::exp(s[t] - mx);
+    for (int t = 0; t < 13; ++t) mass[t / 4] += std::exp(s[t] - mx) / sum;
     std::vector<int> order = {0, 1, 2, 3};
     std::sort(order.begin(), order.end(), [&](int a, int b) { return mass[a] > mass[b]; });
     double cum = 0.0;

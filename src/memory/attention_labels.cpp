@@ -22,25 +22,43 @@ void ChunkHitRecorder::after_attend(TieredKvStore& /*s*/, int /*layer*/, const A
   auto& hits = hits_[step_];
   if (static_cast<int64_t>(hits.size()) < n_chunks) hits.resize(n_chunks, 0);
   std::vector<double> chunk_mass(static_cast<size_t>(n_chunks));
+  int64_t n_tok = 0;
+  for (const KvPageRef& pg : pages) n_tok += pg.n_tokens;
+  dots_.assign(static_cast<size_t>(p.n_heads) * n_tok, 0.0f);
+  keys_.resize(static_cast<size_t>(d) * pt);
+  for (int g = 0; g < p.n_kv_heads; ++g) {
+    const int64_t off = static_cast<int64_t>(g) * p.head_stride;
+    int64_t tok0 = 0;
+    for (const KvPageRef& pg : pages) {
+      const int vis = static_cast<int>(std::clamp<int64_t>(pos[0] - pg.pos0 + 1, 0, pg.n_tokens));
+      for (int c = 0; c < d; ++c)
+        for (int j = 0; j < vis; ++j) keys_[static_cast<size_t>(c) * pt + j] = kv_load(pg.k, p.kv_type, off + int64_t{c} * pt + j);
+      for (int h = g * rep; h < (g + 1) * rep; ++h) {
+        const float* qh = q + static_cast<size_t>(h) * d;
+        float* dot = dots_.data() + static_cast<size_t>(h) * n_tok + tok0;
+        for (int c = 0; c < d; ++c) {
+          const float qc = qh[c];
+          const float* kr = keys_.data() + static_cast<size_t>(c) * pt;
+          for (int j = 0; j < vis; ++j) dot[j] += qc * kr[j];
+        }
+      }
+      tok0 += pg.n_tokens;
+    }
+  }
   for (int h = 0; h < p.n_heads; ++h) {
-    const float* qh = q + static_cast<size_t>(h) * d;
-    const int64_t off = static_cast<int64_t>(h / rep) * p.head_stride;
+    const float* dot = dots_.data() + static_cast<size_t>(h) * n_tok;
     scores_.clear();
     double mx = -INFINITY;
+    int64_t k = 0;
     for (const KvPageRef& pg : pages)
-      for (int j = 0; j < pg.n_tokens; ++j) {
-        double s = -INFINITY;
-        if (pg.pos0 + j <= pos[0]) {
-          float dot = 0.0f;
-          for (int c = 0; c < d; ++c) dot += qh[c] * kv_load(pg.k, p.kv_type, off + int64_t{c} * pt + j);
-          s = static_cast<double>(dot) * p.scale;
-        }
+      for (int j = 0; j < pg.n_tokens; ++j, ++k) {
+        const double s = pg.pos0 + j <= pos[0] ? static_cast<double>(dot[k]) * p.scale : -INFINITY;
         scores_.push_back(s);
         mx = std::max(mx, s);
       }
     std::fill(chunk_mass.begin(), chunk_mass.end(), 0.0);
     double sum = 0.0;
-    size_t k = 0;
+    k = 0;
     for (const KvPageRef& pg : pages)
       for (int j = 0; j < pg.n_tokens; ++j, ++k) {
         if (!(scores_[k] > -INFINITY)) continue;

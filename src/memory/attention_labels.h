@@ -5,7 +5,8 @@
 // exact attention probabilities are summed per chunk; the head "hits" the shortest set of chunks
 // that, taken by decreasing mass, reaches top_p of its attention (always at least its top
 // chunk). A step's hit count of a chunk is the number of (layer, head) pairs that hit it.
-// Plain loops over host copies of the pages: this runs only while dumping training data.
+// Plain loops over host copies of the pages (each page's keys decoded once per KV head and shared
+// by the head group, dot products along the dim-major rows): this runs only while dumping.
 #pragma once
 
 #include <cstdint>
@@ -34,6 +35,8 @@ class ChunkHitRecorder final : public AttendHook {
   float top_p_;
   int64_t step_ = 0;
   std::vector<std::vector<int32_t>> hits_;  // [step][chunk]
+  std::vector<float> keys_;    // one page's keys of one KV head, decoded [dim][token]
+  std::vector<float> dots_;    // [head][token] q·k of every token of the pages
   std::vector<double> scores_;
   std::vector<std::pair<double, int32_t>> mass_;
 };
