@@ -7,7 +7,8 @@
 #   flashmem eval --summarize DIR
 #
 #   MODEL=model.gguf OUT=dir [LENGTHS="4k 8k"] [SAMPLES=20] [SEED=0] [JOBS=16] \
-#     [POLICIES=full,recency,random,quest] [BUDGETS=10%] [BIN=build-gpu/flashmem] scripts/gpu-ruler.sh
+#     [POLICIES=full,recency,random,quest] [BUDGETS=10%] [BIN=build-gpu/flashmem] \
+#     [EXTRA="--page-tokens 16 ..."] scripts/gpu-ruler.sh
 set -euo pipefail
 cd "$(dirname "$0")/.."
 : "${MODEL:?MODEL=path of the GGUF}" "${OUT:?OUT=results directory}"
@@ -26,7 +27,7 @@ for len in $LENGTHS; do
     while [ "$(jobs -rp | wc -l)" -ge "$JOBS" ]; do sleep 1; done
     ( rc=0
       "$BIN" eval -m "$MODEL" --backend cuda --suite ruler --lengths "$len" --tasks "$task" \
-        --samples "$SAMPLES" --seed "$SEED" --policy "$POLICIES" --kv-budget "$BUDGETS" \
+        --samples "$SAMPLES" --seed "$SEED" --policy "$POLICIES" --kv-budget "$BUDGETS" ${EXTRA:-} \
         --out "$OUT/parts/$len-$task" > "$OUT/parts/$len-$task.log" 2>&1 || rc=$?
       echo "$rc" > "$OUT/parts/$len-$task.rc" ) &
   done

@@ -381,5 +381,53 @@ TEST(LsaPolicy, RanksPagesByKeptChunksAndWidensWhenItCannotChoose) {
   EXPECT_THROW(bad.validate(), Error);
 }
 
+TEST(LsaPolicy, SpreadPullsInTheNeighboursOfAChosenChunkFirst) {
+  // Pages of one chunk (the RULER runs' setting): chunk 4 scores 0.9, chunk 7 0.6, chunk 5 0.2.
+  KvCacheConfig kv;
+  kv.n_layers = 1;
+  kv.n_kv_heads = 1;
+  kv.head_dim = 8;
+  kv.page_tokens = 4;
+  kv.max_tokens = 256;
+  IndexKeyConfig ic;
+  ic.chunk_tokens = 4;
+  ic.layers = {0};
+  ic.rope.n_rot = 8;
+  auto scorer = std::make_shared<ScriptedScorer>(ic);
+  scorer->high = {{4, 0.9f}, {7, 0.6f}, {5, 0.2f}};
+  IndexerQuery q;
+  q.layers = {0};
+  q.d_model = 4;
+  q.rows.assign(4, 0.0f);
+  q.position = 100;
+  CpuBackend be(1);
+  std::vector<float> page(static_cast<size_t>(2) * 4 * 8, 0.25f);
+  SelectContext c;
+  c.n_pages = 10;
+  c.middle_begin = 1;
+  c.middle_end = 9;
+  auto pick = [&](int spread, int64_t n) {
+    LsaOptions o;
+    o.spread = spread;
+    LsaPolicy pol(kv, scorer, q, &be, o);
+    for (int32_t pg = 0; pg < 10; ++pg) pol.on_page(0, pg, reinterpret_cast<const uint8_t*>(page.data()));
+    std::vector<int32_t> out;
+    pol.select(c, n, out);
+    EXPECT_DOUBLE_EQ(pol.last_kept_fraction(), 2.0 / 8.0);  // statistics use the chunks' own scores
+    return out;
+  };
+  EXPECT_EQ(pick(0, 3), (std::vector<int32_t>{4, 7, 5}));
+  // Spread 1: 3 and 5 rank at 0.9·0.9, above chunk 7 (0.6); 6 and 8 at 0.9·0.6 (ties: newer first).
+  EXPECT_EQ(pick(1, 3), (std::vector<int32_t>{4, 5, 3}));
+  EXPECT_EQ(pick(1, 5), (std::vector<int32_t>{4, 5, 3, 7, 8}));
+  // Spread 2: chunk 2 and 6 reach 0.9·0.81.
+  EXPECT_EQ(pick(2, 5), (std::vector<int32_t>{4, 5, 3, 6, 2}));
+  LsaOptions bad;
+  bad.spread = 65;
+  EXPECT_THROW(bad.validate(), Error);
+  bad.spread = -1;
+  EXPECT_THROW(bad.validate(), Error);
+}
+
 }  // namespace
 }  // namespace flashmem

@@ -15,6 +15,8 @@ void LsaOptions::validate() const {
            "unknown lsa ensemble '", ensemble, "' (known: max, mean)");
   FM_CHECK(widen_kept > 0.0f && widen_kept <= 1.0f && widen_flat >= 0.0f, ErrorCode::kInvalidArgument,
            "bad needle-fallback thresholds");
+  FM_CHECK(spread >= 0 && spread <= 64, ErrorCode::kInvalidArgument, "the lsa spread must be in [0, 64] chunks, got ",
+           spread);
 }
 
 LsaPolicy::LsaPolicy(const KvCacheConfig& kv, std::shared_ptr<LsaScorer> scorer,
@@ -27,7 +29,8 @@ LsaPolicy::LsaPolicy(const KvCacheConfig& kv, std::shared_ptr<LsaScorer> scorer,
 }
 
 uint64_t LsaPolicy::scratch_bytes() const {
-  return scorer_->device_bytes() + (prob_.capacity() + ens_.capacity() + page_score_.capacity()) * sizeof(float);
+  return scorer_->device_bytes() +
+         (prob_.capacity() + ens_.capacity() + rank_.capacity() + page_score_.capacity()) * sizeof(float);
 }
 
 void LsaPolicy::level1(const SelectContext& c) {
@@ -43,23 +46,38 @@ void LsaPolicy::level1(const SelectContext& c) {
     for (int64_t ch = 0; ch < n_chunks; ++ch)
       ens_[ch] = opts_.ensemble == "max" ? std::max(ens_[ch], prob_[ch]) : ens_[ch] + prob_[ch] / nt;
   }
-  // Page density over the middle pages; statistics for the fallback.
+  // Ranking score: the chunk's own, or a decayed neighbour's when that is higher.
+  rank_ = ens_;
+  if (opts_.spread > 0) {
+    const int64_t lo = c.middle_begin * cpp, hi = c.middle_end * cpp;
+    for (int64_t ch = lo; ch < hi; ++ch) {
+      float w = 1.0f;
+      for (int d = 1; d <= opts_.spread; ++d) {
+        w *= 0.9f;
+        if (ch - d >= lo) rank_[ch] = std::max(rank_[ch], w * ens_[ch - d]);
+        if (ch + d < hi) rank_[ch] = std::max(rank_[ch], w * ens_[ch + d]);
+      }
+    }
+  }
+  // Page density over the middle pages; statistics for the fallback (on the chunks' own scores).
   page_score_.assign(static_cast<size_t>(c.n_pages), 0.0f);
   int64_t kept = 0, total = 0;
   double sum = 0.0, sum2 = 0.0;
   for (int64_t pg = c.middle_begin; pg < c.middle_end; ++pg) {
     float best = 0.0f;
     int passed = 0;
+    int ranked = 0;
     for (int64_t ch = pg * cpp; ch < (pg + 1) * cpp; ++ch) {
       const float p = ens_[ch];
       passed += p > opts_.threshold;
-      best = std::max(best, p);
+      ranked += rank_[ch] > opts_.threshold;
+      best = std::max(best, rank_[ch]);
       sum += p;
       sum2 += static_cast<double>(p) * p;
     }
     kept += passed;
     total += cpp;
-    page_score_[pg] = static_cast<float>(passed) + best;  // count first, best chunk breaks ties
+    page_score_[pg] = static_cast<float>(ranked) + best;  // count first, best chunk breaks ties
   }
   kept_fraction_ = total ? static_cast<double>(kept) / total : 0.0;
   score_std_ = total ? std::sqrt(std::max(0.0, sum2 / total - (sum / total) * (sum / total))) : 0.0;

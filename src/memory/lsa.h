@@ -50,6 +50,9 @@ struct LsaOptions {
   bool widen = true;              // needle fallback on/off
   float widen_kept = 0.5f;        // kept fraction of the middle chunks that triggers it
   float widen_flat = 0.0f;        // score standard deviation at or below which it triggers
+  // Text runs across chunk borders: a chunk ranks at least as high as 0.9^d × the score of a
+  // chunk d ≤ spread chunks away, so the neighbours of a chosen chunk come next (0: off).
+  int spread = 0;
   // Error(kInvalidArgument) for values out of range.
   void validate() const;
 };
@@ -80,7 +83,7 @@ class LsaPolicy final : public ResidencyPolicy {
   IndexKeys keys_;
   LsaOptions opts_;
   int64_t scored_cycle_ = -1;
-  std::vector<float> prob_, ens_;   // per chunk
+  std::vector<float> prob_, ens_, rank_;  // per chunk
   std::vector<float> page_score_;   // per page
   bool widen_ = false;
   std::string widen_reason_;

@@ -38,6 +38,7 @@ CLI::App* add_eval_command(CLI::App& app, EvalArgs& a) {
   c->add_option("--cycle", a.memory.cycle, "Decode steps between residency selections")->check(CLI::Range(1, 1 << 20));
   c->add_option("--sink", a.memory.sink, "First tokens always resident")->check(CLI::Range(int64_t{0}, int64_t{1} << 30));
   c->add_option("--tail", a.memory.tail, "Newest tokens always resident")->check(CLI::Range(int64_t{0}, int64_t{1} << 30));
+  c->add_option("--page-tokens", a.page_tokens, "Tokens per KV page (the unit of residency)")->check(CLI::Range(1, 4096));
   c->add_option("--indexer", a.memory.indexer, "Memory Indexer checkpoint for lsa (default: the shipped one)")
       ->check(CLI::ExistingFile);
   c->add_option("--lsa-threshold", a.memory.lsa_threshold, "lsa: chunk score threshold theta")->check(CLI::Range(0.001, 0.999));
@@ -46,6 +47,8 @@ CLI::App* add_eval_command(CLI::App& app, EvalArgs& a) {
   c->add_option("--lsa-widen-kept", a.memory.lsa_widen_kept, "lsa: kept fraction that widens a request to full KV")
       ->check(CLI::Range(0.001, 1.0));
   c->add_flag("--lsa-no-widen", a.memory.lsa_no_widen, "lsa: never widen (no needle fallback)");
+  c->add_option("--lsa-spread", a.memory.lsa_spread, "lsa: neighbouring chunks a chosen chunk pulls in (0: off)")
+      ->check(CLI::Range(0, 64));
   c->add_option("--data", a.data, "Data file (LongBench-v2 / LongMemEval JSON)")->check(CLI::ExistingFile);
   c->add_option("--max-length", a.max_length, "Context limit for LongBench-v2/LongMemEval prompts (middle-truncated)");
   c->add_option("--out", a.out, "Results directory (results.jsonl, summary.md, plot.png)");
@@ -138,6 +141,7 @@ int eval_command(const EvalArgs& a) {
   eo.model_path = a.model;
   eo.n_threads = a.threads;
   eo.backend = a.backend;
+  eo.page_tokens = a.page_tokens;
   const bool lsa_wanted = std::find(a.policies.begin(), a.policies.end(), "lsa") != a.policies.end();
   auto probe = Engine::load(eo);  // for the trained context and the tokenizer
   const int64_t n_ctx_train = probe->info().n_ctx_train;
@@ -208,13 +212,14 @@ int eval_command(const EvalArgs& a) {
       rec.decode_seconds = g.decode_seconds;
       rec.generated_tokens = static_cast<int64_t>(g.tokens.size());
       rec.synthetic_substitute = item.synthetic_substitute;
-      rec.extra = {{"budget_pages", g.kv.budget_pages}, {"stop_reason", g.stop_reason},
+      rec.extra = {{"budget_pages", g.kv.budget_pages}, {"page_tokens", a.page_tokens}, {"stop_reason", g.stop_reason},
                    {"recalled_pages", g.kv.recall.pages}, {"cycles", g.kv.cycles},
                    {"prefill_shared", todo.size() > 1}, {"backend", where}};
       if (r->policy == "lsa") {
         rec.extra["widened_at_step"] = g.kv.widened_at_step;
         rec.extra["widen_reason"] = g.kv.widen_reason;
         rec.extra["lsa_kept_fraction"] = g.kv.lsa_kept_fraction;
+        rec.extra["lsa_spread"] = a.memory.lsa_spread;
       }
       writer.append(rec);
       progress.tick(1, item.task + " " + std::to_string(item.length) + " " + r->policy + " " + r->budget);

@@ -133,6 +133,11 @@ int train_indexer_command(const TrainIndexerArgs& a) {
     std::fprintf(stderr, "[flashmem] best epoch %d; checkpoint %s (%.2f MiB)\n", r.best_epoch, a.out.c_str(),
                  static_cast<double>(fs::file_size(a.out)) / (1 << 20));
     report["best_epoch"] = r.best_epoch;
+    if (!va.docs.empty()) {  // per scorer, to choose target layers without looking at the test split
+      const train::IndexerMetrics mv = train::evaluate_indexer(model, va, a.threads);
+      std::printf("Validation (%zu documents):\n%s", va.docs.size(), train::render_metrics(mv).c_str());
+      report["validation"] = metrics_json(mv);
+    }
     report["first_step_loss"] = r.step_losses.front();
     report["last_step_loss"] = r.step_losses.back();
   }

@@ -30,6 +30,7 @@ struct MemoryArgs {
   std::string lsa_ensemble = "mean";
   float lsa_widen_kept = 0.5f;
   bool lsa_no_widen = false;
+  int lsa_spread = 0;
 };
 void add_memory_options(CLI::App* c, MemoryArgs& a);
 // Parsed and validated; Error(kInvalidArgument) with a clear message otherwise.
@@ -87,6 +88,7 @@ struct EvalArgs {
   std::string out;
   std::string backend = "cpu";
   int threads = 0;
+  int page_tokens = 64;
   std::vector<std::string> compare;
   std::string summarize;
   std::string plot;

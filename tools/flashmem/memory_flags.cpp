@@ -31,6 +31,8 @@ void add_memory_options(CLI::App* c, MemoryArgs& a) {
                 "lsa: kept fraction of the middle chunks above which the request widens to full KV")
       ->check(CLI::Range(0.001, 1.0));
   c->add_flag("--lsa-no-widen", a.lsa_no_widen, "lsa: never widen (no needle fallback)");
+  c->add_option("--lsa-spread", a.lsa_spread, "lsa: neighbouring chunks a chosen chunk pulls in (0: off)")
+      ->check(CLI::Range(0, 64));
 }
 
 std::string indexer_path(const MemoryArgs& a, const std::string& model_path, bool lsa_wanted) {
@@ -59,6 +61,7 @@ ResidencyOptions residency_options(const MemoryArgs& a) {
   o.lsa.ensemble = a.lsa_ensemble;
   o.lsa.widen_kept = a.lsa_widen_kept;
   o.lsa.widen = !a.lsa_no_widen;
+  o.lsa.spread = a.lsa_spread;
   o.validate();
   return o;
 }

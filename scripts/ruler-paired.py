@@ -1,0 +1,55 @@
+#!/usr/bin/env python3
+"""Paired differences between policies on the samples every policy finished (RULER results.jsonl).
+
+  scripts/ruler-paired.py RESULTS.jsonl [BASE=lsa] [OTHERS=full,recency,random,quest,oracle]
+
+Per length: the task scores of each policy averaged over the samples all policies completed, the
+average over tasks, and BASE − other as the mean over tasks of the per-task mean paired
+difference, with a 95% interval 1.96·sqrt(Σ_t s_t²/N_t)/tasks (s_t: the sample standard
+deviation of the task's paired differences), as `flashmem eval --summarize` averages tasks.
+"""
+import collections
+import json
+import math
+import sys
+
+path = sys.argv[1]
+base = sys.argv[2] if len(sys.argv) > 2 else "lsa"
+others = (sys.argv[3] if len(sys.argv) > 3 else "full,recency,random,quest,oracle").split(",")
+pols = [base] + others
+score = {}
+kv = collections.defaultdict(list)
+for line in open(path):
+    r = json.loads(line)
+    score[(r["length"], r["task"], r["sample_index"], r["policy"])] = r["score"]
+    kv[(r["length"], r["policy"])].append(r["device_kv_bytes_mean"] / r["full_kv_bytes"])
+for length in sorted({k[0] for k in score}):
+    tasks = sorted({k[1] for k in score if k[0] == length})
+    done = collections.defaultdict(list)
+    for (l, t, i, p) in score:
+        if l == length and p == base and all((l, t, i, q) in score for q in others):
+            done[t].append(i)
+    n = sum(len(v) for v in done.values())
+    print(f"## {length} tokens: {n} samples complete for all of {', '.join(pols)}")
+    print("| policy | score | device KV / full |")
+    print("|---|---:|---:|")
+    for p in pols:
+        avg = sum(sum(score[(length, t, i, p)] for i in done[t]) / len(done[t]) for t in tasks if done[t])
+        avg /= sum(1 for t in tasks if done[t])
+        frac = sum(kv[(length, p)]) / len(kv[(length, p)])
+        print(f"| {p} | {100 * avg:.1f} | {100 * frac:.1f}% |")
+    print(f"| difference | mean ± 95% |")
+    print("|---|---:|")
+    for q in others:
+        means, var = [], 0.0
+        for t in tasks:
+            d = [score[(length, t, i, base)] - score[(length, t, i, q)] for i in done[t]]
+            if not d:
+                continue
+            m = sum(d) / len(d)
+            means.append(m)
+            if len(d) > 1:
+                var += sum((x - m) ** 2 for x in d) / (len(d) - 1) / len(d)
+        k = len(means)
+        print(f"| {base} − {q} | {100 * sum(means) / k:+.1f} ± {100 * 1.96 * math.sqrt(var) / k:.1f} |")
+    print()
