@@ -46,9 +46,9 @@ void LsaPolicy::level1(const SelectContext& c) {
     for (int64_t ch = 0; ch < n_chunks; ++ch)
       ens_[ch] = opts_.ensemble == "max" ? std::max(ens_[ch], prob_[ch]) : ens_[ch] + prob_[ch] / nt;
   }
-  // Ranking score: the chunk's own, or a decayed neighbour's when that is higher.
-  rank_ = ens_;
+  // Ranking score: the chunk's own, or (spread) a decayed neighbour's when that is higher.
   if (opts_.spread > 0) {
+    rank_ = ens_;
     const int64_t lo = c.middle_begin * cpp, hi = c.middle_end * cpp;
     for (int64_t ch = lo; ch < hi; ++ch) {
       float w = 1.0f;
@@ -59,6 +59,7 @@ void LsaPolicy::level1(const SelectContext& c) {
       }
     }
   }
+  const std::vector<float>& rank = opts_.spread > 0 ? rank_ : ens_;
   // Page density over the middle pages; statistics for the fallback (on the chunks' own scores).
   page_score_.assign(static_cast<size_t>(c.n_pages), 0.0f);
   int64_t kept = 0, total = 0;
@@ -70,8 +71,8 @@ void LsaPolicy::level1(const SelectContext& c) {
     for (int64_t ch = pg * cpp; ch < (pg + 1) * cpp; ++ch) {
       const float p = ens_[ch];
       passed += p > opts_.threshold;
-      ranked += rank_[ch] > opts_.threshold;
-      best = std::max(best, rank_[ch]);
+      ranked += rank[ch] > opts_.threshold;
+      best = std::max(best, rank[ch]);
       sum += p;
       sum2 += static_cast<double>(p) * p;
     }
