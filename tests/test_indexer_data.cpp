@@ -201,13 +201,8 @@ TEST(ChunkHits, EachHeadHitsTheShortestTopPPrefixOfItsChunkMass) {
   const float top_p = 0.6f;
   ChunkHitRecorder rec(4, top_p);
   rec.set_step(0);
-  // The recorder reads only what it is handed; the store argument is any store.
   CpuBackend be(1);
-  KvCacheConfig kc = key_config();
-  KvReserve reserve(be, kc.page_bytes(), 2 * kc.n_layers);
-  RecallEngine recall(be);
-  TieredKvStore store(kc, 2, reserve, recall);
-  rec.after_attend(store, 0, p, q.data(), pos, 1, pages, ids);
+  rec.after_attend(be, 0, p, q.data(), pos, 1, pages, ids);
   // Reference in double.
   std::vector<int> want(4, 0);
   for (int h = 0; h < 2; ++h) {

@@ -144,6 +144,78 @@ INSTANTIATE_TEST_SUITE_P(
                       AttnCase{300, 40, KvType::kF16, 64}, AttnCase{517, 517, KvType::kF32, 64},
                       AttnCase{1000, 1, KvType::kF32, 7}, AttnCase{2049, 9, KvType::kF16, 64}));
 
+struct MassCase {
+  int64_t n_keys;
+  int32_t pos;
+  KvType kv;
+  int page_tokens;
+  int chunk_tokens;
+  int skip_page;  // a page left out of the set attention reads (−1: none)
+};
+
+class ChunkMassCases : public ::testing::TestWithParam<MassCase> {};
+
+// Per-chunk attention mass against float64 math on the keys as appended (not via the pages).
+TEST_P(ChunkMassCases, MatchesDoubleReference) {
+  const MassCase c = GetParam();
+  const int n_heads = 6, n_kv = 2, hd = 64, rep = n_heads / n_kv;
+  std::mt19937 rng(static_cast<unsigned>(c.n_keys * 7 + c.pos));
+  PagedKvCache kv(KvCacheConfig{1, n_kv, hd, c.page_tokens, c.n_keys, c.kv});
+  auto k = random_vec(c.n_keys * n_kv * hd, rng, -2.0f, 2.0f);
+  const auto v = random_vec(c.n_keys * n_kv * hd, rng);
+  kv.append(0, c.n_keys, k.data(), v.data());
+  if (c.kv == KvType::kF16)
+    for (float& x : k) x = fp16_to_fp32(fp32_to_fp16(x));
+  const auto q = random_vec(n_heads * hd, rng, -2.0f, 2.0f);
+  std::vector<KvPageRef> pages;
+  for (int i = 0; i < static_cast<int>(kv.pages(0).size()); ++i)
+    if (i != c.skip_page) pages.push_back(kv.pages(0)[i]);
+  const int64_t n_chunks = (c.n_keys + c.chunk_tokens - 1) / c.chunk_tokens;
+  const AttentionParams p = kv.attention_params(n_heads, 1.0f / 8.0f);
+  std::vector<float> mass(n_heads * n_chunks, -1.0f);
+  ThreadPool pool(2);
+  cpu::chunk_mass(pool, p, q.data(), c.pos, pages, c.chunk_tokens, n_chunks, mass.data());
+  ASSERT_TRUE(test::all_finite(mass.data(), mass.size()));
+  for (int h = 0; h < n_heads; ++h) {
+    std::vector<double> s(c.n_keys, -INFINITY);
+    double mx = -INFINITY;
+    for (int64_t t = 0; t <= c.pos && t < c.n_keys; ++t) {
+      if (t / c.page_tokens == c.skip_page) continue;
+      double dot = 0.0;
+      for (int d = 0; d < hd; ++d) dot += static_cast<double>(q[h * hd + d]) * k[(t * n_kv + h / rep) * hd + d];
+      s[t] = dot / 8.0;
+      mx = std::max(mx, s[t]);
+    }
+    double sum = 0.0;
+    for (double x : s) sum += std::exp(x - mx);
+    std::vector<double> want(n_chunks, 0.0);
+    for (int64_t t = 0; t < c.n_keys; ++t) want[t / c.chunk_tokens] += std::exp(s[t] - mx) / sum;
+    double total = 0.0;
+    for (int64_t ch = 0; ch < n_chunks; ++ch) {
+      EXPECT_NEAR(mass[h * n_chunks + ch], want[ch], 2e-6) << "head " << h << " chunk " << ch;
+      total += mass[h * n_chunks + ch];
+    }
+    EXPECT_NEAR(total, 1.0, 1e-5);
+  }
+}
+
+INSTANTIATE_TEST_SUITE_P(
+    Sizes, ChunkMassCases,
+    ::testing::Values(MassCase{1, 0, KvType::kF32, 16, 16, -1}, MassCase{300, 299, KvType::kF16, 16, 16, -1},
+                      MassCase{300, 250, KvType::kF32, 64, 16, -1}, MassCase{300, 299, KvType::kF16, 64, 64, 1},
+                      MassCase{1000, 777, KvType::kF16, 64, 8, 0}, MassCase{129, 128, KvType::kF32, 16, 4, 3}));
+
+TEST(Attention, ChunkMassRefusesBadChunking) {
+  PagedKvCache kv(KvCacheConfig{1, 1, 64, 16, 64, KvType::kF32});
+  std::vector<float> k(64 * 64, 0.5f), q(64, 1.0f), mass(16);
+  kv.append(0, 64, k.data(), k.data());
+  const AttentionParams p = kv.attention_params(1, 0.125f);
+  ThreadPool pool(1);
+  // 12-token chunks do not tile 16-token pages; 2 chunks cannot hold position 63.
+  EXPECT_THROW(cpu::chunk_mass(pool, p, q.data(), 63, kv.pages(0), 12, 16, mass.data()), Error);
+  EXPECT_THROW(cpu::chunk_mass(pool, p, q.data(), 63, kv.pages(0), 16, 2, mass.data()), Error);
+}
+
 TEST(Attention, MergeOfSplitsEqualsWhole) {
   // Attend to keys {0..9} whole, and as {0..3} ∪ {4..9} merged.
   std::mt19937 rng(7);

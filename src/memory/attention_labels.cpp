@@ -12,71 +12,40 @@ void ChunkHitRecorder::set_step(int64_t step) {
   step_ = step;
 }
 
-void ChunkHitRecorder::after_attend(TieredKvStore& /*s*/, int /*layer*/, const AttentionParams& p,
-                                    const float* q, const int32_t* pos, int64_t m,
-                                    std::span<const KvPageRef> pages, std::span<const int32_t> /*ids*/) {
+void ChunkMassReader::read(Backend& be, const AttentionParams& p, const float* q, int32_t pos,
+                           std::span<const KvPageRef> pages, int chunk_tokens, int64_t n_chunks) {
+  const size_t n = static_cast<size_t>(p.n_heads) * n_chunks;
+  if (be_ != &be || dev_.bytes() < n * sizeof(float)) {
+    dev_.reset();
+    be_ = &be;
+    dev_ = BackendBuffer(be, std::max<size_t>(n, 1024) * sizeof(float));
+  }
+  be.chunk_mass(p, q, pos, pages, chunk_tokens, n_chunks, dev_.as<float>());
+  host_.resize(n);
+  be.download(host_.data(), dev_.get(), n * sizeof(float));
+}
+
+void ChunkHitRecorder::after_attend(Backend& be, int /*layer*/, const AttentionParams& p, const float* q,
+                                    const int32_t* pos, int64_t m, std::span<const KvPageRef> pages,
+                                    std::span<const int32_t> /*ids*/) {
   if (m != 1) return;
-  const int d = p.head_dim, rep = p.n_heads / p.n_kv_heads, pt = p.page_tokens;
   const int64_t n_chunks = pos[0] / chunk_tokens_ + 1;
   if (static_cast<int64_t>(hits_.size()) <= step_) hits_.resize(step_ + 1);
   auto& hits = hits_[step_];
   if (static_cast<int64_t>(hits.size()) < n_chunks) hits.resize(n_chunks, 0);
-  std::vector<double> chunk_mass(static_cast<size_t>(n_chunks));
-  int64_t n_tok = 0;
-  for (const KvPageRef& pg : pages) n_tok += pg.n_tokens;
-  dots_.assign(static_cast<size_t>(p.n_heads) * n_tok, 0.0f);
-  keys_.resize(static_cast<size_t>(d) * pt);
-  for (int g = 0; g < p.n_kv_heads; ++g) {
-    const int64_t off = static_cast<int64_t>(g) * p.head_stride;
-    int64_t tok0 = 0;
-    for (const KvPageRef& pg : pages) {
-      const int vis = static_cast<int>(std::clamp<int64_t>(pos[0] - pg.pos0 + 1, 0, pg.n_tokens));
-      for (int c = 0; c < d; ++c)
-        for (int j = 0; j < vis; ++j) keys_[static_cast<size_t>(c) * pt + j] = kv_load(pg.k, p.kv_type, off + int64_t{c} * pt + j);
-      for (int h = g * rep; h < (g + 1) * rep; ++h) {
-        const float* qh = q + static_cast<size_t>(h) * d;
-        float* dot = dots_.data() + static_cast<size_t>(h) * n_tok + tok0;
-        for (int c = 0; c < d; ++c) {
-          const float qc = qh[c];
-          const float* kr = keys_.data() + static_cast<size_t>(c) * pt;
-          for (int j = 0; j < vis; ++j) dot[j] += qc * kr[j];
-        }
-      }
-      tok0 += pg.n_tokens;
-    }
-  }
+  mass_.read(be, p, q, pos[0], pages, chunk_tokens_, n_chunks);
   for (int h = 0; h < p.n_heads; ++h) {
-    const float* dot = dots_.data() + static_cast<size_t>(h) * n_tok;
-    scores_.clear();
-    double mx = -INFINITY;
-    int64_t k = 0;
-    for (const KvPageRef& pg : pages)
-      for (int j = 0; j < pg.n_tokens; ++j, ++k) {
-        const double s = pg.pos0 + j <= pos[0] ? static_cast<double>(dot[k]) * p.scale : -INFINITY;
-        scores_.push_back(s);
-        mx = std::max(mx, s);
-      }
-    std::fill(chunk_mass.begin(), chunk_mass.end(), 0.0);
-    double sum = 0.0;
-    k = 0;
-    for (const KvPageRef& pg : pages)
-      for (int j = 0; j < pg.n_tokens; ++j, ++k) {
-        if (!(scores_[k] > -INFINITY)) continue;
-        const double e = std::exp(scores_[k] - mx);
-        sum += e;
-        chunk_mass[(pg.pos0 + j) / chunk_tokens_] += e;
-      }
-    if (!(sum > 0.0)) continue;
-    mass_.clear();
+    const float* mass = mass_.mass().data() + static_cast<size_t>(h) * n_chunks;
+    order_.clear();
     for (int64_t c = 0; c < n_chunks; ++c)
-      if (chunk_mass[c] > 0.0) mass_.emplace_back(chunk_mass[c] / sum, static_cast<int32_t>(c));
-    std::sort(mass_.begin(), mass_.end(), [](const auto& a, const auto& b) {
+      if (mass[c] > 0.0f) order_.emplace_back(mass[c], static_cast<int32_t>(c));
+    std::sort(order_.begin(), order_.end(), [](const auto& a, const auto& b) {
       return a.first != b.first ? a.first > b.first : a.second < b.second;
     });
     double cum = 0.0;
-    for (const auto& [mass, c] : mass_) {  // shortest prefix reaching top_p (at least one)
+    for (const auto& [w, c] : order_) {  // shortest prefix reaching top_p (at least one)
       ++hits[c];
-      cum += mass;
+      cum += w;
       if (cum >= top_p_) break;
     }
   }

@@ -2,11 +2,10 @@
 // model's own attention really uses at each decode step (DESIGN.md §4, lsa-spec §2.1).
 //
 // At every decode-mode attention (one query token) of every layer, for every query head, the
-// exact attention probabilities are summed per chunk; the head "hits" the shortest set of chunks
-// that, taken by decreasing mass, reaches top_p of its attention (always at least its top
-// chunk). A step's hit count of a chunk is the number of (layer, head) pairs that hit it.
-// Plain loops over host copies of the pages (each page's keys decoded once per KV head and shared
-// by the head group, dot products along the dim-major rows): this runs only while dumping.
+// exact attention probabilities are summed per chunk (Backend::chunk_mass, on the backend that
+// attention ran on); the head "hits" the shortest set of chunks that, taken by decreasing mass,
+// reaches top_p of its attention (always at least its top chunk). A step's hit count of a chunk
+// is the number of (layer, head) pairs that hit it.
 #pragma once
 
 #include <cstdint>
@@ -17,12 +16,26 @@
 
 namespace flashmem {
 
+// Backend::chunk_mass of one query token into host memory (through a scratch buffer kept on the
+// backend it last ran on): mass()[h·n_chunks + c].
+class ChunkMassReader {
+ public:
+  void read(Backend& be, const AttentionParams& p, const float* q, int32_t pos, std::span<const KvPageRef> pages,
+            int chunk_tokens, int64_t n_chunks);
+  const std::vector<float>& mass() const { return host_; }
+
+ private:
+  Backend* be_ = nullptr;
+  BackendBuffer dev_;
+  std::vector<float> host_;
+};
+
 class ChunkHitRecorder final : public AttendHook {
  public:
   ChunkHitRecorder(int chunk_tokens, float top_p) : chunk_tokens_(chunk_tokens), top_p_(top_p) {}
   // Attention from now on belongs to decode step `step` (steps must not go backwards).
   void set_step(int64_t step);
-  void after_attend(TieredKvStore& s, int layer, const AttentionParams& p, const float* q,
+  void after_attend(Backend& be, int layer, const AttentionParams& p, const float* q,
                     const int32_t* pos, int64_t m, std::span<const KvPageRef> pages,
                     std::span<const int32_t> ids) override;
 
@@ -35,10 +48,8 @@ class ChunkHitRecorder final : public AttendHook {
   float top_p_;
   int64_t step_ = 0;
   std::vector<std::vector<int32_t>> hits_;  // [step][chunk]
-  std::vector<float> keys_;    // one page's keys of one KV head, decoded [dim][token]
-  std::vector<float> dots_;    // [head][token] q·k of every token of the pages
-  std::vector<double> scores_;
-  std::vector<std::pair<double, int32_t>> mass_;
+  ChunkMassReader mass_;
+  std::vector<std::pair<float, int32_t>> order_;
 };
 
 }  // namespace flashmem

@@ -164,36 +164,18 @@ void Residency::before_attend(TieredKvStore& s, int layer, const AttentionParams
 
 // ---- TraceRecorder ------------------------------------------------------------------------
 
-void TraceRecorder::after_attend(TieredKvStore& /*s*/, int layer, const AttentionParams& p,
-                                 const float* q, const int32_t* pos, int64_t m,
-                                 std::span<const KvPageRef> pages, std::span<const int32_t> ids) {
+void TraceRecorder::after_attend(Backend& be, int layer, const AttentionParams& p, const float* q,
+                                 const int32_t* pos, int64_t m, std::span<const KvPageRef> pages,
+                                 std::span<const int32_t> ids) {
   if (m != 1) return;
-  const int d = p.head_dim, rep = p.n_heads / p.n_kv_heads, pt = p.page_tokens;
+  const int64_t n_pages = pos[0] / p.page_tokens + 1;
+  reader_.read(be, p, q, pos[0], pages, p.page_tokens, n_pages);
   mass_.assign(pages.size(), 0.0f);
-  for (int h = 0; h < p.n_heads; ++h) {
-    const float* qh = q + static_cast<size_t>(h) * d;
-    const int64_t off = static_cast<int64_t>(h / rep) * p.head_stride;
-    scores_.clear();
-    float mx = -INFINITY;
-    for (const KvPageRef& pg : pages)
-      for (int j = 0; j < pg.n_tokens; ++j) {
-        float s = -INFINITY;
-        if (pg.pos0 + j <= pos[0]) {
-          s = 0.0f;
-          for (int c = 0; c < d; ++c) s += qh[c] * kv_load(pg.k, p.kv_type, off + int64_t{c} * pt + j);
-          s *= p.scale;
-        }
-        scores_.push_back(s);
-        mx = std::max(mx, s);
-      }
+  for (size_t i = 0; i < pages.size(); ++i) {
+    if (ids[i] >= n_pages) continue;  // after the query: no mass
     double sum = 0.0;
-    for (float& s : scores_) sum += (s = std::exp(s - mx));
-    size_t k = 0;
-    for (size_t i = 0; i < pages.size(); ++i) {
-      double page_sum = 0.0;
-      for (int j = 0; j < pages[i].n_tokens; ++j) page_sum += scores_[k++];
-      mass_[i] += static_cast<float>(page_sum / sum / p.n_heads);
-    }
+    for (int h = 0; h < p.n_heads; ++h) sum += reader_.mass()[static_cast<size_t>(h) * n_pages + ids[i]];
+    mass_[i] = static_cast<float>(sum / p.n_heads);
   }
   trace_.record(step_, layer, ids, mass_);
 }

@@ -17,6 +17,7 @@
 #include <string>
 #include <vector>
 
+#include "memory/attention_labels.h"
 #include "memory/lsa.h"
 #include "memory/policy.h"
 #include "memory/tiered_kv.h"
@@ -85,20 +86,21 @@ class Residency final : public AttendHook {
 };
 
 // Records, for every decode-mode attention, the attention mass each page receives (averaged
-// over query heads), computed exactly from q and the pages attention read. Plain loops: it
-// runs only in the oracle's recording pass.
+// over query heads), computed exactly from q and the pages attention read (Backend::chunk_mass
+// with page-sized chunks). It runs only in the oracle's recording pass.
 class TraceRecorder final : public AttendHook {
  public:
   explicit TraceRecorder(AttentionTrace& trace) : trace_(trace) {}
   void set_step(int64_t step) { step_ = step; }
-  void after_attend(TieredKvStore& s, int layer, const AttentionParams& p, const float* q,
+  void after_attend(Backend& be, int layer, const AttentionParams& p, const float* q,
                     const int32_t* pos, int64_t m, std::span<const KvPageRef> pages,
                     std::span<const int32_t> ids) override;
 
  private:
   AttentionTrace& trace_;
   int64_t step_ = 0;
-  std::vector<float> scores_, mass_;
+  ChunkMassReader reader_;
+  std::vector<float> mass_;
 };
 
 }  // namespace flashmem

@@ -287,7 +287,7 @@ void TieredKvStore::attend(Backend& be, int layer, const AttentionParams& p, con
                            const int32_t* pos, int64_t m, float* out) {
   FM_ICHECK(layer >= 0 && layer < cfg_.n_layers, "layer ", layer, " out of range");
   if (!decode_mode_) return attend_streaming(be, layer, p, q, pos, m, out);
-  // Hooks run on the host: on a device backend they get a host copy of the queries.
+  // before_attend runs on the host: on a device backend it gets a host copy of the queries.
   const float* hq = q;
   if (hook_ && !be.host_memory()) {
     host_q_.resize(static_cast<size_t>(m) * p.n_heads * p.head_dim);
@@ -308,24 +308,7 @@ void TieredKvStore::attend(Backend& be, int layer, const AttentionParams& p, con
   for (int32_t pg : L.selected) add(pg);
   if (done < static_cast<int32_t>(L.pages.size())) add(done);  // the open page
   be.attention(p, q, pos, m, views_, out);
-  if (!hook_) return;
-  if (be.host_memory()) return hook_->after_attend(*this, layer, p, hq, pos, m, views_, view_ids_);
-  // Host views: completed pages from the mirror (written through, same bytes), the open page
-  // copied down.
-  host_views_.clear();
-  for (int32_t pg : view_ids_) {
-    const uint8_t* base;
-    if (pg < done) {
-      base = mirror_ptr(layer, pg);
-    } else {
-      host_open_.resize(cfg_.page_bytes());
-      be.download(host_open_.data(), reserve_.slot(L.pages[pg].slot), cfg_.page_bytes());
-      base = host_open_.data();
-    }
-    const KvPageRef v = page_view(layer, pg);
-    host_views_.push_back(KvPageRef{base, base + cfg_.page_bytes() / 2, v.pos0, v.n_tokens});
-  }
-  hook_->after_attend(*this, layer, p, hq, pos, m, host_views_, view_ids_);
+  if (hook_) hook_->after_attend(be, layer, p, q, pos, m, views_, view_ids_);
 }
 
 void TieredKvStore::attend_streaming(Backend& be, int layer, const AttentionParams& p,

@@ -50,14 +50,16 @@ struct KvFootprint {
 };
 
 // Called around every decode-mode attention: query-aware policies (quest) change the layer's
-// selection in before_attend; the oracle's recorder reads the attention in after_attend.
+// selection in before_attend (q is a host copy); recorders of what attention used (the oracle's
+// trace, the dump's labels) read it in after_attend, where q and the pages are in the memory of
+// `be`, the backend attention ran on (so they compute with its ops, e.g. chunk_mass).
 class AttendHook {
  public:
   virtual ~AttendHook() = default;
   virtual void before_attend(TieredKvStore& /*s*/, int /*layer*/, const AttentionParams& /*p*/,
                              const float* /*q*/, const int32_t* /*pos*/, int64_t /*m*/) {}
-  // pages[i] is page number ids[i] of the layer (the open page included).
-  virtual void after_attend(TieredKvStore& /*s*/, int /*layer*/, const AttentionParams& /*p*/,
+  // pages[i] is page number ids[i] of the layer (the open page included); pos is host memory.
+  virtual void after_attend(Backend& /*be*/, int /*layer*/, const AttentionParams& /*p*/,
                             const float* /*q*/, const int32_t* /*pos*/, int64_t /*m*/,
                             std::span<const KvPageRef> /*pages*/,
                             std::span<const int32_t> /*ids*/) {}
@@ -179,8 +181,6 @@ class TieredKvStore final : public KvStore {
   BackendBuffer out2_, lse_, lse2_;
   // Host copies for hooks on a device backend.
   std::vector<float> host_q_;
-  std::vector<uint8_t> host_open_;
-  std::vector<KvPageRef> host_views_;
 };
 
 }  // namespace flashmem

@@ -152,6 +152,15 @@ class Backend {
   // p.kv_type. The caller guarantees slot0 + n ≤ p.page_tokens.
   virtual void write_kv(const AttentionParams& p, void* k_page, void* v_page, int slot0,
                         int64_t n, const float* k, const float* v) = 0;
+  // Attention probabilities of one query token q [n_heads × head_dim] at position pos, summed
+  // per chunk of chunk_tokens positions (chunk c = positions [c·chunk_tokens, (c+1)·chunk_tokens)):
+  //   mass[h·n_chunks + c] = Σ_{t ∈ chunk c, t ≤ pos} softmax_h(scale · q_h·k_t)
+  // over the keys of the given pages (the softmax runs over those keys only). Chunks no page
+  // covers get 0. Requires page_tokens % chunk_tokens == 0 and n_chunks > pos / chunk_tokens.
+  // q and mass are backend memory. (Labels and traces of what attention used: dump, oracle.)
+  virtual void chunk_mass(const AttentionParams& p, const float* q, int32_t pos,
+                          std::span<const KvPageRef> pages, int chunk_tokens, int64_t n_chunks,
+                          float* mass) = 0;
   // Memory Indexer logits of n chunks:
   //   logits[c] = bias + Σ_h w[h] · ReLU(Σ_i q[h·head_dim + i] · k(c, g(h), i)),
   //   g(h) = h / (n_heads / n_kv_heads),

@@ -3,7 +3,11 @@
 // FLASHMEM_MODEL names one: logits, greedy text, the 100%-budget bit-identity, streamed prefill
 // within a 10% budget, and the physical absence of non-resident KV from the device reserve.
 // Plain main, no GoogleTest, so it builds on the bare device image. Prints "N passed, M failed".
+#include <execinfo.h>
+#include <unistd.h>
+
 #include <algorithm>
+#include <csignal>
 #include <chrono>
 #include <cmath>
 #include <cstdio>
@@ -454,17 +458,80 @@ void test_index_scores(CudaBackend& g, CpuBackend& c, std::mt19937& rng) {
   }
 }
 
+// Per-chunk attention mass (labels, oracle traces): the CUDA op against the CPU op, over long
+// and partial page sets, chunk sizes below and equal to the page, and a query that sees nothing.
+void test_chunk_mass(CudaBackend& g, CpuBackend& c, std::mt19937& rng) {
+  struct Case {
+    KvType t;
+    int pt, ct, n_tokens, pos, skip;  // skip: pages left out at the front
+  };
+  for (const Case k : {Case{KvType::kF16, 16, 16, 9000, 8999, 0}, Case{KvType::kF16, 64, 16, 9000, 6000, 0},
+                       Case{KvType::kF32, 64, 64, 1000, 999, 2}, Case{KvType::kF32, 16, 8, 1000, 517, 1},
+                       Case{KvType::kF16, 64, 16, 300, 3, 2}}) {
+    AttentionParams p;
+    p.n_heads = 9;
+    p.n_kv_heads = 3;
+    p.head_dim = 64;
+    p.page_tokens = k.pt;
+    p.head_stride = int64_t{k.pt} * 64;
+    p.kv_type = k.t;
+    p.scale = 0.125f;
+    Pages P = make_pages(g, p, k.n_tokens, rng);
+    const std::span<const KvPageRef> href = std::span<const KvPageRef>(P.href).subspan(k.skip);
+    const std::span<const KvPageRef> dref = std::span<const KvPageRef>(P.dref).subspan(k.skip);
+    const int64_t n_chunks = k.n_tokens / k.ct + 1;
+    auto q = randv(static_cast<size_t>(p.n_heads) * 64, rng, -3.0f, 3.0f);
+    std::vector<float> want(static_cast<size_t>(p.n_heads) * n_chunks);
+    c.chunk_mass(p, q.data(), k.pos, href, k.ct, n_chunks, want.data());
+    auto dq = to_dev(g, q);
+    BackendBuffer out(g, want.size() * sizeof(float));
+    g.chunk_mass(p, dq.as<float>(), k.pos, dref, k.ct, n_chunks, out.as<float>());
+    const auto got = to_host<float>(g, out, want.size());
+    const std::string what = std::string("chunk_mass ") + kv_type_name(k.t) + " page" + std::to_string(k.pt) + " chunk" +
+                             std::to_string(k.ct) + " " + std::to_string(k.n_tokens) + " tokens, pos " +
+                             std::to_string(k.pos) + ", skip " + std::to_string(k.skip);
+    double worst = 0.0;
+    for (size_t i = 0; i < got.size(); ++i) worst = std::max(worst, std::fabs(static_cast<double>(got[i]) - want[i]));
+    const bool none = k.pos < k.skip * k.pt;  // the query sees no key of the given pages
+    const bool zeros = std::all_of(got.begin(), got.end(), [](float x) { return x == 0.0f; });
+    if (worst > 1e-5) std::printf("  %s: max abs error %.3g\n", what.c_str(), worst);
+    check(finite(got) && worst <= 1e-5 && zeros == none, what);
+  }
+}
+
+// A crash names where it happened (the device machine has no debugger).
+void on_crash(int sig) {
+  void* frames[64];
+  const int n = backtrace(frames, 64);
+  std::fprintf(stderr, "signal %d; backtrace:\n", sig);
+  backtrace_symbols_fd(frames, n, 2);
+  std::_Exit(128 + sig);
+}
+
 int main() {
+  std::signal(SIGSEGV, on_crash);
   try {
     CudaBackend g;
     CpuBackend c(4);
     std::printf("device: %s\n", g.device_name().c_str());
     std::mt19937 rng(11);
+    // Progress on stdout (checks print only their failures), so a crash shows where it was.
+    auto section = [](const char* name) {
+      std::printf("%s\n", name);
+      std::fflush(stdout);
+    };
+    section("elementwise");
     test_elementwise(g, c, rng);
+    section("matmul");
     test_matmul(g, c, rng);
+    section("attention");
     test_attention(g, c, rng);
+    section("write_kv_and_copies");
     test_write_kv_and_copies(g, rng);
+    section("index_scores");
     test_index_scores(g, c, rng);
+    section("chunk_mass");
+    test_chunk_mass(g, c, rng);
     if (const char* m = std::getenv("FLASHMEM_MODEL"); m && *m) test_model(m);
     else std::printf("FLASHMEM_MODEL not set: model checks not run\n");
   } catch (const std::exception& e) {

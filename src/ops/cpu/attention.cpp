@@ -396,6 +396,57 @@ void write_kv(const AttentionParams& p, void* k_page, void* v_page, int slot0, i
   }
 }
 
+void chunk_mass(ThreadPool& pool, const AttentionParams& p, const float* q, int32_t pos,
+                std::span<const KvPageRef> pages, int chunk_tokens, int64_t n_chunks, float* mass) {
+  check_params(p);
+  FM_ICHECK(chunk_tokens >= 1 && p.page_tokens % chunk_tokens == 0 && pos >= 0 && n_chunks > pos / chunk_tokens,
+            "chunk_mass: bad chunking (", chunk_tokens, "-token chunks, ", p.page_tokens, "-token pages, position ",
+            pos, ", ", n_chunks, " chunks)");
+  const int d = p.head_dim, rep = p.n_heads / p.n_kv_heads, pt = p.page_tokens;
+  std::fill_n(mass, static_cast<size_t>(p.n_heads) * n_chunks, 0.0f);
+  // One task per kv head: each page's keys are decoded once for the head group.
+  pool.run(p.n_kv_heads, [&](int64_t g, int) {
+    const int64_t off = g * p.head_stride;
+    std::vector<float> keys(static_cast<size_t>(d) * pt);
+    std::vector<float> dots(static_cast<size_t>(rep) * pages.size() * pt, -INFINITY);
+    for (size_t i = 0; i < pages.size(); ++i) {
+      const KvPageRef& pg = pages[i];
+      const int vis = static_cast<int>(std::clamp<int64_t>(int64_t{pos} - pg.pos0 + 1, 0, pg.n_tokens));
+      if (vis == 0) continue;
+      for (int c = 0; c < d; ++c) kv_to_f32(pg.k, p.kv_type, off + int64_t{c} * pt, vis, keys.data() + static_cast<size_t>(c) * pt);
+      for (int r = 0; r < rep; ++r) {
+        const float* qh = q + static_cast<size_t>(g * rep + r) * d;
+        float* dot = dots.data() + (static_cast<size_t>(r) * pages.size() + i) * pt;
+        std::fill_n(dot, vis, 0.0f);
+        for (int c = 0; c < d; ++c) {
+          const float qc = qh[c];
+          const float* kr = keys.data() + static_cast<size_t>(c) * pt;
+          for (int j = 0; j < vis; ++j) dot[j] += qc * kr[j];
+        }
+        for (int j = 0; j < vis; ++j) dot[j] *= p.scale;
+      }
+    }
+    std::vector<double> chunk(static_cast<size_t>(pt / chunk_tokens));
+    for (int r = 0; r < rep; ++r) {
+      const float* dot = dots.data() + static_cast<size_t>(r) * pages.size() * pt;
+      double mx = -INFINITY;
+      for (size_t k = 0; k < pages.size() * pt; ++k) mx = std::max(mx, static_cast<double>(dot[k]));
+      if (!(mx > -INFINITY)) continue;  // no visible key
+      double sum = 0.0;
+      for (size_t k = 0; k < pages.size() * pt; ++k)
+        if (dot[k] > -INFINITY) sum += std::exp(dot[k] - mx);
+      float* out = mass + static_cast<size_t>(g * rep + r) * n_chunks;
+      for (size_t i = 0; i < pages.size(); ++i) {
+        std::fill(chunk.begin(), chunk.end(), 0.0);
+        for (int j = 0; j < pt; ++j)
+          if (dot[i * pt + j] > -INFINITY) chunk[j / chunk_tokens] += std::exp(dot[i * pt + j] - mx);
+        for (size_t c = 0; c < chunk.size(); ++c)
+          if (chunk[c] > 0.0) out[pages[i].pos0 / chunk_tokens + static_cast<int64_t>(c)] += static_cast<float>(chunk[c] / sum);
+      }
+    }
+  });
+}
+
 void attention_ref(const AttentionParams& p, const float* q, const int32_t* pos, int64_t m,
                    std::span<const KvPageRef> pages, float* out) {
   check_params(p);

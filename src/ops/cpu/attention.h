@@ -42,6 +42,11 @@ void merge_attention(int64_t rows, int head_dim, float* out, float* lse, const f
 void write_kv(const AttentionParams& p, void* k_page, void* v_page, int slot0, int64_t n,
               const float* k, const float* v);
 
+// Backend::chunk_mass: exact per-chunk attention mass of one query token (scores in f32 like
+// attention, softmax and sums in double), one task per kv head.
+void chunk_mass(ThreadPool& pool, const AttentionParams& p, const float* q, int32_t pos,
+                std::span<const KvPageRef> pages, int chunk_tokens, int64_t n_chunks, float* mass);
+
 // Plain reference: per query and head, scores over every visible key in double precision.
 void attention_ref(const AttentionParams& p, const float* q, const int32_t* pos, int64_t m,
                    std::span<const KvPageRef> pages, float* out);

@@ -112,6 +112,11 @@ void CpuBackend::index_scores(const IndexScoreParams& p, const float* q, const f
   });
 }
 
+void CpuBackend::chunk_mass(const AttentionParams& p, const float* q, int32_t pos,
+                            std::span<const KvPageRef> pages, int chunk_tokens, int64_t n_chunks, float* mass) {
+  cpu::chunk_mass(pool_, p, q, pos, pages, chunk_tokens, n_chunks, mass);
+}
+
 void CpuBackend::write_kv(const AttentionParams& p, void* k_page, void* v_page, int slot0,
                           int64_t n, const float* k, const float* v) {
   cpu::write_kv(p, k_page, v_page, slot0, n, k, v);

@@ -40,6 +40,8 @@ class CpuBackend final : public Backend {
                     const float* scales, int64_t n, float* logits) override;
   void write_kv(const AttentionParams& p, void* k_page, void* v_page, int slot0, int64_t n,
                 const float* k, const float* v) override;
+  void chunk_mass(const AttentionParams& p, const float* q, int32_t pos, std::span<const KvPageRef> pages,
+                  int chunk_tokens, int64_t n_chunks, float* mass) override;
 
  private:
   ThreadPool pool_;

@@ -11,6 +11,8 @@ namespace {
 constexpr int kWarps = 4;  // (query, head) items per block, one warp each
 // Below this many (query, head) items, attention splits the pages over more warps.
 constexpr int64_t kSplitWarps = 1024;
+// chunk_mass keeps one head's query in shared memory.
+constexpr int kMassMaxDim = 256;
 
 template <bool F16>
 __device__ inline float kv_at(const void* base, int64_t at) {
@@ -297,6 +299,75 @@ __global__ void write_kv_kernel(DevAttention p, void* k_page, void* v_page, int 
   }
 }
 
+// chunk_mass, step 1: the scaled score of every (head, page slot); −inf where the slot is empty
+// or after the query. Thread = slot, so the lanes' dim-major key loads are contiguous.
+template <bool F16>
+__global__ void mass_scores_kernel(DevAttention p, const float* q, int32_t pos, const DevPage* pages,
+                                   int n_pages, float* scores) {
+  __shared__ float qs[kMassMaxDim];
+  const int h = blockIdx.y;
+  for (int c = threadIdx.x; c < p.head_dim; c += blockDim.x) qs[c] = q[static_cast<int64_t>(h) * p.head_dim + c];
+  __syncthreads();
+  const int pt = p.page_tokens;
+  const int64_t slots = static_cast<int64_t>(n_pages) * pt;
+  const int64_t t = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
+  if (t >= slots) return;
+  const DevPage pg = pages[t / pt];
+  const int j = static_cast<int>(t % pt);
+  float s = -INFINITY;
+  if (j < pg.n_tokens && pg.pos0 + j <= pos) {
+    const int64_t off = static_cast<int64_t>(h / (p.n_heads / p.n_kv_heads)) * p.head_stride + j;
+    float dot = 0.0f;
+    for (int c = 0; c < p.head_dim; ++c) dot = fmaf(qs[c], kv_at<F16>(pg.k, off + int64_t{c} * pt), dot);
+    s = dot * p.scale;
+  }
+  scores[static_cast<int64_t>(h) * slots + t] = s;
+}
+
+// Block-wide reduction (max or sum) of one value per thread; every thread gets the result.
+template <bool Max>
+__device__ float block_reduce(float v, float* shared) {
+#pragma unroll
+  for (int o = 16; o > 0; o >>= 1) {
+    const float u = __shfl_xor_sync(0xffffffffu, v, o);
+    v = Max ? fmaxf(v, u) : v + u;
+  }
+  const int warp = threadIdx.x >> 5, n_warps = blockDim.x >> 5;
+  __syncthreads();  // `shared` may still be read from a previous reduction
+  if ((threadIdx.x & 31) == 0) shared[warp] = v;
+  __syncthreads();
+  v = Max ? -INFINITY : 0.0f;
+  for (int w = 0; w < n_warps; ++w) v = Max ? fmaxf(v, shared[w]) : v + shared[w];
+  return v;
+}
+
+// chunk_mass, step 2: one block per head; softmax over its slots, then one thread per
+// (page, chunk of the page) sums its tokens' probabilities, in token order.
+__global__ void mass_reduce_kernel(int page_tokens, int chunk_tokens, const DevPage* pages, int n_pages,
+                                   int64_t n_chunks, const float* scores, float* mass) {
+  __shared__ float red[32];
+  const int h = blockIdx.x;
+  const int64_t slots = static_cast<int64_t>(n_pages) * page_tokens;
+  const float* sh = scores + h * slots;
+  float mx = -INFINITY;
+  for (int64_t t = threadIdx.x; t < slots; t += blockDim.x) mx = fmaxf(mx, sh[t]);
+  mx = block_reduce<true>(mx, red);
+  if (mx == -INFINITY) return;  // no visible key: the chunks keep their zeros
+  float sum = 0.0f;
+  for (int64_t t = threadIdx.x; t < slots; t += blockDim.x) sum += expf(sh[t] - mx);
+  const float inv = 1.0f / block_reduce<false>(sum, red);
+  const int cpp = page_tokens / chunk_tokens;
+  for (int64_t k = threadIdx.x; k < static_cast<int64_t>(n_pages) * cpp; k += blockDim.x) {
+    const int64_t i = k / cpp;
+    const int r = static_cast<int>(k % cpp);
+    const float* st = sh + i * page_tokens + r * chunk_tokens;
+    float acc = 0.0f;
+    for (int j = 0; j < chunk_tokens; ++j) acc += expf(st[j] - mx);
+    const int64_t ch = pages[i].pos0 / chunk_tokens + r;
+    if (acc > 0.0f && ch < n_chunks) mass[h * n_chunks + ch] = acc * inv;
+  }
+}
+
 }  // namespace
 
 int attention_chunks(int64_t m, int n_heads, int n_pages) {
@@ -373,6 +444,19 @@ cudaError_t write_kv(const DevAttention& p, void* k_page, void* v_page, int slot
   const unsigned blocks = static_cast<unsigned>((total + 255) / 256);
   if (p.kv_f16) write_kv_kernel<true><<<blocks, 256, 0, s>>>(p, k_page, v_page, slot0, n, k, v);
   else write_kv_kernel<false><<<blocks, 256, 0, s>>>(p, k_page, v_page, slot0, n, k, v);
+  return cudaGetLastError();
+}
+
+cudaError_t chunk_mass(const DevAttention& p, const float* q, int32_t pos, const DevPage* pages, int n_pages,
+                       int chunk_tokens, int64_t n_chunks, float* scores, float* mass, cudaStream_t s) {
+  if (p.head_dim > kMassMaxDim || chunk_tokens < 1 || p.page_tokens % chunk_tokens != 0) return cudaErrorInvalidValue;
+  cudaError_t e = cudaMemsetAsync(mass, 0, static_cast<size_t>(p.n_heads) * n_chunks * sizeof(float), s);
+  if (e != cudaSuccess || n_pages == 0) return e;
+  const int64_t slots = static_cast<int64_t>(n_pages) * p.page_tokens;
+  const dim3 grid(static_cast<unsigned>((slots + 127) / 128), static_cast<unsigned>(p.n_heads));
+  if (p.kv_f16) mass_scores_kernel<true><<<grid, 128, 0, s>>>(p, q, pos, pages, n_pages, scores);
+  else mass_scores_kernel<false><<<grid, 128, 0, s>>>(p, q, pos, pages, n_pages, scores);
+  mass_reduce_kernel<<<p.n_heads, 512, 0, s>>>(p.page_tokens, chunk_tokens, pages, n_pages, n_chunks, scores, mass);
   return cudaGetLastError();
 }
 

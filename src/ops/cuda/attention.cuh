@@ -37,6 +37,11 @@ cudaError_t attention(const DevAttention& p, const float* q, const int32_t* pos,
                       float* part_lse, cudaStream_t s);
 cudaError_t merge_attention(int64_t rows, int head_dim, float* out, float* lse, const float* out2,
                             const float* lse2, cudaStream_t s);
+// Backend::chunk_mass for one query q [n_heads × head_dim] (head_dim ≤ 256; page_tokens a
+// multiple of chunk_tokens; cudaErrorInvalidValue otherwise). scores is scratch of
+// n_heads × n_pages × page_tokens floats; mass [n_heads × n_chunks].
+cudaError_t chunk_mass(const DevAttention& p, const float* q, int32_t pos, const DevPage* pages, int n_pages,
+                       int chunk_tokens, int64_t n_chunks, float* scores, float* mass, cudaStream_t s);
 cudaError_t write_kv(const DevAttention& p, void* k_page, void* v_page, int slot0, int64_t n,
                      const float* k, const float* v, cudaStream_t s);
 

@@ -77,6 +77,7 @@ CudaBackend::~CudaBackend() {
   pages_dev_.reset();
   part_o_.reset();
   part_lse_.reset();
+  mass_scores_.reset();  // every scratch buffer before the stream its dealloc waits on
   for (void* p : owned_) cudaFree(p);
   cublasDestroy(CUBLAS);
   cudaStreamDestroy(STREAM);
@@ -247,6 +248,25 @@ void CudaBackend::attention(const AttentionParams& p, const float* q, const int3
   FM_CUDA(cuda::attention(dev_params(p), q, device_positions(pos, m), m,
                           pages_dev_.as<const cuda::DevPage>(), n_pages, out, lse, part_o, part_lse,
                           STREAM));
+}
+
+void CudaBackend::chunk_mass(const AttentionParams& p, const float* q, int32_t pos,
+                             std::span<const KvPageRef> pages, int chunk_tokens, int64_t n_chunks, float* mass) {
+  FM_CHECK(p.head_dim <= 256, ErrorCode::kUnsupported, "the CUDA chunk_mass supports head_dim ≤ 256, not ",
+           p.head_dim);
+  FM_ICHECK(p.n_heads > 0 && p.n_kv_heads > 0 && p.n_heads % p.n_kv_heads == 0 && chunk_tokens >= 1 &&
+                p.page_tokens % chunk_tokens == 0 && pos >= 0 && n_chunks > pos / chunk_tokens,
+            "chunk_mass: bad parameters (", chunk_tokens, "-token chunks, ", p.page_tokens,
+            "-token pages, position ", pos, ", ", n_chunks, " chunks)");
+  const size_t bytes = pages.size() * sizeof(KvPageRef);
+  if (bytes) {
+    scratch(pages_dev_, bytes);
+    upload(pages_dev_.get(), pages.data(), bytes);
+  }
+  const size_t slots = pages.size() * static_cast<size_t>(p.page_tokens);
+  float* scores = static_cast<float*>(scratch(mass_scores_, std::max<size_t>(1, slots * p.n_heads) * sizeof(float)));
+  FM_CUDA(cuda::chunk_mass(dev_params(p), q, pos, pages_dev_.as<const cuda::DevPage>(), static_cast<int>(pages.size()),
+                           chunk_tokens, n_chunks, scores, mass, STREAM));
 }
 
 void CudaBackend::merge_attention(int64_t rows, int head_dim, float* out, float* lse,

@@ -58,6 +58,8 @@ class CudaBackend final : public Backend {
                     const float* scales, int64_t n, float* logits) override;
   void write_kv(const AttentionParams& p, void* k_page, void* v_page, int slot0, int64_t n,
                 const float* k, const float* v) override;
+  void chunk_mass(const AttentionParams& p, const float* q, int32_t pos, std::span<const KvPageRef> pages,
+                  int chunk_tokens, int64_t n_chunks, float* mass) override;
 
  private:
   // Uploads host positions unless the device copy already holds the same values.
@@ -74,6 +76,7 @@ class CudaBackend final : public Backend {
   size_t weight_bytes_ = 0;
   BackendBuffer pos_dev_, ids_dev_, pages_dev_;
   BackendBuffer part_o_, part_lse_;  // split attention's partial results
+  BackendBuffer mass_scores_;        // chunk_mass's scores
   std::vector<int32_t> pos_host_;  // what pos_dev_ holds
 };
 
