@@ -38,7 +38,7 @@ struct TapGuard {
 
 }  // namespace
 
-train::DumpDoc dump_document(Engine& eng, const DumpInput& in, const DumpSettings& s) {
+train::DumpDoc dump_document(Engine& eng, const DumpInput& in, const DumpSettings& s, DumpTiming* timing) {
   const ModelInfo& mi = eng.info();
   const KvCacheConfig kc = eng.kv_config();
   FM_CHECK(s.tau >= 1 && s.point_stride >= 1 && s.max_new_tokens >= 1 && s.top_p > 0.0f && s.top_p <= 1.0f,
@@ -113,6 +113,12 @@ train::DumpDoc dump_document(Engine& eng, const DumpInput& in, const DumpSetting
   };
   const GenerateResult g = eng.decode(*pre, go);
   d.n_steps = g.decode_steps;
+  if (timing) {
+    timing->prefill_seconds += pre->seconds;
+    timing->decode_seconds += g.decode_seconds;
+    timing->prompt_tokens += d.n_prompt;
+    timing->decode_steps += g.decode_steps;
+  }
   d.hit_ptr.push_back(0);
   for (int64_t t = 0; t < d.n_steps; ++t) {
     for (const auto& [c, n] : hits.step_hits(t)) {

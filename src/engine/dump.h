@@ -29,8 +29,14 @@ struct DumpInput {
   std::vector<std::string> stop_strings;  // generation ends there (tasks)
 };
 
+// Where a document's time went (the decode includes recording the labels).
+struct DumpTiming {
+  double prefill_seconds = 0, decode_seconds = 0;
+  int64_t prompt_tokens = 0, decode_steps = 0;
+};
+
 // Error(kInvalidArgument) for bad settings (layers out of range, chunk size not dividing the
-// page), Error(kOutOfRange) for a prompt that does not fit.
-train::DumpDoc dump_document(Engine& eng, const DumpInput& in, const DumpSettings& s);
+// page), Error(kOutOfRange) for a prompt that does not fit. Adds to *timing when given.
+train::DumpDoc dump_document(Engine& eng, const DumpInput& in, const DumpSettings& s, DumpTiming* timing = nullptr);
 
 }  // namespace flashmem

@@ -139,11 +139,16 @@ int dump_command(const DumpArgs& a) {
       }
   }
 
+  // A seeded order mixing lengths, tasks and sources, so that a time-boxed dump (or the first
+  // shards' worth of it) holds some of each; every shard sees the same order.
+  std::shuffle(docs.begin(), docs.end(), std::mt19937_64(a.seed * 0xD1B54A32D192ED03ull + 1));
+
   namespace fs = std::filesystem;
   for (const char* split : {"train", "val", "test"}) fs::create_directories(fs::path(a.out) / split);
   int64_t mine = 0;
   for (size_t i = shard; i < docs.size(); i += shards) ++mine;
   eval::Progress progress(mine, "dump");
+  DumpTiming timing;
   for (size_t i = shard; i < docs.size(); i += shards) {
     const DumpInput& in = docs[i];
     const fs::path path = fs::path(a.out) / train::split_of(in.name) / file_name(in.name);
@@ -151,11 +156,15 @@ int dump_command(const DumpArgs& a) {
       progress.skip(1, in.name);
       continue;
     }
-    const train::DumpDoc d = dump_document(*eng, in, s);
+    const train::DumpDoc d = dump_document(*eng, in, s, &timing);
     const fs::path tmp = path.string() + ".tmp";
     train::write_dump(tmp.string(), d);
     fs::rename(tmp, path);
     progress.tick(1, in.name);
+    // Running totals after every document (a time-boxed dump may be stopped at any point).
+    std::fprintf(stderr, "dump: %lld prompt tokens prefilled in %.1f s, %lld decode steps (labels included) in %.1f s\n",
+                 static_cast<long long>(timing.prompt_tokens), timing.prefill_seconds,
+                 static_cast<long long>(timing.decode_steps), timing.decode_seconds);
   }
   progress.finish();
   return 0;
