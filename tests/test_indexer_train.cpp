@@ -342,6 +342,7 @@ TEST(LsaPolicy, RanksPagesByKeptChunksAndWidensWhenItCannotChoose) {
   q.rows.assign(4, 0.0f);
   q.position = 100;
   LsaOptions o;
+  o.spread = 0;  // the chunks' own scores rank the pages (spread is tested below)
   CpuBackend be(1);
   LsaPolicy pol(kv, scorer, q, &be, o);
   std::vector<float> page(static_cast<size_t>(2) * 8 * 8, 0.25f);

@@ -47,7 +47,7 @@ CLI::App* add_eval_command(CLI::App& app, EvalArgs& a) {
   c->add_option("--lsa-widen-kept", a.memory.lsa_widen_kept, "lsa: kept fraction that widens a request to full KV")
       ->check(CLI::Range(0.001, 1.0));
   c->add_flag("--lsa-no-widen", a.memory.lsa_no_widen, "lsa: never widen (no needle fallback)");
-  c->add_option("--lsa-spread", a.memory.lsa_spread, "lsa: neighbouring chunks a chosen chunk pulls in (0: off)")
+  c->add_option("--lsa-spread", a.memory.lsa_spread, "lsa: neighbouring chunks a chosen chunk pulls in (0: off; default 1)")
       ->check(CLI::Range(0, 64));
   c->add_option("--data", a.data, "Data file (LongBench-v2 / LongMemEval JSON)")->check(CLI::ExistingFile);
   c->add_option("--max-length", a.max_length, "Context limit for LongBench-v2/LongMemEval prompts (middle-truncated)");

@@ -30,7 +30,7 @@ struct MemoryArgs {
   std::string lsa_ensemble = "mean";
   float lsa_widen_kept = 0.5f;
   bool lsa_no_widen = false;
-  int lsa_spread = 0;
+  int lsa_spread = 1;
 };
 void add_memory_options(CLI::App* c, MemoryArgs& a);
 // Parsed and validated; Error(kInvalidArgument) with a clear message otherwise.

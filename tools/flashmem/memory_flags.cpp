@@ -31,7 +31,7 @@ void add_memory_options(CLI::App* c, MemoryArgs& a) {
                 "lsa: kept fraction of the middle chunks above which the request widens to full KV")
       ->check(CLI::Range(0.001, 1.0));
   c->add_flag("--lsa-no-widen", a.lsa_no_widen, "lsa: never widen (no needle fallback)");
-  c->add_option("--lsa-spread", a.lsa_spread, "lsa: neighbouring chunks a chosen chunk pulls in (0: off)")
+  c->add_option("--lsa-spread", a.lsa_spread, "lsa: neighbouring chunks a chosen chunk pulls in (0: off; default 1)")
       ->check(CLI::Range(0, 64));
 }
 
