@@ -199,9 +199,9 @@ TEST(ChunkHits, EachHeadHitsTheShortestTopPPrefixOfItsChunkMass) {
   const int32_t ids[2] = {0, 1};
   const int32_t pos[1] = {12};
   const float top_p = 0.6f;
+  CpuBackend be(1);  // before the recorder: its scratch lives on the backend
   ChunkHitRecorder rec(4, top_p);
   rec.set_step(0);
-  CpuBackend be(1);
   rec.after_attend(be, 0, p, q.data(), pos, 1, pages, ids);
   // Reference in double.
   std::vector<int> want(4, 0);

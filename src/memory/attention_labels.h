@@ -17,7 +17,8 @@
 namespace flashmem {
 
 // Backend::chunk_mass of one query token into host memory (through a scratch buffer kept on the
-// backend it last ran on): mass()[h·n_chunks + c].
+// backend it last ran on, so a reader, and a recorder holding one, must not outlive that
+// backend): mass()[h·n_chunks + c].
 class ChunkMassReader {
  public:
   void read(Backend& be, const AttentionParams& p, const float* q, int32_t pos, std::span<const KvPageRef> pages,
