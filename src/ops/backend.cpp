@@ -12,6 +12,13 @@ namespace flashmem {
 const char* kv_type_name(KvType t) { return t == KvType::kF16 ? "f16" : "f32"; }
 size_t kv_type_bytes(KvType t) { return t == KvType::kF16 ? 2 : 4; }
 
+void check_chunk_mass(const AttentionParams& p, int32_t pos, int chunk_tokens, int64_t n_chunks) {
+  FM_ICHECK(p.n_heads > 0 && p.n_kv_heads > 0 && p.n_heads % p.n_kv_heads == 0 && chunk_tokens >= 1 &&
+                p.page_tokens % chunk_tokens == 0 && pos >= 0 && n_chunks > pos / chunk_tokens,
+            "chunk_mass: bad parameters (", chunk_tokens, "-token chunks, ", p.page_tokens, "-token pages, position ",
+            pos, ", ", n_chunks, " chunks)");
+}
+
 bool cuda_compiled() {
 #ifdef FLASHMEM_HAVE_CUDA
   return true;

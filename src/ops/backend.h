@@ -210,6 +210,9 @@ class BackendBuffer {
 // "cpu" (n_threads workers; 0 = ThreadPool::default_threads()) or "cuda" (the first visible
 // GPU). Throws Error(kInvalidArgument) for an unknown name and Error(kUnsupported) for "cuda"
 // in a build without CUDA or on a machine where no GPU can be used.
+// Backend::chunk_mass's preconditions (every backend checks them the same way); Error(kInternal).
+void check_chunk_mass(const AttentionParams& p, int32_t pos, int chunk_tokens, int64_t n_chunks);
+
 bool cuda_compiled();
 std::unique_ptr<Backend> make_backend(const std::string& name, int n_threads);
 

@@ -399,9 +399,7 @@ void write_kv(const AttentionParams& p, void* k_page, void* v_page, int slot0, i
 void chunk_mass(ThreadPool& pool, const AttentionParams& p, const float* q, int32_t pos,
                 std::span<const KvPageRef> pages, int chunk_tokens, int64_t n_chunks, float* mass) {
   check_params(p);
-  FM_ICHECK(chunk_tokens >= 1 && p.page_tokens % chunk_tokens == 0 && pos >= 0 && n_chunks > pos / chunk_tokens,
-            "chunk_mass: bad chunking (", chunk_tokens, "-token chunks, ", p.page_tokens, "-token pages, position ",
-            pos, ", ", n_chunks, " chunks)");
+  check_chunk_mass(p, pos, chunk_tokens, n_chunks);
   const int d = p.head_dim, rep = p.n_heads / p.n_kv_heads, pt = p.page_tokens;
   std::fill_n(mass, static_cast<size_t>(p.n_heads) * n_chunks, 0.0f);
   // One task per kv head: each page's keys are decoded once for the head group.

@@ -128,6 +128,15 @@ void CudaBackend::copy_pages(CopyDir dir, std::span<const PageCopy> copies, size
 
 void CudaBackend::synchronize() { FM_CUDA(cudaStreamSynchronize(STREAM)); }
 
+const cuda::DevPage* CudaBackend::device_pages(std::span<const KvPageRef> pages) {
+  const size_t bytes = pages.size() * sizeof(KvPageRef);
+  if (bytes) {
+    scratch(pages_dev_, bytes);
+    upload(pages_dev_.get(), pages.data(), bytes);
+  }
+  return pages_dev_.as<const cuda::DevPage>();
+}
+
 void* CudaBackend::scratch(BackendBuffer& b, size_t bytes) {
   if (b.bytes() < bytes) {
     b.reset();
@@ -231,11 +240,7 @@ void CudaBackend::attention(const AttentionParams& p, const float* q, const int3
   FM_ICHECK(p.n_heads > 0 && p.n_kv_heads > 0 && p.n_heads % p.n_kv_heads == 0 &&
                 p.head_stride == int64_t{p.page_tokens} * p.head_dim,
             "bad attention parameters");
-  const size_t bytes = pages.size() * sizeof(KvPageRef);
-  if (bytes) {
-    scratch(pages_dev_, bytes);
-    upload(pages_dev_.get(), pages.data(), bytes);
-  }
+  const cuda::DevPage* dev_pages = device_pages(pages);
   const int n_pages = static_cast<int>(pages.size());
   const int chunks = cuda::attention_chunks(m, p.n_heads, n_pages);
   float* part_o = nullptr;
@@ -246,7 +251,7 @@ void CudaBackend::attention(const AttentionParams& p, const float* q, const int3
     part_lse = static_cast<float*>(scratch(part_lse_, rows * sizeof(float)));
   }
   FM_CUDA(cuda::attention(dev_params(p), q, device_positions(pos, m), m,
-                          pages_dev_.as<const cuda::DevPage>(), n_pages, out, lse, part_o, part_lse,
+                          dev_pages, n_pages, out, lse, part_o, part_lse,
                           STREAM));
 }
 
@@ -254,18 +259,11 @@ void CudaBackend::chunk_mass(const AttentionParams& p, const float* q, int32_t p
                              std::span<const KvPageRef> pages, int chunk_tokens, int64_t n_chunks, float* mass) {
   FM_CHECK(p.head_dim <= 256, ErrorCode::kUnsupported, "the CUDA chunk_mass supports head_dim ≤ 256, not ",
            p.head_dim);
-  FM_ICHECK(p.n_heads > 0 && p.n_kv_heads > 0 && p.n_heads % p.n_kv_heads == 0 && chunk_tokens >= 1 &&
-                p.page_tokens % chunk_tokens == 0 && pos >= 0 && n_chunks > pos / chunk_tokens,
-            "chunk_mass: bad parameters (", chunk_tokens, "-token chunks, ", p.page_tokens,
-            "-token pages, position ", pos, ", ", n_chunks, " chunks)");
-  const size_t bytes = pages.size() * sizeof(KvPageRef);
-  if (bytes) {
-    scratch(pages_dev_, bytes);
-    upload(pages_dev_.get(), pages.data(), bytes);
-  }
+  check_chunk_mass(p, pos, chunk_tokens, n_chunks);
+  const cuda::DevPage* dev_pages = device_pages(pages);
   const size_t slots = pages.size() * static_cast<size_t>(p.page_tokens);
   float* scores = static_cast<float*>(scratch(mass_scores_, std::max<size_t>(1, slots * p.n_heads) * sizeof(float)));
-  FM_CUDA(cuda::chunk_mass(dev_params(p), q, pos, pages_dev_.as<const cuda::DevPage>(), static_cast<int>(pages.size()),
+  FM_CUDA(cuda::chunk_mass(dev_params(p), q, pos, dev_pages, static_cast<int>(pages.size()),
                            chunk_tokens, n_chunks, scores, mass, STREAM));
 }
 

@@ -15,6 +15,10 @@
 
 #include "ops/backend.h"
 
+namespace flashmem::cuda {
+struct DevPage;  // ops/cuda/attention.cuh
+}
+
 namespace flashmem {
 
 class CudaBackend final : public Backend {
@@ -64,6 +68,8 @@ class CudaBackend final : public Backend {
  private:
   // Uploads host positions unless the device copy already holds the same values.
   const int32_t* device_positions(const int32_t* pos, int64_t m);
+  // The page list in device memory (DevPage has KvPageRef's layout), in a kept scratch buffer.
+  const cuda::DevPage* device_pages(std::span<const KvPageRef> pages);
   // A device scratch buffer of at least `bytes` (grown on demand, kept).
   void* scratch(BackendBuffer& b, size_t bytes);
 
