@@ -306,6 +306,38 @@ TEST(IndexerCheckpoint, RoundTripAndMalformedFiles) {
   EXPECT_THROW(write_safetensors(path, f), Error);
 }
 
+TEST(IndexerCheckpoint, SelectTargetsKeepsTheChosenScorersWeights) {
+  const train::IndexerDataset ds = tiny_shapes();
+  const IndexerModel m = train::init_model(ds, tiny_options());
+  ASSERT_GE(m.keys.layers.size(), 2u);
+  const int keep = m.keys.layers[1];
+  const IndexerModel s = select_targets(m, {keep});
+  EXPECT_EQ(s.keys.layers, std::vector<int>{keep});
+  ASSERT_EQ(s.layers.size(), 1u);
+  EXPECT_EQ(s.keys.chunk_tokens, m.keys.chunk_tokens);
+  EXPECT_EQ(s.keys.pooling, m.keys.pooling);
+  // Target 0 of the subset is target 1 of the whole: the same query, bit for bit.
+  std::vector<float> q1(32), w1(4), q2(32), w2(4), h(12);
+  for (size_t i = 0; i < h.size(); ++i) h[i] = 0.1f * static_cast<float>(i) - 0.4f;
+  m.encode_query(1, h.data(), 77, q1.data(), w1.data());
+  s.encode_query(0, h.data(), 77, q2.data(), w2.data());
+  EXPECT_EQ(q1, q2);
+  EXPECT_EQ(w1, w2);
+  EXPECT_NE(q1, std::vector<float>(32, 0.0f));
+  // Order does not matter; empty means all; unknown and repeated layers are refused.
+  const std::vector<int> rev(m.keys.layers.rbegin(), m.keys.layers.rend());
+  EXPECT_EQ(select_targets(m, rev).keys.layers, m.keys.layers);
+  EXPECT_EQ(select_targets(m, {}).keys.layers, m.keys.layers);
+  for (const std::vector<int>& bad : {std::vector<int>{m.keys.layers.back() + 1}, std::vector<int>{keep, keep}}) {
+    try {
+      select_targets(m, bad);
+      ADD_FAILURE() << "accepted a bad layer list";
+    } catch (const Error& e) {
+      EXPECT_EQ(e.code(), ErrorCode::kInvalidArgument) << e.what();
+    }
+  }
+}
+
 // ---- the lsa policy with a scripted scorer ---------------------------------------------------
 
 class ScriptedScorer final : public LsaScorer {

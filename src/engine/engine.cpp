@@ -66,7 +66,7 @@ Engine::Engine(const EngineOptions& opts, GgufFile file)
   FM_CHECK(opts.page_tokens >= 1 && opts.page_tokens <= 4096, ErrorCode::kInvalidArgument,
            "page tokens must be in [1, 4096], got ", opts.page_tokens);
   if (!opts.indexer_path.empty()) {
-    auto m = load_indexer(opts.indexer_path);
+    auto m = std::make_shared<IndexerModel>(select_targets(*load_indexer(opts.indexer_path), opts.indexer_layers));
     FM_CHECK(m->shape.d_model == mi.d_model && m->shape.n_kv_heads == mi.n_kv_heads &&
                  m->shape.head_dim == mi.head_dim && m->keys.layers.back() < mi.n_layers &&
                  m->shape.rope.n_rot == mi.rope.n_rot && m->shape.rope.freq_base == mi.rope.freq_base,

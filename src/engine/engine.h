@@ -31,6 +31,7 @@ struct EngineOptions {
   KvType kv_type = KvType::kF16;
   int page_tokens = 64;
   std::string indexer_path;      // a trained Memory Indexer (safetensors) for policy lsa
+  std::vector<int> indexer_layers;  // score with these of its target layers only (empty: all)
 };
 
 struct GenerateOptions {

@@ -1,5 +1,6 @@
 #include "train/indexer_model.h"
 
+#include <algorithm>
 #include <cmath>
 #include <cstdio>
 #include <cstring>
@@ -173,6 +174,30 @@ void save_indexer(const std::string& path, const IndexerModel& m, const std::map
     f.tensors[pre + "bias"] = f32_tensor({l.bias}, {1});
   }
   write_safetensors(path, f);
+}
+
+IndexerModel select_targets(const IndexerModel& m, std::vector<int> layers) {
+  if (layers.empty()) return m;
+  std::sort(layers.begin(), layers.end());
+  FM_CHECK(std::adjacent_find(layers.begin(), layers.end()) == layers.end(), ErrorCode::kInvalidArgument,
+           "indexer layers must not repeat");
+  IndexerModel r;
+  r.shape = m.shape;
+  r.keys = m.keys;
+  r.keys.layers = layers;
+  for (int L : layers) {
+    const auto it = std::find(m.keys.layers.begin(), m.keys.layers.end(), L);
+    if (it == m.keys.layers.end()) {
+      std::string have;
+      for (int l : m.keys.layers) {
+        if (!have.empty()) have += ',';
+        have += std::to_string(l);
+      }
+      FM_FAIL(ErrorCode::kInvalidArgument, "the indexer has no scorer for layer ", L, " (its target layers: ", have, ")");
+    }
+    r.layers.push_back(m.layers[static_cast<size_t>(it - m.keys.layers.begin())]);
+  }
+  return r;
 }
 
 std::map<std::string, std::string> indexer_metadata(const std::string& path) {

@@ -39,16 +39,7 @@ CLI::App* add_eval_command(CLI::App& app, EvalArgs& a) {
   c->add_option("--sink", a.memory.sink, "First tokens always resident")->check(CLI::Range(int64_t{0}, int64_t{1} << 30));
   c->add_option("--tail", a.memory.tail, "Newest tokens always resident")->check(CLI::Range(int64_t{0}, int64_t{1} << 30));
   c->add_option("--page-tokens", a.page_tokens, "Tokens per KV page (the unit of residency)")->check(CLI::Range(1, 4096));
-  c->add_option("--indexer", a.memory.indexer, "Memory Indexer checkpoint for lsa (default: the shipped one)")
-      ->check(CLI::ExistingFile);
-  c->add_option("--lsa-threshold", a.memory.lsa_threshold, "lsa: chunk score threshold theta")->check(CLI::Range(0.001, 0.999));
-  c->add_option("--lsa-ensemble", a.memory.lsa_ensemble, "lsa: ensemble over target layers")
-      ->check(CLI::IsMember({"max", "mean"}));
-  c->add_option("--lsa-widen-kept", a.memory.lsa_widen_kept, "lsa: kept fraction that widens a request to full KV")
-      ->check(CLI::Range(0.001, 1.0));
-  c->add_flag("--lsa-no-widen", a.memory.lsa_no_widen, "lsa: never widen (no needle fallback)");
-  c->add_option("--lsa-spread", a.memory.lsa_spread, "lsa: neighbouring chunks a chosen chunk pulls in (0: off; default 1)")
-      ->check(CLI::Range(0, 64));
+  add_lsa_options(c, a.memory);
   c->add_option("--data", a.data, "Data file (LongBench-v2 / LongMemEval JSON)")->check(CLI::ExistingFile);
   c->add_option("--max-length", a.max_length, "Context limit for LongBench-v2/LongMemEval prompts (middle-truncated)");
   c->add_option("--out", a.out, "Results directory (results.jsonl, summary.md, plot.png)");
@@ -155,6 +146,7 @@ int eval_command(const EvalArgs& a) {
   probe.reset();
   eo.n_ctx = need_ctx;
   eo.indexer_path = indexer_path(a.memory, a.model, lsa_wanted);
+  eo.indexer_layers = a.memory.lsa_layers;
   auto eng = Engine::load(eo);
   const std::string where = backend_label(*eng);
 
@@ -220,6 +212,7 @@ int eval_command(const EvalArgs& a) {
         rec.extra["widen_reason"] = g.kv.widen_reason;
         rec.extra["lsa_kept_fraction"] = g.kv.lsa_kept_fraction;
         rec.extra["lsa_spread"] = a.memory.lsa_spread;
+        rec.extra["lsa_layers"] = eng->indexer()->keys_config().layers;
       }
       writer.append(rec);
       progress.tick(1, item.task + " " + std::to_string(item.length) + " " + r->policy + " " + r->budget);

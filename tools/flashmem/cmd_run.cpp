@@ -71,6 +71,7 @@ int run_command(const RunArgs& a) {
   eo.kv_type = a.kv_type == "f32" ? KvType::kF32 : KvType::kF16;
   eo.page_tokens = a.page_tokens;
   eo.indexer_path = indexer_path(a.memory, a.model, a.memory.policy == "lsa");
+  eo.indexer_layers = a.memory.lsa_layers;
   auto eng = Engine::load(eo);
 
   std::string text = a.prompt_file.empty() ? a.prompt : read_file(a.prompt_file);

@@ -25,7 +25,7 @@ CLI::App* add_train_indexer_command(CLI::App& app, TrainIndexerArgs& a) {
   c->add_option("--out", a.out, "Checkpoint to write (.safetensors)");
   c->add_option("--evaluate", a.evaluate, "Score this checkpoint on the test split (no training)")->check(CLI::ExistingFile);
   c->add_option("--pooling", a.pooling, "Index-key pooling")->check(CLI::IsMember({"post_rope_mean", "pre_rope_mean"}));
-  c->add_option("--layers", a.layers, "Target layers (default: all in the dump)")->delimiter(',');
+  c->add_option("--layers", a.layers, "Target layers (default: all in the dump; with --evaluate: which of the checkpoint's)")->delimiter(',');
   c->add_option("--min-hits", a.min_hits, "Heads that must hit a chunk for it to be golden (default 30; with --evaluate the checkpoint's)")
       ->check(CLI::Range(1, 1 << 20));
   c->add_option("--heads", a.heads, "Indexer query heads")->check(CLI::Range(1, 1024));
@@ -78,7 +78,7 @@ int train_indexer_command(const TrainIndexerArgs& a) {
   IndexerModel model;
   nlohmann::json report;
   if (!a.evaluate.empty()) {
-    model = *load_indexer(a.evaluate);
+    model = select_targets(*load_indexer(a.evaluate), a.layers);  // --layers: a subset of its scorers
     lo.pooling = model.keys.pooling;
     lo.layers = model.keys.layers;
     const auto md = indexer_metadata(a.evaluate);
@@ -140,6 +140,14 @@ int train_indexer_command(const TrainIndexerArgs& a) {
     }
     report["first_step_loss"] = r.step_losses.front();
     report["last_step_loss"] = r.step_losses.back();
+  }
+  if (!a.evaluate.empty()) {  // choose among scorers and ensembles on validation, not on test
+    const auto val_files = files_of((fs::path(a.data) / "val").string());
+    if (!val_files.empty()) {
+      const train::IndexerMetrics mv = train::evaluate_indexer(model, train::load_dataset(val_files, lo), a.threads);
+      std::printf("Validation (%zu documents):\n%s", val_files.size(), train::render_metrics(mv).c_str());
+      report["validation"] = metrics_json(mv);
+    }
   }
   const train::IndexerDataset te = train::load_dataset(test_files, lo);
   const train::IndexerMetrics m = train::evaluate_indexer(model, te, a.threads);

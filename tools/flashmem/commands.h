@@ -31,8 +31,11 @@ struct MemoryArgs {
   float lsa_widen_kept = 0.5f;
   bool lsa_no_widen = false;
   int lsa_spread = 1;
+  std::vector<int> lsa_layers;  // of the indexer's target layers (empty: all)
 };
 void add_memory_options(CLI::App* c, MemoryArgs& a);
+// The lsa flags alone (--indexer, --lsa-*); add_memory_options includes them.
+void add_lsa_options(CLI::App* c, MemoryArgs& a);
 // Parsed and validated; Error(kInvalidArgument) with a clear message otherwise.
 ResidencyOptions residency_options(const MemoryArgs& a);
 // The indexer checkpoint to load for these flags: --indexer, or the one shipped in the source

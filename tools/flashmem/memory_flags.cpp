@@ -22,8 +22,15 @@ void add_memory_options(CLI::App* c, MemoryArgs& a) {
   c->add_option("--tail", a.tail, "Newest tokens that always stay resident")
       ->check(CLI::Range(int64_t{0}, int64_t{1} << 30));
   c->add_option("--policy-seed", a.seed, "Seed of the random policy");
+  add_lsa_options(c, a);
+}
+
+void add_lsa_options(CLI::App* c, MemoryArgs& a) {
   c->add_option("--indexer", a.indexer, "Memory Indexer checkpoint for --policy lsa (default: the shipped one)")
       ->check(CLI::ExistingFile);
+  c->add_option("--lsa-layers", a.lsa_layers,
+                "lsa: score with these of the indexer's target layers only, e.g. 4,8 (default: all)")
+      ->delimiter(',');
   c->add_option("--lsa-threshold", a.lsa_threshold, "lsa: chunk score threshold theta")->check(CLI::Range(0.001, 0.999));
   c->add_option("--lsa-ensemble", a.lsa_ensemble, "lsa: ensemble over target layers")
       ->check(CLI::IsMember({"max", "mean"}));
