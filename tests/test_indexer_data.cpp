@@ -6,6 +6,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdio>
+#include <cstring>
 #include <filesystem>
 #include <fstream>
 #include <random>
@@ -205,6 +206,7 @@ TEST(ChunkHits, EachHeadHitsTheShortestTopPPrefixOfItsChunkMass) {
   rec.after_attend(be, 0, p, q.data(), pos, 1, pages, ids);
   // Reference in double.
   std::vector<int> want(4, 0);
+  std::vector<double> want_mass(4, 0.0);  // averaged over the two heads
   for (int h = 0; h < 2; ++h) {
     std::vector<double> s;
     for (int t = 0; t < 13; ++t) {
@@ -218,6 +220,7 @@ TEST(ChunkHits, EachHeadHitsTheShortestTopPPrefixOfItsChunkMass) {
     std::vector<double> mass(4, 0.0);
     for (int t = 0; t < 13; ++t) sum += std::exp(s[t] - mx);
     for (int t = 0; t < 13; ++t) mass[t / 4] += std::exp(s[t] - mx) / sum;
+    for (int ch = 0; ch < 4; ++ch) want_mass[ch] += mass[ch] / 2.0;
     std::vector<int> order = {0, 1, 2, 3};
     std::sort(order.begin(), order.end(), [&](int a, int b) { return mass[a] > mass[b]; });
     double cum = 0.0;
@@ -234,6 +237,25 @@ TEST(ChunkHits, EachHeadHitsTheShortestTopPPrefixOfItsChunkMass) {
   for (int n : got) total += n;
   EXPECT_GE(total, 2);  // every head hits at least its top chunk
   EXPECT_TRUE(rec.step_hits(1).empty());
+  // The step's mass per chunk, averaged over (layer, head) pairs: sums to 1.
+  const auto ms = rec.step_mass(0);
+  ASSERT_EQ(ms.size(), 4u);
+  double total_mass = 0.0;
+  for (const auto& [ch, m] : ms) {
+    ASSERT_FALSE(std::isnan(m));
+    EXPECT_NEAR(m, want_mass[ch], 1e-5) << "chunk " << ch;
+    total_mass += m;
+  }
+  EXPECT_NEAR(total_mass, 1.0, 1e-5);
+  // A second layer at the same step counts as two more pairs: the average stays a distribution.
+  rec.after_attend(be, 1, p, q.data(), pos, 1, pages, ids);
+  double total2 = 0.0;
+  for (const auto& [ch, m] : rec.step_mass(0)) {
+    EXPECT_NEAR(m, want_mass[ch], 1e-5) << "chunk " << ch << " after a second identical layer";
+    total2 += m;
+  }
+  EXPECT_NEAR(total2, 1.0, 1e-5);
+  EXPECT_TRUE(rec.step_mass(1).empty());
 }
 
 // ---- dump files --------------------------------------------------------------------------
@@ -270,6 +292,16 @@ train::DumpDoc small_doc() {
   return d;
 }
 
+// small_doc with attention mass per step (chunks 0-9): step 0 {0: .5, 3: .1, 5: .2, 7: .2},
+// step 1 {4: .6, 5: .1, 9: .3}, step 2 {6: .7, 9: .3}.
+train::DumpDoc small_doc_with_mass() {
+  train::DumpDoc d = small_doc();
+  d.mass_ptr = {0, 4, 7, 9};
+  d.mass_chunk = {0, 3, 5, 7, 4, 5, 9, 6, 9};
+  d.mass_value = {0.5f, 0.1f, 0.2f, 0.2f, 0.6f, 0.1f, 0.3f, 0.7f, 0.3f};
+  return d;
+}
+
 std::string temp_path(const char* name) {
   return (std::filesystem::temp_directory_path() / name).string();
 }
@@ -287,6 +319,19 @@ TEST(DumpFile, RoundTripAndSplits) {
   EXPECT_EQ(r.hit_count, d.hit_count);
   EXPECT_EQ(r.keys, d.keys);
   EXPECT_EQ(r.scales, d.scales);
+  EXPECT_TRUE(r.mass_ptr.empty());
+  const train::DumpDoc dm = small_doc_with_mass();
+  train::write_dump(path, dm);
+  const train::DumpDoc rm = train::read_dump(path);
+  EXPECT_EQ(rm.mass_ptr, dm.mass_ptr);
+  EXPECT_EQ(rm.mass_chunk, dm.mass_chunk);
+  EXPECT_EQ(rm.mass_value, dm.mass_value);
+  train::DumpDoc bad = dm;
+  bad.mass_value[2] = -0.5f;
+  EXPECT_THROW(train::write_dump(path, bad), Error);
+  bad = dm;
+  bad.mass_ptr.pop_back();
+  EXPECT_THROW(train::write_dump(path, bad), Error);
   // Splits: stable, and about 80/10/10 over many names.
   int n[3] = {0, 0, 0};
   for (int i = 0; i < 2000; ++i) {
@@ -330,6 +375,19 @@ TEST(DumpFile, DamagedFilesAreRefusedWithAClearError) {
   b = bytes;
   b[8] = 9;
   refused(b, "unknown version");
+  {  // version 1 (before the mass arrays) is still read, with its checksum redone
+    b = bytes;
+    b[8] = 1;
+    uint64_t h = 0xcbf29ce484222325ull;
+    for (size_t i = 0; i + 8 < b.size(); ++i) {
+      h ^= static_cast<uint8_t>(b[i]);
+      h *= 0x100000001b3ull;
+    }
+    std::memcpy(b.data() + b.size() - 8, &h, 8);
+    std::ofstream out(path, std::ios::binary | std::ios::trunc);
+    out.write(b.data(), static_cast<std::streamsize>(b.size()));
+  }
+  EXPECT_EQ(train::read_dump(path).name, small_doc().name);
   refused(std::vector<char>(bytes.begin(), bytes.begin() + 20), "shorter than a header");
   EXPECT_THROW(train::read_dump(temp_path("flashmem_no_such_file.fmd")), Error);
   train::DumpDoc bad = small_doc();
@@ -362,6 +420,45 @@ TEST(DumpFile, DatasetLabelsAreTheWindowUnionOverCandidates) {
   EXPECT_FLOAT_EQ(doc.hidden[4], 5.0f);
   o.pooling = "pre_rope_mean";
   EXPECT_THROW(train::load_dataset({path}, o), Error);
+  // Labels by mass need mass arrays: a file without them is refused, naming it.
+  o.pooling = "post_rope_mean";
+  o.labels = train::LabelKind::kMass;
+  try {
+    train::load_dataset({path}, o);
+    ADD_FAILURE() << "labels by mass from a file without mass";
+  } catch (const Error& e) {
+    EXPECT_EQ(e.code(), ErrorCode::kFormat);
+    EXPECT_NE(std::string(e.what()).find(path), std::string::npos) << e.what();
+  }
+}
+
+TEST(DumpFile, LabelsByMassAreTheTopShareOfTheWindowsCandidateMass) {
+  const std::string path = temp_path("flashmem_test_mass.fmd");
+  train::write_dump(path, small_doc_with_mass());
+  train::LoadOptions o;
+  o.sink_tokens = 8;
+  o.tail_tokens = 8;
+  o.labels = train::LabelKind::kMass;
+  auto golden = [&](float share, int point) {
+    o.mass_top_p = share;
+    const train::IndexerDataset ds = train::load_dataset({path}, o);
+    const train::IndexerDoc& doc = ds.docs.at(0);
+    EXPECT_EQ(ds.max_hits, 1.0f);  // no hit weighting
+    for (float w : doc.label_hits) EXPECT_EQ(w, 1.0f);
+    return std::vector<int32_t>(doc.label_idx.begin() + doc.label_ptr[point],
+                                doc.label_idx.begin() + doc.label_ptr[point + 1]);
+  };
+  // Point 0, candidates [2, 8), window steps 0-1: 3 → .1, 4 → .6, 5 → .3, 7 → .2 (total 1.2;
+  // chunks 0 and 9 are outside). 40% needs .48: chunk 4; 60% needs .72: chunks 4 and 5.
+  EXPECT_EQ(golden(0.4f, 0), (std::vector<int32_t>{4}));
+  EXPECT_EQ(golden(0.6f, 0), (std::vector<int32_t>{4, 5}));
+  EXPECT_EQ(golden(1.0f, 0), (std::vector<int32_t>{3, 4, 5, 7}));
+  // Point 1, window step 2 only: 6 → .7 is the only candidate with mass.
+  EXPECT_EQ(golden(0.9f, 1), (std::vector<int32_t>{6}));
+  o.mass_top_p = 0.0f;
+  EXPECT_THROW(train::load_dataset({path}, o), Error);
+  EXPECT_EQ(train::parse_labels("mass"), train::LabelKind::kMass);
+  EXPECT_THROW(train::parse_labels("weights"), Error);
 }
 
 }  // namespace

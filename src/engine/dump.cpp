@@ -127,6 +127,14 @@ train::DumpDoc dump_document(Engine& eng, const DumpInput& in, const DumpSetting
     }
     d.hit_ptr.push_back(static_cast<int32_t>(d.hit_chunk.size()));
   }
+  d.mass_ptr.push_back(0);
+  for (int64_t t = 0; t < d.n_steps; ++t) {
+    for (const auto& [c, m] : hits.step_mass(t)) {
+      d.mass_chunk.push_back(c);
+      d.mass_value.push_back(m);
+    }
+    d.mass_ptr.push_back(static_cast<int32_t>(d.mass_chunk.size()));
+  }
   d.check();
   return d;
 }

@@ -5,7 +5,9 @@
 // exact attention probabilities are summed per chunk (Backend::chunk_mass, on the backend that
 // attention ran on); the head "hits" the shortest set of chunks that, taken by decreasing mass,
 // reaches top_p of its attention (always at least its top chunk). A step's hit count of a chunk
-// is the number of (layer, head) pairs that hit it.
+// is the number of (layer, head) pairs that hit it. The recorder also keeps each chunk's
+// attention mass averaged over all (layer, head) pairs of the step: the labels by mass
+// (train/dump.h) rank chunks by it.
 #pragma once
 
 #include <cstdint>
@@ -43,12 +45,18 @@ class ChunkHitRecorder final : public AttendHook {
   int64_t steps() const { return static_cast<int64_t>(hits_.size()); }
   // (chunk, hits) of step s, chunks ascending, hits ≥ 1.
   std::vector<std::pair<int32_t, int32_t>> step_hits(int64_t s) const;
+  // (chunk, mass) of step s, chunks ascending, mass > 0: the chunk's attention probability
+  // summed over its tokens and averaged over every (layer, head) pair of the step (so a
+  // step's masses sum to 1).
+  std::vector<std::pair<int32_t, float>> step_mass(int64_t s) const;
 
  private:
   int chunk_tokens_;
   float top_p_;
   int64_t step_ = 0;
   std::vector<std::vector<int32_t>> hits_;  // [step][chunk]
+  std::vector<std::vector<double>> mass_sum_;  // [step][chunk], summed over (layer, head)
+  std::vector<int64_t> pairs_;               // [step] (layer, head) pairs recorded
   ChunkMassReader mass_;
   std::vector<std::pair<float, int32_t>> order_;
 };

@@ -44,7 +44,9 @@ ArrayRef ref(std::string name, const char* dtype, const std::vector<T>& v) {
 std::vector<ArrayRef> arrays_of(const DumpDoc& d) {
   std::vector<ArrayRef> a = {ref("point_step", "i32", d.point_step), ref("point_pos", "i32", d.point_pos),
                              ref("hidden", "f16", d.hidden), ref("hit_ptr", "i32", d.hit_ptr),
-                             ref("hit_chunk", "i32", d.hit_chunk), ref("hit_count", "i32", d.hit_count)};
+                             ref("hit_chunk", "i32", d.hit_chunk), ref("hit_count", "i32", d.hit_count),
+                             ref("mass_ptr", "i32", d.mass_ptr), ref("mass_chunk", "i32", d.mass_chunk),
+                             ref("mass_value", "f32", d.mass_value)};
   for (size_t p = 0; p < d.poolings.size(); ++p)
     for (size_t t = 0; t < d.target_layers.size(); ++t) {
       const std::string sfx = d.poolings[p] + "." + std::to_string(d.target_layers[t]);
@@ -52,6 +54,43 @@ std::vector<ArrayRef> arrays_of(const DumpDoc& d) {
       a.push_back(ref("scales." + sfx, "f32", d.scales[p][t]));
     }
   return a;
+}
+
+// best[c − cb] = the label weight (0: not golden) of candidate c ∈ [cb, ce) for the window
+// [t0, t1): hits — the largest hit count ≥ min_hits; mass — 1 for the top mass_top_p by mass.
+void hit_labels(const DumpDoc& d, const LoadOptions& o, int32_t cb, int32_t ce, int64_t t0, int64_t t1,
+                std::vector<int32_t>& best) {
+  best.assign(static_cast<size_t>(std::max(ce - cb, 0)), 0);
+  for (int64_t t = t0; t < t1; ++t)
+    for (int32_t k = d.hit_ptr[t]; k < d.hit_ptr[t + 1]; ++k) {
+      const int32_t c = d.hit_chunk[k];
+      if (c >= cb && c < ce && d.hit_count[k] >= o.min_hits) best[c - cb] = std::max(best[c - cb], d.hit_count[k]);
+    }
+}
+
+void mass_labels(const DumpDoc& d, const LoadOptions& o, int32_t cb, int32_t ce, int64_t t0, int64_t t1,
+                 std::vector<int32_t>& best) {
+  const size_t n = static_cast<size_t>(std::max(ce - cb, 0));
+  best.assign(n, 0);
+  std::vector<double> w(n, 0.0);
+  for (int64_t t = t0; t < t1; ++t)
+    for (int32_t k = d.mass_ptr[t]; k < d.mass_ptr[t + 1]; ++k) {
+      const int32_t c = d.mass_chunk[k];
+      if (c >= cb && c < ce) w[c - cb] += d.mass_value[k];
+    }
+  double total = 0.0;
+  for (double x : w) total += x;
+  if (total <= 0.0) return;
+  std::vector<int32_t> order(n);
+  for (size_t i = 0; i < n; ++i) order[i] = static_cast<int32_t>(i);
+  std::sort(order.begin(), order.end(), [&](int32_t a, int32_t b) { return w[a] != w[b] ? w[a] > w[b] : a < b; });
+  double cum = 0.0;
+  for (int32_t i : order) {  // the shortest prefix reaching mass_top_p of the total
+    if (w[i] <= 0.0) break;
+    best[i] = 1;
+    cum += w[i];
+    if (cum >= o.mass_top_p * total) break;
+  }
 }
 
 }  // namespace
@@ -69,6 +108,16 @@ void DumpDoc::check() const {
            ErrorCode::kFormat, "dump ", name, ": hit arrays disagree");
   for (size_t t = 0; t + 1 < hit_ptr.size(); ++t)
     FM_CHECK(hit_ptr[t] <= hit_ptr[t + 1], ErrorCode::kFormat, "dump ", name, ": hit_ptr decreases");
+  if (!mass_ptr.empty() || !mass_chunk.empty() || !mass_value.empty()) {
+    FM_CHECK(mass_ptr.size() == static_cast<size_t>(n_steps) + 1 && mass_ptr.front() == 0 &&
+                 static_cast<size_t>(mass_ptr.back()) == mass_chunk.size() && mass_value.size() == mass_chunk.size(),
+             ErrorCode::kFormat, "dump ", name, ": mass arrays disagree");
+    for (size_t t = 0; t + 1 < mass_ptr.size(); ++t)
+      FM_CHECK(mass_ptr[t] <= mass_ptr[t + 1], ErrorCode::kFormat, "dump ", name, ": mass_ptr decreases");
+    for (size_t k = 0; k < mass_chunk.size(); ++k)
+      FM_CHECK(mass_chunk[k] >= 0 && mass_value[k] >= 0.0f && mass_value[k] <= 1.0f + 1e-3f, ErrorCode::kFormat,
+               "dump ", name, ": bad attention mass ", mass_value[k], " of chunk ", mass_chunk[k]);
+  }
   for (size_t s = 0; s < S; ++s)
     FM_CHECK(point_step[s] >= 0 && point_step[s] <= n_steps && point_pos[s] >= 0, ErrorCode::kFormat,
              "dump ", name, ": decision point ", s, " out of range");
@@ -151,8 +200,8 @@ DumpDoc read_dump(const std::string& path) {
   uint64_t hl = 0, sum = 0;
   std::memcpy(&ver, buf.data() + 8, 4);
   std::memcpy(&hl, buf.data() + 16, 8);
-  FM_CHECK(ver == kDumpVersion, ErrorCode::kFormat, path, ": dump version ", ver, ", this build reads ",
-           kDumpVersion);
+  FM_CHECK(ver == 1 || ver == kDumpVersion, ErrorCode::kFormat, path, ": dump version ", ver,
+           ", this build reads 1 to ", kDumpVersion);
   FM_CHECK(hl <= kMaxHeader && 24 + hl + 8 <= buf.size(), ErrorCode::kFormat, path, ": bad header length ", hl);
   std::memcpy(&sum, buf.data() + buf.size() - 8, 8);
   FM_CHECK(fnv1a(buf.data(), buf.size() - 8) == sum, ErrorCode::kFormat, path,
@@ -204,6 +253,9 @@ DumpDoc read_dump(const std::string& path) {
       else if (n == "hit_ptr") read_into(d.hit_ptr, count);
       else if (n == "hit_chunk") read_into(d.hit_chunk, count);
       else if (n == "hit_count") read_into(d.hit_count, count);
+      else if (n == "mass_ptr") read_into(d.mass_ptr, count);
+      else if (n == "mass_chunk") read_into(d.mass_chunk, count);
+      else if (n == "mass_value") read_into(d.mass_value, count);
       else {
         bool found = false;
         for (size_t p = 0; p < d.poolings.size() && !found; ++p)
@@ -224,11 +276,23 @@ DumpDoc read_dump(const std::string& path) {
   return d;
 }
 
+LabelKind parse_labels(const std::string& s) {
+  if (s == "hits") return LabelKind::kHits;
+  if (s == "mass") return LabelKind::kMass;
+  FM_FAIL(ErrorCode::kInvalidArgument, "unknown labels '", s, "' (known: hits, mass)");
+}
+
+const char* labels_name(LabelKind k) { return k == LabelKind::kMass ? "mass" : "hits"; }
+
 IndexerDataset load_dataset(const std::vector<std::string>& paths, const LoadOptions& o) {
   IndexerDataset ds;
   FM_CHECK(!paths.empty(), ErrorCode::kInvalidArgument, "no dump files given");
+  FM_CHECK(o.mass_top_p > 0.0f && o.mass_top_p <= 1.0f, ErrorCode::kInvalidArgument,
+           "the mass share of the labels must be in (0, 1], got ", o.mass_top_p);
   for (const std::string& path : paths) {
     const DumpDoc d = read_dump(path);
+    FM_CHECK(o.labels != LabelKind::kMass || !d.mass_ptr.empty(), ErrorCode::kFormat, path,
+             " holds no attention mass (a version-1 dump): labels by mass need a newer dump");
     const auto pit = std::find(d.poolings.begin(), d.poolings.end(), o.pooling);
     FM_CHECK(pit != d.poolings.end(), ErrorCode::kFormat, path, " has no keys pooled as ", o.pooling);
     const size_t pi = static_cast<size_t>(pit - d.poolings.begin());
@@ -247,7 +311,7 @@ IndexerDataset load_dataset(const std::vector<std::string>& paths, const LoadOpt
       ds.target_layers = layers;
       ds.rope = d.rope;
       ds.chunk_tokens = d.chunk_tokens;
-      ds.max_hits = static_cast<float>(d.n_layers * d.n_heads);
+      ds.max_hits = o.labels == LabelKind::kHits ? static_cast<float>(d.n_layers * d.n_heads) : 1.0f;
     }
     FM_CHECK(ds.d_model == d.d_model && ds.n_kv_heads == d.n_kv_heads && ds.head_dim == d.head_dim &&
                  ds.chunk_tokens == d.chunk_tokens,
@@ -269,15 +333,11 @@ IndexerDataset load_dataset(const std::vector<std::string>& paths, const LoadOpt
       const int64_t me = std::max(mb, pages - ceil_div(o.tail_tokens, pt));
       const int32_t cb = static_cast<int32_t>(std::min(d.n_chunks, mb * cpp));
       const int32_t ce = static_cast<int32_t>(std::min(d.n_chunks, me * cpp));
-      // Golden: hit by ≥ min_hits heads at some step of [step, step + τ).
-      best.assign(static_cast<size_t>(std::max(ce - cb, 0)), 0);
       const int64_t t1 = std::min<int64_t>(d.n_steps, int64_t{d.point_step[s]} + d.tau);
-      for (int64_t t = d.point_step[s]; t < t1; ++t)
-        for (int32_t k = d.hit_ptr[t]; k < d.hit_ptr[t + 1]; ++k) {
-          const int32_t c = d.hit_chunk[k];
-          if (c >= cb && c < ce && d.hit_count[k] >= o.min_hits)
-            best[c - cb] = std::max(best[c - cb], d.hit_count[k]);
-        }
+      if (o.labels == LabelKind::kHits)
+        hit_labels(d, o, cb, ce, d.point_step[s], t1, best);
+      else
+        mass_labels(d, o, cb, ce, d.point_step[s], t1, best);
       doc.position.push_back(d.point_pos[s]);
       doc.cand_begin.push_back(cb);
       doc.cand_end.push_back(ce);

@@ -1,5 +1,5 @@
 // flashmem/train/dump.h — `flashmem dump` files: what the Memory Indexer is trained from
-// (DESIGN.md §4; the format is documented in docs/formats.md).
+// (DESIGN.md §4; the format is documented in docs/indexer.md).
 //
 // One file per document. It holds, for a run of the model with full attention:
 //  * decision points: decode steps s (every `point_stride` steps, s = 0 right after prefill)
@@ -7,6 +7,8 @@
 //    step s and its position — what Level 1 scores from at step s;
 //  * per decode step, the chunks the model's attention hit and how many (layer, head) pairs
 //    hit them (CSR: step t owns [hit_ptr[t], hit_ptr[t+1]));
+//  * (version 2) per decode step, every chunk's attention mass averaged over all (layer, head)
+//    pairs (CSR like the hits; a step's masses sum to 1);
 //  * the index keys of every chunk of every completed page, per pooling and target layer.
 // File layout: 8-byte magic "FMDUMP\r\n", u32 version, u32 0, u64 header length, the header
 // (JSON: scalars and the list of arrays with dtype and element count), the arrays in that
@@ -22,7 +24,7 @@
 
 namespace flashmem::train {
 
-inline constexpr uint32_t kDumpVersion = 1;
+inline constexpr uint32_t kDumpVersion = 2;  // read_dump also reads version 1 (no mass arrays)
 
 struct DumpDoc {
   // What and where from.
@@ -45,6 +47,10 @@ struct DumpDoc {
   // Attention hits per decode step.
   std::vector<int32_t> hit_ptr;                // [n_steps + 1]
   std::vector<int32_t> hit_chunk, hit_count;   // [nnz]
+  // Attention mass per decode step (version 2; empty in version-1 files).
+  std::vector<int32_t> mass_ptr;               // [n_steps + 1]
+  std::vector<int32_t> mass_chunk;             // [nnz]
+  std::vector<float> mass_value;               // [nnz]
   // Index keys.
   int64_t n_chunks = 0;
   std::vector<std::vector<std::vector<uint8_t>>> keys;  // [pooling][target][n_chunks × key_dim]
@@ -65,9 +71,23 @@ void write_dump(const std::string& path, const DumpDoc& d);
 // checksum.
 DumpDoc read_dump(const std::string& path);
 
+// What makes a chunk golden for a decision point at step s (candidates: chunks of the middle
+// pages, the ones that exist at s).
+//   hits: hit by ≥ min_hits (layer, head) pairs at some step of [s, s + τ); positives are
+//         weighted by their largest hit count.
+//   mass: the smallest set of candidates that, taken by decreasing attention mass summed over
+//         [s, s + τ), holds mass_top_p of the candidates' mass (at least one chunk when any
+//         has mass); positives weigh the same. Needs version-2 files.
+enum class LabelKind { kHits, kMass };
+// "hits" or "mass"; Error(kInvalidArgument) otherwise.
+LabelKind parse_labels(const std::string& s);
+const char* labels_name(LabelKind k);
+
 struct LoadOptions {
   std::string pooling = "post_rope_mean";
+  LabelKind labels = LabelKind::kHits;
   int min_hits = 1;             // a chunk is golden at a step when hit by ≥ min_hits heads
+  float mass_top_p = 0.5f;      // labels by mass: the share of the candidates' mass
   int64_t sink_tokens = 64;     // the residency's sink and tail: their chunks are never scored
   int64_t tail_tokens = 64;
   std::vector<int> layers;      // target layers to keep (empty: all in the files)

@@ -28,6 +28,12 @@ CLI::App* add_train_indexer_command(CLI::App& app, TrainIndexerArgs& a) {
   c->add_option("--layers", a.layers, "Target layers (default: all in the dump; with --evaluate: which of the checkpoint's)")->delimiter(',');
   c->add_option("--min-hits", a.min_hits, "Heads that must hit a chunk for it to be golden (default 30; with --evaluate the checkpoint's)")
       ->check(CLI::Range(1, 1 << 20));
+  c->add_option("--labels", a.labels,
+                "Golden chunks: hits (≥ --min-hits heads) or mass (top --mass-top-p of the attention mass; "
+                "dump version 2); default hits, with --evaluate the checkpoint's")
+      ->check(CLI::IsMember({"hits", "mass"}));
+  c->add_option("--mass-top-p", a.mass_top_p, "Labels by mass: share of the window's candidate mass (default 0.5)")
+      ->check(CLI::Range(0.001, 1.0));
   c->add_option("--heads", a.heads, "Indexer query heads")->check(CLI::Range(1, 1024));
   c->add_option("--rank", a.rank, "Query low-rank width (wq_a)")->check(CLI::Range(1, 1 << 16));
   c->add_option("--epochs", a.epochs, "Epochs")->check(CLI::Range(1, 100000));
@@ -72,6 +78,8 @@ int train_indexer_command(const TrainIndexerArgs& a) {
   train::LoadOptions lo;
   lo.pooling = a.pooling;
   lo.min_hits = a.min_hits > 0 ? a.min_hits : 30;
+  lo.labels = train::parse_labels(a.labels.empty() ? "hits" : a.labels);
+  lo.mass_top_p = a.mass_top_p > 0.0f ? a.mass_top_p : 0.5f;
   lo.layers = a.layers;
   const auto test_files = files_of((fs::path(a.data) / "test").string());
   FM_CHECK(!test_files.empty(), ErrorCode::kInvalidArgument, a.data, "/test holds no .fmd files");
@@ -82,6 +90,14 @@ int train_indexer_command(const TrainIndexerArgs& a) {
     lo.pooling = model.keys.pooling;
     lo.layers = model.keys.layers;
     const auto md = indexer_metadata(a.evaluate);
+    if (a.labels.empty() && md.count("train.labels")) lo.labels = train::parse_labels(md.at("train.labels"));
+    if (a.mass_top_p == 0.0f && md.count("train.mass_top_p")) {
+      try {
+        lo.mass_top_p = std::stof(md.at("train.mass_top_p"));
+      } catch (const std::logic_error&) {
+        FM_FAIL(ErrorCode::kFormat, a.evaluate, ": bad train.mass_top_p '", md.at("train.mass_top_p"), "'");
+      }
+    }
     if (a.min_hits == 0 && md.count("train.min_hits")) {
       try {
         lo.min_hits = std::max(1, std::stoi(md.at("train.min_hits")));
@@ -111,7 +127,10 @@ int train_indexer_command(const TrainIndexerArgs& a) {
     o.pooling = a.pooling;
     std::fprintf(stderr, "[flashmem] training on %zu documents (%zu validation), layers", tr.docs.size(), va.docs.size());
     for (int l : tr.target_layers) std::fprintf(stderr, " %d", l);
-    std::fprintf(stderr, ", pooling %s, min hits %d\n", a.pooling.c_str(), lo.min_hits);
+    if (lo.labels == train::LabelKind::kMass)
+      std::fprintf(stderr, ", pooling %s, labels by mass (top %.2f)\n", a.pooling.c_str(), lo.mass_top_p);
+    else
+      std::fprintf(stderr, ", pooling %s, min hits %d\n", a.pooling.c_str(), lo.min_hits);
     std::unique_ptr<eval::Progress> bar;
     const train::TrainResult r = train::train_indexer(tr, val_files.empty() ? nullptr : &va, o, [&](const train::TrainProgress& p) {
       if (!bar) bar = std::make_unique<eval::Progress>(p.total_steps, "train-indexer");
@@ -128,6 +147,8 @@ int train_indexer_command(const TrainIndexerArgs& a) {
     model = r.model;
     auto md = r.metadata;
     md["train.min_hits"] = std::to_string(lo.min_hits);
+    md["train.labels"] = train::labels_name(lo.labels);
+    if (lo.labels == train::LabelKind::kMass) md["train.mass_top_p"] = std::to_string(lo.mass_top_p);
     md["train.data"] = fs::path(a.data).filename().string();
     save_indexer(a.out, model, md);
     std::fprintf(stderr, "[flashmem] best epoch %d; checkpoint %s (%.2f MiB)\n", r.best_epoch, a.out.c_str(),

@@ -145,6 +145,8 @@ struct TrainIndexerArgs {
   std::string pooling = "post_rope_mean";
   std::vector<int> layers;
   int min_hits = 0;     // 0: 30 when training, the checkpoint's own with --evaluate
+  std::string labels;   // "hits" or "mass"; empty: hits when training, the checkpoint's with --evaluate
+  float mass_top_p = 0.0f;  // 0: 0.5 when training, the checkpoint's with --evaluate
   int heads = 12;
   int rank = 128;
   int epochs = 20;
