@@ -21,6 +21,13 @@ constexpr int64_t kDecodeMaxQueries = 4;
 // Query heads scored together against one K page (they share its loads).
 constexpr int kMaxRows = 4;
 
+// Without AVX-512, AVX2 + FMA + F16C kernels (8 lanes) take the decode path.
+#if !defined(__AVX512F__) && defined(__AVX2__) && defined(__FMA__) && defined(__F16C__)
+#define FLASHMEM_ATTN_AVX2 1
+#else
+#define FLASHMEM_ATTN_AVX2 0
+#endif
+
 // Converts n KV values starting at element `at` to f32.
 void kv_to_f32(const void* src, KvType type, int64_t at, int64_t n, float* dst) {
   if (type == KvType::kF32) {
@@ -32,6 +39,9 @@ void kv_to_f32(const void* src, KvType type, int64_t at, int64_t n, float* dst) 
 #if defined(__AVX512F__)
   for (; i + 16 <= n; i += 16)
     _mm512_storeu_ps(dst + i, _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(h + i))));
+#elif FLASHMEM_ATTN_AVX2
+  for (; i + 8 <= n; i += 8)
+    _mm256_storeu_ps(dst + i, _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(h + i))));
 #endif
   for (; i < n; ++i) dst[i] = fp16_to_fp32(h[i]);
 }
@@ -130,8 +140,105 @@ void attend_page(const Rows& rows, const void* kbase, const void* vbase, int pt,
 }
 #endif
 
-#if !defined(__AVX512F__)
-// Plain version of attend_page for builds without AVX-512.
+#if FLASHMEM_ATTN_AVX2
+// exp(x) for x ≤ 0, as exp512: 2^n · 2^f with the same degree-7 polynomial; 2^n is built in
+// the exponent bits (n ≥ −126 after the clamp). x > 0 (only lanes past the data, whose
+// results are discarded) is clamped to 0 so that no lane overflows the exponent.
+inline __m256 exp256(__m256 x) {
+  x = _mm256_min_ps(_mm256_max_ps(x, _mm256_set1_ps(-87.0f)), _mm256_setzero_ps());
+  const __m256 t = _mm256_mul_ps(x, _mm256_set1_ps(1.44269504088896341f));
+  const __m256 n = _mm256_round_ps(t, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+  const __m256 f = _mm256_sub_ps(t, n);
+  __m256 p = _mm256_set1_ps(1.525273380e-5f);
+  p = _mm256_fmadd_ps(p, f, _mm256_set1_ps(1.540353040e-4f));
+  p = _mm256_fmadd_ps(p, f, _mm256_set1_ps(1.333355815e-3f));
+  p = _mm256_fmadd_ps(p, f, _mm256_set1_ps(9.618129108e-3f));
+  p = _mm256_fmadd_ps(p, f, _mm256_set1_ps(5.550410866e-2f));
+  p = _mm256_fmadd_ps(p, f, _mm256_set1_ps(2.402265070e-1f));
+  p = _mm256_fmadd_ps(p, f, _mm256_set1_ps(6.931471806e-1f));
+  p = _mm256_fmadd_ps(p, f, _mm256_set1_ps(1.0f));
+  const __m256i e = _mm256_slli_epi32(_mm256_add_epi32(_mm256_cvtps_epi32(n), _mm256_set1_epi32(127)), 23);
+  return _mm256_mul_ps(p, _mm256_castsi256_ps(e));
+}
+
+inline float hsum256(__m256 v) {
+  __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+  s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+  s = _mm_add_ss(s, _mm_movehdup_ps(s));
+  return _mm_cvtss_f32(s);
+}
+
+// nv (≤ 8) values at element `at`; lanes past nv read as 0.
+template <KvType T>
+inline __m256 load8(const void* base, int64_t at, int nv) {
+  if (nv >= 8) {
+    if constexpr (T == KvType::kF32) return _mm256_loadu_ps(static_cast<const float*>(base) + at);
+    else return _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(static_cast<const uint16_t*>(base) + at)));
+  }
+  alignas(32) float t[8] = {};
+  for (int i = 0; i < nv; ++i) t[i] = kv_load(base, T, at + i);
+  return _mm256_load_ps(t);
+}
+
+inline __m256 loadf8(const float* p, int nv) { return load8<KvType::kF32>(p, 0, nv); }
+
+inline void storef8(float* p, __m256 v, int nv) {
+  if (nv >= 8) return _mm256_storeu_ps(p, v);
+  alignas(32) float t[8];
+  _mm256_store_ps(t, v);
+  std::memcpy(p, t, static_cast<size_t>(nv) * sizeof(float));
+}
+
+// attend_page with 8 lanes: the same schedule and arithmetic as the AVX-512 kernel.
+template <int R, KvType T>
+void attend_page8(const Rows& rows, const void* kbase, const void* vbase, int pt, int d, int n_vis,
+                  float scale, float* s /* R × pt, scratch */) {
+  for (int jb = 0; jb < n_vis; jb += 8) {
+    const int nv = std::min(8, n_vis - jb);
+    __m256 acc[R];
+    for (int r = 0; r < R; ++r) acc[r] = _mm256_setzero_ps();
+    for (int c = 0; c < d; ++c) {
+      const __m256 kc = load8<T>(kbase, int64_t{c} * pt + jb, nv);
+      for (int r = 0; r < R; ++r) acc[r] = _mm256_fmadd_ps(_mm256_set1_ps(rows.q[r][c]), kc, acc[r]);
+    }
+    for (int r = 0; r < R; ++r) storef8(s + r * pt + jb, _mm256_mul_ps(acc[r], _mm256_set1_ps(scale)), nv);
+  }
+  float corr[R];
+  for (int r = 0; r < R; ++r) {
+    float* sr = s + r * pt;
+    float mx = *rows.m[r];
+    for (int j = 0; j < n_vis; ++j) mx = std::max(mx, sr[j]);
+    corr[r] = std::exp(*rows.m[r] - mx);  // 0 on the first page (m = −inf)
+    *rows.m[r] = mx;
+    __m256 lsum = _mm256_setzero_ps();
+    for (int jb = 0; jb < n_vis; jb += 8) {
+      const int nv = std::min(8, n_vis - jb);
+      __m256 e = exp256(_mm256_sub_ps(loadf8(sr + jb, nv), _mm256_set1_ps(mx)));
+      if (nv < 8) {  // lanes past nv must add nothing
+        alignas(32) float keep[8] = {};
+        for (int i = 0; i < nv; ++i) keep[i] = 1.0f;
+        e = _mm256_mul_ps(e, _mm256_load_ps(keep));
+      }
+      storef8(sr + jb, e, nv);
+      lsum = _mm256_add_ps(lsum, e);
+    }
+    *rows.l[r] = *rows.l[r] * corr[r] + hsum256(lsum);
+  }
+  for (int cb = 0; cb < d; cb += 8) {
+    const int nd = std::min(8, d - cb);
+    __m256 acc[R];
+    for (int r = 0; r < R; ++r) acc[r] = _mm256_mul_ps(loadf8(rows.o[r] + cb, nd), _mm256_set1_ps(corr[r]));
+    for (int j = 0; j < n_vis; ++j) {
+      const __m256 vj = load8<T>(vbase, int64_t{j} * d + cb, nd);
+      for (int r = 0; r < R; ++r) acc[r] = _mm256_fmadd_ps(_mm256_set1_ps(s[r * pt + j]), vj, acc[r]);
+    }
+    for (int r = 0; r < R; ++r) storef8(rows.o[r] + cb, acc[r], nd);
+  }
+}
+#endif
+
+#if !defined(__AVX512F__) && !FLASHMEM_ATTN_AVX2
+// Plain version of attend_page for builds without AVX-512 or AVX2.
 void attend_page_scalar(const Rows& rows, const void* kbase, const void* vbase, KvType type,
                         int pt, int d, int n_vis, float scale, float* s) {
   for (int r = 0; r < rows.n; ++r) {
@@ -165,6 +272,17 @@ void attend(const Rows& rows, const void* kbase, const void* vbase, KvType type,
       case 2: return attend_page<2, T>(rows, kbase, vbase, pt, d, n_vis, scale, s);
       case 3: return attend_page<3, T>(rows, kbase, vbase, pt, d, n_vis, scale, s);
       default: return attend_page<4, T>(rows, kbase, vbase, pt, d, n_vis, scale, s);
+    }
+  };
+  if (type == KvType::kF32) go.template operator()<KvType::kF32>();
+  else go.template operator()<KvType::kF16>();
+#elif FLASHMEM_ATTN_AVX2
+  auto go = [&]<KvType T>() {
+    switch (rows.n) {
+      case 1: return attend_page8<1, T>(rows, kbase, vbase, pt, d, n_vis, scale, s);
+      case 2: return attend_page8<2, T>(rows, kbase, vbase, pt, d, n_vis, scale, s);
+      case 3: return attend_page8<3, T>(rows, kbase, vbase, pt, d, n_vis, scale, s);
+      default: return attend_page8<4, T>(rows, kbase, vbase, pt, d, n_vis, scale, s);
     }
   };
   if (type == KvType::kF32) go.template operator()<KvType::kF32>();
