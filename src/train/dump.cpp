@@ -241,7 +241,7 @@ DumpDoc read_dump(const std::string& path) {
       FM_CHECK(count <= buf.size() && at + bytes + 8 <= buf.size(), ErrorCode::kFormat, path,
                ": arrays run past the end of the file");
       v.resize(count);
-      std::memcpy(v.data(), buf.data() + at, bytes);
+      if (bytes > 0) std::memcpy(v.data(), buf.data() + at, bytes);  // an empty vector may have no data()
       at += bytes;
     };
     for (const auto& a : h.at("arrays")) {
