@@ -6,6 +6,8 @@
 #include <algorithm>
 #include <cmath>
 #include <cstring>
+#include <iterator>
+#include <map>
 #include <random>
 #include <set>
 #include <vector>
@@ -192,6 +194,145 @@ TEST(TieredKvStore, StreamingPrefillMatchesFullAttentionWithinTheBudget) {
       for (int32_t pg = 0; pg < tiered.completed_pages(l); ++pg)
         EXPECT_EQ(std::memcmp(tiered.mirror_page(l, pg), full.pages(l)[pg].k, c.page_bytes()), 0);
   }
+}
+
+// A CPU backend whose copies into alloc_host() memory arrive only at synchronize(), as a GPU's
+// page-locked write-backs do: the source is read when the copy is issued (stream order) and
+// the bytes land later. Fresh alloc_host memory is filled with 0xA5, so a store that reads its
+// mirror without waiting sees bytes no page holds.
+class LateHostBackend : public CpuBackend {
+ public:
+  LateHostBackend() : CpuBackend(1) {}
+  void* alloc_host(size_t bytes) override {
+    void* p = CpuBackend::alloc_host(bytes);
+    std::memset(p, 0xA5, bytes);
+    blocks_[reinterpret_cast<uintptr_t>(p)] = bytes;
+    host_bytes += bytes;
+    return p;
+  }
+  void free_host(void* p) noexcept override {
+    deliver();
+    host_bytes -= blocks_[reinterpret_cast<uintptr_t>(p)];
+    blocks_.erase(reinterpret_cast<uintptr_t>(p));
+    CpuBackend::free_host(p);
+  }
+  void copy_pages(CopyDir dir, std::span<const PageCopy> copies, size_t bytes) override {
+    if (dir == CopyDir::kBackendToHost) {
+      for (const PageCopy& c : copies) {
+        if (!in_host_block(c.dst)) ADD_FAILURE() << "a write-back outside the mirror";
+        late_.push_back({c.dst, std::vector<uint8_t>(c.src, c.src + bytes)});
+      }
+      return;
+    }
+    deliver();  // stream order: earlier write-backs land before a later copy reads the mirror
+    CpuBackend::copy_pages(dir, copies, bytes);
+  }
+  void synchronize() override {
+    deliver();
+    ++syncs;
+  }
+  int64_t syncs = 0;
+  size_t host_bytes = 0;
+
+ private:
+  bool in_host_block(const void* p) const {
+    const uintptr_t a = reinterpret_cast<uintptr_t>(p);
+    auto it = blocks_.upper_bound(a);
+    return it != blocks_.begin() && a < std::prev(it)->first + std::prev(it)->second;
+  }
+  void deliver() {
+    for (auto& [dst, bytes] : late_) std::memcpy(dst, bytes.data(), bytes.size());
+    late_.clear();
+  }
+  std::map<uintptr_t, size_t> blocks_;
+  std::vector<std::pair<uint8_t*, std::vector<uint8_t>>> late_;
+};
+
+// With write-backs in flight (LateHostBackend), the store still hands the page listener, the
+// mirror readers, streamed attention and a fork the right bytes, and waits once per append
+// (only when a listener reads the pages), never once per page.
+TEST(TieredKvStore, WriteBacksInFlightAreWaitedForOncePerAppend) {
+  for (KvType t : {KvType::kF32, KvType::kF16}) {
+    LateHostBackend late;
+    const KvCacheConfig c = small_config(t);
+    const int64_t budget = 3;
+    KvReserve reserve(late, c.page_bytes(), 2 * budget * c.n_layers);
+    RecallEngine recall(late);
+    TieredKvStore s(c, budget, reserve, recall);
+    PagedKvCache full(c);
+    CpuBackend be(1);
+    const AttentionParams p = full.attention_params(4, 0.25f);
+    int64_t pos0 = 0;
+    // No listener: appends never wait.
+    for (int l = 0; l < c.n_layers; ++l) {
+      const Kv kv = make_kv(c, l, pos0, 37);
+      full.append(l, 37, kv.k.data(), kv.v.data());
+      s.append(l, 37, kv.k.data(), kv.v.data());
+    }
+    pos0 += 37;
+    EXPECT_EQ(late.syncs, 0);
+    int listened = 0;
+    s.set_page_listener([&](int l, int32_t pg, const uint8_t* data) {
+      ++listened;
+      EXPECT_EQ(std::memcmp(data, full.pages(l)[pg].k, c.page_bytes()), 0) << "layer " << l << " page " << pg;
+    });
+    for (int64_t n : {29, 3, 40}) {
+      for (int l = 0; l < c.n_layers; ++l) {
+        const Kv kv = make_kv(c, l, pos0, n);
+        full.append(l, n, kv.k.data(), kv.v.data());
+        const int64_t before = late.syncs, pages_before = s.completed_pages(l);
+        s.append(l, n, kv.k.data(), kv.v.data());
+        EXPECT_EQ(late.syncs - before, s.completed_pages(l) > pages_before ? 1 : 0) << "n " << n;
+      }
+      std::vector<int32_t> pos(n);
+      for (int64_t i = 0; i < n; ++i) pos[i] = static_cast<int32_t>(pos0 + i);
+      const auto q = random_q(n, 4, c.head_dim, static_cast<uint32_t>(n));
+      for (int l = 0; l < c.n_layers; ++l) {  // streamed windows recall pages just written back
+        std::vector<float> got(q.size()), want(q.size());
+        s.attend(be, l, p, q.data(), pos.data(), n, got.data());
+        cpu::attention_ref(p, q.data(), pos.data(), n, full.pages(l), want.data());
+        ASSERT_TRUE(test::all_finite(got.data(), got.size()));
+        EXPECT_LE(test::rel_l2(got.data(), want.data(), got.size()), 2e-5) << "layer " << l;
+      }
+      pos0 += n;
+    }
+    EXPECT_EQ(listened, c.n_layers * (pos0 / c.page_tokens - 37 / c.page_tokens));
+    s.set_page_listener(nullptr);
+    // Pages completed after the last wait, then a fork copies the mirror: it must wait first.
+    append_all(s, c, pos0, 16);
+    append_all(full, c, pos0, 16);
+    TieredKvStore fork(s, budget, reserve, recall);
+    for (int l = 0; l < c.n_layers; ++l)
+      for (int32_t pg = 0; pg < s.completed_pages(l); ++pg) {
+        EXPECT_EQ(std::memcmp(fork.mirror_page(l, pg), full.pages(l)[pg].k, c.page_bytes()), 0);
+        EXPECT_EQ(std::memcmp(s.mirror_page(l, pg), full.pages(l)[pg].k, c.page_bytes()), 0);
+      }
+  }
+}
+
+// The mirror grows in segments as pages complete: host memory follows the tokens held, not
+// the context's capacity, and pages on both sides of a segment boundary keep their bytes.
+TEST(TieredKvStore, TheMirrorGrowsWithTheTokensHeld) {
+  LateHostBackend late;
+  KvCacheConfig c = small_config(KvType::kF32);
+  c.max_tokens = 1 << 20;  // a 512 MiB mirror if it were allocated up front
+  KvReserve reserve(late, c.page_bytes(), 4 * c.n_layers);
+  RecallEngine recall(late);
+  const size_t staging = late.host_bytes;
+  TieredKvStore s(c, 4, reserve, recall);
+  EXPECT_EQ(late.host_bytes, staging);  // nothing until a page completes
+  PagedKvCache full(c);
+  const int64_t n = 20000;  // 2500 pages per layer: past the first 8 MiB segment
+  append_all(s, c, 0, n);
+  append_all(full, c, 0, n);
+  const size_t held = static_cast<size_t>(n / c.page_tokens) * c.n_layers * c.page_bytes();
+  EXPECT_GE(late.host_bytes - staging, held);
+  EXPECT_LE(late.host_bytes - staging, held + (size_t{8} << 20));
+  for (int l = 0; l < c.n_layers; ++l)
+    for (int32_t pg = 0; pg < s.completed_pages(l); ++pg)
+      ASSERT_EQ(std::memcmp(s.mirror_page(l, pg), full.pages(l)[pg].k, c.page_bytes()), 0)
+          << "layer " << l << " page " << pg;
+  EXPECT_EQ(s.footprint().mirror, held);
 }
 
 TEST(TieredKvStore, FullBudgetAttentionIsBitIdenticalToTheFullPath) {

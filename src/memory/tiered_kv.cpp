@@ -3,7 +3,6 @@
 #include <algorithm>
 #include <cmath>
 #include <cstring>
-#include <new>
 
 #include "core/error.h"
 
@@ -27,15 +26,10 @@ TieredKvStore::TieredKvStore(const KvCacheConfig& c, int64_t budget_pages, KvRes
       static_cast<double>(max_pages_) * c.n_layers * static_cast<double>(c.page_bytes());
   FM_CHECK(mirror_bytes < 0.5 * static_cast<double>(SIZE_MAX), ErrorCode::kOutOfMemory,
            "KV mirror too large");
+  // Segments of about 8 MiB: few allocations, little memory ahead of the tokens.
+  const int64_t row_bytes = int64_t{c.n_layers} * static_cast<int64_t>(c.page_bytes());
+  seg_pages_ = std::clamp<int64_t>((int64_t{8} << 20) / row_bytes, 1, max_pages_);
   client_ = reserve.admit(budget_pages * c.n_layers);
-  try {
-    // Not zero-filled: the OS maps mirror pages on first write, so unused context costs no RAM.
-    mirror_.reset(new uint8_t[static_cast<size_t>(max_pages_) * c.n_layers * c.page_bytes()]);
-  } catch (const std::bad_alloc&) {
-    reserve.release(client_);
-    FM_FAIL(ErrorCode::kOutOfMemory, "cannot allocate the host KV mirror of ",
-            mirror_bytes / (1 << 20), " MiB for ", c.max_tokens, " tokens; lower the context (-c)");
-  }
   layers_.resize(c.n_layers);
 }
 
@@ -49,7 +43,14 @@ TieredKvStore::TieredKvStore(const TieredKvStore& src, int64_t budget_pages, KvR
     to.tokens = from.tokens;
     to.pages.assign(from.pages.size(), PageState{});
     const int32_t done = static_cast<int32_t>(completed_pages(l));
-    if (done > 0) std::memcpy(mirror_ptr(l, 0), src.mirror_ptr(l, 0), static_cast<size_t>(done) * pb);
+    if (done > 0) {
+      src.sync_mirror();
+      grow_mirror(done - 1);
+      for (int32_t pg = 0; pg < done; pg += static_cast<int32_t>(seg_pages_)) {  // a segment's run
+        const int64_t run = std::min<int64_t>(seg_pages_ - pg % seg_pages_, done - pg);
+        std::memcpy(mirror_ptr(l, pg), src.mirror_ptr(l, pg), static_cast<size_t>(run) * pb);
+      }
+    }
     if (done < static_cast<int32_t>(to.pages.size())) {  // the open page moves with the request
       FM_CHECK(&src.be_ == &be_, ErrorCode::kInvalidArgument,
                "a fork must use the backend of the store it forks");
@@ -65,15 +66,34 @@ TieredKvStore::TieredKvStore(const TieredKvStore& src, int64_t budget_pages, KvR
   note_peak();
 }
 
-TieredKvStore::~TieredKvStore() { reserve_.release(client_); }
+TieredKvStore::~TieredKvStore() {
+  for (uint8_t* seg : mirror_) be_.free_host(seg);  // waits for copies in flight
+  reserve_.release(client_);
+}
 
 uint8_t* TieredKvStore::mirror_ptr(int layer, int32_t page) const {
-  return mirror_.get() + (static_cast<size_t>(layer) * max_pages_ + page) * cfg_.page_bytes();
+  const int64_t seg = page / seg_pages_;
+  return mirror_[seg] + (static_cast<size_t>(layer) * seg_pages_ + page % seg_pages_) * cfg_.page_bytes();
+}
+
+void TieredKvStore::grow_mirror(int32_t page) {
+  const size_t seg_bytes = static_cast<size_t>(seg_pages_) * cfg_.n_layers * cfg_.page_bytes();
+  while (static_cast<int64_t>(mirror_.size()) <= page / seg_pages_) {
+    mirror_.reserve(static_cast<size_t>((max_pages_ + seg_pages_ - 1) / seg_pages_));
+    mirror_.push_back(static_cast<uint8_t*>(be_.alloc_host(seg_bytes)));
+  }
+}
+
+void TieredKvStore::sync_mirror() const {
+  if (!mirror_pending_) return;
+  be_.synchronize();
+  mirror_pending_ = false;
 }
 
 const uint8_t* TieredKvStore::mirror_page(int layer, int32_t page) const {
   FM_CHECK(layer >= 0 && layer < cfg_.n_layers && page >= 0 && page < completed_pages(layer),
            ErrorCode::kOutOfRange, "page ", page, " of layer ", layer, " is not in the mirror");
+  sync_mirror();
   return mirror_ptr(layer, page);
 }
 
@@ -162,12 +182,14 @@ double TieredKvStore::mean_device_bytes() const {
 // ---- writing ------------------------------------------------------------------------------
 
 void TieredKvStore::complete_page(int layer, int32_t page) {
+  grow_mirror(page);
   PageState& s = layers_[layer].pages[page];
   const PageCopy wb{reserve_.slot(s.slot), mirror_ptr(layer, page)};
+  // In flight until sync_mirror(); issued before anything can reuse the slot (stream order).
   recall_.write_back({&wb, 1}, cfg_.page_bytes());
+  mirror_pending_ = true;
   --open_slots_;
   ++mirror_pages_;
-  if (listener_) listener_(layer, page, mirror_ptr(layer, page));
   if (decode_mode_) {
     // Filled during the cycle: stays selected (the selection left room for it).
     layers_[layer].selected.push_back(page);
@@ -183,6 +205,7 @@ void TieredKvStore::append(int layer, int64_t n, const float* k, const float* v)
            " + ", n, " tokens exceed the KV capacity of ", cfg_.max_tokens);
   const int pt = cfg_.page_tokens;
   const int64_t row = int64_t{cfg_.n_kv_heads} * cfg_.head_dim;
+  const int32_t first_done = static_cast<int32_t>(completed_pages(layer));
   for (int64_t t = 0; t < n;) {
     const int slot_in_page = static_cast<int>(L.tokens % pt);
     if (slot_in_page == 0) {
@@ -199,6 +222,12 @@ void TieredKvStore::append(int layer, int64_t n, const float* k, const float* v)
     t += take;
     L.tokens += take;
     if (slot_in_page + take == pt) complete_page(layer, page);
+  }
+  // The listener reads the pages' bytes on the host: one wait for all of this call's pages.
+  const int32_t done = static_cast<int32_t>(completed_pages(layer));
+  if (listener_ && done > first_done) {
+    sync_mirror();
+    for (int32_t pg = first_done; pg < done; ++pg) listener_(layer, pg, mirror_ptr(layer, pg));
   }
 }
 

@@ -24,7 +24,6 @@
 
 #include <cstdint>
 #include <functional>
-#include <memory>
 #include <set>
 #include <span>
 #include <tuple>
@@ -142,6 +141,10 @@ class TieredKvStore final : public KvStore {
   using LruKey = std::tuple<uint64_t, int, int32_t>;
 
   uint8_t* mirror_ptr(int layer, int32_t page) const;
+  // Allocates the mirror segments up to the one holding `page`.
+  void grow_mirror(int32_t page);
+  // Waits for write-backs still in flight before the host reads the mirror.
+  void sync_mirror() const;
   int64_t take_slot();
   void pin(int layer, int32_t page);
   void unpin(int layer, int32_t page);
@@ -162,7 +165,13 @@ class TieredKvStore final : public KvStore {
   AttentionParams layout_;  // the page layout, for write_kv
   int64_t client_ = -1;
   int64_t max_pages_;  // per layer
-  std::unique_ptr<uint8_t[]> mirror_;
+  // The host mirror, in segments of seg_pages_ pages of every layer (page p of layer l is in
+  // segment p / seg_pages_), taken from the backend's alloc_host as pages complete: host memory
+  // follows the tokens held, and copies to and from it run without staging (page-locked on
+  // CUDA), so write-backs and recalls do not wait (mirror_pending_ says one may be in flight).
+  std::vector<uint8_t*> mirror_;
+  int64_t seg_pages_ = 1;
+  mutable bool mirror_pending_ = false;
   std::vector<Layer> layers_;
   std::set<LruKey> lru_;  // cached (resident, unpinned) pages, oldest first
   uint64_t clock_ = 0;

@@ -1,5 +1,7 @@
 #include "ops/backend.h"
 
+#include <new>
+
 #include "core/error.h"
 #include "core/thread_pool.h"
 #include "ops/cpu/cpu_backend.h"
@@ -17,6 +19,17 @@ void check_chunk_mass(const AttentionParams& p, int32_t pos, int chunk_tokens, i
                 p.page_tokens % chunk_tokens == 0 && pos >= 0 && n_chunks > pos / chunk_tokens,
             "chunk_mass: bad parameters (", chunk_tokens, "-token chunks, ", p.page_tokens, "-token pages, position ",
             pos, ", ", n_chunks, " chunks)");
+}
+
+void* Backend::alloc_host(size_t bytes) {
+  void* p = ::operator new(bytes ? bytes : 1, std::align_val_t{256}, std::nothrow);
+  FM_CHECK(p != nullptr, ErrorCode::kOutOfMemory, "cannot allocate ",
+           static_cast<double>(bytes) / (1 << 20), " MiB of host memory");
+  return p;
+}
+
+void Backend::free_host(void* p) noexcept {
+  if (p) ::operator delete(p, std::align_val_t{256});
 }
 
 bool cuda_compiled() {

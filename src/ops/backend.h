@@ -102,10 +102,17 @@ class Backend {
   // Returns when the bytes are in host_dst (after every op issued before it).
   virtual void download(void* host_dst, const void* src, size_t bytes) = 0;
   virtual void fill_zero(void* p, size_t bytes) = 0;
-  // Copies `bytes` from each src to its dst as one batch (host pages are ordinary host
-  // memory); returns when done.
+  // Host memory for the KV mirror: the memory page copies reach fastest (page-locked on CUDA,
+  // so copies to and from it are DMA that neither stages nor waits; ordinary 256-byte aligned
+  // memory here). Uninitialised. Throws Error(kOutOfMemory).
+  virtual void* alloc_host(size_t bytes);
+  virtual void free_host(void* p) noexcept;
+  // Copies `bytes` from each src to its dst as one batch, in issue order with the ops (a later
+  // op sees the copied bytes). Returns when done, except copies whose host side is alloc_host()
+  // memory, which may still be in flight: before reading such a destination on the host, or
+  // changing such a source, call synchronize().
   virtual void copy_pages(CopyDir dir, std::span<const PageCopy> copies, size_t bytes) = 0;
-  // Waits for every op issued so far (timing).
+  // Waits for every op and copy issued so far.
   virtual void synchronize() {}
 
   // ---- weights ----------------------------------------------------------------------------

@@ -8,7 +8,7 @@
 
 namespace flashmem {
 
-class CpuBackend final : public Backend {
+class CpuBackend : public Backend {
  public:
   explicit CpuBackend(int n_threads = ThreadPool::default_threads());
   const char* name() const override { return "cpu"; }

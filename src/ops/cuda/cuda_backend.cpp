@@ -68,6 +68,21 @@ CudaBackend::CudaBackend() {
   cublas_ = h;
   cublasSetStream(h, s);
   cublasSetMathMode(h, CUBLAS_DEFAULT_MATH);  // full f32 products: no TF32
+  try {
+    staging_ = static_cast<uint8_t*>(alloc_host(kSlabBytes * kSlabs));
+    for (void*& slot : slab_done_) {
+      cudaEvent_t ev = nullptr;
+      FM_CUDA(cudaEventCreateWithFlags(&ev, cudaEventDisableTiming));
+      slot = ev;
+    }
+  } catch (...) {
+    for (void* ev : slab_done_)
+      if (ev) cudaEventDestroy(static_cast<cudaEvent_t>(ev));
+    if (staging_) cudaFreeHost(staging_);
+    cublasDestroy(h);
+    cudaStreamDestroy(s);
+    throw;
+  }
 }
 
 CudaBackend::~CudaBackend() {
@@ -79,6 +94,8 @@ CudaBackend::~CudaBackend() {
   part_lse_.reset();
   mass_scores_.reset();  // every scratch buffer before the stream its dealloc waits on
   for (void* p : owned_) cudaFree(p);
+  for (void* e : slab_done_) cudaEventDestroy(static_cast<cudaEvent_t>(e));
+  cudaFreeHost(staging_);
   cublasDestroy(CUBLAS);
   cudaStreamDestroy(STREAM);
 }
@@ -102,9 +119,52 @@ void CudaBackend::dealloc(void* p) noexcept {
   cudaFree(p);
 }
 
+void* CudaBackend::alloc_host(size_t bytes) {
+  void* p = nullptr;
+  const cudaError_t e = cudaHostAlloc(&p, bytes ? bytes : 1, cudaHostAllocDefault);
+  if (e != cudaSuccess) {
+    cudaGetLastError();
+    FM_FAIL(ErrorCode::kOutOfMemory, "cannot allocate ", static_cast<double>(bytes) / (1 << 20),
+            " MiB of page-locked host memory: ", cudaGetErrorString(e));
+  }
+  host_blocks_[reinterpret_cast<uintptr_t>(p)] = bytes;
+  return p;
+}
+
+void CudaBackend::free_host(void* p) noexcept {
+  if (!p) return;
+  cudaStreamSynchronize(STREAM);  // no copy in flight may still use it
+  host_blocks_.erase(reinterpret_cast<uintptr_t>(p));
+  cudaFreeHost(p);
+}
+
+bool CudaBackend::page_locked(const void* p, size_t bytes) const {
+  const uintptr_t a = reinterpret_cast<uintptr_t>(p);
+  auto it = host_blocks_.upper_bound(a);
+  if (it == host_blocks_.begin()) return false;
+  --it;
+  return a + bytes <= it->first + it->second;
+}
+
 void CudaBackend::upload(void* dst, const void* host_src, size_t bytes) {
-  // From pageable memory the copy is staged before the call returns: host_src may be reused.
-  if (bytes) FM_CUDA(cudaMemcpyAsync(dst, host_src, bytes, cudaMemcpyHostToDevice, STREAM));
+  if (!bytes) return;
+  if (bytes > kSlabBytes) {
+    // Large (weights, once): from pageable memory, staged by the driver before it returns.
+    FM_CUDA(cudaMemcpyAsync(dst, host_src, bytes, cudaMemcpyHostToDevice, STREAM));
+    return;
+  }
+  if (slab_used_ + bytes > kSlabBytes) {  // move to the next slab once its last copies are done
+    FM_CUDA(cudaEventRecord(static_cast<cudaEvent_t>(slab_done_[slab_]), STREAM));
+    slab_pending_[slab_] = true;
+    slab_ = (slab_ + 1) % kSlabs;
+    if (slab_pending_[slab_]) FM_CUDA(cudaEventSynchronize(static_cast<cudaEvent_t>(slab_done_[slab_])));
+    slab_pending_[slab_] = false;
+    slab_used_ = 0;
+  }
+  uint8_t* at = staging_ + static_cast<size_t>(slab_) * kSlabBytes + slab_used_;
+  std::memcpy(at, host_src, bytes);
+  FM_CUDA(cudaMemcpyAsync(dst, at, bytes, cudaMemcpyHostToDevice, STREAM));
+  slab_used_ += (bytes + 255) & ~size_t{255};
 }
 
 void CudaBackend::download(void* host_dst, const void* src, size_t bytes) {
@@ -122,8 +182,16 @@ void CudaBackend::copy_pages(CopyDir dir, std::span<const PageCopy> copies, size
   const cudaMemcpyKind kind = dir == CopyDir::kHostToBackend   ? cudaMemcpyHostToDevice
                               : dir == CopyDir::kBackendToHost ? cudaMemcpyDeviceToHost
                                                                : cudaMemcpyDeviceToDevice;
-  for (const PageCopy& c : copies) FM_CUDA(cudaMemcpyAsync(c.dst, c.src, bytes, kind, STREAM));
-  FM_CUDA(cudaStreamSynchronize(STREAM));
+  // Device-to-device copies and copies from or to page-locked memory are stream-ordered DMA:
+  // nothing to wait for here (the contract: synchronize() before the host reads or rewrites
+  // them). Pageable host memory must be done with when the call returns.
+  bool wait = false;
+  for (const PageCopy& c : copies) {
+    FM_CUDA(cudaMemcpyAsync(c.dst, c.src, bytes, kind, STREAM));
+    if (dir == CopyDir::kHostToBackend) wait = wait || !page_locked(c.src, bytes);
+    if (dir == CopyDir::kBackendToHost) wait = wait || !page_locked(c.dst, bytes);
+  }
+  if (wait) FM_CUDA(cudaStreamSynchronize(STREAM));
 }
 
 void CudaBackend::synchronize() { FM_CUDA(cudaStreamSynchronize(STREAM)); }

@@ -9,7 +9,9 @@
 // This header needs no CUDA headers: it is included where the backend is chosen.
 #pragma once
 
+#include <array>
 #include <cstdint>
+#include <map>
 #include <unordered_map>
 #include <vector>
 
@@ -37,6 +39,8 @@ class CudaBackend final : public Backend {
   bool host_memory() const override { return false; }
   void* alloc(size_t bytes) override;
   void dealloc(void* p) noexcept override;
+  void* alloc_host(size_t bytes) override;  // page-locked (cudaHostAlloc)
+  void free_host(void* p) noexcept override;
   void upload(void* dst, const void* host_src, size_t bytes) override;
   void download(void* host_dst, const void* src, size_t bytes) override;
   void fill_zero(void* p, size_t bytes) override;
@@ -72,6 +76,8 @@ class CudaBackend final : public Backend {
   const cuda::DevPage* device_pages(std::span<const KvPageRef> pages);
   // A device scratch buffer of at least `bytes` (grown on demand, kept).
   void* scratch(BackendBuffer& b, size_t bytes);
+  // True when [p, p + bytes) lies in one alloc_host() allocation.
+  bool page_locked(const void* p, size_t bytes) const;
 
   void* stream_ = nullptr;  // cudaStream_t
   void* cublas_ = nullptr;  // cublasHandle_t
@@ -84,6 +90,17 @@ class CudaBackend final : public Backend {
   BackendBuffer part_o_, part_lse_;  // split attention's partial results
   BackendBuffer mass_scores_;        // chunk_mass's scores
   std::vector<int32_t> pos_host_;  // what pos_dev_ holds
+  std::map<uintptr_t, size_t> host_blocks_;  // alloc_host() allocations: start → bytes
+  // upload() stages small host arrays (positions, page lists, token ids) in page-locked slabs,
+  // so the copy is DMA the call does not wait for. A slab is reused only after the event
+  // recorded when the previous slab was left has passed.
+  static constexpr size_t kSlabBytes = size_t{1} << 18;
+  static constexpr int kSlabs = 8;
+  uint8_t* staging_ = nullptr;
+  std::array<void*, kSlabs> slab_done_{};  // cudaEvent_t per slab
+  std::array<bool, kSlabs> slab_pending_{};
+  int slab_ = 0;
+  size_t slab_used_ = 0;
 };
 
 }  // namespace flashmem
