@@ -23,6 +23,10 @@ CLI::App* add_bench_command(CLI::App& app, BenchArgs& a) {
   c->add_option("-t,--threads", a.threads, "CPU threads (0: all cores)")->check(CLI::Range(0, 1024));
   add_backend_option(c, a.backend);
   c->add_option("--kv-type", a.kv_type, "KV cache precision")->check(CLI::IsMember({"f16", "f32"}));
+  c->add_option("--page-tokens", a.page_tokens, "Tokens per KV page")->check(CLI::Range(1, 4096));
+  c->add_option("--prefill-budget", a.prefill_budget,
+                "Device KV budget for the pp tests (e.g. 14.5%): pages beyond it stream through the "
+                "reserve as in `eval` and `run` under --kv-budget; tg tests keep the whole context");
   return c;
 }
 
@@ -40,11 +44,12 @@ Stat stat(const std::vector<double>& v) {
 double now_s() {
   return std::chrono::duration<double>(std::chrono::steady_clock::now().time_since_epoch()).count();
 }
-// The whole context resident on the backend (the full-KV path every backend runs).
+// The whole context resident on the backend (the full-KV path every backend runs), or
+// `budget_pages` per layer of it.
 struct FullKv {
-  explicit FullKv(Engine& e)
+  explicit FullKv(Engine& e, int64_t budget_pages = 0)
       : cfg(e.kv_config()),
-        pages((cfg.max_tokens + cfg.page_tokens - 1) / cfg.page_tokens),
+        pages(budget_pages > 0 ? budget_pages : (cfg.max_tokens + cfg.page_tokens - 1) / cfg.page_tokens),
         reserve(e.backend(), cfg.page_bytes(), pages * cfg.n_layers),
         recall(e.backend()),
         kv(cfg, pages, reserve, recall) {}
@@ -62,6 +67,8 @@ int bench_command(const BenchArgs& a) {
   eo.n_threads = a.threads;
   eo.backend = a.backend;
   eo.kv_type = a.kv_type == "f32" ? KvType::kF32 : KvType::kF16;
+  eo.page_tokens = a.page_tokens;
+  const KvBudget budget = KvBudget::parse(a.prefill_budget);
   auto eng = Engine::load(eo);
   const ModelInfo& mi = eng->info();
   std::mt19937 rng(1);
@@ -72,19 +79,27 @@ int bench_command(const BenchArgs& a) {
   for (int64_t p : a.prefill) {
     FM_CHECK(p >= 1 && p <= eng->n_ctx(), ErrorCode::kInvalidArgument, "prefill length ", p,
              " outside [1, ", eng->n_ctx(), "]");
+    // The budget in pages, as the eval resolves it for a p-token context (≥ 2 pages).
+    ResidencyOptions ro;
+    ro.policy = "recency";
+    ro.budget = budget;
+    ro.sink_tokens = ro.tail_tokens = 0;
+    ro.cycle = 1;
+    const int64_t budget_pages = budget.is_full() ? 0 : resolve_budget_pages(ro, eng->kv_config(), p);
     std::vector<double> rates;
     for (int r = 0; r < a.reps; ++r) {
       std::vector<int32_t> toks(p);
       for (auto& t : toks) t = tok(rng);
-      FullKv full(*eng);
+      FullKv full(*eng, budget_pages);
       TieredKvStore& kv = full.kv;
       const double t0 = now_s();
       eng->model().forward(toks, kv, logits.data());
       rates.push_back(static_cast<double>(p) / (now_s() - t0));
     }
     const Stat s = stat(rates);
-    std::printf("| %s | %s | %s | pp%lld | %.2f ± %.2f |\n", mi.name.c_str(), a.kv_type.c_str(),
-                where.c_str(), static_cast<long long>(p), s.mean, s.sd);
+    const std::string under = budget_pages > 0 ? " @ " + budget.str() + " (" + std::to_string(budget_pages) + " pages)" : "";
+    std::printf("| %s | %s | %s | pp%lld%s | %.2f ± %.2f |\n", mi.name.c_str(), a.kv_type.c_str(),
+                where.c_str(), static_cast<long long>(p), under.c_str(), s.mean, s.sd);
     std::fflush(stdout);
   }
   for (int64_t d : a.depth) {

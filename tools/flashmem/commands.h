@@ -111,6 +111,8 @@ struct BenchArgs {
   std::string backend = "cpu";
   int threads = 0;
   std::string kv_type = "f16";
+  int page_tokens = 64;
+  std::string prefill_budget = "100%";
 };
 
 struct DumpArgs {
