@@ -324,6 +324,16 @@ TEST(IndexerCheckpoint, SelectTargetsKeepsTheChosenScorersWeights) {
   EXPECT_EQ(q1, q2);
   EXPECT_EQ(w1, w2);
   EXPECT_NE(q1, std::vector<float>(32, 0.0f));
+  // Saved and loaded (what `train-indexer --select` ships), the subset still encodes the same.
+  const std::string path = (std::filesystem::temp_directory_path() / "flashmem_ix_select.safetensors").string();
+  save_indexer(path, s, {{"train.labels", "mass"}});
+  const auto back = load_indexer(path);
+  EXPECT_EQ(back->keys.layers, std::vector<int>{keep});
+  back->encode_query(0, h.data(), 77, q2.data(), w2.data());
+  EXPECT_EQ(q1, q2);
+  EXPECT_EQ(w1, w2);
+  EXPECT_EQ(indexer_metadata(path).at("train.labels"), "mass");
+  EXPECT_EQ(indexer_metadata(path).at("target_layers"), std::to_string(keep));
   // Order does not matter; empty means all; unknown and repeated layers are refused.
   const std::vector<int> rev(m.keys.layers.rbegin(), m.keys.layers.rend());
   EXPECT_EQ(select_targets(m, rev).keys.layers, m.keys.layers);

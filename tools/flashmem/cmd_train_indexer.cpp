@@ -21,7 +21,10 @@ namespace flashmem::cli {
 
 CLI::App* add_train_indexer_command(CLI::App& app, TrainIndexerArgs& a) {
   CLI::App* c = app.add_subcommand("train-indexer", "Train the Memory Indexer from dump files (backbone-free)");
-  c->add_option("--data", a.data, "Dump directory (train/ val/ test/ of .fmd files)")->required()->check(CLI::ExistingDirectory);
+  c->add_option("--data", a.data, "Dump directory (train/ val/ test/ of .fmd files)")->check(CLI::ExistingDirectory);
+  c->add_option("--select", a.select,
+                "Write this checkpoint restricted to --layers to --out, its training metadata kept (no data needed)")
+      ->check(CLI::ExistingFile);
   c->add_option("--out", a.out, "Checkpoint to write (.safetensors)");
   c->add_option("--evaluate", a.evaluate, "Score this checkpoint on the test split (no training)")->check(CLI::ExistingFile);
   c->add_option("--pooling", a.pooling, "Index-key pooling")->check(CLI::IsMember({"post_rope_mean", "pre_rope_mean"}));
@@ -75,6 +78,20 @@ nlohmann::json metrics_json(const train::IndexerMetrics& m) {
 
 int train_indexer_command(const TrainIndexerArgs& a) {
   namespace fs = std::filesystem;
+  if (!a.select.empty()) {
+    FM_CHECK(!a.out.empty() && !a.layers.empty(), ErrorCode::kInvalidArgument,
+             "--select needs --layers L,... and --out FILE");
+    auto md = indexer_metadata(a.select);
+    std::string ls;
+    for (int l : a.layers) ls += (ls.empty() ? "" : ",") + std::to_string(l);
+    md["train.selected_from"] = md.count("target_layers") ? md.at("target_layers") : "";
+    const IndexerModel m = select_targets(*load_indexer(a.select), a.layers);
+    save_indexer(a.out, m, md);
+    std::fprintf(stderr, "[flashmem] %s: target layers %s of %s (%.2f MiB)\n", a.out.c_str(), ls.c_str(),
+                 md["train.selected_from"].c_str(), static_cast<double>(fs::file_size(a.out)) / (1 << 20));
+    return 0;
+  }
+  FM_CHECK(!a.data.empty(), ErrorCode::kInvalidArgument, "train-indexer needs --data DIR (or --select FILE)");
   train::LoadOptions lo;
   lo.pooling = a.pooling;
   lo.min_hits = a.min_hits > 0 ? a.min_hits : 30;

@@ -144,6 +144,7 @@ struct TrainIndexerArgs {
   std::string data;     // dump directory with train/ val/ test/
   std::string out;      // checkpoint (.safetensors)
   std::string evaluate; // score this checkpoint on the test split instead of training
+  std::string select;   // write this checkpoint restricted to `layers` to `out` (no data)
   std::string pooling = "post_rope_mean";
   std::vector<int> layers;
   int min_hits = 0;     // 0: 30 when training, the checkpoint's own with --evaluate
