@@ -571,6 +571,29 @@ TEST(Policies, OracleReplaysTheHeaviestPagesOfTheNextWindow) {
 
 // The driver: sink and tail always resident, the policy's pages in between, the device within
 // budget through whole cycles, selections every τ steps.
+// A policy's page metadata (quest's bounds here, lsa's index keys) is device memory from the
+// moment a page completes: the footprint counts it during prefill, before any selection.
+TEST(Residency, PageMetadataIsCountedFromPrefillOn) {
+  KvCacheConfig c = small_config(KvType::kF32);
+  ResidencyOptions o;
+  o.policy = "quest";
+  o.budget = KvBudget::parse("6pages");
+  o.cycle = 8;
+  o.sink_tokens = 8;
+  o.tail_tokens = 8;
+  KvReserve reserve(host_backend(), c.page_bytes(), 6 * c.n_layers);
+  RecallEngine recall(host_backend());
+  TieredKvStore s(c, 6, reserve, recall);
+  Residency res(s, make_policy(o.policy, c, 0), o);
+  append_all(s, c, 0, 100);  // "prefill": 12 completed pages per layer, no selection yet
+  auto same = make_policy("quest", c, 0);  // the same metadata, built independently
+  for (int l = 0; l < c.n_layers; ++l)
+    for (int32_t pg = 0; pg < s.completed_pages(l); ++pg) same->on_page(l, pg, s.mirror_page(l, pg));
+  ASSERT_GT(same->index_bytes(), 0u);
+  EXPECT_EQ(s.footprint().index_keys, same->index_bytes());
+  EXPECT_EQ(s.peak().index_keys, same->index_bytes());
+}
+
 TEST(Residency, CyclesKeepSinkTailAndTheBudget) {
   KvCacheConfig c = small_config(KvType::kF32);
   ResidencyOptions o;

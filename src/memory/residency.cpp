@@ -89,7 +89,12 @@ Residency::Residency(TieredKvStore& store, std::unique_ptr<ResidencyPolicy> poli
   // Pages completed before the policy came (a prefill shared between policies) are shown first.
   for (int l = 0; l < store_.config().n_layers; ++l)
     for (int32_t pg = 0; pg < store_.completed_pages(l); ++pg) pol->on_page(l, pg, store_.mirror_page(l, pg));
-  store_.set_page_listener([pol](int layer, int32_t page, const uint8_t* data) { pol->on_page(layer, page, data); });
+  // Index keys built from a page are device bytes from then on (prefill included).
+  store_.set_page_listener([this, pol](int layer, int32_t page, const uint8_t* data) {
+    pol->on_page(layer, page, data);
+    store_.set_aux_bytes(pol->index_bytes(), pol->scratch_bytes());
+  });
+  store_.set_aux_bytes(pol->index_bytes(), pol->scratch_bytes());
   if (policy_->per_step()) store_.set_hook(this);
 }
 
