@@ -227,8 +227,8 @@ TEST(LsaModel, LsaAtFullBudgetIsBitIdenticalToTheFullPath) {
   eng.model().set_tap(nullptr);
   EXPECT_EQ(recall.stats().pages, 0);
   EXPECT_EQ(res->cycles(), 4);
-  // The index keys are device bytes of the request: 3 layers × 196 B per 16-token chunk.
-  EXPECT_GE(kv.footprint().index_keys, static_cast<uint64_t>(3 * 196 * (2100 / 16)));
+  // The index keys are device bytes of the request: 196 B per target layer and 16-token chunk.
+  EXPECT_GE(kv.footprint().index_keys, static_cast<uint64_t>(model->keys.layers.size() * 196 * (2100 / 16)));
 }
 
 TEST(LsaModel, LsaUnderABudgetKeepsTheDeviceWithinItAndCountsItsKeys) {
@@ -242,14 +242,18 @@ TEST(LsaModel, LsaUnderABudgetKeepsTheDeviceWithinItAndCountsItsKeys) {
   go.max_new_tokens = 16;
   go.memory.policy = "lsa";
   go.memory.budget = KvBudget::parse("20%");
-  const GenerateResult r = eng->generate(prompt, go);
+  // This prompt repeats three short texts, so many chunks score alike and the fallback may
+  // widen (it does for the shipped indexer at θ = 0.5); without it the budget must hold.
+  GenerateOptions narrow = go;
+  narrow.memory.lsa.widen = false;
+  const GenerateResult r = eng->generate(prompt, narrow);
   EXPECT_EQ(r.tokens.size(), 16u);
+  EXPECT_EQ(r.kv.widened_at_step, -1);
   EXPECT_GT(r.kv.final.index_keys, 0u);
+  EXPECT_GT(r.kv.peak.index_keys, 0u);
   EXPECT_GE(r.kv.lsa_kept_fraction, 0.0);
-  if (r.kv.widened_at_step < 0) {  // no fallback: the budget holds
-    EXPECT_LE(r.kv.peak.reserve + r.kv.peak.open, r.kv.reserve_bytes);
-    EXPECT_LT(r.kv.mean_device_bytes, 0.3 * static_cast<double>(r.kv.final.full_kv));
-  }
+  EXPECT_LE(r.kv.peak.reserve + r.kv.peak.open, r.kv.reserve_bytes);
+  EXPECT_LT(r.kv.mean_device_bytes, 0.3 * static_cast<double>(r.kv.final.full_kv));
   // The needle fallback: a request that cannot choose widens to a full budget at once and then
   // generates exactly what full attention does.
   GenerateOptions wide = go;
