@@ -569,18 +569,22 @@ TEST(Policies, OracleReplaysTheHeaviestPagesOfTheNextWindow) {
   EXPECT_EQ(out, (std::vector<int32_t>{4}));
 }
 
-// The driver: sink and tail always resident, the policy's pages in between, the device within
-// budget through whole cycles, selections every τ steps.
-// A policy's page metadata (quest's bounds here, lsa's index keys) is device memory from the
-// moment a page completes: the footprint counts it during prefill, before any selection.
-TEST(Residency, PageMetadataIsCountedFromPrefillOn) {
-  KvCacheConfig c = small_config(KvType::kF32);
+// Six pages per layer, 8-token cycles, one-page sink and tail (the Residency tests).
+ResidencyOptions six_pages(const char* policy) {
   ResidencyOptions o;
-  o.policy = "quest";
+  o.policy = policy;
   o.budget = KvBudget::parse("6pages");
   o.cycle = 8;
   o.sink_tokens = 8;
   o.tail_tokens = 8;
+  return o;
+}
+
+// A policy's page metadata (quest's bounds here, lsa's index keys) is device memory from the
+// moment a page completes: the footprint counts it during prefill, before any selection.
+TEST(Residency, PageMetadataIsCountedFromPrefillOn) {
+  KvCacheConfig c = small_config(KvType::kF32);
+  const ResidencyOptions o = six_pages("quest");
   KvReserve reserve(host_backend(), c.page_bytes(), 6 * c.n_layers);
   RecallEngine recall(host_backend());
   TieredKvStore s(c, 6, reserve, recall);
@@ -594,14 +598,11 @@ TEST(Residency, PageMetadataIsCountedFromPrefillOn) {
   EXPECT_EQ(s.peak().index_keys, same->index_bytes());
 }
 
+// The driver: sink and tail always resident, the policy's pages in between, the device within
+// budget through whole cycles, selections every τ steps.
 TEST(Residency, CyclesKeepSinkTailAndTheBudget) {
   KvCacheConfig c = small_config(KvType::kF32);
-  ResidencyOptions o;
-  o.policy = "recency";
-  o.budget = KvBudget::parse("6pages");
-  o.cycle = 8;
-  o.sink_tokens = 8;
-  o.tail_tokens = 8;
+  const ResidencyOptions o = six_pages("recency");
   const int64_t budget = resolve_budget_pages(o, c, 200);
   ASSERT_EQ(budget, 6);
   KvReserve reserve(host_backend(), c.page_bytes(), budget * c.n_layers);
