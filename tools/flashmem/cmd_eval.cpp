@@ -11,6 +11,9 @@
 #include <algorithm>
 #include <chrono>
 #include <cstdio>
+#include <filesystem>
+#include <fstream>
+#include <iterator>
 #include <map>
 #include <set>
 
@@ -20,6 +23,7 @@
 #include "eval/progress.h"
 #include "eval/results.h"
 #include "eval/ruler.h"
+#include "eval/word_filter.h"
 #include "eval_suites.h"
 
 namespace flashmem::cli {
@@ -149,6 +153,15 @@ int eval_command(const EvalArgs& a) {
   eo.indexer_layers = a.memory.lsa_layers;
   auto eng = Engine::load(eo);
   const std::string where = backend_label(*eng);
+  // Which indexer lsa records came from: its file name and a hash of its bytes.
+  nlohmann::json indexer_id;
+  if (!eo.indexer_path.empty()) {
+    std::ifstream in(eo.indexer_path, std::ios::binary);
+    const std::string bytes((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+    char hex[17];
+    std::snprintf(hex, sizeof hex, "%016llx", static_cast<unsigned long long>(eval::fnv1a64(bytes)));
+    indexer_id = {{"file", std::filesystem::path(eo.indexer_path).filename().string()}, {"fnv1a64", hex}};
+  }
 
   SuiteRequest req;
   req.suite = a.suite;
@@ -213,6 +226,7 @@ int eval_command(const EvalArgs& a) {
         rec.extra["lsa_kept_fraction"] = g.kv.lsa_kept_fraction;
         rec.extra["lsa_spread"] = a.memory.lsa_spread;
         rec.extra["lsa_layers"] = eng->indexer()->keys_config().layers;
+        rec.extra["indexer"] = indexer_id;
       }
       writer.append(rec);
       progress.tick(1, item.task + " " + std::to_string(item.length) + " " + r->policy + " " + r->budget);
