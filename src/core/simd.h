@@ -12,3 +12,15 @@
 #include <immintrin.h>
 #pragma GCC diagnostic pop
 #endif
+
+#if defined(__AVX__)
+namespace flashmem::simd {
+// The sum of the 8 lanes of v.
+inline float hsum256(__m256 v) {
+  __m128 h = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+  h = _mm_add_ps(h, _mm_movehl_ps(h, h));
+  h = _mm_add_ss(h, _mm_movehdup_ps(h));
+  return _mm_cvtss_f32(h);
+}
+}  // namespace flashmem::simd
+#endif

@@ -161,13 +161,6 @@ inline __m256 exp256(__m256 x) {
   return _mm256_mul_ps(p, _mm256_castsi256_ps(e));
 }
 
-inline float hsum256(__m256 v) {
-  __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
-  s = _mm_add_ps(s, _mm_movehl_ps(s, s));
-  s = _mm_add_ss(s, _mm_movehdup_ps(s));
-  return _mm_cvtss_f32(s);
-}
-
 // nv (≤ 8) values at element `at`; lanes past nv read as 0.
 template <KvType T>
 inline __m256 load8(const void* base, int64_t at, int nv) {
@@ -222,7 +215,7 @@ void attend_page8(const Rows& rows, const void* kbase, const void* vbase, int pt
       storef8(sr + jb, e, nv);
       lsum = _mm256_add_ps(lsum, e);
     }
-    *rows.l[r] = *rows.l[r] * corr[r] + hsum256(lsum);
+    *rows.l[r] = *rows.l[r] * corr[r] + simd::hsum256(lsum);
   }
   for (int cb = 0; cb < d; cb += 8) {
     const int nd = std::min(8, d - cb);

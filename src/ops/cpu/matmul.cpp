@@ -39,11 +39,7 @@ float dot_f32(const float* a, const float* b, int64_t n) {
     for (int u = 0; u < 4; ++u)
       acc[u] = _mm256_fmadd_ps(_mm256_loadu_ps(a + i + 8 * u), _mm256_loadu_ps(b + i + 8 * u), acc[u]);
   for (; i + 8 <= n; i += 8) acc[0] = _mm256_fmadd_ps(_mm256_loadu_ps(a + i), _mm256_loadu_ps(b + i), acc[0]);
-  const __m256 t = _mm256_add_ps(_mm256_add_ps(acc[0], acc[1]), _mm256_add_ps(acc[2], acc[3]));
-  __m128 h = _mm_add_ps(_mm256_castps256_ps128(t), _mm256_extractf128_ps(t, 1));
-  h = _mm_add_ps(h, _mm_movehl_ps(h, h));
-  h = _mm_add_ss(h, _mm_movehdup_ps(h));
-  float s = _mm_cvtss_f32(h);
+  float s = simd::hsum256(_mm256_add_ps(_mm256_add_ps(acc[0], acc[1]), _mm256_add_ps(acc[2], acc[3])));
   for (; i < n; ++i) s += a[i] * b[i];
   return s;
 #else
@@ -130,13 +126,6 @@ inline __m128 load_f16x2(const void* p) {  // straight into a vector register
   return _mm_cvtph_ps(_mm_loadu_si32(p));
 }
 
-inline float hsum256(__m256 v) {
-  __m128 h = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
-  h = _mm_add_ps(h, _mm_movehl_ps(h, h));
-  h = _mm_add_ss(h, _mm_movehdup_ps(h));
-  return _mm_cvtss_f32(h);
-}
-
 // Q4_1: x_j = d·q_j + m; nibble j of qs → element j, high nibble → element j + 16.
 template <int R>
 void dot_q4_1_avx2(const uint8_t* row0, size_t row_bytes, const float* x, int64_t nb, float* out) {
@@ -162,7 +151,7 @@ void dot_q4_1_avx2(const uint8_t* row0, size_t row_bytes, const float* x, int64_
       ma[r] = _mm256_fmadd_ps(_mm256_broadcastss_ps(_mm_movehdup_ps(dm)), xs, ma[r]);
     }
   }
-  for (int r = 0; r < R; ++r) out[r] = hsum256(_mm256_add_ps(acc[r], ma[r]));
+  for (int r = 0; r < R; ++r) out[r] = simd::hsum256(_mm256_add_ps(acc[r], ma[r]));
 }
 
 // Q8_0, one row: on this EPYC (no AVX-512) four interleaved rows ran 1.6–1.8× slower than one
@@ -184,7 +173,7 @@ float dot_q8_0_avx2(const uint8_t* row, const float* x, int64_t nb) {
     acc0 = _mm256_fmadd_ps(t0, d, acc0);
     acc1 = _mm256_fmadd_ps(t1, d, acc1);
   }
-  return hsum256(_mm256_add_ps(acc0, acc1));
+  return simd::hsum256(_mm256_add_ps(acc0, acc1));
 }
 #define FLASHMEM_DOT_AVX2 1
 #endif
