@@ -5,7 +5,7 @@
 
 Per length: the task scores of each policy averaged over the samples all policies completed, the
 average over tasks, and BASE − other as the mean over tasks of the per-task mean paired
-difference, with a 95% interval 1.96·sqrt(Σ_t s_t²/N_t)/tasks (s_t: the sample standard
+difference (samples of several seeds pooled), with a 95% interval 1.96·sqrt(Σ_t s_t²/N_t)/tasks (s_t: the sample standard
 deviation of the task's paired differences), as `flashmem eval --summarize` averages tasks.
 """
 import collections
@@ -21,7 +21,8 @@ score = {}
 kv = collections.defaultdict(list)
 for line in open(path):
     r = json.loads(line)
-    score[(r["length"], r["task"], r["sample_index"], r["policy"])] = r["score"]
+    # A sample is (seed, index): runs with different seeds concatenate into one file.
+    score[(r["length"], r["task"], (r.get("seed", 0), r["sample_index"]), r["policy"])] = r["score"]
     kv[(r["length"], r["policy"])].append(r["device_kv_bytes_mean"] / r["full_kv_bytes"])
 for length in sorted({k[0] for k in score}):
     tasks = sorted({k[1] for k in score if k[0] == length})

@@ -354,15 +354,18 @@ class ScriptedScorer final : public LsaScorer {
  public:
   explicit ScriptedScorer(IndexKeyConfig c) : c_(std::move(c)) {}
   const IndexKeyConfig& keys_config() const override { return c_; }
-  void score(int /*t*/, const float* /*row*/, int32_t /*position*/, IndexKeys& keys, std::vector<float>& prob) override {
+  void score(int t, const float* /*row*/, int32_t /*position*/, IndexKeys& keys, std::vector<float>& prob) override {
     prob.assign(static_cast<size_t>(keys.n_chunks(0)), low);
-    for (auto [c, p] : high)
+    for (size_t c = 0; c < profile.size() && c < prob.size(); ++c) prob[c] = profile[c];
+    for (auto [c, p] : per_target.empty() ? high : per_target[static_cast<size_t>(t)])
       if (c < static_cast<int64_t>(prob.size())) prob[c] = p;
     ++calls;
   }
   IndexKeyConfig c_;
   float low = 0.1f;
-  std::vector<std::pair<int64_t, float>> high;
+  std::vector<float> profile;                            // per chunk, when given (else `low`)
+  std::vector<std::pair<int64_t, float>> high;           // every target
+  std::vector<std::vector<std::pair<int64_t, float>>> per_target;  // instead of `high`, per target
   int calls = 0;
 };
 
@@ -385,6 +388,7 @@ TEST(LsaPolicy, RanksPagesByKeptChunksAndWidensWhenItCannotChoose) {
   q.position = 100;
   LsaOptions o;
   o.spread = 0;  // the chunks' own scores rank the pages (spread is tested below)
+  o.contrast = 0;  // (contrast too)
   CpuBackend be(1);
   LsaPolicy pol(kv, scorer, q, &be, o);
   std::vector<float> page(static_cast<size_t>(2) * 8 * 8, 0.25f);
@@ -424,39 +428,60 @@ TEST(LsaPolicy, RanksPagesByKeptChunksAndWidensWhenItCannotChoose) {
   EXPECT_THROW(bad.validate(), Error);
 }
 
+// One-chunk pages over n_pages pages of a KV with the given layers; `targets` are the indexer's.
+struct ScriptedLsa {
+  ScriptedLsa(int n_layers, std::vector<int> targets, int32_t n_pages) {
+    kv.n_layers = n_layers;
+    kv.n_kv_heads = 1;
+    kv.head_dim = 8;
+    kv.page_tokens = 4;
+    kv.max_tokens = 256;
+    ic.chunk_tokens = 4;
+    ic.layers = targets;
+    ic.rope.n_rot = 8;
+    scorer = std::make_shared<ScriptedScorer>(ic);
+    q.layers = targets;
+    q.d_model = 4;
+    q.rows.assign(4 * targets.size(), 0.0f);
+    q.position = 4 * n_pages;
+    pages = n_pages;
+  }
+  std::unique_ptr<LsaPolicy> policy(const LsaOptions& o) {
+    auto pol = std::make_unique<LsaPolicy>(kv, scorer, q, &be, o);
+    std::vector<float> page(static_cast<size_t>(2) * 4 * 8, 0.25f);
+    for (int layer : ic.layers)
+      for (int32_t pg = 0; pg < pages; ++pg) pol->on_page(layer, pg, reinterpret_cast<const uint8_t*>(page.data()));
+    return pol;
+  }
+  // Every page completed; sink and tail one page each.
+  SelectContext context() const {
+    SelectContext c;
+    c.n_pages = pages;
+    c.middle_begin = 1;
+    c.middle_end = pages - 1;
+    return c;
+  }
+  KvCacheConfig kv;
+  IndexKeyConfig ic;
+  std::shared_ptr<ScriptedScorer> scorer;
+  IndexerQuery q;
+  CpuBackend be{1};
+  int32_t pages = 0;
+};
+
 TEST(LsaPolicy, SpreadPullsInTheNeighboursOfAChosenChunkFirst) {
   // Pages of one chunk (the RULER runs' setting): chunk 4 scores 0.9, chunk 7 0.6, chunk 5 0.2.
-  KvCacheConfig kv;
-  kv.n_layers = 1;
-  kv.n_kv_heads = 1;
-  kv.head_dim = 8;
-  kv.page_tokens = 4;
-  kv.max_tokens = 256;
-  IndexKeyConfig ic;
-  ic.chunk_tokens = 4;
-  ic.layers = {0};
-  ic.rope.n_rot = 8;
-  auto scorer = std::make_shared<ScriptedScorer>(ic);
-  scorer->high = {{4, 0.9f}, {7, 0.6f}, {5, 0.2f}};
-  IndexerQuery q;
-  q.layers = {0};
-  q.d_model = 4;
-  q.rows.assign(4, 0.0f);
-  q.position = 100;
-  CpuBackend be(1);
-  std::vector<float> page(static_cast<size_t>(2) * 4 * 8, 0.25f);
-  SelectContext c;
-  c.n_pages = 10;
-  c.middle_begin = 1;
-  c.middle_end = 9;
+  ScriptedLsa s(1, {0}, 10);
+  s.scorer->high = {{4, 0.9f}, {7, 0.6f}, {5, 0.2f}};
+  SelectContext c = s.context();
   auto pick = [&](int spread, int64_t n) {
     LsaOptions o;
     o.spread = spread;
-    LsaPolicy pol(kv, scorer, q, &be, o);
-    for (int32_t pg = 0; pg < 10; ++pg) pol.on_page(0, pg, reinterpret_cast<const uint8_t*>(page.data()));
+    o.contrast = 0;
+    auto pol = s.policy(o);
     std::vector<int32_t> out;
-    pol.select(c, n, out);
-    EXPECT_DOUBLE_EQ(pol.last_kept_fraction(), 2.0 / 8.0);  // statistics use the chunks' own scores
+    pol->select(c, n, out);
+    EXPECT_DOUBLE_EQ(pol->last_kept_fraction(), 2.0 / 8.0);  // statistics use the chunks' own scores
     return out;
   };
   EXPECT_EQ(pick(0, 3), (std::vector<int32_t>{4, 7, 5}));
@@ -469,6 +494,62 @@ TEST(LsaPolicy, SpreadPullsInTheNeighboursOfAChosenChunkFirst) {
   bad.spread = 65;
   EXPECT_THROW(bad.validate(), Error);
   bad.spread = -1;
+  EXPECT_THROW(bad.validate(), Error);
+}
+
+TEST(LsaPolicy, PerLayerSelectionFollowsTheNearestTargetLayer) {
+  // Target layers 1 and 4 of six; layer 1's indexer wants page 3, layer 4's page 6.
+  ScriptedLsa s(6, {1, 4}, 10);
+  s.scorer->per_target = {{{3, 0.95f}}, {{6, 0.95f}}};
+  SelectContext c = s.context();
+  auto pick = [&](LsaPolicy& pol, int layer) {
+    c.layer = layer;
+    std::vector<int32_t> out;
+    pol.select(c, 1, out);
+    return out;
+  };
+  LsaOptions o;
+  o.spread = 0;
+  o.per_layer = true;
+  auto pol = s.policy(o);
+  for (int layer : {0, 1, 2}) EXPECT_EQ(pick(*pol, layer), std::vector<int32_t>{3}) << "layer " << layer;
+  for (int layer : {3, 4, 5}) EXPECT_EQ(pick(*pol, layer), std::vector<int32_t>{6}) << "layer " << layer;
+  EXPECT_EQ(s.scorer->calls, 2);  // one Level-1 pass: each target scored once
+  // The ensemble (mean: 0.525 on both pages) gives every layer the same page (ties: newer first).
+  o.per_layer = false;
+  auto one = s.policy(o);
+  for (int layer = 0; layer < 6; ++layer) EXPECT_EQ(pick(*one, layer), std::vector<int32_t>{6}) << "layer " << layer;
+}
+
+TEST(LsaPolicy, ContrastRanksAChunkThatStandsOutAboveAUniformlyHighStretch) {
+  // Chunks 1..13 score 0.1 except chunk 5 (0.6); the stretch 14..19 before the tail scores 0.8.
+  ScriptedLsa s(1, {0}, 21);
+  s.scorer->profile.assign(21, 0.1f);
+  s.scorer->profile[5] = 0.6f;
+  for (int ch = 14; ch < 20; ++ch) s.scorer->profile[ch] = 0.8f;
+  SelectContext c = s.context();
+  auto pick = [&](int contrast, int64_t n) {
+    LsaOptions o;
+    o.spread = 0;
+    o.contrast = contrast;
+    auto pol = s.policy(o);
+    std::vector<int32_t> out;
+    pol->select(c, n, out);
+    return out;
+  };
+  // Raw scores: the newest of the stretch.
+  EXPECT_EQ(pick(0, 3), (std::vector<int32_t>{19, 18, 17}));
+  // Contrast 4: chunk 5 rises 0.5 above its window's lower quartile (0.1); inside the stretch
+  // the quartile is 0.8 (rise 0), while its first two chunks still see 0.1 (rise 0.7).
+  EXPECT_EQ(pick(4, 3), (std::vector<int32_t>{15, 14, 5}));
+  // Chunks above θ come first: the far chunks at 0.1 never outrank the stretch.
+  auto seven = pick(4, 7);
+  std::sort(seven.begin(), seven.end());
+  EXPECT_EQ(seven, (std::vector<int32_t>{5, 14, 15, 16, 17, 18, 19}));
+  LsaOptions bad;
+  bad.contrast = -1;
+  EXPECT_THROW(bad.validate(), Error);
+  bad.contrast = 5000;
   EXPECT_THROW(bad.validate(), Error);
 }
 

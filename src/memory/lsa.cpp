@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstdlib>
 #include <sstream>
 
 #include "core/error.h"
@@ -17,6 +18,8 @@ void LsaOptions::validate() const {
            "bad needle-fallback thresholds");
   FM_CHECK(spread >= 0 && spread <= 64, ErrorCode::kInvalidArgument, "the lsa spread must be in [0, 64] chunks, got ",
            spread);
+  FM_CHECK(contrast >= 0 && contrast <= 4096, ErrorCode::kInvalidArgument,
+           "the lsa contrast window must be in [0, 4096] chunks, got ", contrast);
 }
 
 LsaPolicy::LsaPolicy(const KvCacheConfig& kv, std::shared_ptr<LsaScorer> scorer,
@@ -29,8 +32,66 @@ LsaPolicy::LsaPolicy(const KvCacheConfig& kv, std::shared_ptr<LsaScorer> scorer,
 }
 
 uint64_t LsaPolicy::scratch_bytes() const {
-  return scorer_->device_bytes() +
-         (prob_.capacity() + ens_.capacity() + rank_.capacity() + page_score_.capacity()) * sizeof(float);
+  size_t floats = prob_.capacity() + ens_.capacity() + rank_.capacity() + key_.capacity() +
+                  rise_.capacity() + window_.capacity() + page_score_.capacity();
+  for (const auto& v : target_prob_) floats += v.capacity();
+  for (const auto& v : target_page_score_) floats += v.capacity();
+  return scorer_->device_bytes() + floats * sizeof(float);
+}
+
+int LsaPolicy::target_of(int layer) const {
+  const std::vector<int>& ls = query_.layers;
+  int best = 0;
+  for (int t = 1; t < static_cast<int>(ls.size()); ++t)
+    if (std::abs(ls[t] - layer) < std::abs(ls[best] - layer)) best = t;
+  return best;
+}
+
+namespace {
+// out[ch] = max(in[ch], 0.9^d · in[ch ± d]) for d ≤ spread, within [lo, hi).
+void spread_scores(const std::vector<float>& in, int64_t lo, int64_t hi, int spread, std::vector<float>& out) {
+  out = in;
+  for (int64_t ch = lo; ch < hi; ++ch) {
+    float w = 1.0f;
+    for (int d = 1; d <= spread; ++d) {
+      w *= 0.9f;
+      if (ch - d >= lo) out[ch] = std::max(out[ch], w * in[ch - d]);
+      if (ch + d < hi) out[ch] = std::max(out[ch], w * in[ch + d]);
+    }
+  }
+}
+}  // namespace
+
+void LsaPolicy::rank_pages(const SelectContext& c, const std::vector<float>& chunk, std::vector<float>& page) {
+  const int cpp = keys_.chunks_per_page();
+  const int64_t lo = c.middle_begin * cpp, hi = c.middle_end * cpp;
+  // Which chunks pass θ (a chosen chunk's neighbours with it, by spread) ...
+  spread_scores(chunk, lo, hi, opts_.spread, rank_);
+  // ... and the order among pages with as many: their best chunk, or its rise above its
+  // surroundings' lower quartile.
+  const std::vector<float>* key = &rank_;
+  if (opts_.contrast > 0) {
+    rise_.assign(chunk.size(), 0.0f);
+    for (int64_t ch = lo; ch < hi; ++ch) {
+      const int64_t a = std::max(lo, ch - opts_.contrast), b = std::min(hi, ch + opts_.contrast + 1);
+      window_.assign(chunk.begin() + a, chunk.begin() + b);
+      auto q = window_.begin() + static_cast<std::ptrdiff_t>(window_.size() / 4);
+      std::nth_element(window_.begin(), q, window_.end());
+      rise_[ch] = std::max(0.0f, chunk[ch] - *q);
+    }
+    spread_scores(rise_, lo, hi, opts_.spread, key_);
+    key = &key_;
+  }
+  page.assign(static_cast<size_t>(c.n_pages), 0.0f);
+  for (int64_t pg = c.middle_begin; pg < c.middle_end; ++pg) {
+    float best = 0.0f;
+    int ranked = 0;
+    for (int64_t ch = pg * cpp; ch < (pg + 1) * cpp; ++ch) {
+      ranked += rank_[ch] > opts_.threshold;
+      best = std::max(best, (*key)[ch]);
+    }
+    page[pg] = static_cast<float>(ranked) + best;  // count first, best chunk breaks ties
+  }
 }
 
 void LsaPolicy::level1(const SelectContext& c) {
@@ -43,42 +104,27 @@ void LsaPolicy::level1(const SelectContext& c) {
     FM_ICHECK(keys_.n_chunks(t) >= n_chunks, "lsa: index keys cover ", keys_.n_chunks(t),
               " chunks, the layer has ", n_chunks);
     scorer_->score(t, query_.rows.data() + static_cast<size_t>(t) * query_.d_model, query_.position, keys_, prob_);
+    if (opts_.per_layer) {
+      target_prob_.resize(static_cast<size_t>(nt));
+      target_prob_[t].assign(prob_.begin(), prob_.begin() + n_chunks);
+    }
     for (int64_t ch = 0; ch < n_chunks; ++ch)
       ens_[ch] = opts_.ensemble == "max" ? std::max(ens_[ch], prob_[ch]) : ens_[ch] + prob_[ch] / nt;
   }
-  // Ranking score: the chunk's own, or (spread) a decayed neighbour's when that is higher.
-  if (opts_.spread > 0) {
-    rank_ = ens_;
-    const int64_t lo = c.middle_begin * cpp, hi = c.middle_end * cpp;
-    for (int64_t ch = lo; ch < hi; ++ch) {
-      float w = 1.0f;
-      for (int d = 1; d <= opts_.spread; ++d) {
-        w *= 0.9f;
-        if (ch - d >= lo) rank_[ch] = std::max(rank_[ch], w * ens_[ch - d]);
-        if (ch + d < hi) rank_[ch] = std::max(rank_[ch], w * ens_[ch + d]);
-      }
-    }
-  }
-  const std::vector<float>& rank = opts_.spread > 0 ? rank_ : ens_;
-  // Page density over the middle pages; statistics for the fallback (on the chunks' own scores).
-  page_score_.assign(static_cast<size_t>(c.n_pages), 0.0f);
+  // Statistics for the fallback, on the ensemble's own chunk scores over the middle.
   int64_t kept = 0, total = 0;
   double sum = 0.0, sum2 = 0.0;
-  for (int64_t pg = c.middle_begin; pg < c.middle_end; ++pg) {
-    float best = 0.0f;
-    int passed = 0;
-    int ranked = 0;
-    for (int64_t ch = pg * cpp; ch < (pg + 1) * cpp; ++ch) {
-      const float p = ens_[ch];
-      passed += p > opts_.threshold;
-      ranked += rank[ch] > opts_.threshold;
-      best = std::max(best, rank[ch]);
-      sum += p;
-      sum2 += static_cast<double>(p) * p;
-    }
-    kept += passed;
-    total += cpp;
-    page_score_[pg] = static_cast<float>(ranked) + best;  // count first, best chunk breaks ties
+  for (int64_t ch = c.middle_begin * cpp; ch < c.middle_end * cpp; ++ch) {
+    const float p = ens_[ch];
+    kept += p > opts_.threshold;
+    sum += p;
+    sum2 += static_cast<double>(p) * p;
+    ++total;
+  }
+  rank_pages(c, ens_, page_score_);
+  if (opts_.per_layer) {
+    target_page_score_.resize(static_cast<size_t>(nt));
+    for (int t = 0; t < nt; ++t) rank_pages(c, target_prob_[t], target_page_score_[t]);
   }
   kept_fraction_ = total ? static_cast<double>(kept) / total : 0.0;
   score_std_ = total ? std::sqrt(std::max(0.0, sum2 / total - (sum / total) * (sum / total))) : 0.0;
@@ -100,7 +146,7 @@ void LsaPolicy::select(const SelectContext& c, int64_t n, std::vector<int32_t>& 
     level1(c);
     scored_cycle_ = c.cycle;
   }
-  top_pages(c, n, page_score_, out);
+  top_pages(c, n, opts_.per_layer ? target_page_score_[target_of(c.layer)] : page_score_, out);
 }
 
 }  // namespace flashmem

@@ -40,6 +40,11 @@ void add_lsa_options(CLI::App* c, MemoryArgs& a) {
   c->add_flag("--lsa-no-widen", a.lsa_no_widen, "lsa: never widen (no needle fallback)");
   c->add_option("--lsa-spread", a.lsa_spread, "lsa: neighbouring chunks a chosen chunk pulls in (0: off; default 1)")
       ->check(CLI::Range(0, 64));
+  c->add_flag("--lsa-per-layer", a.lsa_per_layer,
+              "lsa: each layer keeps the pages its nearest target layer ranks highest (default: one set for all)");
+  c->add_option("--lsa-contrast", a.lsa_contrast,
+                "lsa: rank by a chunk's rise above the lower quartile of the scores within N chunks either side (0: off; default 16)")
+      ->check(CLI::Range(0, 4096));
 }
 
 std::string indexer_path(const MemoryArgs& a, const std::string& model_path, bool lsa_wanted) {
@@ -69,6 +74,8 @@ ResidencyOptions residency_options(const MemoryArgs& a) {
   o.lsa.widen_kept = a.lsa_widen_kept;
   o.lsa.widen = !a.lsa_no_widen;
   o.lsa.spread = a.lsa_spread;
+  o.lsa.per_layer = a.lsa_per_layer;
+  o.lsa.contrast = a.lsa_contrast;
   o.validate();
   return o;
 }
