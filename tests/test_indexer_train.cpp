@@ -546,6 +546,37 @@ TEST(LsaPolicy, ContrastRanksAChunkThatStandsOutAboveAUniformlyHighStretch) {
   auto seven = pick(4, 7);
   std::sort(seven.begin(), seven.end());
   EXPECT_EQ(seven, (std::vector<int32_t>{5, 14, 15, 16, 17, 18, 19}));
+  // Random scores, every window shape at the edges: the order is the reference's (the rise
+  // over each chunk's window sorted in full; θ above every score, so the rise alone ranks).
+  ScriptedLsa r(1, {0}, 60);
+  std::mt19937 rng(11);
+  std::uniform_real_distribution<float> u(0.0f, 0.9f);
+  r.scorer->profile.resize(60);
+  for (float& x : r.scorer->profile) x = u(rng);
+  const SelectContext rc = r.context();
+  for (int w : {1, 3, 7, 40}) {
+    LsaOptions o;
+    o.spread = 0;
+    o.contrast = w;
+    o.threshold = 0.95f;
+    auto pol = r.policy(o);
+    std::vector<int32_t> got;
+    pol->select(rc, rc.middle_end - rc.middle_begin, got);
+    std::vector<std::pair<float, int32_t>> ref;
+    const auto& p = r.scorer->profile;
+    for (int64_t ch = rc.middle_begin; ch < rc.middle_end; ++ch) {
+      std::vector<float> win(p.begin() + std::max<int64_t>(rc.middle_begin, ch - w),
+                             p.begin() + std::min<int64_t>(rc.middle_end, ch + w + 1));
+      std::sort(win.begin(), win.end());
+      ref.emplace_back(std::max(0.0f, p[ch] - win[win.size() / 4]), static_cast<int32_t>(ch));
+    }
+    std::sort(ref.begin(), ref.end(), [](const auto& a, const auto& b) {
+      return a.first != b.first ? a.first > b.first : a.second > b.second;  // ties: newer first
+    });
+    std::vector<int32_t> want;
+    for (const auto& [rise, ch] : ref) want.push_back(ch);
+    EXPECT_EQ(got, want) << "window " << w;
+  }
   LsaOptions bad;
   bad.contrast = -1;
   EXPECT_THROW(bad.validate(), Error);

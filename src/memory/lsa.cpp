@@ -1,6 +1,7 @@
 #include "memory/lsa.h"
 
 #include <algorithm>
+#include <array>
 #include <cmath>
 #include <cstdlib>
 #include <sstream>
@@ -36,7 +37,7 @@ uint64_t LsaPolicy::scratch_bytes() const {
                   rise_.capacity() + window_.capacity() + page_score_.capacity();
   for (const auto& v : target_prob_) floats += v.capacity();
   for (const auto& v : target_page_score_) floats += v.capacity();
-  return scorer_->device_bytes() + floats * sizeof(float);
+  return scorer_->device_bytes() + floats * sizeof(float) + picked_.capacity() * sizeof(int32_t);
 }
 
 int LsaPolicy::target_of(int layer) const {
@@ -71,13 +72,17 @@ void LsaPolicy::rank_pages(const SelectContext& c, const std::vector<float>& chu
   // surroundings' lower quartile.
   const std::vector<float>* key = &rank_;
   if (opts_.contrast > 0) {
+    // The window [ch − W, ch + W] ∩ [lo, hi) slides one chunk at a time, kept sorted, so the
+    // quartile is one lookup (O(W) moves per chunk instead of a selection over the window).
     rise_.assign(chunk.size(), 0.0f);
+    window_.clear();
+    const int64_t w = opts_.contrast;
+    for (int64_t ch = lo; ch < std::min(hi, lo + w); ++ch)
+      window_.insert(std::upper_bound(window_.begin(), window_.end(), chunk[ch]), chunk[ch]);
     for (int64_t ch = lo; ch < hi; ++ch) {
-      const int64_t a = std::max(lo, ch - opts_.contrast), b = std::min(hi, ch + opts_.contrast + 1);
-      window_.assign(chunk.begin() + a, chunk.begin() + b);
-      auto q = window_.begin() + static_cast<std::ptrdiff_t>(window_.size() / 4);
-      std::nth_element(window_.begin(), q, window_.end());
-      rise_[ch] = std::max(0.0f, chunk[ch] - *q);
+      if (ch + w < hi) window_.insert(std::upper_bound(window_.begin(), window_.end(), chunk[ch + w]), chunk[ch + w]);
+      if (ch - w - 1 >= lo) window_.erase(std::lower_bound(window_.begin(), window_.end(), chunk[ch - w - 1]));
+      rise_[ch] = std::max(0.0f, chunk[ch] - window_[window_.size() / 4]);
     }
     spread_scores(rise_, lo, hi, opts_.spread, key_);
     key = &key_;
@@ -146,7 +151,18 @@ void LsaPolicy::select(const SelectContext& c, int64_t n, std::vector<int32_t>& 
     level1(c);
     scored_cycle_ = c.cycle;
   }
-  top_pages(c, n, opts_.per_layer ? target_page_score_[target_of(c.layer)] : page_score_, out);
+  if (opts_.per_layer) {
+    top_pages(c, n, target_page_score_[target_of(c.layer)], out);
+    return;
+  }
+  // One ranking for every layer: the pick is the same while the middle and the count are.
+  const std::array<int64_t, 4> key{c.cycle, c.middle_begin, c.middle_end, n};
+  if (key != picked_for_) {
+    picked_.clear();
+    top_pages(c, n, page_score_, picked_);
+    picked_for_ = key;
+  }
+  out.insert(out.end(), picked_.begin(), picked_.end());
 }
 
 }  // namespace flashmem

@@ -15,6 +15,7 @@
 // of the request — counted in its footprint and reported.
 #pragma once
 
+#include <array>
 #include <cstdint>
 #include <memory>
 #include <span>
@@ -102,6 +103,8 @@ class LsaPolicy final : public ResidencyPolicy {
   std::vector<std::vector<float>> target_prob_;             // per target layer, per chunk (per_layer)
   std::vector<float> page_score_;                           // per page (ensemble)
   std::vector<std::vector<float>> target_page_score_;       // per target layer, per page (per_layer)
+  std::vector<int32_t> picked_;                             // the ensemble's pick, shared by layers
+  std::array<int64_t, 4> picked_for_{-1, -1, -1, -1};       // (cycle, middle_begin, middle_end, n)
   bool widen_ = false;
   std::string widen_reason_;
   double kept_fraction_ = 0.0, score_std_ = 0.0;

@@ -143,9 +143,11 @@ void top_pages(const SelectContext& c, int64_t n, const std::vector<float>& scor
   std::vector<int32_t> cand(static_cast<size_t>(std::max<int64_t>(0, c.middle_end - c.middle_begin)));
   std::iota(cand.begin(), cand.end(), static_cast<int32_t>(c.middle_begin));
   const size_t k = static_cast<size_t>(std::clamp<int64_t>(n, 0, static_cast<int64_t>(cand.size())));
-  std::partial_sort(cand.begin(), cand.begin() + k, cand.end(), [&](int32_t a, int32_t b) {
-    return score[a] != score[b] ? score[a] > score[b] : a > b;
-  });
+  // A strict total order (ties: newer first), so selecting then sorting gives partial_sort's
+  // result in O(n + k log k).
+  const auto before = [&](int32_t a, int32_t b) { return score[a] != score[b] ? score[a] > score[b] : a > b; };
+  if (k < cand.size()) std::nth_element(cand.begin(), cand.begin() + k, cand.end(), before);
+  std::sort(cand.begin(), cand.begin() + k, before);
   out.insert(out.end(), cand.begin(), cand.begin() + k);
 }
 
