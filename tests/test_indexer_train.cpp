@@ -231,7 +231,17 @@ TEST(IndexerTrain, LearnsAPlantedRuleReproduciblyForAnyThreadCount) {
   const train::IndexerMetrics m = train::evaluate_indexer(a.model, te, 2);
   EXPECT_GT(m.rows[0].auc, 0.9) << "before training " << before;
   EXPECT_GT(m.rows[0].auc, before + 0.1);
-  EXPECT_EQ(m.rows.size(), 4u);  // two layers, max, mean
+  ASSERT_EQ(m.rows.size(), 5u);  // two layers, max, mean, the mean in the lsa policy's order
+  EXPECT_EQ(m.rows[3].name, "mean");
+  EXPECT_NE(m.rows[4].name.find("lsa order"), std::string::npos);
+  // The same chunks pass θ in both orders; only the ranking (AUC, recall@b) may differ.
+  EXPECT_EQ(m.rows[4].precision, m.rows[3].precision);
+  EXPECT_EQ(m.rows[4].recall, m.rows[3].recall);
+  for (double v : {m.rows[4].auc, m.rows[4].recall5, m.rows[4].recall10, m.rows[4].recall15}) {
+    EXPECT_FALSE(std::isnan(v));
+    EXPECT_GE(v, 0.0);
+    EXPECT_LE(v, 1.0);
+  }
   EXPECT_GE(a.best_epoch, 1);
 }
 

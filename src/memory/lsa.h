@@ -70,6 +70,12 @@ struct LsaOptions {
   void validate() const;
 };
 
+// Positional contrast: rise[ch] = max(0, score[ch] − the lower quartile of score over
+// [ch − window, ch + window] ∩ [lo, hi)) for ch in [lo, hi); rise is score.size() long, 0
+// elsewhere. `sorted` is scratch. O((hi − lo) · window) moves, no allocation once warm.
+void contrast_rise(const std::vector<float>& score, int64_t lo, int64_t hi, int window, std::vector<float>& rise,
+                   std::vector<float>& sorted);
+
 class LsaPolicy final : public ResidencyPolicy {
  public:
   LsaPolicy(const KvCacheConfig& kv, std::shared_ptr<LsaScorer> scorer, const IndexerQuery& query,

@@ -9,6 +9,7 @@
 #include "core/error.h"
 #include "core/fp8.h"
 #include "core/thread_pool.h"
+#include "memory/lsa.h"
 
 namespace flashmem::train {
 
@@ -73,7 +74,8 @@ IndexerMetrics evaluate_indexer(const IndexerModel& m, const IndexerDataset& ds,
   for (const auto& d : ds.docs)
     for (int64_t s = 0; s < d.n_points(); ++s)
       if (d.label_ptr[s + 1] > d.label_ptr[s] && d.cand_end[s] > d.cand_begin[s]) pts.push_back({&d, s});
-  const int n_rows = nt + 2;  // layers, max, mean
+  const int n_rows = nt + 3;  // layers, max, mean, the lsa ranking of the mean
+  const int window = LsaOptions{}.contrast;
   // Per point and row: auc, r5, r10, r15, tp, fp, positives (micro counts) — summed in order.
   std::vector<std::array<double, 7>> acc(pts.size() * n_rows);
   std::vector<double> cand(pts.size()), pos(pts.size());
@@ -97,6 +99,11 @@ IndexerMetrics evaluate_indexer(const IndexerModel& m, const IndexerDataset& ds,
         prob[nt + 1][c] += p / nt;
       }
     }
+    // The lsa policy's order (contrast): chunks above θ first, then by their rise above the
+    // lower quartile of their surroundings (memory/lsa.h).
+    std::vector<float> sorted;
+    contrast_rise(prob[nt + 1], 0, n, window, prob[nt + 2], sorted);
+    for (int64_t c = 0; c < n; ++c) prob[nt + 2][c] += prob[nt + 1][c] > 0.5f ? 1.0f : 0.0f;
     const int64_t npos = std::count(gold.begin(), gold.end(), 1);
     cand[i] = static_cast<double>(n);
     pos[i] = static_cast<double>(npos);
@@ -106,8 +113,9 @@ IndexerMetrics evaluate_indexer(const IndexerModel& m, const IndexerDataset& ds,
       for (int b = 0; b < 3; ++b)
         a[1 + b] = recall_at(prob[r], gold, static_cast<int64_t>(std::ceil((0.05 * (b + 1)) * n - 1e-9)));
       double tp = 0, fp = 0;
+      const std::vector<float>& at_theta = r == nt + 2 ? prob[nt + 1] : prob[r];  // same chunks pass θ
       for (int64_t c = 0; c < n; ++c)
-        if (prob[r][c] > 0.5f) (gold[c] ? tp : fp) += 1;
+        if (at_theta[c] > 0.5f) (gold[c] ? tp : fp) += 1;
       a[4] = tp;
       a[5] = fp;
       a[6] = static_cast<double>(npos);
@@ -124,7 +132,10 @@ IndexerMetrics evaluate_indexer(const IndexerModel& m, const IndexerDataset& ds,
   out.positive_rate = sc > 0 ? sp / sc : 0;
   for (int r = 0; r < n_rows; ++r) {
     ScorerMetrics sm;
-    sm.name = r < nt ? "layer " + std::to_string(ds.target_layers[r]) : r == nt ? "max" : "mean";
+    sm.name = r < nt    ? "layer " + std::to_string(ds.target_layers[r])
+              : r == nt ? "max"
+              : r == nt + 1 ? "mean"
+                            : "mean, lsa order (contrast " + std::to_string(window) + ")";
     double auc_sum = 0, r5 = 0, r10 = 0, r15 = 0, tp = 0, fp = 0, np = 0;
     int64_t auc_n = 0;
     for (size_t i = 0; i < pts.size(); ++i) {

@@ -4,6 +4,9 @@
 //                 with ≥ 1 golden and ≥ 1 other candidate;
 //   recall@b      |top ⌈b·candidates⌉ ∩ golden| / |golden|, averaged over points (b = 5, 10, 15%);
 //   P/R at θ=0.5  micro precision and recall of score > 0.5.
+// A last row ranks the mean as the lsa policy does by default: chunks above θ first, then by
+// their rise above the lower quartile of the scores within LsaOptions' default contrast window
+// either side, so recall@b there is what the policy's order keeps.
 #pragma once
 
 #include <cstdint>
@@ -16,7 +19,7 @@
 namespace flashmem::train {
 
 struct ScorerMetrics {
-  std::string name;  // "layer 14", "max", "mean"
+  std::string name;  // "layer 14", "max", "mean", "mean, lsa order (contrast 16)"
   double auc = 0, recall5 = 0, recall10 = 0, recall15 = 0, precision = 0, recall = 0;
 };
 
