@@ -34,10 +34,12 @@ LsaPolicy::LsaPolicy(const KvCacheConfig& kv, std::shared_ptr<LsaScorer> scorer,
 
 uint64_t LsaPolicy::scratch_bytes() const {
   size_t floats = prob_.capacity() + ens_.capacity() + rank_.capacity() + key_.capacity() +
-                  rise_.capacity() + window_.capacity() + page_score_.capacity();
+                  rise_.capacity() + window_.capacity();
+  size_t ints = 0;
   for (const auto& v : target_prob_) floats += v.capacity();
-  for (const auto& v : target_page_score_) floats += v.capacity();
-  return scorer_->device_bytes() + floats * sizeof(float) + picked_.capacity() * sizeof(int32_t);
+  for (const auto& v : page_score_) floats += v.capacity();
+  for (const auto& p : picks_) ints += p.pages.capacity();
+  return scorer_->device_bytes() + floats * sizeof(float) + ints * sizeof(int32_t);
 }
 
 int LsaPolicy::target_of(int layer) const {
@@ -112,13 +114,11 @@ void LsaPolicy::level1(const SelectContext& c) {
   for (int t = 0; t < nt; ++t) {
     FM_ICHECK(keys_.n_chunks(t) >= n_chunks, "lsa: index keys cover ", keys_.n_chunks(t),
               " chunks, the layer has ", n_chunks);
-    scorer_->score(t, query_.rows.data() + static_cast<size_t>(t) * query_.d_model, query_.position, keys_, prob_);
-    if (opts_.per_layer) {
-      target_prob_.resize(static_cast<size_t>(nt));
-      target_prob_[t].assign(prob_.begin(), prob_.begin() + n_chunks);
-    }
+    if (opts_.per_layer) target_prob_.resize(static_cast<size_t>(nt));
+    std::vector<float>& prob = opts_.per_layer ? target_prob_[t] : prob_;  // per_layer keeps each
+    scorer_->score(t, query_.rows.data() + static_cast<size_t>(t) * query_.d_model, query_.position, keys_, prob);
     for (int64_t ch = 0; ch < n_chunks; ++ch)
-      ens_[ch] = opts_.ensemble == "max" ? std::max(ens_[ch], prob_[ch]) : ens_[ch] + prob_[ch] / nt;
+      ens_[ch] = opts_.ensemble == "max" ? std::max(ens_[ch], prob[ch]) : ens_[ch] + prob[ch] / nt;
   }
   // Statistics for the fallback, on the ensemble's own chunk scores over the middle.
   int64_t kept = 0, total = 0;
@@ -130,11 +130,10 @@ void LsaPolicy::level1(const SelectContext& c) {
     sum2 += static_cast<double>(p) * p;
     ++total;
   }
-  rank_pages(c, ens_, page_score_);
-  if (opts_.per_layer) {
-    target_page_score_.resize(static_cast<size_t>(nt));
-    for (int t = 0; t < nt; ++t) rank_pages(c, target_prob_[t], target_page_score_[t]);
-  }
+  // One ranking for every layer (the ensemble's), or one per target layer.
+  page_score_.resize(opts_.per_layer ? static_cast<size_t>(nt) : 1);
+  picks_.resize(page_score_.size());
+  for (size_t r = 0; r < page_score_.size(); ++r) rank_pages(c, opts_.per_layer ? target_prob_[r] : ens_, page_score_[r]);
   kept_fraction_ = total ? static_cast<double>(kept) / total : 0.0;
   score_std_ = total ? std::sqrt(std::max(0.0, sum2 / total - (sum / total) * (sum / total))) : 0.0;
   if (opts_.widen && !widen_ && total > 0) {
@@ -155,18 +154,16 @@ void LsaPolicy::select(const SelectContext& c, int64_t n, std::vector<int32_t>& 
     level1(c);
     scored_cycle_ = c.cycle;
   }
-  if (opts_.per_layer) {
-    top_pages(c, n, target_page_score_[target_of(c.layer)], out);
-    return;
-  }
-  // One ranking for every layer: the pick is the same while the middle and the count are.
+  // Layers sharing a ranking share its pick while the middle and the count are the same.
+  const size_t r = opts_.per_layer ? static_cast<size_t>(target_of(c.layer)) : 0;
+  Pick& p = picks_[r];
   const std::array<int64_t, 4> key{c.cycle, c.middle_begin, c.middle_end, n};
-  if (key != picked_for_) {
-    picked_.clear();
-    top_pages(c, n, page_score_, picked_);
-    picked_for_ = key;
+  if (key != p.key) {
+    p.pages.clear();
+    top_pages(c, n, page_score_[r], p.pages);
+    p.key = key;
   }
-  out.insert(out.end(), picked_.begin(), picked_.end());
+  out.insert(out.end(), p.pages.begin(), p.pages.end());
 }
 
 }  // namespace flashmem

@@ -107,10 +107,14 @@ class LsaPolicy final : public ResidencyPolicy {
   int64_t scored_cycle_ = -1;
   std::vector<float> prob_, ens_, rank_, rise_, key_, window_;  // per chunk
   std::vector<std::vector<float>> target_prob_;             // per target layer, per chunk (per_layer)
-  std::vector<float> page_score_;                           // per page (ensemble)
-  std::vector<std::vector<float>> target_page_score_;       // per target layer, per page (per_layer)
-  std::vector<int32_t> picked_;                             // the ensemble's pick, shared by layers
-  std::array<int64_t, 4> picked_for_{-1, -1, -1, -1};       // (cycle, middle_begin, middle_end, n)
+  // Per ranking (the ensemble's, or per target layer with per_layer): page scores, and the
+  // pick the layers using it share.
+  struct Pick {
+    std::vector<int32_t> pages;
+    std::array<int64_t, 4> key{-1, -1, -1, -1};  // (cycle, middle_begin, middle_end, n)
+  };
+  std::vector<std::vector<float>> page_score_;
+  std::vector<Pick> picks_;
   bool widen_ = false;
   std::string widen_reason_;
   double kept_fraction_ = 0.0, score_std_ = 0.0;
