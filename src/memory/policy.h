@@ -37,8 +37,7 @@ class ResidencyPolicy {
  public:
   virtual ~ResidencyPolicy() = default;
   virtual const char* name() const = 0;
-  // Appends at most n distinct pages from [middle_begin, middle_end) to out, best first: the
-  // last are the first to make room for the pages the cycle fills (Residency).
+  // Appends at most n distinct pages from [middle_begin, middle_end) to out.
   virtual void select(const SelectContext& c, int64_t n, std::vector<int32_t>& out) = 0;
   // Query-aware policies choose again before every decode attention (q: [n_heads × head_dim]).
   virtual bool per_step() const { return false; }

@@ -117,12 +117,11 @@ SelectContext Residency::context(int layer) const {
 }
 
 template <class Pick>
-std::vector<int32_t> Residency::compose(int layer, int64_t capacity, int64_t& forced, Pick&& pick) {
+std::vector<int32_t> Residency::compose(int layer, int64_t capacity, Pick&& pick) {
   const SelectContext c = context(layer);
   std::vector<int32_t> set;
   for (int64_t p = 0; p < c.middle_begin; ++p) set.push_back(static_cast<int32_t>(p));
   for (int64_t p = c.middle_end; p < c.n_pages; ++p) set.push_back(static_cast<int32_t>(p));
-  forced = static_cast<int64_t>(set.size());
   FM_ICHECK(static_cast<int64_t>(set.size()) <= capacity, "sink and tail (", set.size(),
             " pages) exceed the selection capacity ", capacity);
   scratch_.clear();
@@ -141,19 +140,16 @@ void Residency::before_step(int64_t step, int64_t tokens_left) {
   step_ = step;
   if (step % opts_.cycle != 0 && store_.decode_mode()) return;
   cycle_steps_ = std::min<int64_t>(opts_.cycle, std::max<int64_t>(tokens_left, 0));
+  cycle_start_ = step;
   const int n_layers = store_.config().n_layers;
   std::vector<std::vector<int32_t>> sets(n_layers);
-  std::vector<int64_t> keep(static_cast<size_t>(n_layers));
   for (int l = 0; l < n_layers; ++l) {
-    // The whole budget but the open page: the policy's pages are lent, its worst first, to the
-    // pages this cycle fills (sink and tail are kept).
-    const int64_t cap = store_.selection_capacity(l, 0);
-    sets[l] =
-        compose(l, cap, keep[l], [&](const SelectContext& c, int64_t n, std::vector<int32_t>& out) {
-          policy_->select(c, n, out);
-        });
+    const int64_t cap = store_.selection_capacity(l, cycle_steps_);
+    sets[l] = compose(l, cap, [&](const SelectContext& c, int64_t n, std::vector<int32_t>& out) {
+      policy_->select(c, n, out);
+    });
   }
-  store_.select(sets, keep);
+  store_.select(sets);
   store_.set_aux_bytes(policy_->index_bytes(), policy_->scratch_bytes());
   ++cycles_;
 }
@@ -161,13 +157,13 @@ void Residency::before_step(int64_t step, int64_t tokens_left) {
 void Residency::before_attend(TieredKvStore& s, int layer, const AttentionParams& p, const float* q,
                               const int32_t* /*pos*/, int64_t m) {
   if (!policy_->per_step() || m != 1) return;
-  // This step's token is already in the cache; the policy's pages are lent as in before_step.
-  int64_t keep = 0;
-  auto set = compose(layer, s.selection_capacity(layer, 0), keep,
+  // This step's token is already in the cache; the rest of the cycle appends `remaining` more.
+  const int64_t remaining = std::max<int64_t>(0, cycle_start_ + cycle_steps_ - step_ - 1);
+  auto set = compose(layer, s.selection_capacity(layer, remaining),
                      [&](const SelectContext& c, int64_t n, std::vector<int32_t>& out) {
                        policy_->select_step(c, n, p, q, out);
                      });
-  s.select_layer(layer, set, keep);
+  s.select_layer(layer, set);
   s.set_aux_bytes(policy_->index_bytes(), policy_->scratch_bytes());
 }
 

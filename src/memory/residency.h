@@ -5,14 +5,11 @@
 //   TieredKvStore store(kv_config, pages, reserve, recall);
 //   Residency res(store, make_policy(o.policy, kv_config, o.seed), o);
 //   model.forward(prompt, store, ...);            // streaming prefill
-//   for (step = 0; ...; ++step) { res.before_step(step, tokens_left); model.forward(tok, store,
-//   ...); }
+//   for (step = 0; ...; ++step) { res.before_step(step, tokens_left); model.forward(tok, store, ...); }
 //
 // Every τ steps (and at step 0, right after prefill) each layer's resident set becomes
-// sink pages ∪ tail pages ∪ the policy's choice among the middle pages, sized to the whole
-// budget but the open page. Missing pages come back in one gather. The policy's pages are
-// lent to the pages the cycle fills: each new page takes the place of the policy's
-// lowest-ranked one still selected, so the budget is never idle and never exceeded.
+// sink pages ∪ tail pages ∪ the policy's choice among the middle pages, sized so that the
+// pages the cycle will fill still fit the budget. Missing pages come back in one gather.
 #pragma once
 
 #include <cstdint>
@@ -74,15 +71,16 @@ class Residency final : public AttendHook {
 
  private:
   SelectContext context(int layer) const;
-  // sink ∪ tail (the first `forced` pages) ∪ up to the rest of `capacity` chosen by `pick`.
+  // sink ∪ tail ∪ up to the rest of `capacity` chosen by `pick`.
   template <class Pick>
-  std::vector<int32_t> compose(int layer, int64_t capacity, int64_t& forced, Pick&& pick);
+  std::vector<int32_t> compose(int layer, int64_t capacity, Pick&& pick);
 
   TieredKvStore& store_;
   std::unique_ptr<ResidencyPolicy> policy_;
   ResidencyOptions opts_;
   int64_t step_ = 0;
   int64_t cycle_steps_ = 0;
+  int64_t cycle_start_ = 0;
   int64_t cycles_ = 0;
   std::vector<int32_t> scratch_;
 };

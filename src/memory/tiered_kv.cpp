@@ -209,7 +209,6 @@ void TieredKvStore::append(int layer, int64_t n, const float* k, const float* v)
   for (int64_t t = 0; t < n;) {
     const int slot_in_page = static_cast<int>(L.tokens % pt);
     if (slot_in_page == 0) {
-      if (decode_mode_) make_room(layer);
       const int64_t slot = take_slot();
       L.pages.push_back(PageState{slot, true, 0});
       ++open_slots_;
@@ -238,7 +237,6 @@ void TieredKvStore::begin_prefill() {
   for (int l = 0; l < cfg_.n_layers; ++l) {
     for (int32_t pg : layers_[l].selected) unpin(l, pg);
     layers_[l].selected.clear();
-    layers_[l].lent.clear();
   }
   decode_mode_ = false;
 }
@@ -249,27 +247,10 @@ int64_t TieredKvStore::selection_capacity(int layer, int64_t steps) const {
   return std::max<int64_t>(0, budget_ - growth);
 }
 
-void TieredKvStore::make_room(int layer) {
-  Layer& L = layers_[layer];
-  while (static_cast<int64_t>(L.selected.size()) + 1 > budget_ && !L.lent.empty()) {
-    const int32_t pg = L.lent.back();
-    L.lent.pop_back();
-    const auto it = std::lower_bound(L.selected.begin(), L.selected.end(), pg);
-    FM_ICHECK(it != L.selected.end() && *it == pg, "lent page ", pg, " of layer ", layer,
-              " is not selected");
-    L.selected.erase(it);
-    unpin(layer, pg);
-    ++given_back_;
-  }
-}
-
-void TieredKvStore::apply_selection(int layer, std::span<const int32_t> pages, int64_t keep,
+void TieredKvStore::apply_selection(int layer, std::span<const int32_t> pages,
                                     std::vector<PageCopy>& copies) {
   Layer& L = layers_[layer];
   const int64_t done = completed_pages(layer);
-  FM_CHECK(keep <= static_cast<int64_t>(pages.size()), ErrorCode::kInvalidArgument, "layer ", layer,
-           ": keep ", keep, " of ", pages.size(), " selected pages");
-  const size_t first_lent = keep < 0 ? pages.size() : static_cast<size_t>(keep);
   std::vector<int32_t> want(pages.begin(), pages.end());
   std::sort(want.begin(), want.end());
   for (size_t i = 0; i < want.size(); ++i) {
@@ -297,30 +278,25 @@ void TieredKvStore::apply_selection(int layer, std::span<const int32_t> pages, i
     copies.push_back(PageCopy{mirror_ptr(layer, pg), reserve_.slot(slot)});
   }
   L.selected = std::move(want);
-  L.lent.assign(pages.begin() + static_cast<std::ptrdiff_t>(first_lent), pages.end());
 }
 
-void TieredKvStore::select(std::span<const std::vector<int32_t>> per_layer,
-                           std::span<const int64_t> keep) {
+void TieredKvStore::select(std::span<const std::vector<int32_t>> per_layer) {
   FM_CHECK(static_cast<int>(per_layer.size()) == cfg_.n_layers, ErrorCode::kInvalidArgument,
            "a selection needs one page list per layer");
-  FM_CHECK(keep.empty() || static_cast<int>(keep.size()) == cfg_.n_layers,
-           ErrorCode::kInvalidArgument, "a selection's keep counts need one per layer");
   if (!decode_mode_) {
     begin_prefill();  // clears leftovers
     decode_mode_ = true;
   }
   std::vector<PageCopy> copies;
-  for (int l = 0; l < cfg_.n_layers; ++l)
-    apply_selection(l, per_layer[l], keep.empty() ? -1 : keep[l], copies);
+  for (int l = 0; l < cfg_.n_layers; ++l) apply_selection(l, per_layer[l], copies);
   recall_.gather(copies, cfg_.page_bytes());
   note_peak();
 }
 
-void TieredKvStore::select_layer(int layer, std::span<const int32_t> pages, int64_t keep) {
+void TieredKvStore::select_layer(int layer, std::span<const int32_t> pages) {
   FM_CHECK(decode_mode_, ErrorCode::kInvalidArgument, "select_layer needs decode mode (select first)");
   std::vector<PageCopy> copies;
-  apply_selection(layer, pages, keep, copies);
+  apply_selection(layer, pages, copies);
   recall_.gather(copies, cfg_.page_bytes());
   note_peak();
 }

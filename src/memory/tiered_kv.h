@@ -96,24 +96,15 @@ class TieredKvStore final : public KvStore {
   // Back to streaming mode (before more prompt tokens): the selection becomes cached pages.
   void begin_prefill();
   // How many completed pages a layer may keep selected when the next `steps` tokens will be
-  // appended before the next selection (they fill the open page and new ones). With steps = 0:
-  // the budget less the open page, for a selection whose lent pages make room (select()).
+  // appended before the next selection (they fill the open page and new ones).
   int64_t selection_capacity(int layer, int64_t steps) const;
   // Decode mode: each layer's selection becomes per_layer[layer] (completed page numbers,
-  // distinct, at most the budget less the open page). Missing pages are recalled in one batch.
-  // The pages after the first keep[layer] of a list are *lent*: when a page opens during decode
-  // and the layer's selected pages and the new one would exceed the budget, the last lent page
-  // still selected leaves the selection (it stays cached), so a list ordered best first gives
-  // up its worst pages to the tokens the cycle appends. No keep (empty span): nothing is lent,
-  // and the caller leaves room for those pages (selection_capacity with the cycle's steps).
-  // Throws Error(kInvalidArgument) for a page out of range, a duplicate, too many pages, or a
-  // keep count that does not match the lists.
-  void select(std::span<const std::vector<int32_t>> per_layer, std::span<const int64_t> keep = {});
-  // The same for one layer (per-step policies); keep < 0: nothing is lent.
-  void select_layer(int layer, std::span<const int32_t> pages, int64_t keep = -1);
+  // distinct, at most budget − 1 each). Missing pages are recalled in one batch. Throws
+  // Error(kInvalidArgument) for a page out of range, a duplicate, or too many pages.
+  void select(std::span<const std::vector<int32_t>> per_layer);
+  // The same for one layer (per-step policies).
+  void select_layer(int layer, std::span<const int32_t> pages);
   std::span<const int32_t> selected(int layer) const { return layers_[layer].selected; }
-  // Lent pages that left a selection to make room for new ones, since construction.
-  int64_t pages_given_back() const { return given_back_; }
 
   bool resident(int layer, int32_t page) const;
   int64_t resident_pages() const;  // over all layers, open pages included
@@ -146,7 +137,6 @@ class TieredKvStore final : public KvStore {
     std::vector<PageState> pages;   // by page number; the last may be open
     int64_t tokens = 0;
     std::vector<int32_t> selected;  // pinned completed pages in decode mode, ascending
-    std::vector<int32_t> lent;      // of the selection: given back from the end, when needed
   };
   using LruKey = std::tuple<uint64_t, int, int32_t>;
 
@@ -162,10 +152,7 @@ class TieredKvStore final : public KvStore {
   // The attention view of a resident page (its slot, position and token count).
   KvPageRef page_view(int layer, int32_t page);
   void complete_page(int layer, int32_t page);
-  void apply_selection(int layer, std::span<const int32_t> pages, int64_t keep,
-                       std::vector<PageCopy>& copies);
-  // Decode: before a page opens, lent pages leave the layer's selection until it fits.
-  void make_room(int layer);
+  void apply_selection(int layer, std::span<const int32_t> pages, std::vector<PageCopy>& copies);
   void attend_streaming(Backend& be, int layer, const AttentionParams& p, const float* q,
                         const int32_t* pos, int64_t m, float* out);
   void note_peak();
@@ -190,7 +177,6 @@ class TieredKvStore final : public KvStore {
   uint64_t clock_ = 0;
   int64_t open_slots_ = 0;
   int64_t mirror_pages_ = 0;
-  int64_t given_back_ = 0;
   bool decode_mode_ = false;
   AttendHook* hook_ = nullptr;
   std::function<void(int, int32_t, const uint8_t*)> listener_;
