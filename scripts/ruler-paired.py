@@ -1,7 +1,10 @@
 #!/usr/bin/env python3
 """Paired differences between policies on the samples every policy finished (RULER results.jsonl).
 
-  scripts/ruler-paired.py RESULTS.jsonl [BASE=lsa] [OTHERS=full,recency,random,quest,oracle]
+  scripts/ruler-paired.py RESULTS.jsonl[,MORE.jsonl#TAG,...] [BASE=lsa] [OTHERS=full,recency,random,quest,oracle]
+
+Several files may be given, comma-separated; FILE#TAG appends TAG to the policy names of that
+file's records (to pair two runs of one policy, e.g. `a.jsonl,b.jsonl#-new lsa-new lsa,full`).
 
 Per length: the task scores of each policy averaged over the samples all policies completed, the
 average over tasks, and BASE − other as the mean over tasks of the per-task mean paired
@@ -13,14 +16,20 @@ import json
 import math
 import sys
 
-path = sys.argv[1]
+paths = sys.argv[1].split(",")
 base = sys.argv[2] if len(sys.argv) > 2 else "lsa"
 others = (sys.argv[3] if len(sys.argv) > 3 else "full,recency,random,quest,oracle").split(",")
 pols = [base] + others
 score = {}
 kv = collections.defaultdict(list)
-for line in open(path):
-    r = json.loads(line)
+records = []
+for spec in paths:
+    path, _, tag = spec.partition("#")
+    for line in open(path):
+        r = json.loads(line)
+        r["policy"] += tag
+        records.append(r)
+for r in records:
     # A sample is (seed, index): runs with different seeds concatenate into one file.
     score[(r["length"], r["task"], (r.get("seed", 0), r["sample_index"]), r["policy"])] = r["score"]
     kv[(r["length"], r["policy"])].append(r["device_kv_bytes_mean"] / r["full_kv_bytes"])
@@ -31,6 +40,8 @@ for length in sorted({k[0] for k in score}):
         if l == length and p == base and all((l, t, i, q) in score for q in others):
             done[t].append(i)
     n = sum(len(v) for v in done.values())
+    if n == 0:
+        continue
     print(f"## {length} tokens: {n} samples complete for all of {', '.join(pols)}")
     print("| policy | score | device KV / full |")
     print("|---|---:|---:|")
