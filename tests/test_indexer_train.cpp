@@ -507,33 +507,6 @@ TEST(LsaPolicy, SpreadPullsInTheNeighboursOfAChosenChunkFirst) {
   EXPECT_THROW(bad.validate(), Error);
 }
 
-TEST(LsaPolicy, SpreadThetaLetsTheNeighboursOfAChunkJustAboveThetaPassWithIt) {
-  // Chunk 7 scores 0.53, just above θ = 0.5: its neighbours reach 0.9·0.53 = 0.477 < θ, so by
-  // default chunk 1 (0.49, below θ too) outranks them. With spread_theta they pass θ with 7
-  // and come right after it (still in their damped order); chunk 1 follows.
-  ScriptedLsa s(1, {0}, 10);
-  s.scorer->high = {{4, 0.9f}, {7, 0.53f}, {1, 0.49f}};
-  const SelectContext c = s.context();
-  auto pick = [&](bool theta, int contrast, int64_t n) {
-    LsaOptions o;
-    o.spread_theta = theta;
-    o.contrast = contrast;
-    auto pol = s.policy(o);
-    std::vector<int32_t> out;
-    pol->select(c, n, out);
-    EXPECT_DOUBLE_EQ(pol->last_kept_fraction(), 2.0 / 8.0);  // the chunks' own scores
-    return out;
-  };
-  EXPECT_EQ(pick(false, 0, 5), (std::vector<int32_t>{4, 5, 3, 7, 1}));
-  EXPECT_EQ(pick(true, 0, 5), (std::vector<int32_t>{4, 5, 3, 7, 8}));
-  EXPECT_EQ(pick(true, 0, 7), (std::vector<int32_t>{4, 5, 3, 7, 8, 6, 1}));
-  // With contrast the same pages pass θ; only the order among them is by rise.
-  const auto with = pick(true, 16, 6), without = pick(false, 16, 6);
-  EXPECT_EQ(std::set<int32_t>(with.begin(), with.end()), (std::set<int32_t>{3, 4, 5, 6, 7, 8}));
-  EXPECT_EQ(std::count(without.begin(), without.end(), 6) + std::count(without.begin(), without.end(), 8), 1)
-      << "without spread_theta only one of 7's neighbours (by rise) fits after chunk 1";
-}
-
 TEST(LsaPolicy, PerLayerSelectionFollowsTheNearestTargetLayer) {
   // Target layers 1 and 4 of six; layer 1's indexer wants page 3, layer 4's page 6.
   ScriptedLsa s(6, {1, 4}, 10);

@@ -51,14 +51,13 @@ int LsaPolicy::target_of(int layer) const {
 }
 
 namespace {
-// out[ch] = max(in[ch], decay^d · in[ch ± d]) for d ≤ spread, within [lo, hi).
-void spread_scores(const std::vector<float>& in, int64_t lo, int64_t hi, int spread, float decay,
-                   std::vector<float>& out) {
+// out[ch] = max(in[ch], 0.9^d · in[ch ± d]) for d ≤ spread, within [lo, hi).
+void spread_scores(const std::vector<float>& in, int64_t lo, int64_t hi, int spread, std::vector<float>& out) {
   out = in;
   for (int64_t ch = lo; ch < hi; ++ch) {
     float w = 1.0f;
     for (int d = 1; d <= spread; ++d) {
-      w *= decay;
+      w *= 0.9f;
       if (ch - d >= lo) out[ch] = std::max(out[ch], w * in[ch - d]);
       if (ch + d < hi) out[ch] = std::max(out[ch], w * in[ch + d]);
     }
@@ -84,18 +83,14 @@ void contrast_rise(const std::vector<float>& score, int64_t lo, int64_t hi, int 
 void LsaPolicy::rank_pages(const SelectContext& c, const std::vector<float>& chunk, std::vector<float>& page) {
   const int cpp = keys_.chunks_per_page();
   const int64_t lo = c.middle_begin * cpp, hi = c.middle_end * cpp;
-  // Which chunks pass θ (a chosen chunk's neighbours with it, by spread; with spread_theta
-  // every neighbour of a chunk above θ passes) ...
-  spread_scores(chunk, lo, hi, opts_.spread, opts_.spread_theta ? 1.0f : 0.9f, rank_);
+  // Which chunks pass θ (a chosen chunk's neighbours with it, by spread) ...
+  spread_scores(chunk, lo, hi, opts_.spread, rank_);
   // ... and the order among pages with as many: their best chunk, or its rise above its
-  // surroundings' lower quartile (a neighbour at 0.9^d of the chunk it borders).
+  // surroundings' lower quartile.
   const std::vector<float>* key = &rank_;
   if (opts_.contrast > 0) {
     contrast_rise(chunk, lo, hi, opts_.contrast, rise_, window_);
-    spread_scores(rise_, lo, hi, opts_.spread, 0.9f, key_);
-    key = &key_;
-  } else if (opts_.spread_theta) {
-    spread_scores(chunk, lo, hi, opts_.spread, 0.9f, key_);
+    spread_scores(rise_, lo, hi, opts_.spread, key_);
     key = &key_;
   }
   page.assign(static_cast<size_t>(c.n_pages), 0.0f);

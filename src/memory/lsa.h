@@ -56,10 +56,6 @@ struct LsaOptions {
   // chunk d ≤ spread chunks away, so the neighbours of a chosen chunk come next (0: off).
   // 1 measured better than 0 on RULER 4K/8K at 16-token pages (docs/accuracy.md).
   int spread = 1;
-  // Spread passes θ undamped: the neighbours of a chunk above θ count as above θ too (they
-  // still rank after it), so a sentence cut by a chunk border, whose own half scores just above
-  // θ, keeps its other half (0.9 × its score may fall below θ).
-  bool spread_theta = false;
   // Each layer keeps the pages its nearest target layer ranks highest, instead of the
   // ensemble's one set for every layer (the per-layer budget is unchanged).
   bool per_layer = false;

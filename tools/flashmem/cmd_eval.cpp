@@ -225,7 +225,6 @@ int eval_command(const EvalArgs& a) {
         rec.extra["widen_reason"] = g.kv.widen_reason;
         rec.extra["lsa_kept_fraction"] = g.kv.lsa_kept_fraction;
         rec.extra["lsa_spread"] = a.memory.lsa_spread;
-        rec.extra["lsa_spread_theta"] = a.memory.lsa_spread_theta;
         rec.extra["lsa_per_layer"] = a.memory.lsa_per_layer;
         rec.extra["lsa_contrast"] = a.memory.lsa_contrast;
         rec.extra["lsa_layers"] = eng->indexer()->keys_config().layers;

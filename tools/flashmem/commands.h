@@ -31,7 +31,6 @@ struct MemoryArgs {
   float lsa_widen_kept = 0.5f;
   bool lsa_no_widen = false;
   int lsa_spread = 1;
-  bool lsa_spread_theta = false;
   bool lsa_per_layer = false;
   int lsa_contrast = 16;
   std::vector<int> lsa_layers;  // of the indexer's target layers (empty: all)

@@ -40,8 +40,6 @@ void add_lsa_options(CLI::App* c, MemoryArgs& a) {
   c->add_flag("--lsa-no-widen", a.lsa_no_widen, "lsa: never widen (no needle fallback)");
   c->add_option("--lsa-spread", a.lsa_spread, "lsa: neighbouring chunks a chosen chunk pulls in (0: off; default 1)")
       ->check(CLI::Range(0, 64));
-  c->add_flag("--lsa-spread-theta", a.lsa_spread_theta,
-              "lsa: the neighbours a chosen chunk pulls in count as above theta with it (default: at 0.9 of its score)");
   c->add_flag("--lsa-per-layer", a.lsa_per_layer,
               "lsa: each layer keeps the pages its nearest target layer ranks highest (default: one set for all)");
   c->add_option("--lsa-contrast", a.lsa_contrast,
@@ -76,7 +74,6 @@ ResidencyOptions residency_options(const MemoryArgs& a) {
   o.lsa.widen_kept = a.lsa_widen_kept;
   o.lsa.widen = !a.lsa_no_widen;
   o.lsa.spread = a.lsa_spread;
-  o.lsa.spread_theta = a.lsa_spread_theta;
   o.lsa.per_layer = a.lsa_per_layer;
   o.lsa.contrast = a.lsa_contrast;
   o.validate();
