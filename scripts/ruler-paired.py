@@ -22,17 +22,14 @@ others = (sys.argv[3] if len(sys.argv) > 3 else "full,recency,random,quest,oracl
 pols = [base] + others
 score = {}
 kv = collections.defaultdict(list)
-records = []
 for spec in paths:
     path, _, tag = spec.partition("#")
     for line in open(path):
         r = json.loads(line)
-        r["policy"] += tag
-        records.append(r)
-for r in records:
-    # A sample is (seed, index): runs with different seeds concatenate into one file.
-    score[(r["length"], r["task"], (r.get("seed", 0), r["sample_index"]), r["policy"])] = r["score"]
-    kv[(r["length"], r["policy"])].append(r["device_kv_bytes_mean"] / r["full_kv_bytes"])
+        policy = r["policy"] + tag
+        # A sample is (seed, index): runs with different seeds concatenate into one file.
+        score[(r["length"], r["task"], (r.get("seed", 0), r["sample_index"]), policy)] = r["score"]
+        kv[(r["length"], policy)].append(r["device_kv_bytes_mean"] / r["full_kv_bytes"])
 for length in sorted({k[0] for k in score}):
     tasks = sorted({k[1] for k in score if k[0] == length})
     done = collections.defaultdict(list)
