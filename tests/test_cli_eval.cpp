@@ -5,6 +5,7 @@
 
 #include <filesystem>
 #include <fstream>
+#include <set>
 #include <string>
 
 #include <nlohmann/json.hpp>
@@ -46,6 +47,7 @@ TEST(CliEval, BadRequestsAreRefusedBeforeAnythingIsWritten) {
       {"--suite longbench-v2", 2, "needs --data"},
       {"--suite longbench-v2 --data " + fx + "longbench_v2_malformed.json", 1, "longbench_v2_malformed.json"},
       {"--suite longmemeval --data " + fx + "longmemeval_bad_turn.json", 1, "longmemeval_bad_turn.json"},
+      {"--tasks vt --lengths 1k --lsa-trace " + fresh_dir("bad_trace") + ".jsonl", 2, "add lsa to --policy"},
   };
   for (const auto& c : cases) {
     const std::string dir = fresh_dir("bad");
@@ -109,6 +111,64 @@ TEST(CliEval, FileSuitesRunFromUserSuppliedData) {
       EXPECT_LE(j.at("prompt_tokens").get<int>(), 1024);
     }
   }
+}
+
+}  // namespace
+}  // namespace flashmem
+
+namespace flashmem {
+namespace {
+
+TEST(CliEval, LsaTraceRecordsTheSelectionsNextToTheAnswers) {
+  const std::string dir = fresh_dir("trace");
+  const std::string file = dir + "-trace.jsonl";
+  fs::remove(file);
+  const auto r = run_cli("eval -m " + test::require_default_model() +
+                         " --suite ruler --lengths 1k --tasks niah_single_1 --samples 1 --policy lsa"
+                         " --kv-budget 30% --page-tokens 16 --out " + dir + " --lsa-trace " + file);
+  ASSERT_EQ(r.code, 0) << r.out;
+  const auto results = lines(dir);
+  ASSERT_EQ(results.size(), 1u);
+  std::ifstream in(file);
+  std::string line;
+  ASSERT_TRUE(std::getline(in, line));
+  const auto j = nlohmann::json::parse(line);
+  EXPECT_FALSE(std::getline(in, line));  // one lsa decode, one line
+  EXPECT_EQ(j.at("prompt_id"), results[0].at("prompt_id"));
+  EXPECT_EQ(j.at("score"), results[0].at("score"));
+  const int64_t n_tok = j.at("prompt_tokens").get<int64_t>();
+  EXPECT_EQ(n_tok, results[0].at("prompt_tokens").get<int64_t>());
+  // The needle's number is in the prompt once: a span of a few tokens inside it.
+  ASSERT_EQ(j.at("answers").size(), 1u);
+  const auto& a = j.at("answers")[0];
+  EXPECT_EQ(a.at("text"), results[0].at("answers")[0]);
+  const int64_t b = a.at("token_begin").get<int64_t>(), e = a.at("token_end").get<int64_t>();
+  EXPECT_GE(b, 0);
+  EXPECT_LT(b, e);
+  EXPECT_LE(e - b, 8);  // 7 digits, one token each, and the space before them at most
+  EXPECT_LE(e, n_tok);
+  // The first pass: right after the prompt, over every completed page.
+  ASSERT_GE(j.at("selections").size(), 1u);
+  const auto& s0 = j.at("selections")[0];
+  EXPECT_EQ(s0.at("cycle"), 0);
+  EXPECT_EQ(s0.at("step"), 0);
+  const int64_t mb = s0.at("middle")[0].get<int64_t>(), me = s0.at("middle")[1].get<int64_t>();
+  EXPECT_LT(mb, me);
+  EXPECT_EQ(s0.at("chunk_scores").size(), static_cast<size_t>(n_tok / 16));
+  for (const auto& x : s0.at("chunk_scores")) {
+    const double v = x.get<double>();
+    EXPECT_TRUE(v >= 0.0 && v <= 1.0) << v;  // probabilities, no NaN
+  }
+  const auto pages = s0.at("pages").get<std::vector<int64_t>>();
+  EXPECT_GT(pages.size(), 0u);
+  EXPECT_LE(static_cast<int64_t>(pages.size()), s0.at("slots").get<int64_t>());
+  std::set<int64_t> seen;
+  for (int64_t p : pages) {
+    EXPECT_TRUE(p >= mb && p < me) << p;
+    EXPECT_TRUE(seen.insert(p).second) << "page " << p << " twice";
+  }
+  const double kept = s0.at("kept_fraction").get<double>();
+  EXPECT_TRUE(kept >= 0.0 && kept <= 1.0);
 }
 
 }  // namespace

@@ -13,6 +13,7 @@
 #include "core/error.h"
 #include "eval/progress.h"
 #include "eval/results.h"
+#include "eval/selection_trace.h"
 
 namespace flashmem::eval {
 namespace {
@@ -617,6 +618,32 @@ TEST(Progress, TtyRedrawIsRateLimited) {
   EXPECT_EQ(text[0], '\r');
   EXPECT_NE(text.find("100/100 100%"), std::string::npos);
   EXPECT_EQ(text.back(), '\n');
+}
+
+}  // namespace
+}  // namespace flashmem::eval
+
+namespace flashmem::eval {
+namespace {
+
+TEST(AnswerSpans, MapEveryOccurrenceToTheTokensHoldingIt) {
+  // Tokens as byte pieces: "The number is: 2382277. Again 2382277" plus an empty piece.
+  const std::vector<std::string> pieces = {"The", " number", " is", ":", " 2", "38", "2", "", "277", ".",
+                                           " Again", " 2382277"};
+  const auto spans = answer_spans(pieces, {"2382277", "", "missing", "is: 2"});
+  ASSERT_EQ(spans.size(), 3u);
+  // " 2" holds the first digit (token 4), "277" the last (token 8); the empty piece 7 is inside.
+  EXPECT_EQ(spans[0].text, "2382277");
+  EXPECT_EQ(spans[0].token_begin, 4);
+  EXPECT_EQ(spans[0].token_end, 9);
+  // The second occurrence lies in one token.
+  EXPECT_EQ(spans[1].token_begin, 11);
+  EXPECT_EQ(spans[1].token_end, 12);
+  // An answer that starts inside one piece (" is") and ends inside another (" 2").
+  EXPECT_EQ(spans[2].text, "is: 2");
+  EXPECT_EQ(spans[2].token_begin, 2);
+  EXPECT_EQ(spans[2].token_end, 5);
+  EXPECT_TRUE(answer_spans({}, {"x"}).empty());
 }
 
 }  // namespace

@@ -507,6 +507,55 @@ TEST(LsaPolicy, SpreadPullsInTheNeighboursOfAChosenChunkFirst) {
   EXPECT_THROW(bad.validate(), Error);
 }
 
+TEST(LsaPolicy, TheTraceRecordsEachLevelOnePassAsSelected) {
+  // Two layers, one target; chunk 4 scores 0.9, chunk 6 0.7; pages of one chunk.
+  ScriptedLsa s(2, {0}, 10);
+  s.scorer->high = {{4, 0.9f}, {6, 0.7f}};
+  LsaOptions o;
+  o.spread = 0;
+  o.contrast = 0;
+  auto pol = s.policy(o);
+  std::vector<LsaSelection> trace;
+  pol->trace_into(&trace);
+  SelectContext c = s.context();
+  c.step = 0;
+  std::vector<int32_t> out;
+  pol->select(c, 3, out);
+  c.layer = 1;  // same cycle: no new pass, no new record
+  std::vector<int32_t> out1;
+  pol->select(c, 3, out1);
+  ASSERT_EQ(trace.size(), 1u);
+  const LsaSelection& t = trace[0];
+  EXPECT_EQ(t.cycle, 0);
+  EXPECT_EQ(t.step, 0);
+  EXPECT_EQ(t.middle_begin, 1);
+  EXPECT_EQ(t.middle_end, 9);
+  EXPECT_EQ(t.slots, 3);
+  EXPECT_EQ(t.pages, out);
+  EXPECT_EQ(t.pages, (std::vector<int32_t>{4, 6, 8}));  // then the newest of the rest
+  ASSERT_EQ(t.chunk_scores.size(), 10u);  // every completed page's chunk, sink and tail too
+  for (int ch = 0; ch < 10; ++ch) EXPECT_FLOAT_EQ(t.chunk_scores[ch], ch == 4 ? 0.9f : ch == 6 ? 0.7f : 0.1f) << ch;
+  EXPECT_DOUBLE_EQ(t.kept_fraction, pol->last_kept_fraction());
+  EXPECT_DOUBLE_EQ(t.kept_fraction, 2.0 / 8.0);
+  // The next cycle, 64 steps on, with the scores moved: a second record.
+  s.scorer->high = {{2, 0.95f}};
+  c.cycle = 1;
+  c.step = 64;
+  c.layer = 0;
+  out.clear();
+  pol->select(c, 1, out);
+  ASSERT_EQ(trace.size(), 2u);
+  EXPECT_EQ(trace[1].cycle, 1);
+  EXPECT_EQ(trace[1].step, 64);
+  EXPECT_EQ(trace[1].pages, (std::vector<int32_t>{2}));
+  // Stopped: nothing more is appended.
+  pol->trace_into(nullptr);
+  c.cycle = 2;
+  out.clear();
+  pol->select(c, 1, out);
+  EXPECT_EQ(trace.size(), 2u);
+}
+
 TEST(LsaPolicy, PerLayerSelectionFollowsTheNearestTargetLayer) {
   // Target layers 1 and 4 of six; layer 1's indexer wants page 3, layer 4's page 6.
   ScriptedLsa s(6, {1, 4}, 10);

@@ -212,7 +212,7 @@ GenerateResult Engine::decode_pass(Prefilled& p, const GenerateOptions& opts,
   }
   auto residency = std::make_unique<Residency>(*kvp, make_policy(opts.memory.policy, kc, opts.memory.seed, deps),
                                                opts.memory);
-  const auto* lsa = dynamic_cast<const LsaPolicy*>(&residency->policy());
+  auto* lsa = dynamic_cast<LsaPolicy*>(&residency->policy());
   // The needle fallback's full-budget store (lsa), and what the narrow one measured before.
   std::unique_ptr<KvReserve> wide_reserve;
   std::unique_ptr<RecallEngine> wide_recall;
@@ -234,6 +234,7 @@ GenerateResult Engine::decode_pass(Prefilled& p, const GenerateOptions& opts,
 
   Sampler sampler(opts.sampling);
   GenerateResult r;
+  if (lsa && opts.lsa_trace) lsa->trace_into(&r.lsa_trace);
   r.n_prompt = n_prompt;
   r.prefill_seconds = p.seconds;
   std::vector<float> logits = p.logits;
@@ -317,6 +318,7 @@ GenerateResult Engine::decode_pass(Prefilled& p, const GenerateOptions& opts,
     ++r.decode_steps;
   }
   r.decode_seconds = seconds_since(t0);
+  if (lsa) lsa->trace_into(nullptr);
   if (r.stop_reason != "stop_string") r.text += dec.flush();
   emit_upto(r.text.size());
   r.kv_bytes_per_token = kc.bytes_per_token();

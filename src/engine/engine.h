@@ -47,6 +47,8 @@ struct GenerateOptions {
   // each decode forward pass with its step number (0 = the first token after the prompt).
   AttendHook* attend_hook = nullptr;
   std::function<void(int64_t step)> on_step;
+  // lsa: keep every Level-1 pass (chunk scores and chosen pages) in GenerateResult::lsa_trace.
+  bool lsa_trace = false;
 };
 
 // What the request's KV cost, measured by the store (DESIGN.md §4: never estimated).
@@ -78,6 +80,7 @@ struct GenerateResult {
   size_t kv_bytes_per_token = 0;
   int64_t forced_agree = 0;     // teacher forcing: steps whose argmax was the forced token
   KvReport kv;
+  std::vector<LsaSelection> lsa_trace;  // GenerateOptions::lsa_trace (until a widen, if any)
 };
 
 // A prompt after prefill, ready to be decoded under one or more residency policies. Prefill is

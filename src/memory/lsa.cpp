@@ -150,7 +150,8 @@ void LsaPolicy::level1(const SelectContext& c) {
 }
 
 void LsaPolicy::select(const SelectContext& c, int64_t n, std::vector<int32_t>& out) {
-  if (c.cycle != scored_cycle_) {  // once per cycle, shared by every layer
+  const bool fresh = c.cycle != scored_cycle_;
+  if (fresh) {  // once per cycle, shared by every layer
     level1(c);
     scored_cycle_ = c.cycle;
   }
@@ -164,6 +165,19 @@ void LsaPolicy::select(const SelectContext& c, int64_t n, std::vector<int32_t>& 
     p.key = key;
   }
   out.insert(out.end(), p.pages.begin(), p.pages.end());
+  if (fresh && trace_) {
+    LsaSelection t;
+    t.cycle = c.cycle;
+    t.step = c.step;
+    t.middle_begin = c.middle_begin;
+    t.middle_end = c.middle_end;
+    t.slots = n;
+    t.kept_fraction = kept_fraction_;
+    t.score_std = score_std_;
+    t.chunk_scores.assign(ens_.begin(), ens_.begin() + c.n_pages * keys_.chunks_per_page());
+    t.pages = p.pages;
+    trace_->push_back(std::move(t));
+  }
 }
 
 }  // namespace flashmem

@@ -76,6 +76,21 @@ struct LsaOptions {
 void contrast_rise(const std::vector<float>& score, int64_t lo, int64_t hi, int window, std::vector<float>& rise,
                    std::vector<float>& sorted);
 
+// One Level-1 pass as it happened (`flashmem eval --lsa-trace`): the ensemble's chunk scores and
+// the middle pages the first layer asking in that cycle was given, best first (every layer's,
+// unless per_layer).
+struct LsaSelection {
+  int64_t cycle = 0;
+  int64_t step = 0;           // decode steps done before it
+  int64_t middle_begin = 0;   // first non-sink page
+  int64_t middle_end = 0;     // first tail page
+  int64_t slots = 0;          // middle pages the budget allowed
+  double kept_fraction = 0;   // middle chunks above θ
+  double score_std = 0;
+  std::vector<float> chunk_scores;  // per chunk of the layer's completed pages
+  std::vector<int32_t> pages;       // chosen, best first
+};
+
 class LsaPolicy final : public ResidencyPolicy {
  public:
   LsaPolicy(const KvCacheConfig& kv, std::shared_ptr<LsaScorer> scorer, const IndexerQuery& query,
@@ -92,6 +107,8 @@ class LsaPolicy final : public ResidencyPolicy {
   // Statistics of the last Level-1 pass.
   double last_kept_fraction() const { return kept_fraction_; }
   double last_score_std() const { return score_std_; }
+  // Appends every Level-1 pass from now on to `out` (nullptr: stop). `out` must outlive its use.
+  void trace_into(std::vector<LsaSelection>* out) { trace_ = out; }
 
  private:
   void level1(const SelectContext& c);
@@ -117,6 +134,7 @@ class LsaPolicy final : public ResidencyPolicy {
   std::vector<Pick> picks_;
   bool widen_ = false;
   std::string widen_reason_;
+  std::vector<LsaSelection>* trace_ = nullptr;
   double kept_fraction_ = 0.0, score_std_ = 0.0;
 };
 

@@ -65,6 +65,7 @@ class Residency final : public AttendHook {
   void before_step(int64_t step, int64_t tokens_left);
   int64_t cycles() const { return cycles_; }
   const ResidencyPolicy& policy() const { return *policy_; }
+  ResidencyPolicy& policy() { return *policy_; }
 
   void before_attend(TieredKvStore& s, int layer, const AttentionParams& p, const float* q,
                      const int32_t* pos, int64_t m) override;

@@ -23,6 +23,7 @@
 #include "eval/progress.h"
 #include "eval/results.h"
 #include "eval/ruler.h"
+#include "eval/selection_trace.h"
 #include "eval/word_filter.h"
 #include "eval_suites.h"
 
@@ -53,6 +54,8 @@ CLI::App* add_eval_command(CLI::App& app, EvalArgs& a) {
   c->add_option("--summarize", a.summarize,
                 "Rewrite DIR's summary.md/json and plot from its results.jsonl (no model needed; "
                 "e.g. after concatenating the results of runs split by task)");
+  c->add_option("--lsa-trace", a.lsa_trace,
+                "Append lsa's Level-1 selections (chunk scores, chosen pages) and the answers' token spans to this JSONL file");
   c->add_option("--plot", a.plot, "PNG of accuracy vs device KV footprint (default: OUT/plot.png)");
   return c;
 }
@@ -138,6 +141,8 @@ int eval_command(const EvalArgs& a) {
   eo.backend = a.backend;
   eo.page_tokens = a.page_tokens;
   const bool lsa_wanted = std::find(a.policies.begin(), a.policies.end(), "lsa") != a.policies.end();
+  FM_CHECK(a.lsa_trace.empty() || lsa_wanted, ErrorCode::kInvalidArgument,
+           "--lsa-trace records lsa's selections: add lsa to --policy");
   auto probe = Engine::load(eo);  // for the trained context and the tokenizer
   const int64_t n_ctx_train = probe->info().n_ctx_train;
   int64_t need_ctx = 0;
@@ -174,6 +179,11 @@ int eval_command(const EvalArgs& a) {
   const std::vector<SuiteItem> items = make_suite_items(*eng, req);  // errors before writing
 
   eval::ResultsWriter writer(a.out);
+  std::ofstream trace;
+  if (!a.lsa_trace.empty()) {
+    trace.open(a.lsa_trace, std::ios::app);
+    FM_CHECK(trace.is_open(), ErrorCode::kIo, "cannot open the lsa trace ", a.lsa_trace);
+  }
   eval::Progress progress(static_cast<int64_t>(items.size() * runs.size()), "eval " + a.suite);
   for (const SuiteItem& item : items) {
     std::vector<const Run*> todo;
@@ -196,6 +206,7 @@ int eval_command(const EvalArgs& a) {
       go.max_new_tokens = item.max_new_tokens;
       go.memory = r->memory;
       go.stop_strings = item.stop_strings;
+      go.lsa_trace = trace.is_open() && r->policy == "lsa";
       const GenerateResult g = eng->decode(*pre, go);
       eval::EvalRecord rec;
       rec.suite = a.suite;
@@ -231,6 +242,21 @@ int eval_command(const EvalArgs& a) {
         rec.extra["indexer"] = indexer_id;
       }
       writer.append(rec);
+      if (go.lsa_trace) {
+        std::vector<std::string> pieces;
+        pieces.reserve(prompt.size());
+        for (int32_t t : prompt) pieces.push_back(eng->tokenizer().token_bytes(t));
+        nlohmann::json j = {{"prompt_id", rec.prompt_id}, {"task", rec.task},       {"length", rec.length},
+                            {"budget", rec.budget},       {"page_tokens", a.page_tokens},
+                            {"chunk_tokens", eng->indexer()->keys_config().chunk_tokens},
+                            {"prompt_tokens", rec.prompt_tokens}, {"score", rec.score},
+                            {"answers", nlohmann::json::array()}, {"selections", nlohmann::json::array()}};
+        for (const auto& span : eval::answer_spans(pieces, item.answers)) j["answers"].push_back(eval::answer_span_json(span));
+        for (const auto& sel : g.lsa_trace) j["selections"].push_back(eval::selection_json(sel));
+        trace << j.dump() << '\n';
+        trace.flush();
+        FM_CHECK(trace.good(), ErrorCode::kIo, "cannot write the lsa trace ", a.lsa_trace);
+      }
       progress.tick(1, item.task + " " + std::to_string(item.length) + " " + r->policy + " " + r->budget);
     }
   }

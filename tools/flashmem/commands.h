@@ -97,6 +97,7 @@ struct EvalArgs {
   std::vector<std::string> compare;
   std::string summarize;
   std::string plot;
+  std::string lsa_trace;  // JSONL of lsa's selections next to the answers (eval/selection_trace.h)
 };
 
 struct InfoArgs {

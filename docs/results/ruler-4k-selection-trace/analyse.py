@@ -6,11 +6,13 @@ trace-seeds-1-2.txt.gz holds, per sample, lines printed by a temporary debug bui
   DBG needle ANSWER tokens T0 T1          (every occurrence of an answer string in the prompt)
   DBG cycle 0 n N kept F middle MB ME pages P ens S_0 ... S_{P-1}
 the last being the ensemble chunk scores of the first Level-1 pass (16-token chunks = pages) and n
-the middle pages the 14.5% budget lets it keep. This script re-ranks the pages as
-src/memory/lsa.cpp does (count above θ after spread 1, then the spread of the contrast-16 rise)
-and reports which needle sentences stay whole on the device.
+the middle pages the 14.5% budget lets it keep. For that format this script re-ranks the pages as
+src/memory/lsa.cpp does (count above θ after spread 1, then the spread of the contrast-16 rise).
+It also reads what `flashmem eval --lsa-trace FILE` writes (JSON lines, eval/selection_trace.h),
+which records the chosen pages themselves. Either way it reports which needle sentences stay
+whole on the device at the first pass. Both assume 16-token pages and chunks.
 
-  analyse.py TRACE.txt.gz [RESULTS.jsonl]   (RESULTS: a run with full and lsa, to split by outcome)
+  analyse.py TRACE [RESULTS.jsonl]   (RESULTS: a run with full and lsa, to split by outcome)
 """
 import collections
 import gzip
@@ -20,8 +22,21 @@ import sys
 
 
 def parse(path):
+    opener = gzip.open if path.endswith(".gz") else open
+    with opener(path, "rt") as f:
+        first = f.readline()
+    if first.startswith("{"):  # flashmem eval --lsa-trace
+        out = []
+        for line in open(path):
+            j = json.loads(line)
+            s0 = j["selections"][0]
+            assert j["page_tokens"] == 16 and j["chunk_tokens"] == 16, "16-token pages and chunks only"
+            out.append({"pid": j["prompt_id"], "n": s0["slots"], "lo": s0["middle"][0], "hi": s0["middle"][1],
+                        "ens": s0["chunk_scores"], "pages": s0["pages"],
+                        "needles": [(a["text"], a["token_begin"], a["token_end"] - 1) for a in j["answers"]]})
+        return out
     out, cur = [], None
-    for line in gzip.open(path, "rt"):
+    for line in opener(path, "rt"):
         p = line.split()
         if line.startswith("DBG prompt"):
             cur = {"pid": p[2], "needles": []}
@@ -52,6 +67,8 @@ def rise(v, lo, hi, w=16):
 
 def kept(d, theta=0.5):
     lo, hi, e = d["lo"], d["hi"], d["ens"]
+    if "pages" in d:  # as chosen
+        return set(d["pages"]), sum(spread(e, lo, hi)[pg] > theta for pg in range(lo, hi))
     rank, key = spread(e, lo, hi), spread(rise(e, lo, hi), lo, hi)
     score = {pg: (rank[pg] > theta) + key[pg] for pg in range(lo, hi)}
     order = sorted(score, key=lambda pg: (-score[pg], -pg))
