@@ -120,15 +120,20 @@ namespace flashmem {
 namespace {
 
 TEST(CliEval, LsaTraceRecordsTheSelectionsNextToTheAnswers) {
+  // The needle fallback is forced (--lsa-widen-kept 0.001): the request widens right after the
+  // first pass, which the trace still holds. (Under ASan this also guards the widened store's
+  // lifetime: it must outlive the residency that unhooks itself from it.)
   const std::string dir = fresh_dir("trace");
   const std::string file = dir + "-trace.jsonl";
   fs::remove(file);
   const auto r = run_cli("eval -m " + test::require_default_model() +
                          " --suite ruler --lengths 1k --tasks niah_single_1 --samples 1 --policy lsa"
-                         " --kv-budget 30% --page-tokens 16 --out " + dir + " --lsa-trace " + file);
+                         " --kv-budget 30% --page-tokens 16 --lsa-widen-kept 0.001 --out " + dir +
+                         " --lsa-trace " + file);
   ASSERT_EQ(r.code, 0) << r.out;
   const auto results = lines(dir);
   ASSERT_EQ(results.size(), 1u);
+  EXPECT_EQ(results[0].at("extra").at("widened_at_step"), 0);
   std::ifstream in(file);
   std::string line;
   ASSERT_TRUE(std::getline(in, line));
@@ -147,8 +152,8 @@ TEST(CliEval, LsaTraceRecordsTheSelectionsNextToTheAnswers) {
   EXPECT_LT(b, e);
   EXPECT_LE(e - b, 8);  // 7 digits, one token each, and the space before them at most
   EXPECT_LE(e, n_tok);
-  // The first pass: right after the prompt, over every completed page.
-  ASSERT_GE(j.at("selections").size(), 1u);
+  // The first pass: right after the prompt, over every completed page; then the widen ends lsa.
+  ASSERT_EQ(j.at("selections").size(), 1u);
   const auto& s0 = j.at("selections")[0];
   EXPECT_EQ(s0.at("cycle"), 0);
   EXPECT_EQ(s0.at("step"), 0);

@@ -210,13 +210,15 @@ GenerateResult Engine::decode_pass(Prefilled& p, const GenerateOptions& opts,
     deps.lsa_options = &opts.memory.lsa;
     tap.emplace(*model_, query);
   }
-  auto residency = std::make_unique<Residency>(*kvp, make_policy(opts.memory.policy, kc, opts.memory.seed, deps),
-                                               opts.memory);
-  auto* lsa = dynamic_cast<LsaPolicy*>(&residency->policy());
-  // The needle fallback's full-budget store (lsa), and what the narrow one measured before.
+  // The needle fallback's full-budget store (lsa). Declared before the residency, which unhooks
+  // itself from its store when destroyed, so that the store outlives it.
   std::unique_ptr<KvReserve> wide_reserve;
   std::unique_ptr<RecallEngine> wide_recall;
   std::unique_ptr<TieredKvStore> wide_kv;
+  auto residency = std::make_unique<Residency>(*kvp, make_policy(opts.memory.policy, kc, opts.memory.seed, deps),
+                                               opts.memory);
+  auto* lsa = dynamic_cast<LsaPolicy*>(&residency->policy());
+  // What the narrow store measured before a needle fallback (lsa).
   double narrow_sum = 0;
   int64_t narrow_samples = 0;
   KvFootprint narrow_peak;
