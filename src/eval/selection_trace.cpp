@@ -26,19 +26,25 @@ std::vector<AnswerSpan> answer_spans(const std::vector<std::string>& token_text,
   return out;
 }
 
-nlohmann::json selection_json(const LsaSelection& s) {
-  return {{"cycle", s.cycle},
-          {"step", s.step},
-          {"middle", {s.middle_begin, s.middle_end}},
-          {"slots", s.slots},
-          {"kept_fraction", s.kept_fraction},
-          {"score_std", s.score_std},
-          {"pages", s.pages},
-          {"chunk_scores", s.chunk_scores}};
-}
-
-nlohmann::json answer_span_json(const AnswerSpan& a) {
-  return {{"text", a.text}, {"token_begin", a.token_begin}, {"token_end", a.token_end}};
+nlohmann::json trace_line(const EvalRecord& rec, int page_tokens, int chunk_tokens,
+                          const std::vector<AnswerSpan>& answers, const std::vector<LsaSelection>& selections) {
+  nlohmann::json j = {{"prompt_id", rec.prompt_id},     {"task", rec.task},   {"length", rec.length},
+                      {"budget", rec.budget},           {"page_tokens", page_tokens},
+                      {"chunk_tokens", chunk_tokens},   {"prompt_tokens", rec.prompt_tokens},
+                      {"score", rec.score},             {"answers", nlohmann::json::array()},
+                      {"selections", nlohmann::json::array()}};
+  for (const auto& a : answers)
+    j["answers"].push_back({{"text", a.text}, {"token_begin", a.token_begin}, {"token_end", a.token_end}});
+  for (const auto& s : selections)
+    j["selections"].push_back({{"cycle", s.cycle},
+                               {"step", s.step},
+                               {"middle", {s.middle_begin, s.middle_end}},
+                               {"slots", s.slots},
+                               {"kept_fraction", s.kept_fraction},
+                               {"score_std", s.score_std},
+                               {"pages", s.pages},
+                               {"chunk_scores", s.chunk_scores}});
+  return j;
 }
 
 }  // namespace flashmem::eval

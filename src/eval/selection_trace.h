@@ -16,6 +16,7 @@
 #include <string>
 #include <vector>
 
+#include "eval/results.h"
 #include "memory/lsa.h"
 
 namespace flashmem::eval {
@@ -31,7 +32,9 @@ struct AnswerSpan {
 std::vector<AnswerSpan> answer_spans(const std::vector<std::string>& token_text,
                                      const std::vector<std::string>& answers);
 
-nlohmann::json selection_json(const LsaSelection& s);
-nlohmann::json answer_span_json(const AnswerSpan& a);
+// The trace line of one lsa decode: the record's identity and score, the answers' spans and the
+// Level-1 passes (format above).
+nlohmann::json trace_line(const EvalRecord& rec, int page_tokens, int chunk_tokens,
+                          const std::vector<AnswerSpan>& answers, const std::vector<LsaSelection>& selections);
 
 }  // namespace flashmem::eval

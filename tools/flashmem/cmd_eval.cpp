@@ -15,6 +15,7 @@
 #include <fstream>
 #include <iterator>
 #include <map>
+#include <optional>
 #include <set>
 
 #include "commands.h"
@@ -201,6 +202,7 @@ int eval_command(const EvalArgs& a) {
       if (resolve_budget_pages(r->memory, kc, final_tokens) < resolve_budget_pages(smallest->memory, kc, final_tokens))
         smallest = r;
     auto pre = eng->prefill(prompt, smallest->memory, item.max_new_tokens);
+    std::optional<std::vector<eval::AnswerSpan>> spans;  // --lsa-trace: the answers in this prompt
     for (const Run* r : todo) {
       GenerateOptions go;
       go.max_new_tokens = item.max_new_tokens;
@@ -243,17 +245,14 @@ int eval_command(const EvalArgs& a) {
       }
       writer.append(rec);
       if (go.lsa_trace) {
-        std::vector<std::string> pieces;
-        pieces.reserve(prompt.size());
-        for (int32_t t : prompt) pieces.push_back(eng->tokenizer().token_bytes(t));
-        nlohmann::json j = {{"prompt_id", rec.prompt_id}, {"task", rec.task},       {"length", rec.length},
-                            {"budget", rec.budget},       {"page_tokens", a.page_tokens},
-                            {"chunk_tokens", eng->indexer()->keys_config().chunk_tokens},
-                            {"prompt_tokens", rec.prompt_tokens}, {"score", rec.score},
-                            {"answers", nlohmann::json::array()}, {"selections", nlohmann::json::array()}};
-        for (const auto& span : eval::answer_spans(pieces, item.answers)) j["answers"].push_back(eval::answer_span_json(span));
-        for (const auto& sel : g.lsa_trace) j["selections"].push_back(eval::selection_json(sel));
-        trace << j.dump() << '\n';
+        if (!spans) {  // once per prompt, whatever the lsa budgets
+          std::vector<std::string> pieces;
+          pieces.reserve(prompt.size());
+          for (int32_t t : prompt) pieces.push_back(eng->tokenizer().token_bytes(t));
+          spans = eval::answer_spans(pieces, item.answers);
+        }
+        trace << eval::trace_line(rec, a.page_tokens, eng->indexer()->keys_config().chunk_tokens, *spans, g.lsa_trace).dump()
+              << '\n';
         trace.flush();
         FM_CHECK(trace.good(), ErrorCode::kIo, "cannot write the lsa trace ", a.lsa_trace);
       }
