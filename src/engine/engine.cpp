@@ -195,14 +195,8 @@ GenerateResult Engine::decode_pass(Prefilled& p, const GenerateOptions& opts,
     FM_ICHECK(budget_pages == p.kv->budget_pages(), "prefill and decode budgets differ");
   }
   TieredKvStore* kvp = fork ? own_kv.get() : p.kv.get();
-  int64_t r_summaries = -1;  // absent summaries made by stores this decode has left
-  double r_summary_seconds = 0;
   KvReserve* reserve = fork ? own_reserve.get() : p.reserve.get();
   RecallEngine* recall = fork ? own_recall.get() : p.recall.get();
-  if (opts.memory.absent_summary && opts.memory.policy != "full") {
-    kvp->enable_absent_summary();
-    r_summaries = 0;
-  }
   IndexerQuery query = p.query;  // lsa: updated by every decode forward
   std::optional<QueryTap> tap;
   PolicyDeps deps;
@@ -301,10 +295,6 @@ GenerateResult Engine::decode_pass(Prefilled& p, const GenerateOptions& opts,
       narrow_samples = kvp->samples();
       narrow_peak = kvp->peak();
       narrow_recall = recall->stats();
-      if (const AbsentSummary* sum = kvp->absent_summary()) {
-        r_summaries += sum->refreshes();
-        r_summary_seconds += sum->seconds();
-      }
       wide_reserve = std::make_unique<KvReserve>(*backend_, kc.page_bytes(), wide_pages * kc.n_layers);
       wide_recall = std::make_unique<RecallEngine>(*backend_);
       wide_kv = std::make_unique<TieredKvStore>(*kvp, wide_pages, *wide_reserve, *wide_recall);
@@ -358,12 +348,6 @@ GenerateResult Engine::decode_pass(Prefilled& p, const GenerateOptions& opts,
     r.kv.recall.seconds += p.recall->stats().seconds;
   }
   r.kv.cycles = residency->cycles();
-  r.kv.absent_summaries = r_summaries;
-  r.kv.absent_summary_seconds = r_summary_seconds;
-  if (const AbsentSummary* sum = kvp->absent_summary()) {
-    r.kv.absent_summaries += sum->refreshes();
-    r.kv.absent_summary_seconds += sum->seconds();
-  }
   return r;
 }
 

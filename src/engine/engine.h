@@ -67,10 +67,6 @@ struct KvReport {
   int64_t widened_at_step = -1;
   std::string widen_reason;
   double lsa_kept_fraction = -1;  // middle chunks above θ at the first Level-1 pass (lsa)
-  // ResidencyOptions::absent_summary: summaries made (one per layer and selection; −1: off) and
-  // the host seconds they took.
-  int64_t absent_summaries = -1;
-  double absent_summary_seconds = 0;
 };
 
 struct GenerateResult {

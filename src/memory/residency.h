@@ -44,9 +44,6 @@ struct ResidencyOptions {
   int64_t tail_tokens = 64;      // newest tokens, always resident
   uint64_t seed = 0;             // for `random`
   LsaOptions lsa;                // for `lsa`: threshold, ensemble, needle fallback
-  // Fold the absent pages' attention, made on the host once per selection, into every decode
-  // step (memory/absent_summary.h). Any policy below a full budget; off by default.
-  bool absent_summary = false;
 
   // Error(kInvalidArgument) for an unknown policy, cycle < 1, negative sink/tail, or a budget
   // below 100% with policy full.

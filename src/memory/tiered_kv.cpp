@@ -161,16 +161,12 @@ KvFootprint TieredKvStore::footprint() const {
   f.open = static_cast<uint64_t>(open_slots_) * pb;
   f.reserve = static_cast<uint64_t>(reserve_.held(client_) - open_slots_) * pb;
   f.index_keys = aux_index_;
-  f.scratch = aux_scratch_ + (summary_ ? summary_->device_bytes() : 0);
+  f.scratch = aux_scratch_;
   f.mirror = static_cast<uint64_t>(mirror_pages_) * pb;
   uint64_t full_pages = 0;
   for (const Layer& l : layers_) full_pages += l.pages.size();
   f.full_kv = full_pages * pb;
   return f;
-}
-
-void TieredKvStore::enable_absent_summary(int host_threads) {
-  summary_ = std::make_unique<AbsentSummary>(be_, cfg_.n_layers, host_threads);
 }
 
 void TieredKvStore::sample() {
@@ -320,20 +316,14 @@ void TieredKvStore::attend(Backend& be, int layer, const AttentionParams& p, con
                            const int32_t* pos, int64_t m, float* out) {
   FM_ICHECK(layer >= 0 && layer < cfg_.n_layers, "layer ", layer, " out of range");
   if (!decode_mode_) return attend_streaming(be, layer, p, q, pos, m, out);
-  // before_attend and the absent summary run on the host: on a device backend they get a host
-  // copy of the queries.
-  const float* hq = nullptr;
-  auto host_q = [&] {
-    if (hq) return hq;
-    hq = q;
-    if (!be.host_memory()) {
-      host_q_.resize(static_cast<size_t>(m) * p.n_heads * p.head_dim);
-      be.download(host_q_.data(), q, host_q_.size() * sizeof(float));
-      hq = host_q_.data();
-    }
-    return hq;
-  };
-  if (hook_) hook_->before_attend(*this, layer, p, host_q(), pos, m);
+  // before_attend runs on the host: on a device backend it gets a host copy of the queries.
+  const float* hq = q;
+  if (hook_ && !be.host_memory()) {
+    host_q_.resize(static_cast<size_t>(m) * p.n_heads * p.head_dim);
+    be.download(host_q_.data(), q, host_q_.size() * sizeof(float));
+    hq = host_q_.data();
+  }
+  if (hook_) hook_->before_attend(*this, layer, p, hq, pos, m);
   Layer& L = layers_[layer];
   views_.clear();
   view_ids_.clear();
@@ -346,26 +336,7 @@ void TieredKvStore::attend(Backend& be, int layer, const AttentionParams& p, con
   // Ascending: apply_selection sorts, and a page filled since is newer than every selected one.
   for (int32_t pg : L.selected) add(pg);
   if (done < static_cast<int32_t>(L.pages.size())) add(done);  // the open page
-  if (!summary_ || static_cast<int32_t>(L.selected.size()) == done) {  // nothing absent
-    be.attention(p, q, pos, m, views_, out);
-  } else {
-    const int64_t rows = m * p.n_heads;
-    if (summary_->stale(layer, L.selected, done, rows)) {
-      sync_mirror();
-      absent_.clear();
-      for (int32_t pg = 0, i = 0; pg < done; ++pg) {  // L.selected is sorted
-        while (i < static_cast<int32_t>(L.selected.size()) && L.selected[i] < pg) ++i;
-        if (i < static_cast<int32_t>(L.selected.size()) && L.selected[i] == pg) continue;
-        uint8_t* page = mirror_ptr(layer, pg);
-        absent_.push_back(KvPageRef{page, page + cfg_.page_bytes() / 2, pg * cfg_.page_tokens, cfg_.page_tokens});
-      }
-      summary_->refresh(layer, p, host_q(), pos, m, absent_, L.selected, done);
-      note_peak();
-    }
-    if (resident_lse_.bytes() < rows * sizeof(float)) resident_lse_ = BackendBuffer(be_, rows * sizeof(float));
-    be.attention(p, q, pos, m, views_, out, resident_lse_.as<float>());
-    summary_->fold(layer, rows, p.head_dim, out, resident_lse_.as<float>());
-  }
+  be.attention(p, q, pos, m, views_, out);
   if (hook_) hook_->after_attend(be, layer, p, q, pos, m, views_, view_ids_);
 }
 

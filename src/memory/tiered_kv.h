@@ -29,7 +29,6 @@
 #include <tuple>
 #include <vector>
 
-#include "memory/absent_summary.h"
 #include "memory/kv_store.h"
 #include "memory/recall.h"
 #include "memory/reserve.h"
@@ -120,11 +119,6 @@ class TieredKvStore final : public KvStore {
   }
   // Selection metadata and scratch the policy keeps on the device, for the footprint.
   void set_aux_bytes(uint64_t index_keys, uint64_t scratch);
-  // Folds a host-made summary of the absent pages' attention into every decode-mode attention
-  // (memory/absent_summary.h), refreshed when a layer's selection changes; its device bytes
-  // count as scratch. host_threads: CPU threads computing it. Off by default.
-  void enable_absent_summary(int host_threads = 1);
-  const AbsentSummary* absent_summary() const { return summary_.get(); }
 
   KvFootprint footprint() const;
   KvFootprint peak() const { return peak_; }  // at the moment device() was largest
@@ -194,11 +188,8 @@ class TieredKvStore final : public KvStore {
   std::vector<KvPageRef> views_;
   std::vector<int32_t> view_ids_;
   BackendBuffer out2_, lse_, lse2_;
-  // Host copies of the queries for hooks and the absent summary on a device backend.
+  // Host copies for hooks on a device backend.
   std::vector<float> host_q_;
-  std::unique_ptr<AbsentSummary> summary_;
-  std::vector<KvPageRef> absent_;
-  BackendBuffer resident_lse_;
 };
 
 }  // namespace flashmem

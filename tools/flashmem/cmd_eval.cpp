@@ -46,7 +46,6 @@ CLI::App* add_eval_command(CLI::App& app, EvalArgs& a) {
   c->add_option("--tail", a.memory.tail, "Newest tokens always resident")->check(CLI::Range(int64_t{0}, int64_t{1} << 30));
   c->add_option("--page-tokens", a.page_tokens, "Tokens per KV page (the unit of residency)")->check(CLI::Range(1, 4096));
   add_lsa_options(c, a.memory);
-  add_absent_summary_option(c, a.memory);
   c->add_option("--data", a.data, "Data file (LongBench-v2 / LongMemEval JSON)")->check(CLI::ExistingFile);
   c->add_option("--max-length", a.max_length, "Context limit for LongBench-v2/LongMemEval prompts (middle-truncated)");
   c->add_option("--out", a.out, "Results directory (results.jsonl, summary.md, plot.png)");
@@ -234,10 +233,6 @@ int eval_command(const EvalArgs& a) {
       rec.extra = {{"budget_pages", g.kv.budget_pages}, {"page_tokens", a.page_tokens}, {"stop_reason", g.stop_reason},
                    {"recalled_pages", g.kv.recall.pages}, {"cycles", g.kv.cycles},
                    {"prefill_shared", todo.size() > 1}, {"backend", where}};
-      if (g.kv.absent_summaries >= 0) {
-        rec.extra["absent_summaries"] = g.kv.absent_summaries;
-        rec.extra["absent_summary_seconds"] = g.kv.absent_summary_seconds;
-      }
       if (r->policy == "lsa") {
         rec.extra["widened_at_step"] = g.kv.widened_at_step;
         rec.extra["widen_reason"] = g.kv.widen_reason;

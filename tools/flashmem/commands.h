@@ -34,13 +34,10 @@ struct MemoryArgs {
   bool lsa_per_layer = false;
   int lsa_contrast = 16;
   std::vector<int> lsa_layers;  // of the indexer's target layers (empty: all)
-  bool absent_summary = false;
 };
 void add_memory_options(CLI::App* c, MemoryArgs& a);
 // The lsa flags alone (--indexer, --lsa-*); add_memory_options includes them.
 void add_lsa_options(CLI::App* c, MemoryArgs& a);
-// --absent-summary alone; add_memory_options includes it.
-void add_absent_summary_option(CLI::App* c, MemoryArgs& a);
 // Parsed and validated; Error(kInvalidArgument) with a clear message otherwise.
 ResidencyOptions residency_options(const MemoryArgs& a);
 // The indexer checkpoint to load for these flags: --indexer, or the one shipped in the source

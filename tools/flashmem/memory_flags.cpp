@@ -22,14 +22,7 @@ void add_memory_options(CLI::App* c, MemoryArgs& a) {
   c->add_option("--tail", a.tail, "Newest tokens that always stay resident")
       ->check(CLI::Range(int64_t{0}, int64_t{1} << 30));
   c->add_option("--policy-seed", a.seed, "Seed of the random policy");
-  add_absent_summary_option(c, a);
   add_lsa_options(c, a);
-}
-
-void add_absent_summary_option(CLI::App* c, MemoryArgs& a) {
-  c->add_flag("--absent-summary", a.absent_summary,
-              "Below a full budget: fold the attention of the pages off the device, computed on the host from the "
-              "mirror once per selection, into every decode step (default: off)");
 }
 
 void add_lsa_options(CLI::App* c, MemoryArgs& a) {
@@ -83,7 +76,6 @@ ResidencyOptions residency_options(const MemoryArgs& a) {
   o.lsa.spread = a.lsa_spread;
   o.lsa.per_layer = a.lsa_per_layer;
   o.lsa.contrast = a.lsa_contrast;
-  o.absent_summary = a.absent_summary;
   o.validate();
   return o;
 }
@@ -106,9 +98,6 @@ void print_kv_report(std::FILE* out, const KvReport& r) {
   row("index keys", r.final.index_keys, r.peak.index_keys);
   row("selector scratch", r.final.scratch, r.peak.scratch);
   row("device total", r.final.device(), r.peak.device());
-  if (r.absent_summaries >= 0)
-    std::fprintf(out, "  absent summary: %lld made on the host in %.3f s (their device bytes are in the scratch)\n",
-                 static_cast<long long>(r.absent_summaries), r.absent_summary_seconds);
   std::fprintf(out, "  device mean over decode %.3f MiB; reserve allocated %.3f MiB\n",
                r.mean_device_bytes / (1024.0 * 1024.0), mib(r.reserve_bytes));
   std::fprintf(out, "  full-KV path would hold %.3f MiB: device peak %.1f%%, mean %.1f%% of it\n",
