@@ -6,6 +6,7 @@
 #include <atomic>
 #include <cmath>
 #include <cstdio>
+#include <cstdlib>
 #include <filesystem>
 #include <fstream>
 #include <sstream>
@@ -475,6 +476,28 @@ TEST(EvalResults, PlotWritesPng) {
   EXPECT_TRUE(fs::exists(tmp.sub("plots/acc vs kv's.gp")));
   const std::string dat = read_file(tmp.sub("plots/acc vs kv's.dat"));
   EXPECT_NE(dat.find("10 25 \"10%\""), std::string::npos) << dat;  // x = 10% of full, y = 25
+  // The script names its files relative to its own directory (quotes doubled for gnuplot).
+  const std::string gp = read_file(tmp.sub("plots/acc vs kv's.gp"));
+  EXPECT_EQ(gp.find(tmp.path.string()), std::string::npos) << gp;
+  EXPECT_NE(gp.find("set output 'acc vs kv''s.png'"), std::string::npos) << gp;
+  EXPECT_NE(gp.find("'acc vs kv''s.dat' index 0"), std::string::npos) << gp;
+}
+
+TEST(EvalResults, PlotDirectoryCanMoveAndBeRedrawn) {
+  ASSERT_TRUE(have_gnuplot()) << "gnuplot is a declared dependency (scripts/install-deps.sh)";
+  TempDir tmp;
+  const std::vector<EvalRecord> rs = {rec("t1", 4096, 0, "full", "100%", 1.0, 1000, 1000, 1000),
+                                      rec("t1", 4096, 0, "recency", "10%", 0.5, 100, 110, 1000)};
+  write_plot(rs, tmp.sub("a/plot.png"));
+  fs::rename(tmp.sub("a"), tmp.sub("b"));
+  ASSERT_TRUE(fs::remove(tmp.sub("b/plot.png")));
+  const std::string cmd = "cd '" + tmp.sub("b") + "' && gnuplot plot.gp > /dev/null 2>&1";
+  ASSERT_EQ(tmp.sub("b").find('\''), std::string::npos);  // the shell quoting above holds
+  ASSERT_EQ(std::system(cmd.c_str()), 0) << cmd;
+  const std::string bytes = read_file(tmp.sub("b/plot.png"));
+  ASSERT_GE(bytes.size(), 8u);
+  EXPECT_EQ(bytes.substr(0, 8), std::string("\x89PNG\r\n\x1a\n", 8));
+  EXPECT_FALSE(fs::exists(tmp.sub("a")));  // nothing was written back to the old place
 }
 
 TEST(EvalResults, PlotWithoutGnuplotIsUnsupported) {
