@@ -5,6 +5,8 @@
 
 Several files may be given, comma-separated; FILE#TAG appends TAG to the policy names of that
 file's records (to pair two runs of one policy, e.g. `a.jsonl,b.jsonl#-new lsa-new lsa,full`).
+A policy run at several budgets is named with its budget, POLICY@BUDGET (e.g. `lsa@20% full,lsa@14.5%`);
+its plain name is refused then, rather than pairing whichever budget was read last.
 
 Per length: the task scores of each policy averaged over the samples all policies completed, the
 average over tasks, and BASE − other as the mean over tasks of the per-task mean paired
@@ -22,14 +24,21 @@ others = (sys.argv[3] if len(sys.argv) > 3 else "full,recency,random,quest,oracl
 pols = [base] + others
 score = {}
 kv = collections.defaultdict(list)
+budgets = collections.defaultdict(set)  # (length, plain policy name) -> budgets seen
 for spec in paths:
     path, _, tag = spec.partition("#")
     for line in open(path):
         r = json.loads(line)
         policy = r["policy"] + tag
+        budgets[(r["length"], policy)].add(r["budget"])
         # A sample is (seed, index): runs with different seeds concatenate into one file.
-        score[(r["length"], r["task"], (r.get("seed", 0), r["sample_index"]), policy)] = r["score"]
-        kv[(r["length"], policy)].append(r["device_kv_bytes_mean"] / r["full_kv_bytes"])
+        for name in (policy, f"{policy}@{r['budget']}"):
+            score[(r["length"], r["task"], (r.get("seed", 0), r["sample_index"]), name)] = r["score"]
+            kv[(r["length"], name)].append(r["device_kv_bytes_mean"] / r["full_kv_bytes"])
+for (length, policy), bs in sorted(budgets.items()):
+    if policy in pols and len(bs) > 1:
+        sys.exit(f"ruler-paired: {policy} ran at several budgets at length {length} ({', '.join(sorted(bs))}): "
+                 f"name one, e.g. {policy}@{sorted(bs)[0]}")
 for length in sorted({k[0] for k in score}):
     tasks = sorted({k[1] for k in score if k[0] == length})
     done = collections.defaultdict(list)
