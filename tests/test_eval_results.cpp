@@ -643,12 +643,6 @@ TEST(Progress, TtyRedrawIsRateLimited) {
   EXPECT_EQ(text.back(), '\n');
 }
 
-}  // namespace
-}  // namespace flashmem::eval
-
-namespace flashmem::eval {
-namespace {
-
 TEST(AnswerSpans, MapEveryOccurrenceToTheTokensHoldingIt) {
   // Tokens as byte pieces: "The number is: 2382277. Again 2382277" plus an empty piece.
   const std::vector<std::string> pieces = {"The", " number", " is", ":", " 2", "38", "2", "", "277", ".",
