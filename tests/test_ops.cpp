@@ -2,6 +2,7 @@
 // (decode and prefill schedules) over paged f32/f16 KV, norms, RoPE and the thread pool.
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <cmath>
 #include <cstring>
 #include <random>
@@ -142,7 +143,10 @@ INSTANTIATE_TEST_SUITE_P(
                       AttnCase{65, 1, KvType::kF16, 64}, AttnCase{129, 3, KvType::kF32, 16},
                       AttnCase{257, 1, KvType::kF16, 64}, AttnCase{300, 5, KvType::kF32, 64},
                       AttnCase{300, 40, KvType::kF16, 64}, AttnCase{517, 517, KvType::kF32, 64},
-                      AttnCase{1000, 1, KvType::kF32, 7}, AttnCase{2049, 9, KvType::kF16, 64}));
+                      AttnCase{1000, 1, KvType::kF32, 7}, AttnCase{2049, 9, KvType::kF16, 64},
+                      AttnCase{1, 1, KvType::kQ8, 16}, AttnCase{65, 1, KvType::kQ8, 64},
+                      AttnCase{129, 3, KvType::kQ8, 16}, AttnCase{300, 40, KvType::kQ8, 64},
+                      AttnCase{1000, 1, KvType::kQ8, 7}, AttnCase{517, 517, KvType::kQ8, 16}));
 
 struct MassCase {
   int64_t n_keys;
@@ -166,6 +170,13 @@ TEST_P(ChunkMassCases, MatchesDoubleReference) {
   kv.append(0, c.n_keys, k.data(), v.data());
   if (c.kv == KvType::kF16)
     for (float& x : k) x = fp16_to_fp32(fp32_to_fp16(x));
+  if (c.kv == KvType::kQ8)  // the values the page holds: round(x·127/max|x|)·max|x|/127 per head vector
+    for (size_t at = 0; at < k.size(); at += hd) {
+      float amax = 0.0f;
+      for (int i = 0; i < hd; ++i) amax = std::max(amax, std::fabs(k[at + i]));
+      const float inv = 127.0f / amax, sc = amax / 127.0f;
+      for (int i = 0; i < hd; ++i) k[at + i] = std::nearbyint(k[at + i] * inv) * sc;
+    }
   const auto q = random_vec(n_heads * hd, rng, -2.0f, 2.0f);
   std::vector<KvPageRef> pages;
   for (int i = 0; i < static_cast<int>(kv.pages(0).size()); ++i)
@@ -203,7 +214,64 @@ INSTANTIATE_TEST_SUITE_P(
     Sizes, ChunkMassCases,
     ::testing::Values(MassCase{1, 0, KvType::kF32, 16, 16, -1}, MassCase{300, 299, KvType::kF16, 16, 16, -1},
                       MassCase{300, 250, KvType::kF32, 64, 16, -1}, MassCase{300, 299, KvType::kF16, 64, 64, 1},
-                      MassCase{1000, 777, KvType::kF16, 64, 8, 0}, MassCase{129, 128, KvType::kF32, 16, 4, 3}));
+                      MassCase{1000, 777, KvType::kF16, 64, 8, 0}, MassCase{129, 128, KvType::kF32, 16, 4, 3},
+                      MassCase{300, 299, KvType::kQ8, 16, 16, -1}, MassCase{1000, 777, KvType::kQ8, 64, 8, 2}));
+
+// q8 KV against float64 math on the unquantised vectors: each value within half a step of its
+// vector's scale, the extremes exact, zero and NaN vectors kept apart.
+TEST(KvQ8, QuantisesEachHeadVectorWithinHalfAStep) {
+  std::mt19937 rng(5);
+  for (int n : {1, 7, 64, 128}) {
+    for (float range : {1e-30f, 1e-3f, 1.0f, 7e4f, 1e38f}) {
+      auto x = random_vec(n, rng, -range, range);
+      std::vector<int8_t> q(2 * n, 99);
+      const float s = cpu::quantize_q8(x.data(), n, q.data(), 2);  // stride 2: every other byte
+      double amax = 0.0;
+      for (float v : x) amax = std::max(amax, std::fabs(static_cast<double>(v)));
+      ASSERT_NEAR(s, amax / 127.0, 1e-6 * amax / 127.0) << n << " " << range;
+      bool extreme = false;
+      for (int i = 0; i < n; ++i) {
+        ASSERT_EQ(q[2 * i + 1], 99) << "wrote outside the stride";
+        ASSERT_GE(q[2 * i], -127);
+        EXPECT_LE(std::fabs(q[2 * i] * static_cast<double>(s) - x[i]), 0.5 * s * (1 + 1e-5)) << n << " " << range;
+        extreme = extreme || std::abs(q[2 * i]) == 127;
+      }
+      EXPECT_TRUE(extreme) << "the largest value maps to ±127";
+    }
+  }
+  std::vector<float> zero(64, 0.0f), bad(64, 1.0f);
+  std::vector<int8_t> q(64, 5);
+  EXPECT_EQ(cpu::quantize_q8(zero.data(), 64, q.data(), 1), 0.0f);
+  EXPECT_TRUE(std::all_of(q.begin(), q.end(), [](int8_t v) { return v == 0; }));
+  bad[17] = NAN;
+  EXPECT_TRUE(std::isnan(cpu::quantize_q8(bad.data(), 64, q.data(), 1)));
+  bad[17] = INFINITY;
+  EXPECT_TRUE(std::isnan(cpu::quantize_q8(bad.data(), 64, q.data(), 1)));
+}
+
+// What q8 costs attention: outputs over q8 pages against float64 attention over the f32 keys
+// and values they came from (MatchesDoubleReference checks the kernels on the stored values).
+TEST(KvQ8, AttentionStaysCloseToUnquantisedAttention) {
+  const int n_heads = 6, n_kv = 2, hd = 64, n_keys = 700, m = 3;
+  std::mt19937 rng(17);
+  const auto k = random_vec(n_keys * n_kv * hd, rng, -2.0f, 2.0f);
+  const auto v = random_vec(n_keys * n_kv * hd, rng);
+  PagedKvCache exact(KvCacheConfig{1, n_kv, hd, 16, n_keys, KvType::kF32});
+  PagedKvCache q8(KvCacheConfig{1, n_kv, hd, 16, n_keys, KvType::kQ8});
+  exact.append(0, n_keys, k.data(), v.data());
+  q8.append(0, n_keys, k.data(), v.data());
+  EXPECT_LT(q8.page_bytes() * 1.0, 0.27 * exact.page_bytes());  // 68 B per vector against f32's 256
+  const auto q = random_vec(m * n_heads * hd, rng, -2.0f, 2.0f);
+  const std::vector<int32_t> pos{n_keys - 300, n_keys - 2, n_keys - 1};
+  std::vector<float> want(q.size()), got(q.size());
+  ThreadPool pool(2);
+  cpu::attention_ref(exact.attention_params(n_heads, 0.125f), q.data(), pos.data(), m, exact.pages(0), want.data());
+  cpu::attention(pool, q8.attention_params(n_heads, 0.125f), q.data(), pos.data(), m, q8.pages(0), got.data());
+  ASSERT_TRUE(test::all_finite(got.data(), got.size()));
+  const double err = test::rel_l2(got.data(), want.data(), got.size());
+  EXPECT_LT(err, 2e-2);
+  EXPECT_GT(err, 1e-5);  // it is quantised: not the f32 result
+}
 
 TEST(Attention, ChunkMassRefusesBadChunking) {
   PagedKvCache kv(KvCacheConfig{1, 1, 64, 16, 64, KvType::kF32});

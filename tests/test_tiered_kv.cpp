@@ -161,7 +161,7 @@ TEST(MergeAttention, CombinesDisjointKeySetsLikeOneCall) {
 // Prefill through a reserve far smaller than the prompt: every page streams through windows
 // of at most budget − 1 pages and the result matches full attention.
 TEST(TieredKvStore, StreamingPrefillMatchesFullAttentionWithinTheBudget) {
-  for (KvType t : {KvType::kF32, KvType::kF16}) {
+  for (KvType t : {KvType::kF32, KvType::kF16, KvType::kQ8}) {
     const KvCacheConfig c = small_config(t);
     const int64_t budget = 3;
     KvReserve reserve(host_backend(), c.page_bytes(), budget * c.n_layers);
@@ -252,7 +252,7 @@ class LateHostBackend : public CpuBackend {
 // mirror readers, streamed attention and a fork the right bytes, and waits once per append
 // (only when a listener reads the pages), never once per page.
 TEST(TieredKvStore, WriteBacksInFlightAreWaitedForOncePerAppend) {
-  for (KvType t : {KvType::kF32, KvType::kF16}) {
+  for (KvType t : {KvType::kF32, KvType::kF16, KvType::kQ8}) {
     LateHostBackend late;
     const KvCacheConfig c = small_config(t);
     const int64_t budget = 3;

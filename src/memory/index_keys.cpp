@@ -23,13 +23,12 @@ KeyPooling parse_pooling(const std::string& s) {
 
 void pool_chunk_key(const KvCacheConfig& kv, const IndexKeyConfig& c, const uint8_t* page, int j0,
                     int n, int32_t pos0, uint8_t* key, float* scale) {
-  const int d = kv.head_dim, pt = kv.page_tokens, g_n = kv.n_kv_heads;
+  const int d = kv.head_dim, g_n = kv.n_kv_heads;
+  const AttentionParams lay = kv.layout();
   std::vector<float> acc(static_cast<size_t>(g_n) * d, 0.0f), tok(static_cast<size_t>(g_n) * d);
   for (int j = j0; j < j0 + n; ++j) {
     for (int g = 0; g < g_n; ++g)
-      for (int i = 0; i < d; ++i)  // K dim-major within each kv head
-        tok[static_cast<size_t>(g) * d + i] =
-            kv_load(page, kv.type, (static_cast<int64_t>(g) * d + i) * pt + j);
+      for (int i = 0; i < d; ++i) tok[static_cast<size_t>(g) * d + i] = kv_load_k(page, lay, g, i, j);
     if (c.pooling == KeyPooling::kPreRopeMean)  // back to position 0: rotate by −position
       cpu::rope(tok.data(), g_n, d, -(pos0 + (j - j0)), c.rope);
     for (size_t i = 0; i < acc.size(); ++i) acc[i] += tok[i];

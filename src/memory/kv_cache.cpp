@@ -21,13 +21,7 @@ void KvCacheConfig::validate() const {
 
 void write_page_tokens(const KvCacheConfig& c, uint8_t* page, int slot0, int64_t n,
                        const float* k, const float* v) {
-  AttentionParams p;
-  p.n_kv_heads = c.n_kv_heads;
-  p.head_dim = c.head_dim;
-  p.page_tokens = c.page_tokens;
-  p.head_stride = int64_t{c.page_tokens} * c.head_dim;
-  p.kv_type = c.type;
-  cpu::write_kv(p, page, page + c.page_bytes() / 2, slot0, n, k, v);
+  cpu::write_kv(c.layout(), page, page + c.page_bytes() / 2, slot0, n, k, v);
 }
 
 PagedKvCache::PagedKvCache(const KvCacheConfig& cfg) : cfg_(cfg) {

@@ -22,10 +22,20 @@ struct KvCacheConfig {
   KvType type = KvType::kF32;
 
   size_t page_bytes() const {  // K+V of one page of one layer
-    return 2 * static_cast<size_t>(n_kv_heads) * page_tokens * head_dim * kv_type_bytes(type);
+    return 2 * kv_half_bytes(type, n_kv_heads, page_tokens, head_dim);
   }
-  size_t bytes_per_token() const {  // K+V of one token over all layers
-    return 2 * static_cast<size_t>(n_layers) * n_kv_heads * head_dim * kv_type_bytes(type);
+  size_t bytes_per_token() const {  // K+V of one token over all layers (q8: with its scales)
+    return 2 * static_cast<size_t>(n_layers) * n_kv_heads * kv_vector_bytes(type, head_dim);
+  }
+  // The page layout as the attention ops take it (n_heads and scale left 0).
+  AttentionParams layout() const {
+    AttentionParams p;
+    p.n_kv_heads = n_kv_heads;
+    p.head_dim = head_dim;
+    p.page_tokens = page_tokens;
+    p.head_stride = static_cast<int64_t>(page_tokens) * head_dim;
+    p.kv_type = type;
+    return p;
   }
   // Throws Error(kInvalidArgument) for non-positive sizes or page_tokens outside [1, 4096].
   void validate() const;
@@ -50,14 +60,8 @@ class KvStore {
   int64_t n_tokens() const { return n_tokens(config().n_layers - 1); }
 
   AttentionParams attention_params(int n_heads, float scale) const {
-    const KvCacheConfig& c = config();
-    AttentionParams p;
+    AttentionParams p = config().layout();
     p.n_heads = n_heads;
-    p.n_kv_heads = c.n_kv_heads;
-    p.head_dim = c.head_dim;
-    p.page_tokens = c.page_tokens;
-    p.head_stride = static_cast<int64_t>(c.page_tokens) * c.head_dim;
-    p.kv_type = c.type;
     p.scale = scale;
     return p;
   }

@@ -92,12 +92,12 @@ class QuestPolicy final : public ResidencyPolicy {
     auto& b = bounds_[layer];
     const size_t per_page = static_cast<size_t>(kv_.n_kv_heads) * d * 2;
     if (b.size() < (static_cast<size_t>(page) + 1) * per_page) b.resize((static_cast<size_t>(page) + 1) * per_page);
+    const AttentionParams lay = kv_.layout();
     for (int g = 0; g < kv_.n_kv_heads; ++g)
       for (int i = 0; i < d; ++i) {
         float lo = INFINITY, hi = -INFINITY;
-        const size_t at = (static_cast<size_t>(g) * d + i) * pt;  // K dim-major
         for (int j = 0; j < pt; ++j) {
-          const float v = kv_load(data, kv_.type, static_cast<int64_t>(at + j));
+          const float v = kv_load_k(data, lay, g, i, j);
           lo = std::min(lo, v);
           hi = std::max(hi, v);
         }

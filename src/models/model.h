@@ -33,9 +33,9 @@ struct ModelInfo {
   RopeParams rope;           // rotary embedding parameters
   bool tied_embeddings = false;  // output projection reuses token_embd
 
-  // K+V bytes per token over all layers at the given KV precision.
+  // K+V bytes per token over all layers at the given KV precision (q8: with its scales).
   size_t kv_bytes_per_token(KvType t) const {
-    return 2 * static_cast<size_t>(n_layers) * n_kv_heads * head_dim * kv_type_bytes(t);
+    return 2 * static_cast<size_t>(n_layers) * n_kv_heads * kv_vector_bytes(t, head_dim);
   }
 };
 

@@ -11,8 +11,16 @@
 
 namespace flashmem {
 
-const char* kv_type_name(KvType t) { return t == KvType::kF16 ? "f16" : "f32"; }
-size_t kv_type_bytes(KvType t) { return t == KvType::kF16 ? 2 : 4; }
+const char* kv_type_name(KvType t) {
+  return t == KvType::kF16 ? "f16" : t == KvType::kQ8 ? "q8" : "f32";
+}
+KvType parse_kv_type(const std::string& s) {
+  if (s == "f16") return KvType::kF16;
+  if (s == "f32") return KvType::kF32;
+  if (s == "q8") return KvType::kQ8;
+  FM_FAIL(ErrorCode::kInvalidArgument, "unknown KV type '", s, "' (known: f16, f32, q8)");
+}
+size_t kv_type_bytes(KvType t) { return t == KvType::kF16 ? 2 : t == KvType::kQ8 ? 1 : 4; }
 
 void check_chunk_mass(const AttentionParams& p, int32_t pos, int chunk_tokens, int64_t n_chunks) {
   FM_ICHECK(p.n_heads > 0 && p.n_kv_heads > 0 && p.n_heads % p.n_kv_heads == 0 && chunk_tokens >= 1 &&

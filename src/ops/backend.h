@@ -32,10 +32,32 @@ struct WeightMatrix {
   std::string name;  // for error messages
 };
 
-enum class KvType { kF32, kF16 };
+// How KV is stored. kQ8: every K and V head vector as int8 with one f32 scale per (kv head,
+// token): value = q · scale, scale = max|x| / 127, q = round-to-nearest-even(x · 127 / max|x|)
+// (an all-zero vector has scale 0). 68 bytes per 64-dim vector against f16's 128.
+enum class KvType { kF32, kF16, kQ8 };
 const char* kv_type_name(KvType t);
+// "f32", "f16" or "q8"; throws Error(kInvalidArgument) otherwise.
+KvType parse_kv_type(const std::string& s);
+// Bytes of one stored value (q8: 1; its scales come on top, see kv_half_bytes).
 size_t kv_type_bytes(KvType t);
-// Element `at` of KV storage of type t, as f32 (plain loops: references, page metadata).
+// Bytes of one token's K (or V) vector of one kv head, scales included.
+inline size_t kv_vector_bytes(KvType t, int head_dim) {
+  return static_cast<size_t>(head_dim) * kv_type_bytes(t) + (t == KvType::kQ8 ? sizeof(float) : 0);
+}
+// Byte offset, inside a K or V half-page, of the q8 scales: f32 [n_kv_heads × page_tokens],
+// after the values (16-byte aligned).
+inline size_t kv_scale_offset(int n_kv_heads, int page_tokens, int head_dim) {
+  return (static_cast<size_t>(n_kv_heads) * page_tokens * head_dim + 15) / 16 * 16;
+}
+// Bytes of the K (or V) half of one page of one layer.
+inline size_t kv_half_bytes(KvType t, int n_kv_heads, int page_tokens, int head_dim) {
+  if (t == KvType::kQ8)
+    return kv_scale_offset(n_kv_heads, page_tokens, head_dim) +
+           static_cast<size_t>(n_kv_heads) * page_tokens * sizeof(float);
+  return static_cast<size_t>(n_kv_heads) * page_tokens * head_dim * kv_type_bytes(t);
+}
+// Element `at` of f32/f16 KV storage as f32 (q8 values need their scale: kv_load_k/v).
 inline float kv_load(const void* base, KvType t, int64_t at) {
   return t == KvType::kF32 ? static_cast<const float*>(base)[at]
                            : fp16_to_fp32(static_cast<const uint16_t*>(base)[at]);
@@ -46,6 +68,8 @@ inline float kv_load(const void* base, KvType t, int64_t at) {
 // order. Per KV head g (head_stride = page_tokens·head_dim elements apart):
 //   K is dim-major:   k[g·head_stride + c·page_tokens + j]   (dim c of token j)
 //   V is token-major: v[g·head_stride + j·head_dim + c]
+// q8 pages hold int8 elements so, and after them (kv_scale_offset) each half's scales
+// [n_kv_heads × page_tokens] (kv_token_scale).
 // Dim-major K lets decode score 16 keys with one FMA per dim, with no reduction per key.
 struct KvPageRef {  // pointers into backend memory
   const void* k = nullptr;
@@ -63,6 +87,27 @@ struct AttentionParams {
   KvType kv_type = KvType::kF32;
   float scale = 0.0f;       // usually 1/sqrt(head_dim)
 };
+
+// The f32 scale of token j of kv head g in a K or V half-page (1 unless q8).
+inline float kv_token_scale(const void* half, const AttentionParams& p, int g, int j) {
+  if (p.kv_type != KvType::kQ8) return 1.0f;
+  return reinterpret_cast<const float*>(static_cast<const uint8_t*>(half) +
+                                        kv_scale_offset(p.n_kv_heads, p.page_tokens, p.head_dim))
+      [static_cast<int64_t>(g) * p.page_tokens + j];
+}
+// Dim c of token j's key in kv head g of a K half-page, as f32 (plain loops: references,
+// page metadata).
+inline float kv_load_k(const void* k, const AttentionParams& p, int g, int c, int j) {
+  const int64_t at = g * p.head_stride + int64_t{c} * p.page_tokens + j;
+  if (p.kv_type == KvType::kQ8) return static_cast<const int8_t*>(k)[at] * kv_token_scale(k, p, g, j);
+  return kv_load(k, p.kv_type, at);
+}
+// Dim c of token j's value in kv head g of a V half-page, as f32.
+inline float kv_load_v(const void* v, const AttentionParams& p, int g, int j, int c) {
+  const int64_t at = g * p.head_stride + int64_t{j} * p.head_dim + c;
+  if (p.kv_type == KvType::kQ8) return static_cast<const int8_t*>(v)[at] * kv_token_scale(v, p, g, j);
+  return kv_load(v, p.kv_type, at);
+}
 
 // Memory Indexer Level-1 scoring (DESIGN.md §4).
 struct IndexScoreParams {

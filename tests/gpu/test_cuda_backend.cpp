@@ -189,7 +189,7 @@ struct Pages {
 
 Pages make_pages(CudaBackend& g, const AttentionParams& p, int n_tokens, std::mt19937& rng) {
   Pages P;
-  const size_t half = static_cast<size_t>(p.n_kv_heads) * p.head_stride * kv_type_bytes(p.kv_type);
+  const size_t half = kv_half_bytes(p.kv_type, p.n_kv_heads, p.page_tokens, p.head_dim);
   for (int pos0 = 0; pos0 < n_tokens; pos0 += p.page_tokens) {
     const int n = std::min(p.page_tokens, n_tokens - pos0);
     std::vector<uint8_t> page(2 * half, 0);
@@ -205,7 +205,7 @@ Pages make_pages(CudaBackend& g, const AttentionParams& p, int n_tokens, std::mt
 }
 
 void test_attention(CudaBackend& g, CpuBackend& c, std::mt19937& rng) {
-  for (KvType t : {KvType::kF16, KvType::kF32}) {
+  for (KvType t : {KvType::kF16, KvType::kF32, KvType::kQ8}) {
     for (auto [hd, pt] : {std::pair{64, 64}, std::pair{128, 64}, std::pair{64, 16}}) {
       AttentionParams p;
       p.n_heads = 9;
@@ -262,7 +262,7 @@ void test_attention(CudaBackend& g, CpuBackend& c, std::mt19937& rng) {
 }
 
 void test_write_kv_and_copies(CudaBackend& g, std::mt19937& rng) {
-  for (KvType t : {KvType::kF16, KvType::kF32}) {
+  for (KvType t : {KvType::kF16, KvType::kF32, KvType::kQ8}) {
     AttentionParams p;
     p.n_heads = 9;
     p.n_kv_heads = 3;
@@ -270,7 +270,7 @@ void test_write_kv_and_copies(CudaBackend& g, std::mt19937& rng) {
     p.page_tokens = 64;
     p.head_stride = 64 * 64;
     p.kv_type = t;
-    const size_t half = 3 * 64 * 64 * kv_type_bytes(t);
+    const size_t half = kv_half_bytes(t, 3, 64, 64);
     std::vector<uint8_t> want(2 * half, 0);
     BackendBuffer page(g, 2 * half);
     g.fill_zero(page.get(), 2 * half);
@@ -278,6 +278,7 @@ void test_write_kv_and_copies(CudaBackend& g, std::mt19937& rng) {
     for (int n : {1, 13, 40, 10}) {  // ragged writes up to the full page
       auto k = randv(static_cast<size_t>(n) * 3 * 64, rng, -70000.0f, 70000.0f);  // f16 overflow too
       auto v = randv(k.size(), rng, -3.0f, 3.0f);
+      if (t == KvType::kQ8 && n == 13) std::fill(v.begin(), v.begin() + 64, 0.0f);  // scale 0
       cpu::write_kv(p, want.data(), want.data() + half, slot, n, k.data(), v.data());
       auto dk = to_dev(g, k), dv = to_dev(g, v);
       g.write_kv(p, page.get(), page.as<uint8_t>() + half, slot, n, dk.as<float>(), dv.as<float>());
@@ -503,7 +504,8 @@ void test_chunk_mass(CudaBackend& g, CpuBackend& c, std::mt19937& rng) {
   };
   for (const Case k : {Case{KvType::kF16, 16, 16, 9000, 8999, 0}, Case{KvType::kF16, 64, 16, 9000, 6000, 0},
                        Case{KvType::kF32, 64, 64, 1000, 999, 2}, Case{KvType::kF32, 16, 8, 1000, 517, 1},
-                       Case{KvType::kF16, 64, 16, 300, 3, 2}}) {
+                       Case{KvType::kF16, 64, 16, 300, 3, 2}, Case{KvType::kQ8, 16, 16, 9000, 8999, 0},
+                       Case{KvType::kQ8, 64, 8, 1000, 517, 1}}) {
     AttentionParams p;
     p.n_heads = 9;
     p.n_kv_heads = 3;

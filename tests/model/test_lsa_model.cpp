@@ -25,8 +25,8 @@ namespace flashmem {
 namespace {
 
 Engine& engine(KvType kv = KvType::kF16) {
-  static std::unique_ptr<Engine> e16, e32;
-  auto& e = kv == KvType::kF16 ? e16 : e32;
+  static std::unique_ptr<Engine> e16, e32, e8;
+  auto& e = kv == KvType::kF16 ? e16 : kv == KvType::kQ8 ? e8 : e32;
   if (!e) {
     EngineOptions o;
     o.model_path = test::require_default_model();
@@ -57,8 +57,8 @@ struct Trajectory {
   std::vector<std::vector<float>> logits;  // after the prompt, then after each token
 };
 
-Trajectory full_path(const std::vector<int32_t>& prompt) {
-  Engine& eng = engine();
+Trajectory full_path(const std::vector<int32_t>& prompt, KvType kv_type = KvType::kF16) {
+  Engine& eng = engine(kv_type);
   PagedKvCache kv = eng.new_cache();
   const int nv = eng.info().n_vocab;
   Trajectory t;
@@ -191,10 +191,13 @@ class TestTap final : public ActivationTap {
   IndexerQuery& q_;
 };
 
-TEST(LsaModel, LsaAtFullBudgetIsBitIdenticalToTheFullPath) {
-  Engine& eng = engine();
+// f16, and q8 (int8 KV with per-vector scales) against q8's own full path.
+class LsaFullBudget : public ::testing::TestWithParam<KvType> {};
+
+TEST_P(LsaFullBudget, LsaAtFullBudgetIsBitIdenticalToTheFullPath) {
+  Engine& eng = engine(GetParam());
   const auto prompt = long_prompt(2100);
-  const Trajectory ref = full_path(prompt);
+  const Trajectory ref = full_path(prompt, GetParam());
   const int nv = eng.info().n_vocab;
   const KvCacheConfig kc = eng.kv_config();
   auto model = load_indexer(shipped_indexer());
@@ -230,6 +233,9 @@ TEST(LsaModel, LsaAtFullBudgetIsBitIdenticalToTheFullPath) {
   // The index keys are device bytes of the request: 196 B per target layer and 16-token chunk.
   EXPECT_GE(kv.footprint().index_keys, static_cast<uint64_t>(model->keys.layers.size() * 196 * (2100 / 16)));
 }
+
+INSTANTIATE_TEST_SUITE_P(KvTypes, LsaFullBudget, ::testing::Values(KvType::kF16, KvType::kQ8),
+                         [](const auto& pinfo) { return std::string(kv_type_name(pinfo.param)); });
 
 TEST(LsaModel, LsaUnderABudgetKeepsTheDeviceWithinItAndCountsItsKeys) {
   EngineOptions eo;

@@ -22,7 +22,8 @@ CLI::App* add_bench_command(CLI::App& app, BenchArgs& a) {
   c->add_option("-r,--reps", a.reps, "Repetitions")->check(CLI::Range(1, 100));
   c->add_option("-t,--threads", a.threads, "CPU threads (0: all cores)")->check(CLI::Range(0, 1024));
   add_backend_option(c, a.backend);
-  c->add_option("--kv-type", a.kv_type, "KV cache precision")->check(CLI::IsMember({"f16", "f32"}));
+  c->add_option("--kv-type", a.kv_type, "KV cache precision (q8: int8 with one f32 scale per token and kv head)")
+      ->check(CLI::IsMember({"f16", "f32", "q8"}));
   c->add_option("--page-tokens", a.page_tokens, "Tokens per KV page")->check(CLI::Range(1, 4096));
   c->add_option("--prefill-budget", a.prefill_budget,
                 "Device KV budget for the pp tests (e.g. 14.5%): pages beyond it stream through the "
@@ -66,7 +67,7 @@ int bench_command(const BenchArgs& a) {
   eo.model_path = a.model;
   eo.n_threads = a.threads;
   eo.backend = a.backend;
-  eo.kv_type = a.kv_type == "f32" ? KvType::kF32 : KvType::kF16;
+  eo.kv_type = parse_kv_type(a.kv_type);
   eo.page_tokens = a.page_tokens;
   const KvBudget budget = KvBudget::parse(a.prefill_budget);
   auto eng = Engine::load(eo);

@@ -45,6 +45,8 @@ CLI::App* add_eval_command(CLI::App& app, EvalArgs& a) {
   c->add_option("--sink", a.memory.sink, "First tokens always resident")->check(CLI::Range(int64_t{0}, int64_t{1} << 30));
   c->add_option("--tail", a.memory.tail, "Newest tokens always resident")->check(CLI::Range(int64_t{0}, int64_t{1} << 30));
   c->add_option("--page-tokens", a.page_tokens, "Tokens per KV page (the unit of residency)")->check(CLI::Range(1, 4096));
+  c->add_option("--kv-type", a.kv_type, "KV cache precision (q8: int8 with one f32 scale per token and kv head)")
+      ->check(CLI::IsMember({"f16", "f32", "q8"}));
   add_lsa_options(c, a.memory);
   c->add_option("--data", a.data, "Data file (LongBench-v2 / LongMemEval JSON)")->check(CLI::ExistingFile);
   c->add_option("--max-length", a.max_length, "Context limit for LongBench-v2/LongMemEval prompts (middle-truncated)");
@@ -141,6 +143,7 @@ int eval_command(const EvalArgs& a) {
   eo.n_threads = a.threads;
   eo.backend = a.backend;
   eo.page_tokens = a.page_tokens;
+  eo.kv_type = parse_kv_type(a.kv_type);
   const bool lsa_wanted = std::find(a.policies.begin(), a.policies.end(), "lsa") != a.policies.end();
   FM_CHECK(a.lsa_trace.empty() || lsa_wanted, ErrorCode::kInvalidArgument,
            "--lsa-trace records lsa's selections: add lsa to --policy");
@@ -158,6 +161,13 @@ int eval_command(const EvalArgs& a) {
   eo.indexer_path = indexer_path(a.memory, a.model, lsa_wanted);
   eo.indexer_layers = a.memory.lsa_layers;
   auto eng = Engine::load(eo);
+  // The full KV of a sample at f16, the model's native KV precision: what a q8 run's device
+  // bytes are set against when its saving is compared with f16 runs (pages × page bytes).
+  const auto full_f16 = [kc = eng->kv_config()](uint64_t full_kv) {
+    KvCacheConfig f16 = kc;
+    f16.type = KvType::kF16;
+    return static_cast<uint64_t>(static_cast<double>(full_kv) * f16.page_bytes() / kc.page_bytes() + 0.5);
+  };
   const std::string where = backend_label(*eng);
   // Which indexer lsa records came from: its file name and a hash of its bytes.
   nlohmann::json indexer_id;
@@ -230,7 +240,8 @@ int eval_command(const EvalArgs& a) {
       rec.decode_seconds = g.decode_seconds;
       rec.generated_tokens = static_cast<int64_t>(g.tokens.size());
       rec.synthetic_substitute = item.synthetic_substitute;
-      rec.extra = {{"budget_pages", g.kv.budget_pages}, {"page_tokens", a.page_tokens}, {"stop_reason", g.stop_reason},
+      rec.extra = {{"budget_pages", g.kv.budget_pages}, {"page_tokens", a.page_tokens}, {"kv_type", a.kv_type},
+                   {"full_kv_bytes_f16", full_f16(g.kv.final.full_kv)}, {"stop_reason", g.stop_reason},
                    {"recalled_pages", g.kv.recall.pages}, {"cycles", g.kv.cycles},
                    {"prefill_shared", todo.size() > 1}, {"backend", where}};
       if (r->policy == "lsa") {

@@ -36,8 +36,9 @@ int info_command(const InfoArgs& a) {
     std::printf("rope          base %g, %d dims, scale %g, %s\n", m.rope.freq_base, m.rope.n_rot,
                 m.rope.freq_scale, m.rope.neox ? "neox" : "adjacent pairs");
     std::printf("rms_eps       %g\n", m.rms_eps);
-    std::printf("kv bytes/tok  %zu (f16), %zu (f32); at %lld tokens: %.1f MiB (f16)\n",
+    std::printf("kv bytes/tok  %zu (f16), %zu (f32), %zu (q8); at %lld tokens: %.1f MiB (f16)\n",
                 m.kv_bytes_per_token(KvType::kF16), m.kv_bytes_per_token(KvType::kF32),
+                m.kv_bytes_per_token(KvType::kQ8),
                 static_cast<long long>(m.n_ctx_train),
                 static_cast<double>(m.kv_bytes_per_token(KvType::kF16) * m.n_ctx_train) / (1 << 20));
   }

@@ -26,7 +26,8 @@ CLI::App* add_run_command(CLI::App& app, RunArgs& a) {
   c->add_option("--seed", a.seed, "Random seed for sampling");
   c->add_option("-t,--threads", a.threads, "CPU threads (0: all cores)")->check(CLI::Range(0, 1024));
   add_backend_option(c, a.backend);
-  c->add_option("--kv-type", a.kv_type, "KV cache precision")->check(CLI::IsMember({"f16", "f32"}));
+  c->add_option("--kv-type", a.kv_type, "KV cache precision (q8: int8 with one f32 scale per token and kv head)")
+      ->check(CLI::IsMember({"f16", "f32", "q8"}));
   c->add_option("--page-tokens", a.page_tokens, "Tokens per KV page")->check(CLI::Range(1, 4096));
   c->add_option("--report-json", a.report_json, "Also write the run report as JSON to this file");
   add_memory_options(c, a.memory);
@@ -68,7 +69,7 @@ int run_command(const RunArgs& a) {
   eo.n_threads = a.threads;
   eo.backend = a.backend;
   eo.n_ctx = a.n_ctx;
-  eo.kv_type = a.kv_type == "f32" ? KvType::kF32 : KvType::kF16;
+  eo.kv_type = parse_kv_type(a.kv_type);
   eo.page_tokens = a.page_tokens;
   eo.indexer_path = indexer_path(a.memory, a.model, a.memory.policy == "lsa");
   eo.indexer_layers = a.memory.lsa_layers;

@@ -94,6 +94,7 @@ struct EvalArgs {
   std::string backend = "cpu";
   int threads = 0;
   int page_tokens = 64;
+  std::string kv_type = "f16";
   std::vector<std::string> compare;
   std::string summarize;
   std::string plot;

@@ -46,6 +46,39 @@ void kv_to_f32(const void* src, KvType type, int64_t at, int64_t n, float* dst) 
   for (; i < n; ++i) dst[i] = fp16_to_fp32(h[i]);
 }
 
+// The q8 scales of kv head g in a K or V half-page (nullptr unless q8).
+const float* head_scales(const void* half, const AttentionParams& p, int g) {
+  if (p.kv_type != KvType::kQ8) return nullptr;
+  return reinterpret_cast<const float*>(static_cast<const uint8_t*>(half) +
+                                        kv_scale_offset(p.n_kv_heads, p.page_tokens, p.head_dim)) +
+         static_cast<int64_t>(g) * p.page_tokens;
+}
+
+// Dim c of kv head g's first n keys in a K half-page, as f32.
+void k_row_to_f32(const void* k, const AttentionParams& p, int g, int c, int64_t n, float* dst) {
+  const int64_t at = g * p.head_stride + int64_t{c} * p.page_tokens;
+  if (p.kv_type != KvType::kQ8) return kv_to_f32(k, p.kv_type, at, n, dst);
+  const int8_t* q = static_cast<const int8_t*>(k) + at;
+  const float* sc = head_scales(k, p, g);
+  for (int64_t j = 0; j < n; ++j) dst[j] = q[j] * sc[j];
+}
+
+// kv head g's first n values in a V half-page ([n × head_dim]), as f32.
+void v_rows_to_f32(const void* v, const AttentionParams& p, int g, int64_t n, float* dst) {
+  const int64_t at = g * p.head_stride;
+  const int d = p.head_dim;
+  if (p.kv_type != KvType::kQ8) return kv_to_f32(v, p.kv_type, at, n * d, dst);
+  const int8_t* q = static_cast<const int8_t*>(v) + at;
+  const float* sc = head_scales(v, p, g);
+  for (int64_t j = 0; j < n; ++j)
+    for (int c = 0; c < d; ++c) dst[j * d + c] = q[j * d + c] * sc[j];
+}
+
+// Element `at` as stored: q8 values before their scale.
+inline float raw_load(const void* base, KvType t, int64_t at) {
+  return t == KvType::kQ8 ? static_cast<float>(static_cast<const int8_t*>(base)[at]) : kv_load(base, t, at);
+}
+
 void check_params(const AttentionParams& p) {
   FM_ICHECK(p.n_heads > 0 && p.n_kv_heads > 0 && p.n_heads % p.n_kv_heads == 0,
             "bad head counts ", p.n_heads, "/", p.n_kv_heads);
@@ -86,6 +119,17 @@ template <KvType T>
 inline __m512 load16(const void* base, int64_t at, __mmask16 mask) {
   if constexpr (T == KvType::kF32) {
     return _mm512_maskz_loadu_ps(mask, static_cast<const float*>(base) + at);
+  } else if constexpr (T == KvType::kQ8) {
+    const int8_t* q = static_cast<const int8_t*>(base) + at;
+    __m128i b;
+    if (mask == 0xFFFF) {
+      b = _mm_loadu_si128(reinterpret_cast<const __m128i*>(q));
+    } else {  // a prefix mask: copy what is there
+      alignas(16) int8_t t[16] = {};
+      std::memcpy(t, q, static_cast<size_t>(__builtin_popcount(mask)));
+      b = _mm_load_si128(reinterpret_cast<const __m128i*>(t));
+    }
+    return _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(b));
   } else {
     return _mm512_cvtph_ps(_mm256_maskz_loadu_epi16(mask, static_cast<const uint16_t*>(base) + at));
   }
@@ -93,9 +137,11 @@ inline __m512 load16(const void* base, int64_t at, __mmask16 mask) {
 
 // Attends R rows (query heads of one KV head, all seeing the first n_vis tokens of the page)
 // to one page. Scores of 16 keys at a time come from dim-major K with one FMA per dim.
+// q8: ksc/vsc are the page's per-token scales of this kv head (unused otherwise).
 template <int R, KvType T>
-void attend_page(const Rows& rows, const void* kbase, const void* vbase, int pt, int d,
-                 int n_vis, float scale, float* s /* R × pt, scratch */) {
+void attend_page(const Rows& rows, const void* kbase, const void* vbase, const float* ksc,
+                 const float* vsc, int pt, int d, int n_vis, float scale,
+                 float* s /* R × pt, scratch */) {
   for (int jb = 0; jb < n_vis; jb += 16) {
     const int nv = std::min(16, n_vis - jb);
     const __mmask16 mask = static_cast<__mmask16>((1u << nv) - 1);
@@ -105,8 +151,9 @@ void attend_page(const Rows& rows, const void* kbase, const void* vbase, int pt,
       const __m512 kc = load16<T>(kbase, int64_t{c} * pt + jb, mask);
       for (int r = 0; r < R; ++r) acc[r] = _mm512_fmadd_ps(_mm512_set1_ps(rows.q[r][c]), kc, acc[r]);
     }
-    for (int r = 0; r < R; ++r)
-      _mm512_mask_storeu_ps(s + r * pt + jb, mask, _mm512_mul_ps(acc[r], _mm512_set1_ps(scale)));
+    __m512 sc = _mm512_set1_ps(scale);
+    if constexpr (T == KvType::kQ8) sc = _mm512_mul_ps(sc, _mm512_maskz_loadu_ps(mask, ksc + jb));
+    for (int r = 0; r < R; ++r) _mm512_mask_storeu_ps(s + r * pt + jb, mask, _mm512_mul_ps(acc[r], sc));
   }
   float corr[R];
   for (int r = 0; r < R; ++r) {
@@ -133,7 +180,9 @@ void attend_page(const Rows& rows, const void* kbase, const void* vbase, int pt,
       acc[r] = _mm512_mul_ps(_mm512_maskz_loadu_ps(mask, rows.o[r] + cb), _mm512_set1_ps(corr[r]));
     for (int j = 0; j < n_vis; ++j) {
       const __m512 vj = load16<T>(vbase, int64_t{j} * d + cb, mask);
-      for (int r = 0; r < R; ++r) acc[r] = _mm512_fmadd_ps(_mm512_set1_ps(s[r * pt + j]), vj, acc[r]);
+      const float vs = T == KvType::kQ8 ? vsc[j] : 1.0f;
+      for (int r = 0; r < R; ++r)
+        acc[r] = _mm512_fmadd_ps(_mm512_set1_ps(T == KvType::kQ8 ? s[r * pt + j] * vs : s[r * pt + j]), vj, acc[r]);
     }
     for (int r = 0; r < R; ++r) _mm512_mask_storeu_ps(rows.o[r] + cb, mask, acc[r]);
   }
@@ -166,10 +215,13 @@ template <KvType T>
 inline __m256 load8(const void* base, int64_t at, int nv) {
   if (nv >= 8) {
     if constexpr (T == KvType::kF32) return _mm256_loadu_ps(static_cast<const float*>(base) + at);
+    else if constexpr (T == KvType::kQ8)
+      return _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(
+          _mm_loadl_epi64(reinterpret_cast<const __m128i*>(static_cast<const int8_t*>(base) + at))));
     else return _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(static_cast<const uint16_t*>(base) + at)));
   }
   alignas(32) float t[8] = {};
-  for (int i = 0; i < nv; ++i) t[i] = kv_load(base, T, at + i);
+  for (int i = 0; i < nv; ++i) t[i] = raw_load(base, T, at + i);
   return _mm256_load_ps(t);
 }
 
@@ -184,8 +236,9 @@ inline void storef8(float* p, __m256 v, int nv) {
 
 // attend_page with 8 lanes: the same schedule and arithmetic as the AVX-512 kernel.
 template <int R, KvType T>
-void attend_page8(const Rows& rows, const void* kbase, const void* vbase, int pt, int d, int n_vis,
-                  float scale, float* s /* R × pt, scratch */) {
+void attend_page8(const Rows& rows, const void* kbase, const void* vbase, const float* ksc,
+                  const float* vsc, int pt, int d, int n_vis, float scale,
+                  float* s /* R × pt, scratch */) {
   for (int jb = 0; jb < n_vis; jb += 8) {
     const int nv = std::min(8, n_vis - jb);
     __m256 acc[R];
@@ -194,7 +247,9 @@ void attend_page8(const Rows& rows, const void* kbase, const void* vbase, int pt
       const __m256 kc = load8<T>(kbase, int64_t{c} * pt + jb, nv);
       for (int r = 0; r < R; ++r) acc[r] = _mm256_fmadd_ps(_mm256_set1_ps(rows.q[r][c]), kc, acc[r]);
     }
-    for (int r = 0; r < R; ++r) storef8(s + r * pt + jb, _mm256_mul_ps(acc[r], _mm256_set1_ps(scale)), nv);
+    __m256 sc = _mm256_set1_ps(scale);
+    if constexpr (T == KvType::kQ8) sc = _mm256_mul_ps(sc, loadf8(ksc + jb, nv));
+    for (int r = 0; r < R; ++r) storef8(s + r * pt + jb, _mm256_mul_ps(acc[r], sc), nv);
   }
   float corr[R];
   for (int r = 0; r < R; ++r) {
@@ -223,7 +278,9 @@ void attend_page8(const Rows& rows, const void* kbase, const void* vbase, int pt
     for (int r = 0; r < R; ++r) acc[r] = _mm256_mul_ps(loadf8(rows.o[r] + cb, nd), _mm256_set1_ps(corr[r]));
     for (int j = 0; j < n_vis; ++j) {
       const __m256 vj = load8<T>(vbase, int64_t{j} * d + cb, nd);
-      for (int r = 0; r < R; ++r) acc[r] = _mm256_fmadd_ps(_mm256_set1_ps(s[r * pt + j]), vj, acc[r]);
+      const float vs = T == KvType::kQ8 ? vsc[j] : 1.0f;
+      for (int r = 0; r < R; ++r)
+        acc[r] = _mm256_fmadd_ps(_mm256_set1_ps(T == KvType::kQ8 ? s[r * pt + j] * vs : s[r * pt + j]), vj, acc[r]);
     }
     for (int r = 0; r < R; ++r) storef8(rows.o[r] + cb, acc[r], nd);
   }
@@ -232,15 +289,15 @@ void attend_page8(const Rows& rows, const void* kbase, const void* vbase, int pt
 
 #if !defined(__AVX512F__) && !FLASHMEM_ATTN_AVX2
 // Plain version of attend_page for builds without AVX-512 or AVX2.
-void attend_page_scalar(const Rows& rows, const void* kbase, const void* vbase, KvType type,
-                        int pt, int d, int n_vis, float scale, float* s) {
+void attend_page_scalar(const Rows& rows, const void* kbase, const void* vbase, const float* ksc,
+                        const float* vsc, KvType type, int pt, int d, int n_vis, float scale, float* s) {
   for (int r = 0; r < rows.n; ++r) {
     float* sr = s + r * pt;
     float mx = *rows.m[r];
     for (int j = 0; j < n_vis; ++j) {
       float acc = 0.0f;
-      for (int c = 0; c < d; ++c) acc += rows.q[r][c] * kv_load(kbase, type, int64_t{c} * pt + j);
-      sr[j] = acc * scale;
+      for (int c = 0; c < d; ++c) acc += rows.q[r][c] * raw_load(kbase, type, int64_t{c} * pt + j);
+      sr[j] = acc * (ksc ? scale * ksc[j] : scale);
       mx = std::max(mx, sr[j]);
     }
     const float corr = std::exp(*rows.m[r] - mx);
@@ -250,38 +307,42 @@ void attend_page_scalar(const Rows& rows, const void* kbase, const void* vbase, 
     *rows.l[r] = *rows.l[r] * corr + l;
     float* o = rows.o[r];
     for (int c = 0; c < d; ++c) o[c] *= corr;
-    for (int j = 0; j < n_vis; ++j)
-      for (int c = 0; c < d; ++c) o[c] += sr[j] * kv_load(vbase, type, int64_t{j} * d + c);
+    for (int j = 0; j < n_vis; ++j) {
+      const float w = vsc ? sr[j] * vsc[j] : sr[j];
+      for (int c = 0; c < d; ++c) o[c] += w * raw_load(vbase, type, int64_t{j} * d + c);
+    }
   }
 }
 #endif
 
-void attend(const Rows& rows, const void* kbase, const void* vbase, KvType type, int pt, int d,
-            int n_vis, float scale, float* s) {
+void attend(const Rows& rows, const void* kbase, const void* vbase, const float* ksc,
+            const float* vsc, KvType type, int pt, int d, int n_vis, float scale, float* s) {
 #if defined(__AVX512F__)
   auto go = [&]<KvType T>() {
     switch (rows.n) {
-      case 1: return attend_page<1, T>(rows, kbase, vbase, pt, d, n_vis, scale, s);
-      case 2: return attend_page<2, T>(rows, kbase, vbase, pt, d, n_vis, scale, s);
-      case 3: return attend_page<3, T>(rows, kbase, vbase, pt, d, n_vis, scale, s);
-      default: return attend_page<4, T>(rows, kbase, vbase, pt, d, n_vis, scale, s);
+      case 1: return attend_page<1, T>(rows, kbase, vbase, ksc, vsc, pt, d, n_vis, scale, s);
+      case 2: return attend_page<2, T>(rows, kbase, vbase, ksc, vsc, pt, d, n_vis, scale, s);
+      case 3: return attend_page<3, T>(rows, kbase, vbase, ksc, vsc, pt, d, n_vis, scale, s);
+      default: return attend_page<4, T>(rows, kbase, vbase, ksc, vsc, pt, d, n_vis, scale, s);
     }
   };
   if (type == KvType::kF32) go.template operator()<KvType::kF32>();
+  else if (type == KvType::kQ8) go.template operator()<KvType::kQ8>();
   else go.template operator()<KvType::kF16>();
 #elif FLASHMEM_ATTN_AVX2
   auto go = [&]<KvType T>() {
     switch (rows.n) {
-      case 1: return attend_page8<1, T>(rows, kbase, vbase, pt, d, n_vis, scale, s);
-      case 2: return attend_page8<2, T>(rows, kbase, vbase, pt, d, n_vis, scale, s);
-      case 3: return attend_page8<3, T>(rows, kbase, vbase, pt, d, n_vis, scale, s);
-      default: return attend_page8<4, T>(rows, kbase, vbase, pt, d, n_vis, scale, s);
+      case 1: return attend_page8<1, T>(rows, kbase, vbase, ksc, vsc, pt, d, n_vis, scale, s);
+      case 2: return attend_page8<2, T>(rows, kbase, vbase, ksc, vsc, pt, d, n_vis, scale, s);
+      case 3: return attend_page8<3, T>(rows, kbase, vbase, ksc, vsc, pt, d, n_vis, scale, s);
+      default: return attend_page8<4, T>(rows, kbase, vbase, ksc, vsc, pt, d, n_vis, scale, s);
     }
   };
   if (type == KvType::kF32) go.template operator()<KvType::kF32>();
+  else if (type == KvType::kQ8) go.template operator()<KvType::kQ8>();
   else go.template operator()<KvType::kF16>();
 #else
-  attend_page_scalar(rows, kbase, vbase, type, pt, d, n_vis, scale, s);
+  attend_page_scalar(rows, kbase, vbase, ksc, vsc, type, pt, d, n_vis, scale, s);
 #endif
 }
 
@@ -322,6 +383,8 @@ void attention_decode(ThreadPool& pool, const AttentionParams& p, const float* q
       const KvPageRef& pg = pages[pi];
       const void* kb = static_cast<const uint8_t*>(pg.k) + off * esz;
       const void* vb = static_cast<const uint8_t*>(pg.v) + off * esz;
+      const float* ksc = head_scales(pg.k, p, g);
+      const float* vsc = head_scales(pg.v, p, g);
       for (int64_t i = 0; i < m; ++i) {
         const int n_vis = static_cast<int>(std::clamp<int64_t>(pos[i] - pg.pos0 + 1, 0, pg.n_tokens));
         if (n_vis == 0) continue;
@@ -335,7 +398,7 @@ void attention_decode(ThreadPool& pool, const AttentionParams& p, const float* q
             rows.l[r] = &st_l[s];
             rows.o[r] = st_o.data() + s * d;
           }
-          attend(rows, kb, vb, p.kv_type, p.page_tokens, d, n_vis, p.scale, sbuf.data());
+          attend(rows, kb, vb, ksc, vsc, p.kv_type, p.page_tokens, d, n_vis, p.scale, sbuf.data());
         }
       }
     }
@@ -364,7 +427,6 @@ void attention_prefill(ThreadPool& pool, const AttentionParams& p, const float* 
                        const int32_t* pos, int64_t m, std::span<const KvPageRef> pages,
                        float* out, float* lse) {
   const int d = p.head_dim;
-  const int pt = p.page_tokens;
   const int rep = p.n_heads / p.n_kv_heads;
   int64_t total = 0;
   for (const auto& pg : pages) total += pg.n_tokens;
@@ -387,12 +449,10 @@ void attention_prefill(ThreadPool& pool, const AttentionParams& p, const float* 
   }
   pool.run(p.n_kv_heads, [&](int64_t g, int) {
     int64_t t = 0;
-    const int64_t off = g * p.head_stride;
     float* ktg = kt.data() + g * total * d;
     for (const auto& pg : pages) {
-      for (int c = 0; c < d; ++c)
-        kv_to_f32(pg.k, p.kv_type, off + int64_t{c} * pt, pg.n_tokens, ktg + c * total + t);
-      kv_to_f32(pg.v, p.kv_type, off, int64_t{pg.n_tokens} * d, vall.data() + (g * total + t) * d);
+      for (int c = 0; c < d; ++c) k_row_to_f32(pg.k, p, static_cast<int>(g), c, pg.n_tokens, ktg + c * total + t);
+      v_rows_to_f32(pg.v, p, static_cast<int>(g), pg.n_tokens, vall.data() + (g * total + t) * d);
       t += pg.n_tokens;
     }
   });
@@ -481,6 +541,23 @@ void merge_attention(int64_t rows, int head_dim, float* out, float* lse, const f
   }
 }
 
+float quantize_q8(const float* x, int n, int8_t* q, int64_t stride) {
+  float amax = 0.0f;
+  bool finite = true;
+  for (int i = 0; i < n; ++i) {
+    finite = finite && std::isfinite(x[i]);
+    amax = std::max(amax, std::fabs(x[i]));
+  }
+  if (!finite || amax == 0.0f) {  // a NaN/inf vector stays visible as a NaN scale
+    for (int i = 0; i < n; ++i) q[i * stride] = 0;
+    return finite ? 0.0f : NAN;
+  }
+  const float inv = 127.0f / amax;
+  for (int i = 0; i < n; ++i)
+    q[i * stride] = static_cast<int8_t>(std::clamp(std::nearbyint(x[i] * inv), -127.0f, 127.0f));
+  return amax / 127.0f;
+}
+
 void write_kv(const AttentionParams& p, void* k_page, void* v_page, int slot0, int64_t n,
               const float* k, const float* v) {
   const int hd = p.head_dim, nh = p.n_kv_heads, pt = p.page_tokens;
@@ -491,7 +568,12 @@ void write_kv(const AttentionParams& p, void* k_page, void* v_page, int slot0, i
       const float* vs = v + (t * nh + h) * hd;
       const size_t k_at = static_cast<size_t>(h) * p.head_stride + slot;       // dim-major
       const size_t v_at = static_cast<size_t>(h) * p.head_stride + slot * hd;  // token-major
-      if (p.kv_type == KvType::kF32) {
+      if (p.kv_type == KvType::kQ8) {
+        auto* ksc = const_cast<float*>(head_scales(k_page, p, h));
+        auto* vsc = const_cast<float*>(head_scales(v_page, p, h));
+        ksc[slot] = quantize_q8(ks, hd, static_cast<int8_t*>(k_page) + k_at, pt);
+        vsc[slot] = quantize_q8(vs, hd, static_cast<int8_t*>(v_page) + v_at, 1);
+      } else if (p.kv_type == KvType::kF32) {
         float* kd = static_cast<float*>(k_page) + k_at;
         for (int d = 0; d < hd; ++d) kd[static_cast<size_t>(d) * pt] = ks[d];
         std::memcpy(static_cast<float*>(v_page) + v_at, vs, hd * sizeof(float));
@@ -515,14 +597,13 @@ void chunk_mass(ThreadPool& pool, const AttentionParams& p, const float* q, int3
   std::fill_n(mass, static_cast<size_t>(p.n_heads) * n_chunks, 0.0f);
   // One task per kv head: each page's keys are decoded once for the head group.
   pool.run(p.n_kv_heads, [&](int64_t g, int) {
-    const int64_t off = g * p.head_stride;
     std::vector<float> keys(static_cast<size_t>(d) * pt);
     std::vector<float> dots(static_cast<size_t>(rep) * pages.size() * pt, -INFINITY);
     for (size_t i = 0; i < pages.size(); ++i) {
       const KvPageRef& pg = pages[i];
       const int vis = static_cast<int>(std::clamp<int64_t>(int64_t{pos} - pg.pos0 + 1, 0, pg.n_tokens));
       if (vis == 0) continue;
-      for (int c = 0; c < d; ++c) kv_to_f32(pg.k, p.kv_type, off + int64_t{c} * pt, vis, keys.data() + static_cast<size_t>(c) * pt);
+      for (int c = 0; c < d; ++c) k_row_to_f32(pg.k, p, static_cast<int>(g), c, vis, keys.data() + static_cast<size_t>(c) * pt);
       for (int r = 0; r < rep; ++r) {
         const float* qh = q + static_cast<size_t>(g * rep + r) * d;
         float* dot = dots.data() + (static_cast<size_t>(r) * pages.size() + i) * pt;
@@ -564,14 +645,14 @@ void attention_ref(const AttentionParams& p, const float* q, const int32_t* pos,
   for (int64_t i = 0; i < m; ++i)
     for (int h = 0; h < p.n_heads; ++h) {
       const float* qh = q + (i * p.n_heads + h) * d;
-      const int64_t off = static_cast<int64_t>(h / rep) * p.head_stride;
+      const int g = h / rep;
       std::vector<double> scores;
       std::vector<std::pair<const KvPageRef*, int>> keys;
       for (const auto& pg : pages)
         for (int j = 0; j < pg.n_tokens && pg.pos0 + j <= pos[i]; ++j) {
           double s = 0.0;
           for (int c = 0; c < d; ++c)
-            s += static_cast<double>(qh[c]) * kv_load(pg.k, p.kv_type, off + int64_t{c} * p.page_tokens + j);
+            s += static_cast<double>(qh[c]) * kv_load_k(pg.k, p, g, c, j);
           scores.push_back(s * p.scale);
           keys.emplace_back(&pg, j);
         }
@@ -583,7 +664,7 @@ void attention_ref(const AttentionParams& p, const float* q, const int32_t* pos,
         const double e = std::exp(scores[k] - mx);
         sum += e;
         for (int c = 0; c < d; ++c)
-          acc[c] += e * kv_load(keys[k].first->v, p.kv_type, off + int64_t{keys[k].second} * d + c);
+          acc[c] += e * kv_load_v(keys[k].first->v, p, g, keys[k].second, c);
       }
       float* o = out + (i * p.n_heads + h) * d;
       for (int c = 0; c < d; ++c) o[c] = sum > 0.0 ? static_cast<float>(acc[c] / sum) : 0.0f;

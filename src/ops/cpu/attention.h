@@ -38,6 +38,10 @@ void attention(ThreadPool& pool, const AttentionParams& p, const float* q, const
 void merge_attention(int64_t rows, int head_dim, float* out, float* lse, const float* out2,
                      const float* lse2);
 
+// q8 (KvType::kQ8) of one head vector x[n]: q[i·stride] = round(x[i]·127 / max|x|), returns
+// the scale max|x| / 127 (0 for an all-zero vector, NaN when x holds a NaN or inf).
+float quantize_q8(const float* x, int n, int8_t* q, int64_t stride);
+
 // Writes n tokens of K/V into token slots slot0 … of one page (Backend::write_kv).
 void write_kv(const AttentionParams& p, void* k_page, void* v_page, int slot0, int64_t n,
               const float* k, const float* v);

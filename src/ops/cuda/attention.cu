@@ -14,10 +14,21 @@ constexpr int64_t kSplitWarps = 1024;
 // chunk_mass keeps one head's query in shared memory.
 constexpr int kMassMaxDim = 256;
 
-template <bool F16>
+// Element `at` as stored (q8: before its scale).
+template <int KV>
 __device__ inline float kv_at(const void* base, int64_t at) {
-  if constexpr (F16) return __half2float(static_cast<const __half*>(base)[at]);
+  if constexpr (KV == kDevF16) return __half2float(static_cast<const __half*>(base)[at]);
+  else if constexpr (KV == kDevQ8) return static_cast<float>(static_cast<const int8_t*>(base)[at]);
   else return static_cast<const float*>(base)[at];
+}
+
+// The scale of token j of kv head g in a K or V half-page (1 unless q8).
+template <int KV>
+__device__ inline float kv_scale(const DevAttention& p, const void* half, int g, int j) {
+  if constexpr (KV == kDevQ8)
+    return reinterpret_cast<const float*>(static_cast<const uint8_t*>(half) + p.scale_offset)
+        [static_cast<int64_t>(g) * p.page_tokens + j];
+  else return 1.0f;
 }
 
 // One warp per (query row i, head h). Lane j takes keys j, j + 32, ... of each page and keeps
@@ -27,7 +38,7 @@ __device__ inline float kv_at(const void* base, int64_t at) {
 // Split (few queries, many pages): warp (item, chunk) attends to pages
 // [chunk·chunk_pages, (chunk + 1)·chunk_pages) and writes its normalised partial result and
 // lse to out/lse at row item·n_chunks + chunk; combine_kernel folds the chunks.
-template <int HD, bool F16>
+template <int HD, int KV>
 __global__ void attention_kernel(DevAttention p, const float* q, const int32_t* pos, int64_t m,
                                  const DevPage* pages, int n_pages, int n_chunks, int chunk_pages,
                                  float* out, float* lse) {
@@ -58,8 +69,8 @@ __global__ void attention_kernel(DevAttention p, const float* q, const int32_t* 
     for (int j = lane; j < vis; j += 32) {
       float s = 0.0f;
 #pragma unroll
-      for (int c = 0; c < HD; ++c) s = fmaf(qr[c], kv_at<F16>(pg.k, head_off + int64_t{c} * pt + j), s);
-      s *= p.scale;
+      for (int c = 0; c < HD; ++c) s = fmaf(qr[c], kv_at<KV>(pg.k, head_off + int64_t{c} * pt + j), s);
+      s *= p.scale * kv_scale<KV>(p, pg.k, g, j);
       if (s > mx) {
         const float corr = expf(mx - s);  // 0 on the first key (mx = −inf)
         l *= corr;
@@ -70,8 +81,9 @@ __global__ void attention_kernel(DevAttention p, const float* q, const int32_t* 
       const float e = expf(s - mx);
       l += e;
       const int64_t vo = head_off + int64_t{j} * HD;
+      const float ev = e * kv_scale<KV>(p, pg.v, g, j);
 #pragma unroll
-      for (int c = 0; c < HD; ++c) acc[c] = fmaf(e, kv_at<F16>(pg.v, vo + c), acc[c]);
+      for (int c = 0; c < HD; ++c) acc[c] = fmaf(ev, kv_at<KV>(pg.v, vo + c), acc[c]);
     }
   }
   // Merge the lanes' states.
@@ -105,7 +117,7 @@ constexpr int kRowsPerWarp = 4;
 constexpr int kTileQ = kWarps * kRowsPerWarp;
 constexpr int kTileK = 32;
 
-template <int HD, bool F16>
+template <int HD, int KV>
 __global__ void __launch_bounds__(32 * kWarps)
 attention_tiled_kernel(DevAttention p, const float* q, const int32_t* pos, int64_t m,
                        const DevPage* pages, int n_pages, float* out, float* lse) {
@@ -153,11 +165,11 @@ attention_tiled_kernel(DevAttention p, const float* q, const int32_t* pos, int64
       __syncthreads();  // the previous tile is no longer read
       for (int idx = threadIdx.x; idx < HD * kTileK; idx += blockDim.x) {
         const int c = idx / kTileK, t = idx % kTileK;  // K is dim-major: t runs along memory
-        ks[t * KS + c] = t < nk ? kv_at<F16>(pg.k, head_off + int64_t{c} * pt + j0 + t) : 0.0f;
+        ks[t * KS + c] = t < nk ? kv_at<KV>(pg.k, head_off + int64_t{c} * pt + j0 + t) * kv_scale<KV>(p, pg.k, g, j0 + t) : 0.0f;
       }
       for (int idx = threadIdx.x; idx < HD * kTileK; idx += blockDim.x) {
         const int t = idx / HD, c = idx % HD;
-        vs[idx] = t < nk ? kv_at<F16>(pg.v, head_off + int64_t{j0 + t} * HD + c) : 0.0f;
+        vs[idx] = t < nk ? kv_at<KV>(pg.v, head_off + int64_t{j0 + t} * HD + c) * kv_scale<KV>(p, pg.v, g, j0 + t) : 0.0f;
       }
       __syncthreads();
       // Scores of key `lane` for this warp's rows.
@@ -278,7 +290,7 @@ __global__ void merge_kernel(int head_dim, float* out, float* lse, const float* 
 }
 
 // One thread per (token, kv head, dim).
-template <bool F16>
+template <int KV>
 __global__ void write_kv_kernel(DevAttention p, void* k_page, void* v_page, int slot0, int64_t n,
                                 const float* k, const float* v) {
   const int hd = p.head_dim, nh = p.n_kv_heads;
@@ -290,9 +302,33 @@ __global__ void write_kv_kernel(DevAttention p, void* k_page, void* v_page, int 
   const int64_t slot = slot0 + t;
   const int64_t k_at = h * p.head_stride + int64_t{c} * p.page_tokens + slot;
   const int64_t v_at = h * p.head_stride + slot * hd + c;
-  if constexpr (F16) {
+  if constexpr (KV == kDevF16) {
     static_cast<__half*>(k_page)[k_at] = __float2half_rn(k[idx]);
     static_cast<__half*>(v_page)[v_at] = __float2half_rn(v[idx]);
+  } else if constexpr (KV == kDevQ8) {
+    // Each thread finds its vector's max|x| (the vector is in cache after the first lane);
+    // the arithmetic is the CPU's quantize_q8, so both backends store the same bytes.
+    int8_t* qs[2] = {static_cast<int8_t*>(k_page) + k_at, static_cast<int8_t*>(v_page) + v_at};
+    void* halves[2] = {k_page, v_page};
+    const float* srcs[2] = {k, v};
+    for (int w = 0; w < 2; ++w) {
+      const float* x = srcs[w] + (idx - c);
+      float amax = 0.0f;
+      bool finite = true;
+      for (int d = 0; d < hd; ++d) {
+        finite = finite && isfinite(x[d]);
+        amax = fmaxf(amax, fabsf(x[d]));
+      }
+      float q = 0.0f, scale = finite ? 0.0f : NAN;
+      if (finite && amax > 0.0f) {
+        const float inv = __fdiv_rn(127.0f, amax);
+        q = fminf(fmaxf(rintf(__fmul_rn(x[c], inv)), -127.0f), 127.0f);
+        scale = __fdiv_rn(amax, 127.0f);
+      }
+      *qs[w] = static_cast<int8_t>(q);
+      if (c == 0)
+        reinterpret_cast<float*>(static_cast<uint8_t*>(halves[w]) + p.scale_offset)[int64_t{h} * p.page_tokens + slot] = scale;
+    }
   } else {
     static_cast<float*>(k_page)[k_at] = k[idx];
     static_cast<float*>(v_page)[v_at] = v[idx];
@@ -301,7 +337,7 @@ __global__ void write_kv_kernel(DevAttention p, void* k_page, void* v_page, int 
 
 // chunk_mass, step 1: the scaled score of every (head, page slot); −inf where the slot is empty
 // or after the query. Thread = slot, so the lanes' dim-major key loads are contiguous.
-template <bool F16>
+template <int KV>
 __global__ void mass_scores_kernel(DevAttention p, const float* q, int32_t pos, const DevPage* pages,
                                    int n_pages, float* scores) {
   __shared__ float qs[kMassMaxDim];
@@ -316,10 +352,11 @@ __global__ void mass_scores_kernel(DevAttention p, const float* q, int32_t pos, 
   const int j = static_cast<int>(t % pt);
   float s = -INFINITY;
   if (j < pg.n_tokens && pg.pos0 + j <= pos) {
-    const int64_t off = static_cast<int64_t>(h / (p.n_heads / p.n_kv_heads)) * p.head_stride + j;
+    const int g = h / (p.n_heads / p.n_kv_heads);
+    const int64_t off = static_cast<int64_t>(g) * p.head_stride + j;
     float dot = 0.0f;
-    for (int c = 0; c < p.head_dim; ++c) dot = fmaf(qs[c], kv_at<F16>(pg.k, off + int64_t{c} * pt), dot);
-    s = dot * p.scale;
+    for (int c = 0; c < p.head_dim; ++c) dot = fmaf(qs[c], kv_at<KV>(pg.k, off + int64_t{c} * pt), dot);
+    s = dot * p.scale * kv_scale<KV>(p, pg.k, g, j);
   }
   scores[static_cast<int64_t>(h) * slots + t] = s;
 }
@@ -386,17 +423,20 @@ cudaError_t attention(const DevAttention& p, const float* q, const int32_t* pos,
   const int chunk_pages = n_chunks > 1 ? (n_pages + n_chunks - 1) / n_chunks : std::max(n_pages, 1);
   if (n_chunks == 1 && m >= kTileQ) {  // prefill: the tiled kernel
     const dim3 grid(static_cast<unsigned>((m + kTileQ - 1) / kTileQ), static_cast<unsigned>(p.n_heads));
-#define FM_TILED(HD, F16) \
-  attention_tiled_kernel<HD, F16><<<grid, 32 * kWarps, 0, s>>>(p, q, pos, m, pages, n_pages, out, lse)
+#define FM_TILED(HD, KV) \
+  attention_tiled_kernel<HD, KV><<<grid, 32 * kWarps, 0, s>>>(p, q, pos, m, pages, n_pages, out, lse)
+#define FM_TILED_KV(HD)                         \
+  if (p.kv == kDevF16) FM_TILED(HD, kDevF16);   \
+  else if (p.kv == kDevQ8) FM_TILED(HD, kDevQ8); \
+  else FM_TILED(HD, kDevF32)
     if (p.head_dim == 64) {
-      if (p.kv_f16) FM_TILED(64, true);
-      else FM_TILED(64, false);
+      FM_TILED_KV(64);
     } else if (p.head_dim == 128) {
-      if (p.kv_f16) FM_TILED(128, true);
-      else FM_TILED(128, false);
+      FM_TILED_KV(128);
     } else {
       return cudaErrorInvalidValue;
     }
+#undef FM_TILED_KV
 #undef FM_TILED
     return cudaGetLastError();
   }
@@ -406,18 +446,21 @@ cudaError_t attention(const DevAttention& p, const float* q, const int32_t* pos,
   const int64_t warps = items * n_chunks;
   const unsigned blocks = static_cast<unsigned>((warps + kWarps - 1) / kWarps);
   const int threads = 32 * kWarps;
-#define FM_LAUNCH(HD, F16)                                                                  \
-  attention_kernel<HD, F16><<<blocks, threads, 0, s>>>(p, q, pos, m, pages, n_pages, n_chunks, \
-                                                       chunk_pages, o, l)
+#define FM_LAUNCH(HD, KV)                                                                  \
+  attention_kernel<HD, KV><<<blocks, threads, 0, s>>>(p, q, pos, m, pages, n_pages, n_chunks, \
+                                                      chunk_pages, o, l)
+#define FM_LAUNCH_KV(HD)                         \
+  if (p.kv == kDevF16) FM_LAUNCH(HD, kDevF16);   \
+  else if (p.kv == kDevQ8) FM_LAUNCH(HD, kDevQ8); \
+  else FM_LAUNCH(HD, kDevF32)
   if (p.head_dim == 64) {
-    if (p.kv_f16) FM_LAUNCH(64, true);
-    else FM_LAUNCH(64, false);
+    FM_LAUNCH_KV(64);
   } else if (p.head_dim == 128) {
-    if (p.kv_f16) FM_LAUNCH(128, true);
-    else FM_LAUNCH(128, false);
+    FM_LAUNCH_KV(128);
   } else {
     return cudaErrorInvalidValue;
   }
+#undef FM_LAUNCH_KV
 #undef FM_LAUNCH
   if (n_chunks > 1) {
     const cudaError_t e = cudaGetLastError();
@@ -442,8 +485,9 @@ cudaError_t write_kv(const DevAttention& p, void* k_page, void* v_page, int slot
   const int64_t total = n * p.n_kv_heads * p.head_dim;
   if (total <= 0) return cudaSuccess;
   const unsigned blocks = static_cast<unsigned>((total + 255) / 256);
-  if (p.kv_f16) write_kv_kernel<true><<<blocks, 256, 0, s>>>(p, k_page, v_page, slot0, n, k, v);
-  else write_kv_kernel<false><<<blocks, 256, 0, s>>>(p, k_page, v_page, slot0, n, k, v);
+  if (p.kv == kDevF16) write_kv_kernel<kDevF16><<<blocks, 256, 0, s>>>(p, k_page, v_page, slot0, n, k, v);
+  else if (p.kv == kDevQ8) write_kv_kernel<kDevQ8><<<blocks, 256, 0, s>>>(p, k_page, v_page, slot0, n, k, v);
+  else write_kv_kernel<kDevF32><<<blocks, 256, 0, s>>>(p, k_page, v_page, slot0, n, k, v);
   return cudaGetLastError();
 }
 
@@ -454,8 +498,9 @@ cudaError_t chunk_mass(const DevAttention& p, const float* q, int32_t pos, const
   if (e != cudaSuccess || n_pages == 0) return e;
   const int64_t slots = static_cast<int64_t>(n_pages) * p.page_tokens;
   const dim3 grid(static_cast<unsigned>((slots + 127) / 128), static_cast<unsigned>(p.n_heads));
-  if (p.kv_f16) mass_scores_kernel<true><<<grid, 128, 0, s>>>(p, q, pos, pages, n_pages, scores);
-  else mass_scores_kernel<false><<<grid, 128, 0, s>>>(p, q, pos, pages, n_pages, scores);
+  if (p.kv == kDevF16) mass_scores_kernel<kDevF16><<<grid, 128, 0, s>>>(p, q, pos, pages, n_pages, scores);
+  else if (p.kv == kDevQ8) mass_scores_kernel<kDevQ8><<<grid, 128, 0, s>>>(p, q, pos, pages, n_pages, scores);
+  else mass_scores_kernel<kDevF32><<<grid, 128, 0, s>>>(p, q, pos, pages, n_pages, scores);
   mass_reduce_kernel<<<p.n_heads, 512, 0, s>>>(p.page_tokens, chunk_tokens, pages, n_pages, n_chunks, scores, mass);
   return cudaGetLastError();
 }

@@ -19,10 +19,15 @@ struct DevPage {
   int32_t n_tokens;
 };
 
+// How KV is stored (KvType): f32, f16, or q8 (int8 values; each K/V half-page has its f32
+// scales [n_kv_heads × page_tokens] at byte scale_offset).
+enum DevKv : int { kDevF32 = 0, kDevF16 = 1, kDevQ8 = 2 };
+
 struct DevAttention {
   int n_heads, n_kv_heads, head_dim, page_tokens;
   int64_t head_stride;
-  bool kv_f16;
+  int kv;               // DevKv
+  int64_t scale_offset;  // q8 only
   float scale;
 };
 

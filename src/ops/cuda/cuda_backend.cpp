@@ -38,8 +38,10 @@ static_assert(sizeof(cuda::DevPage) == sizeof(KvPageRef) &&
               std::is_trivially_copyable_v<KvPageRef>);
 
 cuda::DevAttention dev_params(const AttentionParams& p) {
-  return cuda::DevAttention{p.n_heads,   p.n_kv_heads, p.head_dim, p.page_tokens,
-                            p.head_stride, p.kv_type == KvType::kF16, p.scale};
+  const int kv = p.kv_type == KvType::kF16 ? cuda::kDevF16 : p.kv_type == KvType::kQ8 ? cuda::kDevQ8 : cuda::kDevF32;
+  return cuda::DevAttention{p.n_heads,     p.n_kv_heads, p.head_dim, p.page_tokens, p.head_stride, kv,
+                            static_cast<int64_t>(kv_scale_offset(p.n_kv_heads, p.page_tokens, p.head_dim)),
+                            p.scale};
 }
 
 }  // namespace
