@@ -96,6 +96,27 @@ TEST(CliEval, RulerRunsAppendsAndResumes) {
   EXPECT_GT(fs::file_size(png), 1000u);
 }
 
+// q8 KV: the records name their precision and the full KV at f16, and a directory of q8
+// records is not resumed at f16 (its tables would mix two precisions).
+TEST(CliEval, Q8RunsRecordTheirPrecisionAndAreNotResumedAtAnother) {
+  const std::string dir = fresh_dir("q8");
+  const std::string base = "eval -m " + test::require_default_model() +
+                           " --suite ruler --lengths 1k --tasks niah_single_1 --samples 1 --policy full --out " + dir;
+  auto r = run_cli(base + " --kv-type q8");
+  ASSERT_EQ(r.code, 0) << r.out;
+  auto l = lines(dir);
+  ASSERT_EQ(l.size(), 1u);
+  EXPECT_EQ(l[0].at("extra").at("kv_type"), "q8");
+  // 68 bytes per 64-dim head vector against f16's 128 (SmolLM2: 3 kv heads, 64-token pages).
+  const double full = l[0].at("full_kv_bytes").get<double>();
+  const double full16 = l[0].at("extra").at("full_kv_bytes_f16").get<double>();
+  EXPECT_NEAR(full16 / full, 128.0 / 68.0, 1e-6);
+  r = run_cli(base);  // f16, the default
+  EXPECT_EQ(r.code, 2) << r.out;
+  EXPECT_NE(r.out.find("holds --kv-type q8 records"), std::string::npos) << r.out;
+  EXPECT_EQ(lines(dir).size(), 1u);
+}
+
 TEST(CliEval, FileSuitesRunFromUserSuppliedData) {
   const std::string fx = std::string(FLASHMEM_FIXTURES_DIR) + "/eval/";
   for (const char* suite : {"longbench-v2", "longmemeval"}) {
