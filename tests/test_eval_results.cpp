@@ -390,6 +390,28 @@ TEST(EvalResults, SummaryHandComputed) {
   EXPECT_NEAR(f.device_kv_ratio, 1.0, 1e-12);
 }
 
+// q8 records: their own rows ("lsa q8"), device KV against the full KV at f16.
+TEST(EvalResults, SummaryNamesTheKvPrecisionAndUsesTheF16FullKv) {
+  std::vector<EvalRecord> rs;
+  rs.push_back(rec("t1", 4096, 0, "lsa", "27%", 1.0, 150, 160, 1000));  // f16: no kv_type
+  EvalRecord q = rec("t1", 4096, 0, "lsa", "27%", 0.0, 140, 150, 530);
+  q.extra = {{"kv_type", "q8"}, {"full_kv_bytes_f16", 1000}};
+  rs.push_back(q);
+  q.sample_index = 1;
+  q.extra["full_kv_bytes_f16"] = 3000;
+  q.device_kv_bytes_mean = 260;
+  rs.push_back(q);
+  const Summary s = summarize(rs);
+  ASSERT_EQ(s.tasks.size(), 2u);
+  EXPECT_EQ(s.tasks[0].policy, "lsa");
+  EXPECT_EQ(s.tasks[0].n, 1);
+  EXPECT_NEAR(s.tasks[0].device_kv_ratio, 0.15, 1e-12);
+  EXPECT_EQ(s.tasks[1].policy, "lsa q8");
+  EXPECT_EQ(s.tasks[1].n, 2);
+  EXPECT_NEAR(s.tasks[1].full_kv_bytes_mean, 2000.0, 1e-9);
+  EXPECT_NEAR(s.tasks[1].device_kv_ratio, 200.0 / 2000.0, 1e-12);
+}
+
 TEST(EvalResults, SummaryFilesAndMarkdown) {
   TempDir tmp;
   const Summary s = summarize(summary_fixture());
@@ -464,6 +486,9 @@ TEST(EvalResults, PlotWritesPng) {
       rs.push_back(rec(task, len, i, "recency", "10%", 0.25, 100, 110, 1000));
       rs.push_back(rec(task, len, i, "recency", "50%", 0.75, 500, 510, 1000));
       rs.push_back(rec(task, len, i, "it's \"odd\" | name", "25%", 0.5, 250, 260, 1000));
+      EvalRecord q8 = rec(task, len, i, "lsa", "27%", 0.5, 140, 150, 530);
+      q8.extra = {{"kv_type", "q8"}, {"full_kv_bytes_f16", 1000}};
+      rs.push_back(q8);
       ++i;
     }
   }
@@ -476,11 +501,14 @@ TEST(EvalResults, PlotWritesPng) {
   EXPECT_TRUE(fs::exists(tmp.sub("plots/acc vs kv's.gp")));
   const std::string dat = read_file(tmp.sub("plots/acc vs kv's.dat"));
   EXPECT_NE(dat.find("10 25 \"10%\""), std::string::npos) << dat;  // x = 10% of full, y = 25
+  EXPECT_NE(dat.find("14 50 \"27%\""), std::string::npos) << dat;  // q8: x = 140 B of 1000 at f16
   // The script names its files relative to its own directory (quotes doubled for gnuplot).
   const std::string gp = read_file(tmp.sub("plots/acc vs kv's.gp"));
   EXPECT_EQ(gp.find(tmp.path.string()), std::string::npos) << gp;
   EXPECT_NE(gp.find("set output 'acc vs kv''s.png'"), std::string::npos) << gp;
   EXPECT_NE(gp.find("'acc vs kv''s.dat' index 0"), std::string::npos) << gp;
+  // lsa at q8 keeps lsa's colour, with squares.
+  EXPECT_NE(gp.find("pt 5 lc rgb '#d62728' title 'lsa q8'"), std::string::npos) << gp;
 }
 
 TEST(EvalResults, PlotDirectoryCanMoveAndBeRedrawn) {

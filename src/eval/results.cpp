@@ -443,6 +443,27 @@ struct TaskStats {
 
 double ratio(double num, double den) { return den > 0.0 ? num / den : kNaN; }
 
+// The KV precision a record ran at ("f16" for records from before --kv-type).
+std::string kv_type_of(const EvalRecord& r) {
+  if (r.extra.is_object() && r.extra.contains("kv_type") && r.extra["kv_type"].is_string())
+    return r.extra["kv_type"].get<std::string>();
+  return "f16";
+}
+
+// The policy as summaries name it: with its KV precision unless f16 ("lsa q8").
+std::string policy_label(const EvalRecord& r) {
+  const std::string t = kv_type_of(r);
+  return t == "f16" ? r.policy : r.policy + " " + t;
+}
+
+// What a record's device KV is set against: the sample's full KV at f16 (recorded since
+// --kv-type; before, every run was f16 and full_kv_bytes is that).
+double full_kv_f16(const EvalRecord& r) {
+  if (r.extra.is_object() && r.extra.contains("full_kv_bytes_f16") && r.extra["full_kv_bytes_f16"].is_number())
+    return r.extra["full_kv_bytes_f16"].get<double>();
+  return static_cast<double>(r.full_kv_bytes);
+}
+
 std::pair<double, double> wilson(double k, double n) {
   const double p = k / n, z2 = kZ95 * kZ95;
   const double denom = 1.0 + z2 / n;
@@ -456,7 +477,7 @@ TaskStats task_stats(const std::vector<const EvalRecord*>& rs) {
   SummaryRow& row = t.row;
   const EvalRecord& first = *rs.front();
   row.suite = first.suite;
-  row.policy = first.policy;
+  row.policy = policy_label(first);
   row.budget = first.budget;
   row.length = first.length;
   row.task = first.task;
@@ -467,7 +488,7 @@ TaskStats task_stats(const std::vector<const EvalRecord*>& rs) {
   for (const EvalRecord* r : rs) {
     sum += r->score;
     dev += r->device_kv_bytes_mean;
-    full += static_cast<double>(r->full_kv_bytes);
+    full += full_kv_f16(*r);
     row.device_kv_bytes_peak = std::max(row.device_kv_bytes_peak, r->device_kv_bytes_peak);
     binary = binary && (r->score == 0.0 || r->score == 1.0);
   }
@@ -580,7 +601,7 @@ Summary summarize(const std::vector<EvalRecord>& records) {
   using Key = std::tuple<size_t, size_t, BudgetOrder, int64_t, size_t>;
   std::map<Key, std::vector<const EvalRecord*>> groups;
   for (const EvalRecord& r : records) {
-    const Key k{suites.of(r.suite), policies.of(r.policy), budget_order(r.budget), r.length,
+    const Key k{suites.of(r.suite), policies.of(policy_label(r)), budget_order(r.budget), r.length,
                 tasks.of(r.task)};
     groups[k].push_back(&r);
   }
@@ -632,7 +653,10 @@ std::string render_summary_markdown(const Summary& s) {
   os << "\nScores ×100. 95% CI: Wilson score interval when every score of the task is 0 or 1, "
         "otherwise mean ± 1.96·s/√N; the per-length average is the unweighted mean of the task "
         "scores, with interval mean ± 1.96·√(Σ s²/N)/tasks. Device KV: mean over samples of "
-        "each sample's mean device-resident KV bytes; peak: maximum over samples.\n";
+        "each sample's mean device-resident KV bytes; peak: maximum over samples. Full KV: the "
+        "sample's full KV at f16, the model's native KV precision, for every run (a q8 run's own "
+        "full KV is 53% of it); a policy that ran with another KV precision is named with it "
+        "(`lsa q8`).\n";
   return os.str();
 }
 
@@ -716,7 +740,7 @@ std::string render_compare_markdown(const std::vector<std::string>& dirs) {
     os << "No results in the given run directories.\n";
     return os.str();
   }
-  os << "Cells: score ×100 · mean device KV MiB (percent of full KV). Runs:";
+  os << "Cells: score ×100 · mean device KV MiB (percent of the full KV at f16). Runs:";
   for (size_t i = 0; i < dirs.size(); ++i) os << (i ? ", " : " ") << "`" << dirs[i] << "`";
   os << "\n";
   for (const auto& [sl, ts] : row_tasks) {
@@ -780,8 +804,10 @@ namespace {
 
 // A gnuplot single-quoted string: no escapes inside except '' for a quote.
 // One fixed colour per policy, so that every plot reads the same (gnuplot's own cycle repeats
-// once labels take line types too).
-std::string policy_color(const std::string& policy) {
+// once labels take line types too); a policy run at another KV precision ("lsa q8") keeps its
+// colour and is drawn with squares (policy_point).
+std::string policy_color(const std::string& label) {
+  const std::string policy = label.substr(0, label.find(' '));
   static const std::pair<const char*, const char*> colors[] = {
       {"full", "#000000"}, {"lsa", "#d62728"}, {"oracle", "#2ca02c"}, {"quest", "#1f77b4"},
       {"recency", "#ff7f0e"}, {"random", "#9467bd"}};
@@ -789,6 +815,8 @@ std::string policy_color(const std::string& policy) {
     if (policy == name) return c;
   return "#7f7f7f";
 }
+
+int policy_point(const std::string& label) { return label.find(' ') == std::string::npos ? 7 : 5; }
 
 std::string gp_quote(const std::string& s) {
   std::string out = "'";
@@ -912,7 +940,7 @@ void write_plot(const Summary& s, const std::string& out_png, const PlotOptions&
          << "set output " << gp_quote(png_name) << "\n"
          << "set multiplot layout " << rows << "," << cols << " title " << gp_quote(opt.title)
          << "\n"
-         << "set xlabel 'device KV (% of full KV)'\n"
+         << "set xlabel 'device KV (% of the full KV at f16)'\n"
          << "set ylabel 'score (average over tasks, x100)'\n"
          << "set xrange [0:" << fmt("%.1f", xmax * 1.05) << "]\n"
          << "set yrange [0:105]\n"
@@ -931,7 +959,8 @@ void write_plot(const Summary& s, const std::string& out_png, const PlotOptions&
         data << fmt("%.6g", p.x) << " " << fmt("%.6g", p.y) << " " << data_label(p.label) << "\n";
       data << "\n\n";
       script << (first ? "" : ", \\\n     ") << gp_quote(dat_name) << " index " << block
-             << " using 1:2 with linespoints lw 2 pt 7 lc rgb " << gp_quote(policy_color(policy_names[pol]))
+             << " using 1:2 with linespoints lw 2 pt " << policy_point(policy_names[pol]) << " lc rgb "
+             << gp_quote(policy_color(policy_names[pol]))
              << " title " << gp_quote(policy_names[pol])
              << ", \\\n     " << gp_quote(dat_name) << " index " << block
              << " using 1:2:3 with labels offset 1,1 notitle";

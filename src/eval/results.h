@@ -126,6 +126,9 @@ std::vector<EvalRecord> load_results(const std::string& dir, FILE* warn = stderr
 //    degenerate at 0% or 100% accuracy;
 //  * otherwise the normal approximation mean ± 1.96·s/√n with the sample standard deviation s
 //    (n − 1 denominator), clipped to [0, 100]; undefined (NaN, shown as "–") when n < 2.
+// Rows name the policy with its KV precision when that is not f16 ("lsa q8"), and set device
+// KV against the full KV at f16 (EvalRecord extra "full_kv_bytes_f16"; records without it ran
+// at f16).
 // The average row of a (suite, policy, budget, length) is the unweighted mean of its task
 // means (RULER's per-length score); its interval is mean ± 1.96·√(Σ s_t²/n_t)/T over the T
 // tasks (normal approximation, NaN when a task has n < 2).
@@ -143,7 +146,7 @@ struct SummaryRow {
   std::string ci_method;              // "wilson" | "normal"
   double device_kv_bytes_mean = 0.0;  // mean of the per-sample means
   uint64_t device_kv_bytes_peak = 0;  // max over samples
-  double full_kv_bytes_mean = 0.0;
+  double full_kv_bytes_mean = 0.0;  // of the sample's full KV at f16, whatever the run's KV type
   double device_kv_ratio = 0.0;  // device_kv_bytes_mean / full_kv_bytes_mean (NaN if 0)
 };
 
@@ -166,7 +169,7 @@ void write_summary(const std::string& dir, const Summary& s);
 
 // Loads each run directory and puts its (policy, budget) configurations side by side: one table
 // per (suite, length), one row per task plus "average", one column per configuration with
-// "score · device MiB (percent of full KV)". Cells a run lacks are left blank and the mismatch
+// "score · device MiB (percent of the full KV at f16)". Cells a run lacks are left blank and the mismatch
 // is listed under the table; an average over fewer tasks than the row set is marked "*".
 // Columns with the same (policy, budget) from different directories are labelled with the
 // directory name.
@@ -182,7 +185,7 @@ struct PlotOptions {
 };
 
 // Draws the average score over tasks (y, ×100) against the mean device KV as a percentage of
-// the full KV (x), one panel per (suite, length), one labelled series per policy with a point
+// the full KV at f16 (x), one panel per (suite, length), one labelled series per policy with a point
 // per budget. Writes OUT.dat and OUT.gp next to the PNG (OUT = the PNG path without ".png") and
 // runs gnuplot on them without a shell. Error(kUnsupported) when gnuplot cannot be found,
 // Error(kIo) when it fails (its stderr in the message), Error(kInvalidArgument) for an empty
