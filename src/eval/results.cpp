@@ -443,13 +443,6 @@ struct TaskStats {
 
 double ratio(double num, double den) { return den > 0.0 ? num / den : kNaN; }
 
-// The KV precision a record ran at ("f16" for records from before --kv-type).
-std::string kv_type_of(const EvalRecord& r) {
-  if (r.extra.is_object() && r.extra.contains("kv_type") && r.extra["kv_type"].is_string())
-    return r.extra["kv_type"].get<std::string>();
-  return "f16";
-}
-
 // The policy as summaries name it: with its KV precision unless f16 ("lsa q8").
 std::string policy_label(const EvalRecord& r) {
   const std::string t = kv_type_of(r);
@@ -595,6 +588,12 @@ json row_json(const SummaryRow& r) {
 }
 
 }  // namespace
+
+std::string kv_type_of(const EvalRecord& r) {
+  if (r.extra.is_object() && r.extra.contains("kv_type") && r.extra["kv_type"].is_string())
+    return r.extra["kv_type"].get<std::string>();
+  return "f16";
+}
 
 Summary summarize(const std::vector<EvalRecord>& records) {
   Ranks suites, policies, tasks;

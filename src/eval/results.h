@@ -126,6 +126,9 @@ std::vector<EvalRecord> load_results(const std::string& dir, FILE* warn = stderr
 //    degenerate at 0% or 100% accuracy;
 //  * otherwise the normal approximation mean ± 1.96·s/√n with the sample standard deviation s
 //    (n − 1 denominator), clipped to [0, 100]; undefined (NaN, shown as "–") when n < 2.
+// The KV precision a record ran at: extra "kv_type", "f16" for records from before --kv-type.
+std::string kv_type_of(const EvalRecord& r);
+
 // Rows name the policy with its KV precision when that is not f16 ("lsa q8"), and set device
 // KV against the full KV at f16 (EvalRecord extra "full_kv_bytes_f16"; records without it ran
 // at f16).

@@ -88,12 +88,16 @@ struct AttentionParams {
   float scale = 0.0f;       // usually 1/sqrt(head_dim)
 };
 
+// The q8 scales [page_tokens] of kv head g in a K or V half-page (nullptr unless q8).
+inline const float* kv_head_scales(const void* half, const AttentionParams& p, int g) {
+  if (p.kv_type != KvType::kQ8) return nullptr;
+  return reinterpret_cast<const float*>(static_cast<const uint8_t*>(half) +
+                                        kv_scale_offset(p.n_kv_heads, p.page_tokens, p.head_dim)) +
+         static_cast<int64_t>(g) * p.page_tokens;
+}
 // The f32 scale of token j of kv head g in a K or V half-page (1 unless q8).
 inline float kv_token_scale(const void* half, const AttentionParams& p, int g, int j) {
-  if (p.kv_type != KvType::kQ8) return 1.0f;
-  return reinterpret_cast<const float*>(static_cast<const uint8_t*>(half) +
-                                        kv_scale_offset(p.n_kv_heads, p.page_tokens, p.head_dim))
-      [static_cast<int64_t>(g) * p.page_tokens + j];
+  return p.kv_type == KvType::kQ8 ? kv_head_scales(half, p, g)[j] : 1.0f;
 }
 // Dim c of token j's key in kv head g of a K half-page, as f32 (plain loops: references,
 // page metadata).

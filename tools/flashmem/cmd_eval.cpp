@@ -192,9 +192,7 @@ int eval_command(const EvalArgs& a) {
   eval::ResultsWriter writer(a.out);
   // A directory holds one KV precision: resuming it with another would mix them in one table.
   for (const eval::EvalRecord& r : writer.records()) {
-    const std::string had = r.extra.is_object() && r.extra.contains("kv_type") && r.extra["kv_type"].is_string()
-                                ? r.extra["kv_type"].get<std::string>()
-                                : "f16";  // records from before --kv-type were f16
+    const std::string had = eval::kv_type_of(r);
     FM_CHECK(had == a.kv_type, ErrorCode::kInvalidArgument, a.out, "/results.jsonl holds --kv-type ", had,
              " records (", r.prompt_id, "); give --kv-type ", had, " to resume it, or another --out");
   }

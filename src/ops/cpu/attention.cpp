@@ -46,20 +46,12 @@ void kv_to_f32(const void* src, KvType type, int64_t at, int64_t n, float* dst) 
   for (; i < n; ++i) dst[i] = fp16_to_fp32(h[i]);
 }
 
-// The q8 scales of kv head g in a K or V half-page (nullptr unless q8).
-const float* head_scales(const void* half, const AttentionParams& p, int g) {
-  if (p.kv_type != KvType::kQ8) return nullptr;
-  return reinterpret_cast<const float*>(static_cast<const uint8_t*>(half) +
-                                        kv_scale_offset(p.n_kv_heads, p.page_tokens, p.head_dim)) +
-         static_cast<int64_t>(g) * p.page_tokens;
-}
-
 // Dim c of kv head g's first n keys in a K half-page, as f32.
 void k_row_to_f32(const void* k, const AttentionParams& p, int g, int c, int64_t n, float* dst) {
   const int64_t at = g * p.head_stride + int64_t{c} * p.page_tokens;
   if (p.kv_type != KvType::kQ8) return kv_to_f32(k, p.kv_type, at, n, dst);
   const int8_t* q = static_cast<const int8_t*>(k) + at;
-  const float* sc = head_scales(k, p, g);
+  const float* sc = kv_head_scales(k, p, g);
   for (int64_t j = 0; j < n; ++j) dst[j] = q[j] * sc[j];
 }
 
@@ -69,7 +61,7 @@ void v_rows_to_f32(const void* v, const AttentionParams& p, int g, int64_t n, fl
   const int d = p.head_dim;
   if (p.kv_type != KvType::kQ8) return kv_to_f32(v, p.kv_type, at, n * d, dst);
   const int8_t* q = static_cast<const int8_t*>(v) + at;
-  const float* sc = head_scales(v, p, g);
+  const float* sc = kv_head_scales(v, p, g);
   for (int64_t j = 0; j < n; ++j)
     for (int c = 0; c < d; ++c) dst[j * d + c] = q[j * d + c] * sc[j];
 }
@@ -383,8 +375,8 @@ void attention_decode(ThreadPool& pool, const AttentionParams& p, const float* q
       const KvPageRef& pg = pages[pi];
       const void* kb = static_cast<const uint8_t*>(pg.k) + off * esz;
       const void* vb = static_cast<const uint8_t*>(pg.v) + off * esz;
-      const float* ksc = head_scales(pg.k, p, g);
-      const float* vsc = head_scales(pg.v, p, g);
+      const float* ksc = kv_head_scales(pg.k, p, g);
+      const float* vsc = kv_head_scales(pg.v, p, g);
       for (int64_t i = 0; i < m; ++i) {
         const int n_vis = static_cast<int>(std::clamp<int64_t>(pos[i] - pg.pos0 + 1, 0, pg.n_tokens));
         if (n_vis == 0) continue;
@@ -569,8 +561,8 @@ void write_kv(const AttentionParams& p, void* k_page, void* v_page, int slot0, i
       const size_t k_at = static_cast<size_t>(h) * p.head_stride + slot;       // dim-major
       const size_t v_at = static_cast<size_t>(h) * p.head_stride + slot * hd;  // token-major
       if (p.kv_type == KvType::kQ8) {
-        auto* ksc = const_cast<float*>(head_scales(k_page, p, h));
-        auto* vsc = const_cast<float*>(head_scales(v_page, p, h));
+        auto* ksc = const_cast<float*>(kv_head_scales(k_page, p, h));  // k_page is ours to write
+        auto* vsc = const_cast<float*>(kv_head_scales(v_page, p, h));
         ksc[slot] = quantize_q8(ks, hd, static_cast<int8_t*>(k_page) + k_at, pt);
         vsc[slot] = quantize_q8(vs, hd, static_cast<int8_t*>(v_page) + v_at, 1);
       } else if (p.kv_type == KvType::kF32) {
