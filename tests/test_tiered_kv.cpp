@@ -14,6 +14,7 @@
 
 #include "core/error.h"
 #include "memory/kv_cache.h"
+#include "memory/observation.h"
 #include "memory/residency.h"
 #include "memory/tiered_kv.h"
 #include "ops/cpu/attention.h"
@@ -194,6 +195,85 @@ TEST(TieredKvStore, StreamingPrefillMatchesFullAttentionWithinTheBudget) {
       for (int32_t pg = 0; pg < tiered.completed_pages(l); ++pg)
         EXPECT_EQ(std::memcmp(tiered.mirror_page(l, pg), full.pages(l)[pg].k, c.page_bytes()), 0);
   }
+}
+
+// What the prompt's last tokens attended (memory/observation.h), measured while the prompt
+// streams through a small reserve, equals the float64 softmax over all of each layer's keys,
+// summed per chunk and averaged over (layer, head, observed token); the same with every page
+// resident (one attention call, no log-sum-exp to combine).
+TEST(PromptObserver, StreamedPartsCombineToTheWholeSoftmax) {
+  for (const int64_t budget : {int64_t{3}, int64_t{40}})
+    for (const int32_t from : {60, 40}) {  // 40: the observed tokens straddle two forward calls
+      const KvCacheConfig c = small_config(KvType::kF16);
+      KvReserve reserve(host_backend(), c.page_bytes(), budget * c.n_layers);
+      RecallEngine recall(host_backend());
+      TieredKvStore tiered(c, budget, reserve, recall);
+      PagedKvCache full(c);
+      CpuBackend be(2);
+      const int n_heads = 4, ct = 4;
+      const AttentionParams p = full.attention_params(n_heads, 0.25f);
+      PromptObserver obs(from, ct);
+      tiered.set_prompt_observer(&obs);
+      int64_t pos0 = 0;
+      std::vector<std::vector<float>> qs;  // per call
+      std::vector<int64_t> starts;
+      for (int64_t n : {13, 29, 1, 40}) {
+        append_all(tiered, c, pos0, n);
+        append_all(full, c, pos0, n);
+        std::vector<int32_t> pos(n);
+        for (int64_t i = 0; i < n; ++i) pos[i] = static_cast<int32_t>(pos0 + i);
+        qs.push_back(random_q(n, n_heads, c.head_dim, static_cast<uint32_t>(n + 7)));
+        starts.push_back(pos0);
+        for (int l = 0; l < c.n_layers; ++l) {
+          std::vector<float> out(qs.back().size());
+          tiered.attend(be, l, p, qs.back().data(), pos.data(), n, out.data());
+        }
+        pos0 += n;
+      }
+      tiered.set_prompt_observer(nullptr);
+      const std::vector<float> got = obs.mass();
+      // float64 reference from the full path's stored keys.
+      const int64_t n_tok = pos0, n_chunks = (n_tok - 1) / ct + 1;
+      std::vector<double> want(static_cast<size_t>(n_chunks), 0.0);
+      int64_t triples = 0;
+      for (size_t call = 0; call < qs.size(); ++call)
+        for (int64_t i = 0; i < static_cast<int64_t>(qs[call].size()) / (n_heads * c.head_dim); ++i) {
+          const int64_t t = starts[call] + i;
+          if (t < from) continue;
+          for (int l = 0; l < c.n_layers; ++l)
+            for (int h = 0; h < n_heads; ++h) {
+              const int g = h / (n_heads / c.n_kv_heads);
+              std::vector<double> sc(static_cast<size_t>(t + 1));
+              double mx = -INFINITY;
+              for (int64_t j = 0; j <= t; ++j) {
+                const KvPageRef& pg = full.pages(l)[j / c.page_tokens];
+                double dot = 0.0;
+                for (int e = 0; e < c.head_dim; ++e)
+                  dot += static_cast<double>(qs[call][(i * n_heads + h) * c.head_dim + e]) *
+                         kv_load_k(pg.k, p, g, e, static_cast<int>(j % c.page_tokens));
+                sc[j] = dot * p.scale;
+                mx = std::max(mx, sc[j]);
+              }
+              double sum = 0.0;
+              for (double& v : sc) sum += (v = std::exp(v - mx));
+              for (int64_t j = 0; j <= t; ++j) want[j / ct] += sc[j] / sum;
+              ++triples;
+            }
+        }
+      ASSERT_GT(triples, 0);
+      ASSERT_EQ(got.size(), want.size()) << "budget " << budget << " from " << from;
+      double total = 0.0, worst = 0.0;
+      for (size_t k = 0; k < got.size(); ++k) {
+        ASSERT_TRUE(std::isfinite(got[k]));
+        total += got[k];
+        worst = std::max(worst, std::abs(got[k] - want[k] / triples));
+      }
+      EXPECT_NEAR(total, 1.0, 1e-5);
+      EXPECT_LE(worst, 2e-6) << "budget " << budget << " from " << from;
+      if (budget == 3) {
+        EXPECT_GT(recall.stats().pages, 0);  // the prompt did stream
+      }
+    }
 }
 
 // A CPU backend whose copies into alloc_host() memory arrive only at synchronize(), as a GPU's

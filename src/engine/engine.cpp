@@ -5,6 +5,7 @@
 
 #include "core/error.h"
 #include "memory/indexer_scorer.h"
+#include "memory/observation.h"
 
 namespace flashmem {
 
@@ -136,8 +137,19 @@ std::unique_ptr<Prefilled> Engine::prefill(const std::vector<int32_t>& prompt,
     p->query.rows.assign(p->query.layers.size() * p->query.d_model, 0.0f);
     tap.emplace(*model_, p->query);
   }
+  // lsa's prompt observation: what the last prompt tokens attend, measured as prefill runs.
+  std::optional<PromptObserver> observer;
+  if (indexer_ && memory.lsa.observe > 0) {
+    observer.emplace(static_cast<int32_t>(std::max<int64_t>(0, n_prompt - memory.lsa.observe)),
+                     indexer_->keys_config().chunk_tokens);
+    p->kv->set_prompt_observer(&*observer);
+  }
   const auto t0 = std::chrono::steady_clock::now();
   model_->forward(prompt, *p->kv, p->logits.data());
+  if (observer) {
+    p->kv->set_prompt_observer(nullptr);
+    p->query.prompt_mass = observer->mass();
+  }
   p->seconds = seconds_since(t0);
   return p;
 }
@@ -286,7 +298,10 @@ GenerateResult Engine::decode_pass(Prefilled& p, const GenerateOptions& opts,
       // full-budget fork of its KV (the narrow reserve is released).
       r.kv.widened_at_step = r.decode_steps;
       r.kv.widen_reason = lsa->widen_reason();
-      if (r.kv.lsa_kept_fraction < 0) r.kv.lsa_kept_fraction = lsa->last_kept_fraction();
+      if (r.kv.lsa_kept_fraction < 0) {
+        r.kv.lsa_kept_fraction = lsa->last_kept_fraction();
+        r.kv.lsa_absent_mass = lsa->last_absent_mass();
+      }
       ResidencyOptions wide = opts.memory;
       wide.policy = "full";
       wide.budget = KvBudget{};
@@ -311,7 +326,10 @@ GenerateResult Engine::decode_pass(Prefilled& p, const GenerateOptions& opts,
       residency = std::make_unique<Residency>(*kvp, make_policy("full", kc, 0), wide);
       residency->before_step(r.decode_steps, tokens_left);
     }
-    if (lsa && r.kv.lsa_kept_fraction < 0) r.kv.lsa_kept_fraction = lsa->last_kept_fraction();
+    if (lsa && r.kv.lsa_kept_fraction < 0) {
+      r.kv.lsa_kept_fraction = lsa->last_kept_fraction();
+      r.kv.lsa_absent_mass = lsa->last_absent_mass();
+    }
     if (recorder) recorder->set_step(r.decode_steps);
     if (opts.on_step) opts.on_step(r.decode_steps);
     const int32_t one[1] = {tok};

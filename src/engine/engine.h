@@ -67,6 +67,9 @@ struct KvReport {
   int64_t widened_at_step = -1;
   std::string widen_reason;
   double lsa_kept_fraction = -1;  // middle chunks above θ at the first Level-1 pass (lsa)
+  // Share of the prompt's observed attention outside the pages chosen at the first Level-1 pass
+  // (lsa with the prompt observation; −1: none).
+  double lsa_absent_mass = -1;
 };
 
 struct GenerateResult {

@@ -21,6 +21,12 @@ void LsaOptions::validate() const {
            spread);
   FM_CHECK(contrast >= 0 && contrast <= 4096, ErrorCode::kInvalidArgument,
            "the lsa contrast window must be in [0, 4096] chunks, got ", contrast);
+  FM_CHECK(observe >= 0 && observe <= 4096, ErrorCode::kInvalidArgument,
+           "the lsa observation window must be in [0, 4096] tokens, got ", observe);
+  FM_CHECK(observe_top_p > 0.0f && observe_top_p <= 1.0f, ErrorCode::kInvalidArgument,
+           "the lsa observation top-p must be in (0, 1], got ", observe_top_p);
+  FM_CHECK(widen_absent > 0.0f && widen_absent <= 1.0f, ErrorCode::kInvalidArgument,
+           "the lsa absent-mass fallback threshold must be in (0, 1], got ", widen_absent);
 }
 
 LsaPolicy::LsaPolicy(const KvCacheConfig& kv, std::shared_ptr<LsaScorer> scorer,
@@ -34,7 +40,7 @@ LsaPolicy::LsaPolicy(const KvCacheConfig& kv, std::shared_ptr<LsaScorer> scorer,
 
 uint64_t LsaPolicy::scratch_bytes() const {
   size_t floats = prob_.capacity() + ens_.capacity() + rank_.capacity() + key_.capacity() +
-                  rise_.capacity() + window_.capacity();
+                  rise_.capacity() + window_.capacity() + page_obs_.capacity();
   size_t ints = 0;
   for (const auto& v : target_prob_) floats += v.capacity();
   for (const auto& v : page_score_) floats += v.capacity();
@@ -103,6 +109,34 @@ void LsaPolicy::rank_pages(const SelectContext& c, const std::vector<float>& chu
     }
     page[pg] = static_cast<float>(ranked) + best;  // count first, best chunk breaks ties
   }
+  // The prompt observation's top pages come first, most observed mass first.
+  const double middle = obs_middle_;
+  if (middle <= 0.0) return;
+  std::vector<int32_t> order;
+  for (int64_t pg = c.middle_begin; pg < c.middle_end; ++pg)
+    if (page_obs_[pg] > 0.0f) order.push_back(static_cast<int32_t>(pg));
+  std::sort(order.begin(), order.end(), [&](int32_t a, int32_t b) { return page_obs_[a] > page_obs_[b]; });
+  double held = 0.0;
+  for (int32_t pg : order) {
+    if (held >= opts_.observe_top_p * middle) break;
+    held += page_obs_[pg];
+    page[pg] = static_cast<float>(cpp + 2) + static_cast<float>(page_obs_[pg] / middle);
+  }
+}
+
+double LsaPolicy::observed_pages(const SelectContext& c) {
+  const std::vector<float>& obs = query_.prompt_mass;
+  page_obs_.assign(static_cast<size_t>(c.n_pages), 0.0f);
+  if (opts_.observe == 0 || obs.empty()) return 0.0;
+  const int cpp = keys_.chunks_per_page();
+  double middle = 0.0;
+  for (int64_t pg = c.middle_begin; pg < c.middle_end; ++pg) {
+    float m = 0.0f;
+    for (int64_t ch = pg * cpp; ch < (pg + 1) * cpp && ch < static_cast<int64_t>(obs.size()); ++ch) m += obs[ch];
+    page_obs_[pg] = m;
+    middle += m;
+  }
+  return middle;
 }
 
 void LsaPolicy::level1(const SelectContext& c) {
@@ -130,6 +164,7 @@ void LsaPolicy::level1(const SelectContext& c) {
     sum2 += static_cast<double>(p) * p;
     ++total;
   }
+  obs_middle_ = observed_pages(c);
   // One ranking for every layer (the ensemble's), or one per target layer.
   page_score_.resize(opts_.per_layer ? static_cast<size_t>(nt) : 1);
   picks_.resize(page_score_.size());
@@ -165,6 +200,23 @@ void LsaPolicy::select(const SelectContext& c, int64_t n, std::vector<int32_t>& 
     p.key = key;
   }
   out.insert(out.end(), p.pages.begin(), p.pages.end());
+  if (fresh) {
+    // Needle fallback on the observation: the observed attention the chosen pages miss.
+    const double middle = obs_middle_;
+    absent_mass_ = -1.0;
+    if (!query_.prompt_mass.empty() && opts_.observe > 0) {
+      double held = 0.0;
+      for (int32_t pg : p.pages) held += page_obs_[pg];
+      absent_mass_ = std::max(0.0, middle - held);
+      if (opts_.widen && !widen_ && absent_mass_ > opts_.widen_absent) {
+        std::ostringstream why;
+        why << "the chosen pages miss " << absent_mass_ << " of the prompt's observed attention (> "
+            << opts_.widen_absent << ")";
+        widen_ = true;
+        widen_reason_ = why.str();
+      }
+    }
+  }
   if (fresh && trace_) {
     LsaSelection t;
     t.cycle = c.cycle;

@@ -5,6 +5,7 @@
 #include <cstring>
 
 #include "core/error.h"
+#include "memory/observation.h"
 
 namespace flashmem {
 
@@ -355,6 +356,10 @@ void TieredKvStore::attend_streaming(Backend& be, int layer, const AttentionPara
   }
   if (missing.empty()) {
     be.attention(p, q, pos, m, views_, out);
+    if (observer_) {
+      observer_->on_part(be, layer, p, q, pos, m, views_, nullptr);
+      observer_->end_layer(layer);
+    }
     for (int32_t pg = 0; pg < n_pages; ++pg) touch(layer, pg);  // just used: refresh LRU
     return;
   }
@@ -369,6 +374,7 @@ void TieredKvStore::attend_streaming(Backend& be, int layer, const AttentionPara
   bool have = false;
   if (!views_.empty()) {
     be.attention(p, q, pos, m, views_, out, lse_.as<float>());
+    if (observer_) observer_->on_part(be, layer, p, q, pos, m, views_, lse_.as<float>());
     have = true;
   }
   // Pass 2: the rest through the reserve, a window at a time. The window is bounded by the
@@ -390,14 +396,17 @@ void TieredKvStore::attend_streaming(Backend& be, int layer, const AttentionPara
     for (size_t i = w0; i < w1; ++i) views_.push_back(view_of(missing[i]));
     if (!have) {
       be.attention(p, q, pos, m, views_, out, lse_.as<float>());
+      if (observer_) observer_->on_part(be, layer, p, q, pos, m, views_, lse_.as<float>());
       have = true;
     } else {
       be.attention(p, q, pos, m, views_, out2_.as<float>(), lse2_.as<float>());
+      if (observer_) observer_->on_part(be, layer, p, q, pos, m, views_, lse2_.as<float>());
       be.merge_attention(rows, p.head_dim, out, lse_.as<float>(), out2_.as<float>(),
                          lse2_.as<float>());
     }
     for (size_t i = w0; i < w1; ++i) unpin(layer, missing[i]);
   }
+  if (observer_) observer_->end_layer(layer);
 }
 
 }  // namespace flashmem

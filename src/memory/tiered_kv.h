@@ -36,6 +36,7 @@
 namespace flashmem {
 
 class TieredKvStore;
+class PromptObserver;
 
 // Exact bytes by category, for one request (DESIGN.md §4: footprint is measured).
 struct KvFootprint {
@@ -113,6 +114,8 @@ class TieredKvStore final : public KvStore {
   const RecallEngine& recall() const { return recall_; }
 
   void set_hook(AttendHook* h) { hook_ = h; }
+  // Sees every part of the streamed prefill attention (memory/observation.h); nullptr: none.
+  void set_prompt_observer(PromptObserver* o) { observer_ = o; }
   // Called with each page's bytes when it completes (policies build page metadata from it).
   void set_page_listener(std::function<void(int layer, int32_t page, const uint8_t* data)> f) {
     listener_ = std::move(f);
@@ -179,6 +182,7 @@ class TieredKvStore final : public KvStore {
   int64_t mirror_pages_ = 0;
   bool decode_mode_ = false;
   AttendHook* hook_ = nullptr;
+  PromptObserver* observer_ = nullptr;
   std::function<void(int, int32_t, const uint8_t*)> listener_;
   uint64_t aux_index_ = 0, aux_scratch_ = 0;
   KvFootprint peak_;

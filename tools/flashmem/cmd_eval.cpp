@@ -254,6 +254,10 @@ int eval_command(const EvalArgs& a) {
         rec.extra["widened_at_step"] = g.kv.widened_at_step;
         rec.extra["widen_reason"] = g.kv.widen_reason;
         rec.extra["lsa_kept_fraction"] = g.kv.lsa_kept_fraction;
+        rec.extra["lsa_absent_mass"] = g.kv.lsa_absent_mass;
+        rec.extra["lsa_observe"] = a.memory.lsa_observe;
+        rec.extra["lsa_observe_top_p"] = a.memory.lsa_observe_top_p;
+        rec.extra["lsa_widen_absent"] = a.memory.lsa_widen_absent;
         rec.extra["lsa_spread"] = a.memory.lsa_spread;
         rec.extra["lsa_per_layer"] = a.memory.lsa_per_layer;
         rec.extra["lsa_contrast"] = a.memory.lsa_contrast;

@@ -9,6 +9,8 @@
 #include <string>
 #include <vector>
 
+#include "memory/lsa.h"
+
 namespace flashmem {
 class Engine;
 struct KvReport;
@@ -33,6 +35,9 @@ struct MemoryArgs {
   int lsa_spread = 1;
   bool lsa_per_layer = false;
   int lsa_contrast = 16;
+  int lsa_observe = LsaOptions{}.observe;
+  float lsa_observe_top_p = LsaOptions{}.observe_top_p;
+  float lsa_widen_absent = LsaOptions{}.widen_absent;
   std::vector<int> lsa_layers;  // of the indexer's target layers (empty: all)
 };
 void add_memory_options(CLI::App* c, MemoryArgs& a);

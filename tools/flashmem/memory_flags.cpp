@@ -45,6 +45,18 @@ void add_lsa_options(CLI::App* c, MemoryArgs& a) {
   c->add_option("--lsa-contrast", a.lsa_contrast,
                 "lsa: rank by a chunk's rise above the lower quartile of the scores within N chunks either side (0: off; default 16)")
       ->check(CLI::Range(0, 4096));
+  c->add_option("--lsa-observe", a.lsa_observe,
+                "lsa: the prompt's last N tokens whose prefill attention is a prior next to the indexer (0: off)")
+      ->check(CLI::Range(0, 4096))
+      ->capture_default_str();
+  c->add_option("--lsa-observe-top-p", a.lsa_observe_top_p,
+                "lsa: the pages holding this share of the observed attention over the middle come first")
+      ->check(CLI::Range(0.001, 1.0))
+      ->capture_default_str();
+  c->add_option("--lsa-widen-absent", a.lsa_widen_absent,
+                "lsa: widen to full KV when the chosen pages miss more than this share of the observed attention (1: never)")
+      ->check(CLI::Range(0.001, 1.0))
+      ->capture_default_str();
 }
 
 std::string indexer_path(const MemoryArgs& a, const std::string& model_path, bool lsa_wanted) {
@@ -76,6 +88,9 @@ ResidencyOptions residency_options(const MemoryArgs& a) {
   o.lsa.spread = a.lsa_spread;
   o.lsa.per_layer = a.lsa_per_layer;
   o.lsa.contrast = a.lsa_contrast;
+  o.lsa.observe = a.lsa_observe;
+  o.lsa.observe_top_p = a.lsa_observe_top_p;
+  o.lsa.widen_absent = a.lsa_widen_absent;
   o.validate();
   return o;
 }
@@ -106,6 +121,15 @@ void print_kv_report(std::FILE* out, const KvReport& r) {
   std::fprintf(out, "  host mirror %.3f MiB; recalled %lld pages (%.3f MiB) in %lld batches, %.3f s\n",
                mib(r.final.mirror), static_cast<long long>(r.recall.pages), mib(r.recall.bytes),
                static_cast<long long>(r.recall.batches), r.recall.seconds);
+  if (r.policy == "lsa") {
+    std::fprintf(out, "  lsa: %.1f%% of the middle chunks above the threshold", 100.0 * r.lsa_kept_fraction);
+    if (r.lsa_absent_mass >= 0)
+      std::fprintf(out, "; the chosen pages miss %.1f%% of the prompt's observed attention", 100.0 * r.lsa_absent_mass);
+    if (r.widened_at_step >= 0)
+      std::fprintf(out, "; widened to full KV at step %lld (%s)", static_cast<long long>(r.widened_at_step),
+                   r.widen_reason.c_str());
+    std::fprintf(out, "\n");
+  }
 }
 
 nlohmann::json kv_report_json(const KvReport& r) {
@@ -128,7 +152,11 @@ nlohmann::json kv_report_json(const KvReport& r) {
           {"recall", {{"batches", r.recall.batches}, {"pages", r.recall.pages},
                       {"bytes", r.recall.bytes}, {"written_pages", r.recall.written},
                       {"seconds", r.recall.seconds}}},
-          {"oracle_pass_seconds", r.oracle_pass_seconds}};
+          {"oracle_pass_seconds", r.oracle_pass_seconds},
+          {"lsa_kept_fraction", r.lsa_kept_fraction},
+          {"lsa_absent_mass", r.lsa_absent_mass},
+          {"widened_at_step", r.widened_at_step},
+          {"widen_reason", r.widen_reason}};
 }
 
 }  // namespace flashmem::cli
