@@ -5,6 +5,7 @@
 
 #include <filesystem>
 #include <fstream>
+#include <iterator>
 #include <set>
 #include <string>
 
@@ -195,6 +196,82 @@ TEST(CliEval, LsaTraceRecordsTheSelectionsNextToTheAnswers) {
   }
   const double kept = s0.at("kept_fraction").get<double>();
   EXPECT_TRUE(kept >= 0.0 && kept <= 1.0);
+}
+
+}  // namespace
+}  // namespace flashmem
+
+namespace flashmem {
+namespace {
+
+// Two small families of generated text under DIR: "notes" (prose paragraphs) and "rows" (CSV).
+std::string needle_families(const std::string& name) {
+  const fs::path root = fs::path(fresh_dir(name));
+  fs::create_directories(root / "notes");
+  fs::create_directories(root / "rows");
+  std::ofstream notes(root / "notes" / "a.txt"), rows(root / "rows" / "t.csv");
+  for (int i = 0; i < 200; ++i) {
+    notes << "Paragraph " << i << " talks about the river, the mill and the old road north of town.\n\n";
+    rows << i << ",widget" << i % 17 << "," << (i * 37) % 1000 << "\n";
+  }
+  return root.string();
+}
+
+TEST(CliEval, NeedleUsageErrors) {
+  const std::string m = "-m " + test::require_default_model();
+  const std::string fam = needle_families("needle_bad");
+  const fs::path empty = fs::path(fam) / "empty";
+  fs::create_directories(empty);
+  std::ofstream(empty / "zero.txt").close();
+  fs::create_directories(fs::path(fam) / "x" / "notes");
+  std::ofstream(fs::path(fam) / "x" / "notes" / "b.txt") << "other notes\n";
+  const struct {
+    std::string args;
+    int code;
+    std::string expect;
+  } cases[] = {
+      {"--suite needle --lengths 1k", 2, "needs --haystack"},
+      {"--suite ruler --tasks vt --lengths 1k --haystack " + fam + "/notes", 2, "--haystack is for --suite needle"},
+      {"--suite needle --haystack " + fam + "/notes", 2, "needs --lengths"},
+      {"--suite needle --lengths 1k --haystack " + fam + "/notes --tasks vt", 2, "--tasks is for --suite ruler"},
+      {"--suite needle --lengths 1k --haystack " + fam + "/missing", 2, "missing"},
+      {"--suite needle --lengths 1k --haystack " + fam + "/notes," + fam + "/empty", 1, "no usable text"},
+      {"--suite needle --lengths 1k --haystack " + fam + "/notes --haystack " + fam + "/x/notes", 2,
+       "two haystack directories are named 'notes'"},
+  };
+  for (const auto& c : cases) {
+    const std::string dir = fresh_dir("needle_out");
+    const auto r = run_cli("eval " + m + " --out " + dir + " " + c.args);
+    EXPECT_EQ(r.code, c.code) << c.args << "\n" << r.out;
+    EXPECT_NE(r.out.find(c.expect), std::string::npos) << c.args << "\n" << r.out;
+    EXPECT_FALSE(fs::exists(dir + "/results.jsonl")) << c.args;
+  }
+}
+
+TEST(CliEval, NeedleReportsEveryFamily) {
+  const std::string fam = needle_families("needle_run");
+  const std::string dir = fresh_dir("needle_results");
+  const auto r = run_cli("eval -m " + test::require_default_model() + " --suite needle --haystack " + fam +
+                         "/notes," + fam + "/rows --lengths 512 --samples 2 --seed 3 --policy full --out " + dir);
+  ASSERT_EQ(r.code, 0) << r.out;
+  const auto l = lines(dir);
+  ASSERT_EQ(l.size(), 4u);  // 2 families × 2 samples × full, at 512 tokens
+  std::set<std::string> tasks, shapes;
+  for (const auto& j : l) {
+    EXPECT_EQ(j.at("suite"), "needle");
+    EXPECT_EQ(j.at("length"), 512);
+    EXPECT_LE(j.at("prompt_tokens").get<int>() + 32, 512);
+    EXPECT_GT(j.at("prompt_tokens").get<int>(), 400);
+    tasks.insert(j.at("task").get<std::string>());
+    shapes.insert(j.at("extra").at("needle_shape").get<std::string>());
+    EXPECT_EQ(j.at("prompt_id").get<std::string>().rfind("needle/" + j.at("task").get<std::string>() + "/512/seed3/", 0), 0u);
+  }
+  EXPECT_EQ(tasks, (std::set<std::string>{"notes", "rows"}));
+  EXPECT_GE(shapes.size(), 2u);  // consecutive samples take different shapes
+  std::ifstream in(dir + "/summary.md");
+  const std::string md((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+  EXPECT_NE(md.find("| needle | full | 100% | 512 | notes | 2 |"), std::string::npos) << md;
+  EXPECT_NE(md.find("| needle | full | 100% | 512 | rows | 2 |"), std::string::npos) << md;
 }
 
 }  // namespace

@@ -2,6 +2,8 @@
 //
 //   flashmem eval -m MODEL --suite ruler --lengths 4k,8k --samples 20 --policy full,recency
 //                 --kv-budget 10% --out results/ruler
+//   flashmem eval -m MODEL --suite needle --haystack corpus/man,corpus/csv --lengths 4k
+//                 --samples 12 --policy full,lsa --kv-budget 15% --out results/needle
 //   flashmem eval --compare results/a results/b --plot cmp.png
 //
 // Every sample is prefilled once (with the smallest budget among the runs it still needs, so
@@ -31,12 +33,21 @@
 namespace flashmem::cli {
 
 CLI::App* add_eval_command(CLI::App& app, EvalArgs& a) {
-  CLI::App* c = app.add_subcommand("eval", "Evaluate accuracy vs device KV footprint (RULER, LongBench-v2, LongMemEval)");
+  CLI::App* c = app.add_subcommand("eval", "Evaluate accuracy vs device KV footprint (RULER, needle, LongBench-v2, LongMemEval)");
   c->add_option("-m,--model", a.model, "GGUF model file")->check(CLI::ExistingFile);
-  c->add_option("--suite", a.suite, "Benchmark suite")->check(CLI::IsMember({"ruler", "longbench-v2", "longmemeval"}));
-  c->add_option("--lengths", a.lengths, "Context lengths (RULER), e.g. 4k,8k")->delimiter(',');
+  c->add_option("--suite", a.suite, "Benchmark suite")
+      ->check(CLI::IsMember({"ruler", "needle", "longbench-v2", "longmemeval"}));
+  c->add_option("--lengths", a.lengths, "Context lengths (RULER, needle), e.g. 4k,8k")
+      ->delimiter(',')
+      ->each([&a](const std::string&) { a.lengths_given = true; });
   c->add_option("--tasks", a.tasks, "Tasks (RULER: all or a list)")->delimiter(',');
-  c->add_option("--samples", a.samples, "Samples per task and length (RULER) or the first N records")->check(CLI::Range(1, 1 << 20));
+  c->add_option("--haystack", a.haystacks,
+                "Needle suite: directories of text files, one family each (named by the directory), "
+                "repeatable or comma-separated")
+      ->delimiter(',')
+      ->check(CLI::ExistingDirectory);
+  c->add_option("--samples", a.samples, "Samples per task and length (RULER, needle: per family) or the first N records")
+      ->check(CLI::Range(1, 1 << 20));
   c->add_option("--seed", a.seed, "Seed of sample generation");
   c->add_option("--policy", a.policies, "Residency policies, comma-separated")->delimiter(',')
       ->check(CLI::IsMember({"full", "recency", "random", "quest", "oracle", "lsa"}));
@@ -122,6 +133,14 @@ int eval_command(const EvalArgs& a) {
   }
   FM_CHECK(!a.model.empty(), ErrorCode::kInvalidArgument, "eval needs --model (or --compare DIR...)");
   FM_CHECK(!a.out.empty(), ErrorCode::kInvalidArgument, "eval needs --out DIR for its results");
+  const bool needle = a.suite == "needle";
+  FM_CHECK(!needle || !a.haystacks.empty(), ErrorCode::kInvalidArgument,
+           "--suite needle needs --haystack DIR... (a directory of text files per family)");
+  FM_CHECK(needle || a.haystacks.empty(), ErrorCode::kInvalidArgument, "--haystack is for --suite needle, not ",
+           a.suite);
+  FM_CHECK(!needle || a.lengths_given, ErrorCode::kInvalidArgument, "--suite needle needs --lengths (e.g. 2k,4k)");
+  FM_CHECK(!needle || a.tasks == std::vector<std::string>{"all"}, ErrorCode::kInvalidArgument,
+           "--tasks is for --suite ruler; the needle suite's tasks are its --haystack families");
 
   // Everything that can be wrong with the request is checked before anything is written.
   std::vector<Run> runs;
@@ -155,7 +174,7 @@ int eval_command(const EvalArgs& a) {
              " exceeds the model's context of ", n_ctx_train, " tokens");
     need_ctx = std::max(need_ctx, l);
   }
-  if (a.suite != "ruler") need_ctx = a.max_length > 0 ? std::min<int64_t>(a.max_length, n_ctx_train) : n_ctx_train;
+  if (a.suite != "ruler" && !needle) need_ctx = a.max_length > 0 ? std::min<int64_t>(a.max_length, n_ctx_train) : n_ctx_train;
   probe.reset();
   eo.n_ctx = need_ctx;
   eo.indexer_path = indexer_path(a.memory, a.model, lsa_wanted);
@@ -183,6 +202,7 @@ int eval_command(const EvalArgs& a) {
   req.suite = a.suite;
   req.lengths = lengths;
   req.tasks = a.tasks;
+  req.haystacks = a.haystacks;
   req.samples = a.samples;
   req.seed = a.seed;
   req.data = a.data;
@@ -250,6 +270,7 @@ int eval_command(const EvalArgs& a) {
                    {"full_kv_bytes_f16", full_f16(g.kv.final.full_kv)}, {"stop_reason", g.stop_reason},
                    {"recalled_pages", g.kv.recall.pages}, {"cycles", g.kv.cycles},
                    {"prefill_shared", todo.size() > 1}, {"backend", where}};
+      for (const auto& [k, v] : item.extra.items()) rec.extra[k] = v;
       if (r->policy == "lsa") {
         rec.extra["widened_at_step"] = g.kv.widened_at_step;
         rec.extra["widen_reason"] = g.kv.widen_reason;

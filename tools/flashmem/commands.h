@@ -87,7 +87,9 @@ struct EvalArgs {
   std::string model;
   std::string suite = "ruler";
   std::vector<std::string> lengths{"4k"};
+  bool lengths_given = false;  // --lengths was on the command line (needle requires it)
   std::vector<std::string> tasks{"all"};
+  std::vector<std::string> haystacks;  // needle: one directory per text family
   int samples = 20;
   uint64_t seed = 0;
   std::vector<std::string> policies{"full"};

@@ -6,6 +6,7 @@
 #include "engine/engine.h"
 #include "eval/longbench_v2.h"
 #include "eval/longmemeval.h"
+#include "eval/needle.h"
 #include "eval/ruler.h"
 
 namespace flashmem::cli {
@@ -43,6 +44,38 @@ std::vector<SuiteItem> ruler_items(const Engine& eng, const SuiteRequest& req) {
           return all ? eval::score_string_match_all(pred, answers) : eval::score_string_match_part(pred, answers);
         };
         it.synthetic_substitute = s.synthetic_substitute;
+        items.push_back(std::move(it));
+      }
+  return items;
+}
+
+// Needle retrieval over folders of text: one task per family (directory basename); samples
+// per family and length, the needle's shape rotating with the sample index (eval/needle.h).
+std::vector<SuiteItem> needle_items(const Engine& eng, const SuiteRequest& req) {
+  FM_CHECK(!req.haystacks.empty(), ErrorCode::kInvalidArgument, "--suite needle needs --haystack DIR...");
+  FM_CHECK(!req.lengths.empty(), ErrorCode::kInvalidArgument, "--suite needle needs --lengths");
+  const auto families = eval::load_needle_families(req.haystacks);
+  const ChatTemplate& chat = eng.chat();
+  eval::NeedleGenerator gen(eng.tokenizer(), &chat, eval::RulerSources::load_default().words);
+  std::vector<SuiteItem> items;
+  for (int64_t len : req.lengths)
+    for (const auto& fam : families)
+      for (int64_t i = 0; i < req.samples; ++i) {
+        eval::NeedleSample s = gen.generate(fam, len, req.seed, i);
+        SuiteItem it;
+        it.suite = "needle";
+        it.task = fam.name;
+        it.length = len;
+        it.index = i;
+        it.prompt_id = "needle/" + fam.name + "/" + std::to_string(len) + "/seed" + std::to_string(req.seed) + "/" +
+                       std::to_string(i);
+        it.prompt = std::move(s.prompt);
+        it.answers = s.answers;
+        it.max_new_tokens = s.tokens_to_generate;
+        it.stop_strings = chat.stop_strings();
+        const auto answers = s.answers;
+        it.score = [answers](const std::string& pred) { return eval::score_string_match_part(pred, answers); };
+        it.extra = {{"needle_shape", s.shape}, {"needle_depth", s.depth}};
         items.push_back(std::move(it));
       }
   return items;
@@ -116,6 +149,7 @@ std::vector<SuiteItem> make_suite_items(const Engine& eng, const SuiteRequest& r
   if (req.suite == "ruler") return ruler_items(eng, req);
   if (req.suite == "longbench-v2") return longbench_items(eng, req);
   if (req.suite == "longmemeval") return longmemeval_items(eng, req);
+  if (req.suite == "needle") return needle_items(eng, req);
   FM_FAIL(ErrorCode::kInvalidArgument, "unknown suite '", req.suite, "'");
 }
 

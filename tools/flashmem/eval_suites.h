@@ -7,6 +7,8 @@
 #include <string>
 #include <vector>
 
+#include <nlohmann/json.hpp>
+
 namespace flashmem {
 class Engine;
 }
@@ -24,13 +26,15 @@ struct SuiteItem {
   std::vector<std::string> stop_strings;
   std::function<double(const std::string&)> score;  // in [0, 1]
   bool synthetic_substitute = false;
+  nlohmann::json extra = nlohmann::json::object();  // merged into the record's extra
 };
 
 struct SuiteRequest {
   std::string suite;
   std::vector<int64_t> lengths;
   std::vector<std::string> tasks;  // RULER; {"all"} for every task
-  int samples = 20;
+  std::vector<std::string> haystacks;  // needle: one directory per text family (task = its name)
+  int samples = 20;                    // per task and length (RULER, needle) or the first N records
   uint64_t seed = 0;
   std::string data;        // LongBench-v2 / LongMemEval file
   int64_t max_length = 0;  // context limit for the file suites
