@@ -57,8 +57,9 @@ struct DumpDoc {
   std::vector<std::vector<std::vector<float>>> scales;  // [pooling][target][n_chunks]
 
   int key_dim() const { return n_kv_heads * head_dim; }
-  // Throws Error(kFormat) when shapes disagree.
-  void check() const;
+  // Throws Error(kFormat) when shapes disagree or an index (chunk id, step, position) is out
+  // of range; messages start with `where` (e.g. the file), or "dump <name>" when empty.
+  void check(const std::string& where = {}) const;
 };
 
 // "train" for 80% of names, "val" and "test" for 10% each, by a hash of the name (so a
