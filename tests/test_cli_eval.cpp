@@ -48,6 +48,11 @@ TEST(CliEval, BadRequestsAreRefusedBeforeAnythingIsWritten) {
       {"--suite longbench-v2 --data " + fx + "longbench_v2_malformed.json", 1, "longbench_v2_malformed.json"},
       {"--suite longmemeval --data " + fx + "longmemeval_bad_turn.json", 1, "longmemeval_bad_turn.json"},
       {"--tasks vt --lengths 1k --lsa-trace " + fresh_dir("bad_trace") + ".jsonl", 2, "add lsa to --policy"},
+      // Flags the suite does not read are refused, not ignored (issue #25).
+      {"--suite ruler --tasks vt --lengths 1k --data " + fx + "longmemeval_bad_turn.json", 2,
+       "is for --suite longbench-v2 or longmemeval: RULER generates its samples"},
+      {"--tasks vt --lengths 1k --max-length 2048", 2, "--max-length is for --suite longbench-v2"},
+      {"--suite longmemeval", 2, "--suite longmemeval needs --data FILE"},
   };
   for (const auto& c : cases) {
     const std::string dir = fresh_dir("bad");

@@ -122,6 +122,15 @@ int eval_command(const EvalArgs& a) {
   }
   FM_CHECK(!a.model.empty(), ErrorCode::kInvalidArgument, "eval needs --model (or --compare DIR...)");
   FM_CHECK(!a.out.empty(), ErrorCode::kInvalidArgument, "eval needs --out DIR for its results");
+  // Flags a suite does not read are refused, not ignored.
+  if (a.suite == "ruler") {
+    FM_CHECK(a.data.empty(), ErrorCode::kInvalidArgument, "--data ", a.data,
+             " is for --suite longbench-v2 or longmemeval: RULER generates its samples (drop --data)");
+    FM_CHECK(a.max_length == 0, ErrorCode::kInvalidArgument,
+             "--max-length is for --suite longbench-v2 or longmemeval: RULER's lengths are --lengths");
+  } else {
+    FM_CHECK(!a.data.empty(), ErrorCode::kInvalidArgument, "--suite ", a.suite, " needs --data FILE");
+  }
 
   // Everything that can be wrong with the request is checked before anything is written.
   std::vector<Run> runs;
