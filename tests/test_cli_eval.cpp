@@ -53,6 +53,11 @@ TEST(CliEval, BadRequestsAreRefusedBeforeAnythingIsWritten) {
        "is for --suite longbench-v2 or longmemeval: RULER generates its samples"},
       {"--tasks vt --lengths 1k --max-length 2048", 2, "--max-length is for --suite longbench-v2"},
       {"--suite longmemeval", 2, "--suite longmemeval needs --data FILE"},
+      // Checked before the first prefill (and before the results file is created).
+      {"--tasks vt --lengths 1k --policy lsa --kv-budget 50% --page-tokens 7", 2,
+       "--page-tokens 7 is not a multiple of the 16-token chunks of the indexer"},
+      {"--tasks vt --lengths 1k --samples 1 --policy full,recency --kv-budget 2pages", 2,
+       "is below the minimum of 4"},
   };
   for (const auto& c : cases) {
     const std::string dir = fresh_dir("bad");
