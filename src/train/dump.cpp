@@ -217,7 +217,11 @@ void write_dump(const std::string& path, const DumpDoc& d) {
 DumpDoc read_dump(const std::string& path) {
   std::ifstream in(path, std::ios::binary);
   FM_CHECK(in.good(), ErrorCode::kIo, "cannot open ", path);
-  std::vector<uint8_t> buf((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+  const std::vector<uint8_t> bytes((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+  return parse_dump(bytes, path);
+}
+
+DumpDoc parse_dump(const std::vector<uint8_t>& buf, const std::string& path) {
   FM_CHECK(buf.size() >= 32 && std::memcmp(buf.data(), kMagic, 8) == 0, ErrorCode::kFormat, path,
            " is not a flashmem dump file");
   uint32_t ver = 0;
@@ -323,72 +327,73 @@ IndexerDataset load_dataset(const std::vector<std::string>& paths, const LoadOpt
   FM_CHECK(!paths.empty(), ErrorCode::kInvalidArgument, "no dump files given");
   FM_CHECK(o.mass_top_p > 0.0f && o.mass_top_p <= 1.0f, ErrorCode::kInvalidArgument,
            "the mass share of the labels must be in (0, 1], got ", o.mass_top_p);
-  for (const std::string& path : paths) {
-    const DumpDoc d = read_dump(path);
-    FM_CHECK(o.labels != LabelKind::kMass || !d.mass_ptr.empty(), ErrorCode::kFormat, path,
-             " holds no attention mass (a version-1 dump): labels by mass need a newer dump");
-    const auto pit = std::find(d.poolings.begin(), d.poolings.end(), o.pooling);
-    FM_CHECK(pit != d.poolings.end(), ErrorCode::kFormat, path, " has no keys pooled as ", o.pooling);
-    const size_t pi = static_cast<size_t>(pit - d.poolings.begin());
-    std::vector<int> layers = o.layers.empty() ? d.target_layers : o.layers;
-    std::vector<size_t> ti;
-    for (int l : layers) {
-      const auto it = std::find(d.target_layers.begin(), d.target_layers.end(), l);
-      FM_CHECK(it != d.target_layers.end(), ErrorCode::kFormat, path, " has no target layer ", l);
-      ti.push_back(static_cast<size_t>(it - d.target_layers.begin()));
-    }
-    if (ds.docs.empty()) {
-      ds.d_model = d.d_model;
-      ds.n_kv_heads = d.n_kv_heads;
-      ds.head_dim = d.head_dim;
-      ds.n_targets = static_cast<int>(layers.size());
-      ds.target_layers = layers;
-      ds.rope = d.rope;
-      ds.chunk_tokens = d.chunk_tokens;
-      ds.max_hits = o.labels == LabelKind::kHits ? static_cast<float>(d.n_layers * d.n_heads) : 1.0f;
-    }
-    FM_CHECK(ds.d_model == d.d_model && ds.n_kv_heads == d.n_kv_heads && ds.head_dim == d.head_dim &&
-                 ds.chunk_tokens == d.chunk_tokens,
-             ErrorCode::kFormat, path, " does not match the shapes of the first file");
-    IndexerDoc doc;
-    doc.name = d.name;
-    doc.n_chunks = d.n_chunks;
-    for (size_t t : ti) {
-      doc.keys.push_back(d.keys[pi][t]);
-      doc.scales.push_back(d.scales[pi][t]);
-    }
-    const int64_t pt = d.page_tokens, cpp = d.page_tokens / d.chunk_tokens;
-    doc.label_ptr.push_back(0);
-    std::vector<int32_t> best;
-    for (size_t s = 0; s < d.point_step.size(); ++s) {
-      const int64_t tokens = int64_t{d.point_pos[s]} + 1;
-      const int64_t pages = tokens / pt;
-      const int64_t mb = std::min(pages, ceil_div(o.sink_tokens, pt));
-      const int64_t me = std::max(mb, pages - ceil_div(o.tail_tokens, pt));
-      const int32_t cb = static_cast<int32_t>(std::min(d.n_chunks, mb * cpp));
-      const int32_t ce = static_cast<int32_t>(std::min(d.n_chunks, me * cpp));
-      const int64_t t1 = std::min<int64_t>(d.n_steps, int64_t{d.point_step[s]} + d.tau);
-      if (o.labels == LabelKind::kHits)
-        hit_labels(d, o, cb, ce, d.point_step[s], t1, best);
-      else
-        mass_labels(d, o, cb, ce, d.point_step[s], t1, best);
-      doc.position.push_back(d.point_pos[s]);
-      doc.cand_begin.push_back(cb);
-      doc.cand_end.push_back(ce);
-      for (size_t t : ti) {
-        const uint16_t* hrow = d.hidden.data() + (s * d.target_layers.size() + t) * d.d_model;
-        for (int i = 0; i < d.d_model; ++i) doc.hidden.push_back(fp16_to_fp32(hrow[i]));
-      }
-      for (size_t c = 0; c < best.size(); ++c)
-        if (best[c] > 0) {
-          doc.label_idx.push_back(cb + static_cast<int32_t>(c));
-          doc.label_hits.push_back(static_cast<float>(best[c]));
-        }
-      doc.label_ptr.push_back(static_cast<int32_t>(doc.label_idx.size()));
-    }
-    ds.docs.push_back(std::move(doc));
-  }
+  for (const std::string& path : paths) add_to_dataset(ds, read_dump(path), o, path);
   return ds;
+}
+
+void add_to_dataset(IndexerDataset& ds, const DumpDoc& d, const LoadOptions& o, const std::string& path) {
+  FM_CHECK(o.labels != LabelKind::kMass || !d.mass_ptr.empty(), ErrorCode::kFormat, path,
+           " holds no attention mass (a version-1 dump): labels by mass need a newer dump");
+  const auto pit = std::find(d.poolings.begin(), d.poolings.end(), o.pooling);
+  FM_CHECK(pit != d.poolings.end(), ErrorCode::kFormat, path, " has no keys pooled as ", o.pooling);
+  const size_t pi = static_cast<size_t>(pit - d.poolings.begin());
+  std::vector<int> layers = o.layers.empty() ? d.target_layers : o.layers;
+  std::vector<size_t> ti;
+  for (int l : layers) {
+    const auto it = std::find(d.target_layers.begin(), d.target_layers.end(), l);
+    FM_CHECK(it != d.target_layers.end(), ErrorCode::kFormat, path, " has no target layer ", l);
+    ti.push_back(static_cast<size_t>(it - d.target_layers.begin()));
+  }
+  if (ds.docs.empty()) {
+    ds.d_model = d.d_model;
+    ds.n_kv_heads = d.n_kv_heads;
+    ds.head_dim = d.head_dim;
+    ds.n_targets = static_cast<int>(layers.size());
+    ds.target_layers = layers;
+    ds.rope = d.rope;
+    ds.chunk_tokens = d.chunk_tokens;
+    ds.max_hits = o.labels == LabelKind::kHits ? static_cast<float>(d.n_layers * d.n_heads) : 1.0f;
+  }
+  FM_CHECK(ds.d_model == d.d_model && ds.n_kv_heads == d.n_kv_heads && ds.head_dim == d.head_dim &&
+               ds.chunk_tokens == d.chunk_tokens,
+           ErrorCode::kFormat, path, " does not match the shapes of the first file");
+  IndexerDoc doc;
+  doc.name = d.name;
+  doc.n_chunks = d.n_chunks;
+  for (size_t t : ti) {
+    doc.keys.push_back(d.keys[pi][t]);
+    doc.scales.push_back(d.scales[pi][t]);
+  }
+  const int64_t pt = d.page_tokens, cpp = d.page_tokens / d.chunk_tokens;
+  doc.label_ptr.push_back(0);
+  std::vector<int32_t> best;
+  for (size_t s = 0; s < d.point_step.size(); ++s) {
+    const int64_t tokens = int64_t{d.point_pos[s]} + 1;
+    const int64_t pages = tokens / pt;
+    const int64_t mb = std::min(pages, ceil_div(o.sink_tokens, pt));
+    const int64_t me = std::max(mb, pages - ceil_div(o.tail_tokens, pt));
+    const int32_t cb = static_cast<int32_t>(std::min(d.n_chunks, mb * cpp));
+    const int32_t ce = static_cast<int32_t>(std::min(d.n_chunks, me * cpp));
+    const int64_t t1 = std::min<int64_t>(d.n_steps, int64_t{d.point_step[s]} + d.tau);
+    if (o.labels == LabelKind::kHits)
+      hit_labels(d, o, cb, ce, d.point_step[s], t1, best);
+    else
+      mass_labels(d, o, cb, ce, d.point_step[s], t1, best);
+    doc.position.push_back(d.point_pos[s]);
+    doc.cand_begin.push_back(cb);
+    doc.cand_end.push_back(ce);
+    for (size_t t : ti) {
+      const uint16_t* hrow = d.hidden.data() + (s * d.target_layers.size() + t) * d.d_model;
+      for (int i = 0; i < d.d_model; ++i) doc.hidden.push_back(fp16_to_fp32(hrow[i]));
+    }
+    for (size_t c = 0; c < best.size(); ++c)
+      if (best[c] > 0) {
+        doc.label_idx.push_back(cb + static_cast<int32_t>(c));
+        doc.label_hits.push_back(static_cast<float>(best[c]));
+      }
+    doc.label_ptr.push_back(static_cast<int32_t>(doc.label_idx.size()));
+  }
+  ds.docs.push_back(std::move(doc));
 }
 
 }  // namespace flashmem::train

@@ -223,7 +223,10 @@ std::map<std::string, std::string> indexer_metadata(const std::string& path) {
 }
 
 std::shared_ptr<IndexerModel> load_indexer(const std::string& path) {
-  const SafeTensorsFile f = read_safetensors(path);
+  return indexer_from_safetensors(read_safetensors(path), path);
+}
+
+std::shared_ptr<IndexerModel> indexer_from_safetensors(const SafeTensorsFile& f, const std::string& path) {
   const auto& md = f.metadata;
   const auto fmt = md.find("format");
   FM_CHECK(fmt != md.end() && fmt->second == "flashmem-memory-indexer", ErrorCode::kFormat, path,
