@@ -50,12 +50,46 @@ TEST(Cli, UsageErrorsExitWithTwo) {
       {"run -m /nonexistent/model.gguf -p hi", "nonexistent"},
       {"run -m " + model, "prompt"},
       {"info", "--model"},
+      // Checked against the indexer's metadata before the model is loaded (issue #25).
+      {"run -m " + model + " -p hi --policy lsa --kv-budget 50% --page-tokens 7",
+       "--page-tokens 7 is not a multiple of the 16-token chunks of the indexer"},
+      {"run -m " + model + " -p hi --policy lsa --kv-budget 50% --lsa-layers 5", "no scorer for layer 5"},
   };
   for (const auto& c : cases) {
     const CmdResult r = run_cli(c.args);
     EXPECT_EQ(r.code, 2) << c.args << "\n" << r.out;
     EXPECT_NE(r.out.find(c.expect), std::string::npos) << c.args << "\n" << r.out;
   }
+}
+
+// bench and dump check every argument before their first test or document, so a bad last
+// value fails at once instead of after the work for the others (issue #25).
+TEST(Cli, BenchAndDumpCheckEveryArgumentFirst) {
+  const std::string model = test::require_default_model();
+  const auto out = std::filesystem::temp_directory_path() / "flashmem_cli_dump_early";
+  std::filesystem::remove_all(out);
+  const struct {
+    std::string args;
+    int code;
+    std::string expect;
+  } cases[] = {
+      {"bench -m " + model + " -p 64,100000 -r 1", 2, "prefill length 100000 outside [1, 8192]"},
+      {"bench -m " + model + " -p 64 -d 0,8190 -r 1", 2, "depth 8190 + 64 exceeds the context 8192"},
+      {"bench -m " + model + " -p 64,1024 -r 1 --prefill-budget 1%", 2, "(of 16) is below the minimum of 1"},
+      {"dump -m " + model + " --out " + out.string() + " --layers 4,30 --ruler-samples 1", 2,
+       "--layers 30 is outside the model's 30 layers"},
+      {"dump -m " + model + " --out " + out.string() + " --layers 4 --chunk-tokens 24 --ruler-samples 1", 2,
+       "--chunk-tokens 24 must divide the page size 64"},
+      {"dump -m " + model + " --out " + out.string() + " --layers 4 --ruler-lengths 16k --ruler-samples 1", 1,
+       "--ruler-lengths 16384 exceeds the model's context of 8192"},
+  };
+  for (const auto& c : cases) {
+    const CmdResult r = run_cli(c.args);
+    EXPECT_EQ(r.code, c.code) << c.args << "\n" << r.out;
+    EXPECT_NE(r.out.find(c.expect), std::string::npos) << c.args << "\n" << r.out;
+    EXPECT_EQ(r.out.find("| model |"), std::string::npos) << "a test ran first: " << r.out;
+  }
+  EXPECT_FALSE(std::filesystem::exists(out)) << "dump wrote before refusing";
 }
 
 TEST(Cli, MalformedModelFilesAreRefusedClearly) {

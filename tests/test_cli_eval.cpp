@@ -49,6 +49,16 @@ TEST(CliEval, BadRequestsAreRefusedBeforeAnythingIsWritten) {
       {"--suite longbench-v2 --data " + fx + "longbench_v2_malformed.json", 1, "longbench_v2_malformed.json"},
       {"--suite longmemeval --data " + fx + "longmemeval_bad_turn.json", 1, "longmemeval_bad_turn.json"},
       {"--tasks vt --lengths 1k --lsa-trace " + fresh_dir("bad_trace") + ".jsonl", 2, "add lsa to --policy"},
+      // Flags the suite does not read are refused, not ignored (issue #25).
+      {"--suite ruler --tasks vt --lengths 1k --data " + fx + "longmemeval_bad_turn.json", 2,
+       "is for --suite longbench-v2 or longmemeval: ruler generates its samples"},
+      {"--tasks vt --lengths 1k --max-length 2048", 2, "--max-length is for --suite longbench-v2"},
+      {"--suite longmemeval", 2, "--suite longmemeval needs --data FILE"},
+      // Checked before the first prefill (and before the results file is created).
+      {"--tasks vt --lengths 1k --policy lsa --kv-budget 50% --page-tokens 7", 2,
+       "--page-tokens 7 is not a multiple of the 16-token chunks of the indexer"},
+      {"--tasks vt --lengths 1k --samples 1 --policy full,recency --kv-budget 2pages", 2,
+       "is below the minimum of 4"},
   };
   for (const auto& c : cases) {
     const std::string dir = fresh_dir("bad");

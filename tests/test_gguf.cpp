@@ -548,6 +548,21 @@ TEST(GgufMalformed, ByteSizeOverflow) {
   expect_parse_error(w.to_bytes(), ErrorCode::kFormat, {"'wide'", "byte size", "overflows"});
 }
 
+TEST(GgufMalformed, RowByteSizeOverflow) {
+  // One F32 row of 2^62 elements: the element count fits int64, but its 2^64 bytes wrapped to
+  // a byte size of 0 and the tensor was accepted (issue #25).
+  GgufWriter w = small_file();
+  w.add_tensor_raw("long_row", 0, {1ull << 62}, std::vector<uint8_t>(4));
+  expect_parse_error(w.to_bytes(), ErrorCode::kFormat,
+                     {"byte size of tensor 'long_row' (F32, 4611686018427387904 elements) overflows"});
+  // A block type's rows are smaller than their element count: 2^62 Q8_0 elements are 2^57
+  // blocks of 34 bytes, no overflow, and the file is refused for being too short instead.
+  GgufWriter w2 = small_file();
+  w2.add_tensor_raw("long_q8", static_cast<uint32_t>(GgmlType::Q8_0), {1ull << 62},
+                    std::vector<uint8_t>(34));
+  expect_parse_error(w2.to_bytes(), ErrorCode::kFormat, {"'long_q8'", "4899916394579099648 bytes", "past the end"});
+}
+
 TEST(GgufMalformed, UnalignedOffset) {
   GgufWriter w = small_file();
   w.tensor(1).offset = 48;

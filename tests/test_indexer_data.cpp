@@ -21,6 +21,7 @@
 #include "ops/cpu/cpu_backend.h"
 #include "ops/cpu/elementwise.h"
 #include "train/dump.h"
+#include "test_util.h"
 
 namespace flashmem {
 namespace {
@@ -393,6 +394,80 @@ TEST(DumpFile, DamagedFilesAreRefusedWithAClearError) {
   train::DumpDoc bad = small_doc();
   bad.hidden.pop_back();
   EXPECT_THROW(train::write_dump(path, bad), Error);
+}
+
+// Writes `b` to `path` with its trailing FNV-1a 64 checksum redone, as a hostile edit would.
+void write_with_checksum(const std::string& path, std::vector<char> b) {
+  uint64_t h = 0xcbf29ce484222325ull;
+  for (size_t i = 0; i + 8 < b.size(); ++i) {
+    h ^= static_cast<uint8_t>(b[i]);
+    h *= 0x100000001b3ull;
+  }
+  std::memcpy(b.data() + b.size() - 8, &h, 8);
+  std::ofstream out(path, std::ios::binary | std::ios::trunc);
+  out.write(b.data(), static_cast<std::streamsize>(b.size()));
+}
+
+// small_doc_with_mass's bytes with one i32 of an array replaced; `before` is the byte size of
+// the arrays that precede it in the file.
+std::vector<char> with_i32(const std::string& path, size_t before, size_t index, int32_t v) {
+  std::ifstream in(path, std::ios::binary);
+  std::vector<char> b((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+  uint64_t hl = 0;
+  std::memcpy(&hl, b.data() + 16, 8);
+  std::memcpy(b.data() + 24 + hl + before + 4 * index, &v, 4);
+  return b;
+}
+
+// Chunk ids outside the document (checksum recomputed) used to be accepted and silently
+// ignored by the labels (issue #25): read_dump refuses them, naming the file and the array.
+TEST(DumpFile, OutOfRangeChunkIdsAreRefusedNamingTheFileAndTheArray) {
+  const std::string good = temp_path("flashmem_test_ids_good.fmd");
+  const std::string path = temp_path("flashmem_test_ids.fmd");
+  train::write_dump(good, small_doc_with_mass());
+  // Arrays in file order: point_step, point_pos (2 × i32 each), hidden (8 × f16), hit_ptr
+  // (4 × i32), hit_chunk (6), hit_count (6), mass_ptr (4), mass_chunk (9), mass_value (9).
+  const size_t hit_chunk_at = 8 + 8 + 16 + 16, hit_count_at = hit_chunk_at + 24;
+  const size_t mass_chunk_at = hit_count_at + 24 + 16;
+  const struct {
+    size_t at, index;
+    int32_t value;
+    std::string expect;
+  } cases[] = {
+      {hit_chunk_at, 1, 11, "hit_chunk[1] = 11 is outside the 11 chunks of its 43 tokens"},
+      {hit_chunk_at, 4, -1, "hit_chunk[4] = -1 is outside"},
+      {hit_chunk_at, 0, 1 << 30, "hit_chunk[0] = 1073741824"},
+      {hit_count_at, 2, 0, "hit_count[2] = 0 is outside [1, 4]"},
+      {mass_chunk_at, 8, 500, "mass_chunk[8] = 500 is outside"},
+  };
+  for (const auto& c : cases) {
+    write_with_checksum(path, with_i32(good, c.at, c.index, c.value));
+    try {
+      train::read_dump(path);
+      ADD_FAILURE() << "accepted: " << c.expect;
+    } catch (const Error& e) {
+      EXPECT_EQ(e.code(), ErrorCode::kFormat) << e.what();
+      EXPECT_EQ(std::string(e.what()).rfind(path + ": ", 0), 0u) << e.what();
+      EXPECT_NE(std::string(e.what()).find(c.expect), std::string::npos) << e.what();
+    }
+  }
+  // The last chunk a decode step can attend (token 42 of 40 + 3) is accepted.
+  write_with_checksum(path, with_i32(good, hit_chunk_at, 1, 10));
+  EXPECT_EQ(train::read_dump(path).hit_chunk[1], 10);
+
+  // train-indexer refuses the directory with one line and exit 1.
+  const auto dir = std::filesystem::temp_directory_path() / "flashmem_test_ids_data";
+  std::filesystem::remove_all(dir);
+  for (const char* split : {"train", "val", "test"}) {
+    std::filesystem::create_directories(dir / split);
+    write_with_checksum((dir / split / "doc.fmd").string(), with_i32(good, hit_chunk_at, 1, 99));
+  }
+  const test::CmdResult r = test::run_cli("train-indexer --data " + dir.string() + " --out " +
+                                          (dir / "ix.safetensors").string() + " --epochs 1");
+  EXPECT_EQ(r.code, 1) << r.out;
+  EXPECT_NE(r.out.find("doc.fmd: hit_chunk[1] = 99 is outside"), std::string::npos) << r.out;
+  EXPECT_EQ(r.out.find('\n'), r.out.size() - 1) << "not one line: " << r.out;
+  EXPECT_FALSE(std::filesystem::exists(dir / "ix.safetensors"));
 }
 
 TEST(DumpFile, DatasetLabelsAreTheWindowUnionOverCandidates) {

@@ -8,6 +8,7 @@
 #include <cmath>
 #include <filesystem>
 #include <fstream>
+#include <functional>
 #include <random>
 
 #include "core/error.h"
@@ -19,6 +20,7 @@
 #include "train/indexer_model.h"
 #include "train/metrics.h"
 #include "train/trainer.h"
+#include "test_util.h"
 
 namespace flashmem {
 namespace {
@@ -356,6 +358,72 @@ TEST(IndexerCheckpoint, SelectTargetsKeepsTheChosenScorersWeights) {
       EXPECT_EQ(e.code(), ErrorCode::kInvalidArgument) << e.what();
     }
   }
+}
+
+// Every tensor's shape is checked against the metadata, not just its element count: a
+// transposed wq_a ([d_model, rank] for [rank, d_model]) used to load and run (issue #25).
+TEST(IndexerCheckpoint, TensorsOfTheWrongShapeAreRefusedNamingBothShapes) {
+  const IndexerModel m = train::init_model(tiny_shapes(), tiny_options());  // rank 6, d_model 12
+  const std::string path = (std::filesystem::temp_directory_path() / "flashmem_ix_shape.safetensors").string();
+  save_indexer(path, m);
+  const SafeTensorsFile good = read_safetensors(path);
+  auto refused = [&](const std::function<void(SafeTensorsFile&)>& edit, std::initializer_list<std::string> needles) {
+    SafeTensorsFile f = good;
+    edit(f);
+    write_safetensors(path, f);
+    try {
+      load_indexer(path);
+      ADD_FAILURE() << "accepted: " << *needles.begin();
+    } catch (const Error& e) {
+      EXPECT_EQ(e.code(), ErrorCode::kFormat) << e.what();
+      for (const std::string& n : needles)
+        EXPECT_NE(std::string(e.what()).find(n), std::string::npos) << "\"" << e.what() << "\" lacks \"" << n << "\"";
+    }
+  };
+  refused([](SafeTensorsFile& f) { f.tensors.at("layers.1.wq_a").shape = {12, 6}; },
+          {path, "tensor layers.1.wq_a has shape [12, 6], expected [6, 12] (rank × d_model"});
+  refused([](SafeTensorsFile& f) { f.tensors.at("layers.3.wq_b").shape = {8, 4, 6}; },
+          {"layers.3.wq_b has shape [8, 4, 6], expected [32, 6]"});
+  refused([](SafeTensorsFile& f) { f.tensors.at("layers.1.bias").shape = {1, 1}; }, {"layers.1.bias", "[1, 1]"});
+  refused([](SafeTensorsFile& f) { f.tensors["layers.2.wq_a"] = f.tensors.at("layers.1.wq_a"); },
+          {"tensor layers.2.wq_a is not a weight of the target layers 1,3"});
+  refused([](SafeTensorsFile& f) { f.metadata["chunk_tokens"] = "0"; }, {"chunk_tokens 0"});
+  refused([](SafeTensorsFile& f) { f.metadata["target_layers"] = "3,1"; }, {"target_layers '3,1'"});
+  refused([](SafeTensorsFile& f) { f.metadata["rope_freq_base"] = "nan"; }, {"rope_freq_base", "finite"});
+  // The untouched file still loads.
+  write_safetensors(path, good);
+  EXPECT_EQ(load_indexer(path)->keys.layers, m.keys.layers);
+}
+
+// Through the CLI: the shipped indexer with one wq_a transposed is refused with one line and
+// exit 1 (a bad file) by run and eval, before any prefill and before eval writes anything.
+TEST(IndexerCheckpoint, TheCliRefusesATransposedIndexer) {
+  SafeTensorsFile f = read_safetensors(std::string(FLASHMEM_SOURCE_DIR) + "/indexers/SmolLM2-135M-Instruct.safetensors");
+  std::string name;
+  for (auto& [n, t] : f.tensors)
+    if (name.empty() && n.size() > 5 && n.substr(n.size() - 5) == ".wq_a") name = n;
+  ASSERT_FALSE(name.empty());
+  std::vector<int64_t>& shape = f.tensors.at(name).shape;
+  ASSERT_EQ(shape.size(), 2u);
+  const std::string want = "tensor " + name + " has shape [" + std::to_string(shape[1]) + ", " +
+                           std::to_string(shape[0]) + "], expected [" + std::to_string(shape[0]) + ", " +
+                           std::to_string(shape[1]) + "]";
+  std::swap(shape[0], shape[1]);
+  const auto tmp = std::filesystem::temp_directory_path();
+  const std::string path = (tmp / "flashmem_ix_transposed.safetensors").string();
+  write_safetensors(path, f);
+  const std::string out = (tmp / "flashmem_ix_transposed_eval").string();
+  std::filesystem::remove_all(out);
+  const std::string m = "-m " + test::require_default_model();
+  for (const std::string& args : {"run " + m + " -p hi --policy lsa --kv-budget 50% --indexer " + path,
+                                  "eval " + m + " --out " + out + " --tasks vt --lengths 1k --samples 1 --policy lsa"
+                                  " --kv-budget 50% --indexer " + path}) {
+    const test::CmdResult r = test::run_cli(args);
+    EXPECT_EQ(r.code, 1) << args << "\n" << r.out;
+    EXPECT_NE(r.out.find(want), std::string::npos) << want << "\n" << r.out;
+    EXPECT_EQ(r.out.find('\n'), r.out.size() - 1) << "not one line: " << r.out;
+  }
+  EXPECT_FALSE(std::filesystem::exists(out + "/results.jsonl"));
 }
 
 // ---- the lsa policy with a scripted scorer ---------------------------------------------------

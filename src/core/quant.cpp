@@ -14,6 +14,7 @@
 #include "core/quant.h"
 
 #include <cstring>
+#include <limits>
 
 #include "core/dtype.h"
 #include "core/error.h"
@@ -365,7 +366,11 @@ size_t ggml_row_bytes(GgmlType type, uint64_t n) {
   const GgmlTypeTraits& t = ggml_traits(type);
   FM_CHECK(n % t.block_elems == 0, ErrorCode::kInvalidArgument, "row of ", n,
            " elements is not a multiple of the ", t.name, " block size ", t.block_elems);
-  return static_cast<size_t>(n / t.block_elems * t.block_bytes);
+  uint64_t bytes = 0;
+  FM_CHECK(!__builtin_mul_overflow(n / t.block_elems, uint64_t{t.block_bytes}, &bytes) &&
+               bytes <= std::numeric_limits<size_t>::max(),
+           ErrorCode::kInvalidArgument, "row of ", n, " ", t.name, " elements overflows 64 bits");
+  return static_cast<size_t>(bytes);
 }
 
 void dequantize_row_ref(GgmlType type, const void* src, float* dst, uint64_t n) {

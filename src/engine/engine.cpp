@@ -47,7 +47,19 @@ class QueryTap final : public ActivationTap {
 
 }  // namespace
 
-Engine::Engine(const EngineOptions& opts, GgufFile file)
+namespace {
+
+// The page size must be a whole number of the indexer's chunks: lsa ranks pages by the chunks
+// they hold. Error(kInvalidArgument): a flag (--page-tokens) that does not fit the indexer.
+void check_page_tokens(int page_tokens, int chunk_tokens, const std::string& indexer) {
+  FM_CHECK(chunk_tokens >= 1 && page_tokens % chunk_tokens == 0, ErrorCode::kInvalidArgument, "--page-tokens ",
+           page_tokens, " is not a multiple of the ", chunk_tokens, "-token chunks of the indexer ", indexer,
+           " (use a multiple of ", chunk_tokens, ", e.g. ", 4 * chunk_tokens, ")");
+}
+
+}  // namespace
+
+Engine::Engine(const EngineOptions& opts, GgufFile file, std::shared_ptr<IndexerModel> indexer)
     : opts_(opts),
       file_(std::move(file)),
       backend_(make_backend(opts.backend, opts.n_threads)),
@@ -62,25 +74,38 @@ Engine::Engine(const EngineOptions& opts, GgufFile file)
   FM_CHECK(mi.n_vocab == tokenizer_.vocab_size(), ErrorCode::kFormat, "the tokenizer has ",
            tokenizer_.vocab_size(), " tokens but the model has ", mi.n_vocab, " logits");
   n_ctx_ = opts.n_ctx > 0 ? opts.n_ctx : mi.n_ctx_train;
-  FM_CHECK(n_ctx_ <= mi.n_ctx_train, ErrorCode::kOutOfRange, "context ", n_ctx_,
-           " exceeds the model's training context ", mi.n_ctx_train);
-  FM_CHECK(opts.page_tokens >= 1 && opts.page_tokens <= 4096, ErrorCode::kInvalidArgument,
-           "page tokens must be in [1, 4096], got ", opts.page_tokens);
-  if (!opts.indexer_path.empty()) {
-    auto m = std::make_shared<IndexerModel>(select_targets(*load_indexer(opts.indexer_path), opts.indexer_layers));
-    FM_CHECK(m->shape.d_model == mi.d_model && m->shape.n_kv_heads == mi.n_kv_heads &&
-                 m->shape.head_dim == mi.head_dim && m->keys.layers.back() < mi.n_layers &&
-                 m->shape.rope.n_rot == mi.rope.n_rot && m->shape.rope.freq_base == mi.rope.freq_base,
-             ErrorCode::kInvalidArgument, "the indexer ", opts.indexer_path, " was trained for another model (d_model ",
-             m->shape.d_model, ", kv heads ", m->shape.n_kv_heads, ", head_dim ", m->shape.head_dim, ")");
-    indexer_ = make_indexer_scorer(std::move(m), *backend_);
-  }
+  if (indexer) indexer_ = make_indexer_scorer(std::move(indexer), *backend_);
 }
 
 std::unique_ptr<Engine> Engine::load(const EngineOptions& opts) {
   FM_CHECK(!opts.model_path.empty(), ErrorCode::kInvalidArgument, "no model path given");
   FM_CHECK(opts.n_ctx >= 0, ErrorCode::kInvalidArgument, "context must be ≥ 0");
-  return std::unique_ptr<Engine>(new Engine(opts, GgufFile::open(opts.model_path)));
+  FM_CHECK(opts.page_tokens >= 1 && opts.page_tokens <= 4096, ErrorCode::kInvalidArgument,
+           "page tokens must be in [1, 4096], got ", opts.page_tokens);
+  GgufFile file = GgufFile::open(opts.model_path);
+  // Everything the model's metadata and the indexer's decide is checked here, before the
+  // backend prepares any weight (a CUDA backend uploads them all) and long before a prefill.
+  const ModelInfo mi = read_model_info(file);
+  const int64_t n_ctx = opts.n_ctx > 0 ? opts.n_ctx : mi.n_ctx_train;
+  FM_CHECK(n_ctx <= mi.n_ctx_train, ErrorCode::kOutOfRange, "context ", n_ctx,
+           " exceeds the model's training context ", mi.n_ctx_train);
+  std::shared_ptr<IndexerModel> indexer;
+  if (!opts.indexer_path.empty()) {
+    indexer = std::make_shared<IndexerModel>(select_targets(*load_indexer(opts.indexer_path), opts.indexer_layers));
+    const IndexerModel& m = *indexer;
+    FM_CHECK(m.shape.d_model == mi.d_model && m.shape.n_kv_heads == mi.n_kv_heads &&
+                 m.shape.head_dim == mi.head_dim && m.keys.layers.back() < mi.n_layers &&
+                 m.shape.rope.n_rot == mi.rope.n_rot && m.shape.rope.freq_base == mi.rope.freq_base,
+             ErrorCode::kInvalidArgument, "the indexer ", opts.indexer_path, " was trained for another model (d_model ",
+             m.shape.d_model, ", kv heads ", m.shape.n_kv_heads, ", head_dim ", m.shape.head_dim, ")");
+    check_page_tokens(opts.page_tokens, m.keys.chunk_tokens, opts.indexer_path);
+  }
+  return std::unique_ptr<Engine>(new Engine(opts, std::move(file), std::move(indexer)));
+}
+
+void Engine::set_indexer(std::shared_ptr<LsaScorer> s) {
+  if (s) check_page_tokens(opts_.page_tokens, s->keys_config().chunk_tokens, "given");
+  indexer_ = std::move(s);
 }
 
 const ChatTemplate& Engine::chat() const {
@@ -118,6 +143,9 @@ std::unique_ptr<Prefilled> Engine::prefill(const std::vector<int32_t>& prompt,
   check_prompt(prompt);
   FM_CHECK(max_new_tokens >= 0, ErrorCode::kInvalidArgument, "-n must be ≥ 0");
   memory.validate();
+  // What decode would refuse is refused before the prefill's work.
+  FM_CHECK(memory.policy != "lsa" || indexer_ != nullptr, ErrorCode::kInvalidArgument,
+           "policy lsa needs a trained Memory Indexer (--indexer FILE) loaded before the prefill");
   const KvCacheConfig kc = kv_config();
   const int64_t n_prompt = static_cast<int64_t>(prompt.size());
   const int64_t final_tokens = std::min<int64_t>(n_ctx_, n_prompt + std::max(max_new_tokens, 1));

@@ -23,6 +23,8 @@
 
 namespace flashmem {
 
+struct IndexerModel;
+
 struct EngineOptions {
   std::string model_path;
   std::string backend = "cpu";   // "cpu" or "cuda" (see make_backend)
@@ -103,7 +105,9 @@ struct Prefilled {
 
 class Engine {
  public:
-  // Loads and checks everything; throws flashmem::Error on any problem.
+  // Loads and checks everything; throws flashmem::Error on any problem. What the file's
+  // metadata and the indexer's decide (context, vocabulary, indexer shape, page size vs the
+  // indexer's chunks) is checked before any weight is prepared.
   static std::unique_ptr<Engine> load(const EngineOptions& opts);
 
   const ModelInfo& info() const { return model_->info(); }
@@ -116,7 +120,8 @@ class Engine {
   Backend& backend() { return *backend_; }
   // The Memory Indexer policy lsa scores with (loaded from opts.indexer_path, or set here).
   const std::shared_ptr<LsaScorer>& indexer() const { return indexer_; }
-  void set_indexer(std::shared_ptr<LsaScorer> s) { indexer_ = std::move(s); }
+  // Error(kInvalidArgument) when the page size is not a multiple of the scorer's chunks.
+  void set_indexer(std::shared_ptr<LsaScorer> s);
   Model& model() { return *model_; }
 
   // Shape of this engine's KV (layers, heads, page size, context, precision).
@@ -151,7 +156,7 @@ class Engine {
                              const std::function<void(std::string_view)>& on_text, bool fork,
                              const AttentionTrace* replay, AttentionTrace* record);
 
-  Engine(const EngineOptions& opts, GgufFile file);
+  Engine(const EngineOptions& opts, GgufFile file, std::shared_ptr<IndexerModel> indexer);
 
   EngineOptions opts_;
   GgufFile file_;

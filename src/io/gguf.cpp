@@ -589,10 +589,13 @@ void GgufFile::Impl::parse_tensor_info(Reader& r) {
            " of type ", traits->name, " has a row length ne[0] = ", t.ne[0],
            " that is not a multiple of the block size ", traits->block_elems,
            " (tensor info at byte offset ", at, ")");
-  const uint64_t row_bytes = t.ne[0] / traits->block_elems * traits->block_bytes;  // ≤ ne[0]*8
-  FM_CHECK(checked_mul(t.rows(), row_bytes, &t.n_bytes), ErrorCode::kFormat, source,
-           ": byte size of tensor ", qname, " overflows 64 bits (tensor info at byte offset ", at,
-           ")");
+  // Both products are checked: an F32 row of ne[0] = 2^62 elements would otherwise wrap to a
+  // byte size of 0 and be accepted.
+  uint64_t row_bytes = 0;
+  FM_CHECK(checked_mul(t.ne[0] / traits->block_elems, traits->block_bytes, &row_bytes) &&
+               checked_mul(t.rows(), row_bytes, &t.n_bytes),
+           ErrorCode::kFormat, source, ": byte size of tensor ", qname, " (", traits->name, ", ",
+           t.n_elements, " elements) overflows 64 bits (tensor info at byte offset ", at, ")");
   t.offset = r.read<uint64_t>([&] { return "the data offset of tensor " + qname; });
   tensor_index.emplace(t.name, tensors.size());
   tensors.push_back(std::move(t));

@@ -26,6 +26,15 @@ uint64_t elements(const std::vector<int64_t>& shape) {
   return n;
 }
 
+// Bytes of a tensor of `shape` and element size `es`; false when the product overflows.
+bool checked_bytes(const std::vector<int64_t>& shape, size_t es, uint64_t* out) {
+  uint64_t n = es;
+  for (int64_t s : shape)
+    if (__builtin_mul_overflow(n, static_cast<uint64_t>(s), &n)) return false;
+  *out = n;
+  return true;
+}
+
 }  // namespace
 
 void write_safetensors(const std::string& path, const SafeTensorsFile& f) {
@@ -55,18 +64,22 @@ void write_safetensors(const std::string& path, const SafeTensorsFile& f) {
 SafeTensorsFile read_safetensors(const std::string& path) {
   std::ifstream in(path, std::ios::binary);
   FM_CHECK(in.good(), ErrorCode::kIo, "cannot open ", path);
-  std::vector<uint8_t> buf((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
-  FM_CHECK(buf.size() >= 8, ErrorCode::kFormat, path, ": too short for a safetensors file");
+  const std::vector<uint8_t> buf((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+  return parse_safetensors(buf.data(), buf.size(), path);
+}
+
+SafeTensorsFile parse_safetensors(const uint8_t* bytes, size_t size, const std::string& path) {
+  FM_CHECK(size >= 8, ErrorCode::kFormat, path, ": too short for a safetensors file");
   uint64_t hl = 0;
-  std::memcpy(&hl, buf.data(), 8);
-  FM_CHECK(hl >= 2 && hl <= (100u << 20) && 8 + hl <= buf.size(), ErrorCode::kFormat, path,
-           ": header length ", hl, " does not fit the file of ", buf.size(), " bytes");
-  const uint8_t* data = buf.data() + 8 + hl;
-  const uint64_t data_size = buf.size() - 8 - hl;
+  std::memcpy(&hl, bytes, 8);
+  FM_CHECK(hl >= 2 && hl <= (100u << 20) && 8 + hl <= size, ErrorCode::kFormat, path,
+           ": header length ", hl, " does not fit the file of ", size, " bytes");
+  const uint8_t* data = bytes + 8 + hl;
+  const uint64_t data_size = size - 8 - hl;
   SafeTensorsFile f;
   std::vector<std::pair<uint64_t, uint64_t>> ranges;
   try {
-    const auto h = nlohmann::json::parse(buf.begin() + 8, buf.begin() + 8 + static_cast<std::ptrdiff_t>(hl));
+    const auto h = nlohmann::json::parse(bytes + 8, bytes + 8 + hl);
     FM_CHECK(h.is_object(), ErrorCode::kFormat, path, ": the header is not a JSON object");
     for (const auto& [name, v] : h.items()) {
       if (name == "__metadata__") {
@@ -87,8 +100,11 @@ SafeTensorsFile read_safetensors(const std::string& path) {
       const auto off = v.at("data_offsets").get<std::vector<uint64_t>>();
       FM_CHECK(off.size() == 2 && off[0] <= off[1] && off[1] <= data_size, ErrorCode::kFormat, path, ": tensor ",
                name, " lies outside the data");
-      FM_CHECK(off[1] - off[0] == elements(t.shape) * es, ErrorCode::kFormat, path, ": tensor ", name, " holds ",
-               off[1] - off[0], " bytes, its shape needs ", elements(t.shape) * es);
+      uint64_t need = 0;
+      FM_CHECK(checked_bytes(t.shape, es, &need), ErrorCode::kFormat, path, ": tensor ", name,
+               " has a shape whose byte size overflows 64 bits");
+      FM_CHECK(off[1] - off[0] == need, ErrorCode::kFormat, path, ": tensor ", name, " holds ", off[1] - off[0],
+               " bytes, its shape needs ", need);
       t.data.assign(data + off[0], data + off[1]);
       ranges.emplace_back(off[0], off[1]);
       f.tensors.emplace(name, std::move(t));

@@ -30,5 +30,7 @@ void write_safetensors(const std::string& path, const SafeTensorsFile& f);
 // header length, bad JSON, unknown dtype, size mismatch, offsets outside the data or
 // overlapping, non-string metadata.
 SafeTensorsFile read_safetensors(const std::string& path);
+// The same from an image in memory; errors name it `path`.
+SafeTensorsFile parse_safetensors(const uint8_t* bytes, size_t size, const std::string& path);
 
 }  // namespace flashmem

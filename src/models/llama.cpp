@@ -13,6 +13,11 @@ namespace {
 
 // Largest number of tokens pushed through the graph at once during prefill; bounds scratch.
 constexpr int64_t kMaxUbatch = 512;
+// Bounds on metadata a file could make absurd (see llama_read_info for the context).
+constexpr int kMaxContext = 1 << 24;
+// Token ids are int32 and logits are n_vocab floats per position; released vocabularies are
+// ≤ 262144 (Gemma 3), so 2^24 leaves room and still refuses garbage.
+constexpr uint64_t kMaxVocab = uint64_t{1} << 24;
 
 struct LayerWeights {
   const float* attn_norm;  // (d_model)
@@ -28,12 +33,25 @@ struct LayerWeights {
 
 // The one checked accessor every weight goes through: name, type and shape are verified
 // here so a bad checkpoint fails at load time, not as NaNs later.
+std::string shape_str(const GgufTensor& t) {
+  std::string s = "[";
+  for (size_t i = 0; i < t.ne.size(); ++i) s += (i ? ", " : "") + std::to_string(t.ne[i]);
+  return s + "]";
+}
+
+// Error(kFormat) naming the tensor, its shape and the expected one (ne order: [cols, rows]),
+// and saying so when the tensor is the expected one transposed.
+void check_matrix_shape(const GgufTensor& t, int64_t cols, int64_t rows, const char* what) {
+  const auto is = [&](int64_t a, int64_t b) {
+    return t.ne.size() == 2 && t.ne[0] == static_cast<uint64_t>(a) && t.ne[1] == static_cast<uint64_t>(b);
+  };
+  FM_CHECK(is(cols, rows), ErrorCode::kFormat, "tensor ", t.name, " has shape ", shape_str(t), ", expected [",
+           cols, ", ", rows, "]", what, is(rows, cols) ? "; it is stored transposed" : "");
+}
+
 WeightMatrix get_matrix(const GgufFile& f, const std::string& name, int64_t cols, int64_t rows) {
   const GgufTensor& t = f.tensor(name);
-  FM_CHECK(t.ne.size() == 2 && static_cast<int64_t>(t.ne[0]) == cols &&
-               static_cast<int64_t>(t.ne[1]) == rows,
-           ErrorCode::kFormat, "tensor ", name, " has shape [", t.ne.size() > 0 ? t.ne[0] : 0, ", ",
-           t.ne.size() > 1 ? t.ne[1] : 0, "], expected [", cols, ", ", rows, "]");
+  check_matrix_shape(t, cols, rows, "");
   FM_CHECK(ggml_traits(t.type).dequant_supported, ErrorCode::kUnsupported, "tensor ", name,
            " has type ", ggml_type_name(t.type), ", which flashmem cannot compute with yet");
   return WeightMatrix{t.type, rows, cols, t.row_bytes(), t.data, name};
@@ -214,6 +232,29 @@ int read_count(const GgufFile& f, const std::string& key, int lo, int hi) {
   return static_cast<int>(v);
 }
 
+// The vocabulary size, where the token table (tokenizer.ggml.tokens), the optional
+// <arch>.vocab_size and the rows of token_embd.weight ([d_model, n_vocab]) must all agree: the
+// token ids the tokenizer produces index the embedding and the logits.
+int read_vocab_size(const GgufFile& f, const std::string& key, int d_model) {
+  const GgufTensor& embd = f.tensor("token_embd.weight");
+  FM_CHECK(embd.ne.size() == 2, ErrorCode::kFormat, "tensor token_embd.weight has shape ", shape_str(embd),
+           ", expected 2-D [d_model ", d_model, ", n_vocab]");
+  const GgufValue* tokens = f.find("tokenizer.ggml.tokens");
+  const uint64_t n_tokens = tokens ? tokens->as_array("tokenizer.ggml.tokens").items.size() : 0;
+  uint64_t n_vocab = tokens ? n_tokens : embd.ne[1];
+  if (f.has(key)) {
+    const uint64_t v = f.get_u64(key);
+    FM_CHECK(!tokens || v == n_tokens, ErrorCode::kFormat, key, " = ", v, " disagrees with the ", n_tokens,
+             " tokens of tokenizer.ggml.tokens");
+    n_vocab = v;
+  }
+  FM_CHECK(n_vocab >= 1 && n_vocab <= kMaxVocab, ErrorCode::kFormat, "the vocabulary of ", n_vocab,
+           " tokens is outside the plausible range [1, ", kMaxVocab, "]");
+  check_matrix_shape(embd, d_model, static_cast<int64_t>(n_vocab),
+                     tokens ? " (d_model × the tokens of tokenizer.ggml.tokens)" : " (d_model × vocab_size)");
+  return static_cast<int>(n_vocab);
+}
+
 }  // namespace
 
 ModelInfo llama_read_info(const GgufFile& f, const std::string& arch) {
@@ -233,7 +274,11 @@ ModelInfo llama_read_info(const GgufFile& f, const std::string& arch) {
   m.head_dim = f.has(p + "attention.key_length") ? read_count(f, p + "attention.key_length", 1, 1024)
                                                  : m.d_model / m.n_heads;
   FM_CHECK(m.head_dim % 2 == 0, ErrorCode::kFormat, "head_dim ", m.head_dim, " must be even");
-  m.n_ctx_train = f.get_u32_or(p + "context_length", 4096);
+  // 2^24 tokens: above the longest context any released model has (10M, Llama 4 Scout), the
+  // largest range of integers float32 holds exactly (positions reach float GPU kernels), and
+  // already ~370 GiB of f16 KV for this 135M model. Anything larger is a broken file, and an
+  // absurd value would otherwise become the default context (-c 0) that budgets are cut from.
+  m.n_ctx_train = f.has(p + "context_length") ? read_count(f, p + "context_length", 1, kMaxContext) : 4096;
   m.rms_eps = f.get_f32_or(p + "attention.layer_norm_rms_epsilon", 1e-5f);
   FM_CHECK(m.rms_eps > 0.0f && m.rms_eps < 1.0f, ErrorCode::kFormat, "bad RMSNorm epsilon ", m.rms_eps);
   m.rope.n_rot = static_cast<int>(f.get_u32_or(p + "rope.dimension_count", m.head_dim));
@@ -251,9 +296,7 @@ ModelInfo llama_read_info(const GgufFile& f, const std::string& arch) {
              "' is not supported yet (supported: none, linear)");
   }
   m.rope.neox = false;  // GGUF llama checkpoints are permuted for adjacent-pair rotation
-  m.n_vocab = static_cast<int>(f.tensor("token_embd.weight").ne.size() == 2
-                                   ? f.tensor("token_embd.weight").ne[1] : 0);
-  FM_CHECK(m.n_vocab > 0, ErrorCode::kFormat, "token_embd.weight must be 2-D");
+  m.n_vocab = read_vocab_size(f, p + "vocab_size", m.d_model);
   return m;
 }
 
@@ -264,12 +307,24 @@ std::unique_ptr<Model> llama_load(const GgufFile& file, Backend& backend) {
 
 std::vector<std::string> supported_architectures() { return {"llama"}; }
 
-std::unique_ptr<Model> load_model(const GgufFile& file, Backend& backend) {
-  const std::string arch = file.get_string("general.architecture");
-  if (arch == "llama") return llama_load(file, backend);
+namespace {
+[[noreturn]] void unsupported_architecture(const std::string& arch) {
   std::string list;
   for (const auto& a : supported_architectures()) list += (list.empty() ? "" : ", ") + a;
   FM_FAIL(ErrorCode::kUnsupported, "architecture '", arch, "' is not supported (supported: ", list, ")");
+}
+}  // namespace
+
+ModelInfo read_model_info(const GgufFile& file) {
+  const std::string arch = file.get_string("general.architecture");
+  if (arch == "llama") return llama_read_info(file, arch);
+  unsupported_architecture(arch);
+}
+
+std::unique_ptr<Model> load_model(const GgufFile& file, Backend& backend) {
+  const std::string arch = file.get_string("general.architecture");
+  if (arch == "llama") return llama_load(file, backend);
+  unsupported_architecture(arch);
 }
 
 }  // namespace flashmem

@@ -73,6 +73,8 @@ class Model {
 // the model. Throws Error(kUnsupported) for unknown architectures and Error(kFormat) for
 // missing or mis-shaped tensors and hyper-parameters.
 std::unique_ptr<Model> load_model(const GgufFile& file, Backend& backend);
+// The file's hyper-parameters, checked, without touching any weight (Error as load_model).
+ModelInfo read_model_info(const GgufFile& file);
 // Architectures load_model accepts.
 std::vector<std::string> supported_architectures();
 

@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <cstring>
 #include <fstream>
+#include <limits>
 #include <map>
 
 #include <nlohmann/json.hpp>
@@ -95,41 +96,64 @@ void mass_labels(const DumpDoc& d, const LoadOptions& o, int32_t cb, int32_t ce,
 
 }  // namespace
 
-void DumpDoc::check() const {
+void DumpDoc::check(const std::string& where) const {
+  const std::string who = where.empty() ? "dump " + name : where;
   const size_t S = point_step.size(), nt = target_layers.size();
   FM_CHECK(d_model > 0 && n_kv_heads > 0 && head_dim > 0 && page_tokens > 0 && chunk_tokens > 0 &&
                page_tokens % chunk_tokens == 0 && nt > 0 && !poolings.empty() && n_steps >= 0 &&
-               n_chunks >= 0,
-           ErrorCode::kFormat, "dump ", name, ": bad shape parameters");
-  FM_CHECK(point_pos.size() == S && hidden.size() == S * nt * d_model, ErrorCode::kFormat, "dump ",
-           name, ": decision-point arrays disagree (", S, " points)");
+               n_chunks >= 0 && n_prompt >= 0 && n_layers > 0 && n_heads > 0 && tau >= 1,
+           ErrorCode::kFormat, who, ": bad shape parameters");
+  // Bounds that keep the size products below from overflowing (a dump of the longest context
+  // flashmem loads, 2^24 tokens, stays far inside them).
+  FM_CHECK(d_model <= (1 << 16) && n_kv_heads <= 1024 && head_dim <= 1024 && n_layers <= 1024 && n_heads <= 1024 &&
+               n_prompt <= (int64_t{1} << 31) &&
+               n_steps <= (int64_t{1} << 31) && n_chunks <= (int64_t{1} << 31) && nt <= 1024,
+           ErrorCode::kFormat, who, ": implausible shape parameters");
+  // Every chunk an attention hit or mass names exists: the prompt's and the decoded tokens'.
+  const int64_t n_attended = (n_prompt + n_steps + chunk_tokens - 1) / chunk_tokens;
+  FM_CHECK(n_chunks * chunk_tokens <= n_prompt, ErrorCode::kFormat, who, ": ", n_chunks,
+           " chunks with index keys but the prompt has only ", n_prompt, " tokens");
+  FM_CHECK(point_pos.size() == S && hidden.size() == S * nt * d_model, ErrorCode::kFormat, who,
+           ": decision-point arrays disagree (", S, " points)");
   FM_CHECK(hit_ptr.size() == static_cast<size_t>(n_steps) + 1 && hit_ptr.front() == 0 &&
                static_cast<size_t>(hit_ptr.back()) == hit_chunk.size() && hit_count.size() == hit_chunk.size(),
-           ErrorCode::kFormat, "dump ", name, ": hit arrays disagree");
+           ErrorCode::kFormat, who, ": hit arrays disagree");
   for (size_t t = 0; t + 1 < hit_ptr.size(); ++t)
-    FM_CHECK(hit_ptr[t] <= hit_ptr[t + 1], ErrorCode::kFormat, "dump ", name, ": hit_ptr decreases");
+    FM_CHECK(hit_ptr[t] <= hit_ptr[t + 1], ErrorCode::kFormat, who, ": hit_ptr decreases");
+  for (size_t k = 0; k < hit_chunk.size(); ++k) {
+    FM_CHECK(hit_chunk[k] >= 0 && hit_chunk[k] < n_attended, ErrorCode::kFormat, who, ": hit_chunk[", k, "] = ",
+             hit_chunk[k], " is outside the ", n_attended, " chunks of its ", n_prompt + n_steps, " tokens");
+    FM_CHECK(hit_count[k] >= 1 && hit_count[k] <= n_layers * n_heads, ErrorCode::kFormat, who, ": hit_count[", k,
+             "] = ", hit_count[k], " is outside [1, ", n_layers * n_heads, "] (layers × heads)");
+  }
   if (!mass_ptr.empty() || !mass_chunk.empty() || !mass_value.empty()) {
     FM_CHECK(mass_ptr.size() == static_cast<size_t>(n_steps) + 1 && mass_ptr.front() == 0 &&
                  static_cast<size_t>(mass_ptr.back()) == mass_chunk.size() && mass_value.size() == mass_chunk.size(),
-             ErrorCode::kFormat, "dump ", name, ": mass arrays disagree");
+             ErrorCode::kFormat, who, ": mass arrays disagree");
     for (size_t t = 0; t + 1 < mass_ptr.size(); ++t)
-      FM_CHECK(mass_ptr[t] <= mass_ptr[t + 1], ErrorCode::kFormat, "dump ", name, ": mass_ptr decreases");
-    for (size_t k = 0; k < mass_chunk.size(); ++k)
-      FM_CHECK(mass_chunk[k] >= 0 && mass_value[k] >= 0.0f && mass_value[k] <= 1.0f + 1e-3f, ErrorCode::kFormat,
-               "dump ", name, ": bad attention mass ", mass_value[k], " of chunk ", mass_chunk[k]);
+      FM_CHECK(mass_ptr[t] <= mass_ptr[t + 1], ErrorCode::kFormat, who, ": mass_ptr decreases");
+    for (size_t k = 0; k < mass_chunk.size(); ++k) {
+      FM_CHECK(mass_chunk[k] >= 0 && mass_chunk[k] < n_attended, ErrorCode::kFormat, who, ": mass_chunk[", k,
+               "] = ", mass_chunk[k], " is outside the ", n_attended, " chunks of its ", n_prompt + n_steps,
+               " tokens");
+      FM_CHECK(mass_value[k] >= 0.0f && mass_value[k] <= 1.0f + 1e-3f, ErrorCode::kFormat, who, ": mass_value[",
+               k, "] = ", mass_value[k], " is outside [0, 1]");
+    }
   }
   for (size_t s = 0; s < S; ++s)
-    FM_CHECK(point_step[s] >= 0 && point_step[s] <= n_steps && point_pos[s] >= 0, ErrorCode::kFormat,
-             "dump ", name, ": decision point ", s, " out of range");
+    FM_CHECK(point_step[s] >= 0 && point_step[s] <= n_steps && point_pos[s] >= 0 &&
+                 point_pos[s] < n_prompt + n_steps,
+             ErrorCode::kFormat, who, ": decision point ", s, " (step ", point_step[s], ", position ",
+             point_pos[s], ") out of range");
   FM_CHECK(keys.size() == poolings.size() && scales.size() == poolings.size(), ErrorCode::kFormat,
-           "dump ", name, ": keys for ", keys.size(), " poolings, ", poolings.size(), " named");
+           who, ": keys for ", keys.size(), " poolings, ", poolings.size(), " named");
   for (size_t p = 0; p < poolings.size(); ++p) {
-    FM_CHECK(keys[p].size() == nt && scales[p].size() == nt, ErrorCode::kFormat, "dump ", name,
+    FM_CHECK(keys[p].size() == nt && scales[p].size() == nt, ErrorCode::kFormat, who,
              ": keys for the wrong number of layers");
     for (size_t t = 0; t < nt; ++t)
       FM_CHECK(keys[p][t].size() == static_cast<size_t>(n_chunks) * key_dim() &&
                    scales[p][t].size() == static_cast<size_t>(n_chunks),
-               ErrorCode::kFormat, "dump ", name, ": keys of ", poolings[p], " layer ",
+               ErrorCode::kFormat, who, ": keys of ", poolings[p], " layer ",
                target_layers[t], " do not hold ", n_chunks, " chunks");
   }
 }
@@ -193,7 +217,11 @@ void write_dump(const std::string& path, const DumpDoc& d) {
 DumpDoc read_dump(const std::string& path) {
   std::ifstream in(path, std::ios::binary);
   FM_CHECK(in.good(), ErrorCode::kIo, "cannot open ", path);
-  std::vector<uint8_t> buf((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+  const std::vector<uint8_t> bytes((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+  return parse_dump(bytes, path);
+}
+
+DumpDoc parse_dump(const std::vector<uint8_t>& buf, const std::string& path) {
   FM_CHECK(buf.size() >= 32 && std::memcmp(buf.data(), kMagic, 8) == 0, ErrorCode::kFormat, path,
            " is not a flashmem dump file");
   uint32_t ver = 0;
@@ -214,24 +242,34 @@ DumpDoc read_dump(const std::string& path) {
     d.source = h.at("source");
     d.split = h.at("split");
     d.model = h.at("model");
-    d.d_model = h.at("d_model");
-    d.n_kv_heads = h.at("n_kv_heads");
-    d.head_dim = h.at("head_dim");
-    d.n_layers = h.at("n_layers");
-    d.n_heads = h.at("n_heads");
-    d.page_tokens = h.at("page_tokens");
-    d.chunk_tokens = h.at("chunk_tokens");
-    d.tau = h.at("tau");
-    d.top_p = h.at("top_p");
-    d.rope.n_rot = h.at("rope").at("n_rot");
-    d.rope.freq_base = h.at("rope").at("freq_base");
-    d.rope.freq_scale = h.at("rope").at("freq_scale");
+    // Integers are taken only as JSON integers in range: nlohmann would cast a float or a
+    // too-large value silently (undefined behaviour for a float out of int's range).
+    const auto integer = [&](const nlohmann::json& j, const char* key) -> int64_t {
+      constexpr int64_t kMax = std::numeric_limits<int32_t>::max();
+      FM_CHECK(j.is_number_integer(), ErrorCode::kFormat, path, ": header field ", key, " is not an integer");
+      FM_CHECK(j.is_number_unsigned() ? j.get<uint64_t>() <= kMax : j.get<int64_t>() >= 0 && j.get<int64_t>() <= kMax,
+               ErrorCode::kFormat, path, ": header field ", key, " = ", j.dump(), " is outside [0, ", kMax, "]");
+      return j.get<int64_t>();
+    };
+    const auto i32 = [&](const char* key) { return static_cast<int>(integer(h.at(key), key)); };
+    d.d_model = i32("d_model");
+    d.n_kv_heads = i32("n_kv_heads");
+    d.head_dim = i32("head_dim");
+    d.n_layers = i32("n_layers");
+    d.n_heads = i32("n_heads");
+    d.page_tokens = i32("page_tokens");
+    d.chunk_tokens = i32("chunk_tokens");
+    d.tau = i32("tau");
+    d.top_p = h.at("top_p").get<float>();
+    d.rope.n_rot = static_cast<int>(integer(h.at("rope").at("n_rot"), "rope.n_rot"));
+    d.rope.freq_base = h.at("rope").at("freq_base").get<float>();
+    d.rope.freq_scale = h.at("rope").at("freq_scale").get<float>();
     d.rope.neox = h.at("rope").at("neox");
-    d.target_layers = h.at("target_layers").get<std::vector<int>>();
+    for (const auto& l : h.at("target_layers")) d.target_layers.push_back(static_cast<int>(integer(l, "target_layers")));
     d.poolings = h.at("poolings").get<std::vector<std::string>>();
-    d.n_prompt = h.at("n_prompt");
-    d.n_steps = h.at("n_steps");
-    d.n_chunks = h.at("n_chunks");
+    d.n_prompt = integer(h.at("n_prompt"), "n_prompt");
+    d.n_steps = integer(h.at("n_steps"), "n_steps");
+    d.n_chunks = integer(h.at("n_chunks"), "n_chunks");
     d.keys.assign(d.poolings.size(), std::vector<std::vector<uint8_t>>(d.target_layers.size()));
     d.scales.assign(d.poolings.size(), std::vector<std::vector<float>>(d.target_layers.size()));
     std::map<std::string, std::pair<void*, size_t>> dst;  // name → (vector to resize, elem size)
@@ -246,7 +284,7 @@ DumpDoc read_dump(const std::string& path) {
     };
     for (const auto& a : h.at("arrays")) {
       const std::string n = a.at("name");
-      const size_t count = a.at("count");
+      const auto count = static_cast<size_t>(integer(a.at("count"), "count"));
       if (n == "point_step") read_into(d.point_step, count);
       else if (n == "point_pos") read_into(d.point_pos, count);
       else if (n == "hidden") read_into(d.hidden, count);
@@ -272,7 +310,7 @@ DumpDoc read_dump(const std::string& path) {
   }
   FM_CHECK(at + 8 == buf.size(), ErrorCode::kFormat, path, ": ", buf.size() - 8 - at,
            " bytes after the arrays");
-  d.check();
+  d.check(path);
   return d;
 }
 
@@ -289,72 +327,73 @@ IndexerDataset load_dataset(const std::vector<std::string>& paths, const LoadOpt
   FM_CHECK(!paths.empty(), ErrorCode::kInvalidArgument, "no dump files given");
   FM_CHECK(o.mass_top_p > 0.0f && o.mass_top_p <= 1.0f, ErrorCode::kInvalidArgument,
            "the mass share of the labels must be in (0, 1], got ", o.mass_top_p);
-  for (const std::string& path : paths) {
-    const DumpDoc d = read_dump(path);
-    FM_CHECK(o.labels != LabelKind::kMass || !d.mass_ptr.empty(), ErrorCode::kFormat, path,
-             " holds no attention mass (a version-1 dump): labels by mass need a newer dump");
-    const auto pit = std::find(d.poolings.begin(), d.poolings.end(), o.pooling);
-    FM_CHECK(pit != d.poolings.end(), ErrorCode::kFormat, path, " has no keys pooled as ", o.pooling);
-    const size_t pi = static_cast<size_t>(pit - d.poolings.begin());
-    std::vector<int> layers = o.layers.empty() ? d.target_layers : o.layers;
-    std::vector<size_t> ti;
-    for (int l : layers) {
-      const auto it = std::find(d.target_layers.begin(), d.target_layers.end(), l);
-      FM_CHECK(it != d.target_layers.end(), ErrorCode::kFormat, path, " has no target layer ", l);
-      ti.push_back(static_cast<size_t>(it - d.target_layers.begin()));
-    }
-    if (ds.docs.empty()) {
-      ds.d_model = d.d_model;
-      ds.n_kv_heads = d.n_kv_heads;
-      ds.head_dim = d.head_dim;
-      ds.n_targets = static_cast<int>(layers.size());
-      ds.target_layers = layers;
-      ds.rope = d.rope;
-      ds.chunk_tokens = d.chunk_tokens;
-      ds.max_hits = o.labels == LabelKind::kHits ? static_cast<float>(d.n_layers * d.n_heads) : 1.0f;
-    }
-    FM_CHECK(ds.d_model == d.d_model && ds.n_kv_heads == d.n_kv_heads && ds.head_dim == d.head_dim &&
-                 ds.chunk_tokens == d.chunk_tokens,
-             ErrorCode::kFormat, path, " does not match the shapes of the first file");
-    IndexerDoc doc;
-    doc.name = d.name;
-    doc.n_chunks = d.n_chunks;
-    for (size_t t : ti) {
-      doc.keys.push_back(d.keys[pi][t]);
-      doc.scales.push_back(d.scales[pi][t]);
-    }
-    const int64_t pt = d.page_tokens, cpp = d.page_tokens / d.chunk_tokens;
-    doc.label_ptr.push_back(0);
-    std::vector<int32_t> best;
-    for (size_t s = 0; s < d.point_step.size(); ++s) {
-      const int64_t tokens = int64_t{d.point_pos[s]} + 1;
-      const int64_t pages = tokens / pt;
-      const int64_t mb = std::min(pages, ceil_div(o.sink_tokens, pt));
-      const int64_t me = std::max(mb, pages - ceil_div(o.tail_tokens, pt));
-      const int32_t cb = static_cast<int32_t>(std::min(d.n_chunks, mb * cpp));
-      const int32_t ce = static_cast<int32_t>(std::min(d.n_chunks, me * cpp));
-      const int64_t t1 = std::min<int64_t>(d.n_steps, int64_t{d.point_step[s]} + d.tau);
-      if (o.labels == LabelKind::kHits)
-        hit_labels(d, o, cb, ce, d.point_step[s], t1, best);
-      else
-        mass_labels(d, o, cb, ce, d.point_step[s], t1, best);
-      doc.position.push_back(d.point_pos[s]);
-      doc.cand_begin.push_back(cb);
-      doc.cand_end.push_back(ce);
-      for (size_t t : ti) {
-        const uint16_t* hrow = d.hidden.data() + (s * d.target_layers.size() + t) * d.d_model;
-        for (int i = 0; i < d.d_model; ++i) doc.hidden.push_back(fp16_to_fp32(hrow[i]));
-      }
-      for (size_t c = 0; c < best.size(); ++c)
-        if (best[c] > 0) {
-          doc.label_idx.push_back(cb + static_cast<int32_t>(c));
-          doc.label_hits.push_back(static_cast<float>(best[c]));
-        }
-      doc.label_ptr.push_back(static_cast<int32_t>(doc.label_idx.size()));
-    }
-    ds.docs.push_back(std::move(doc));
-  }
+  for (const std::string& path : paths) add_to_dataset(ds, read_dump(path), o, path);
   return ds;
+}
+
+void add_to_dataset(IndexerDataset& ds, const DumpDoc& d, const LoadOptions& o, const std::string& path) {
+  FM_CHECK(o.labels != LabelKind::kMass || !d.mass_ptr.empty(), ErrorCode::kFormat, path,
+           " holds no attention mass (a version-1 dump): labels by mass need a newer dump");
+  const auto pit = std::find(d.poolings.begin(), d.poolings.end(), o.pooling);
+  FM_CHECK(pit != d.poolings.end(), ErrorCode::kFormat, path, " has no keys pooled as ", o.pooling);
+  const size_t pi = static_cast<size_t>(pit - d.poolings.begin());
+  std::vector<int> layers = o.layers.empty() ? d.target_layers : o.layers;
+  std::vector<size_t> ti;
+  for (int l : layers) {
+    const auto it = std::find(d.target_layers.begin(), d.target_layers.end(), l);
+    FM_CHECK(it != d.target_layers.end(), ErrorCode::kFormat, path, " has no target layer ", l);
+    ti.push_back(static_cast<size_t>(it - d.target_layers.begin()));
+  }
+  if (ds.docs.empty()) {
+    ds.d_model = d.d_model;
+    ds.n_kv_heads = d.n_kv_heads;
+    ds.head_dim = d.head_dim;
+    ds.n_targets = static_cast<int>(layers.size());
+    ds.target_layers = layers;
+    ds.rope = d.rope;
+    ds.chunk_tokens = d.chunk_tokens;
+    ds.max_hits = o.labels == LabelKind::kHits ? static_cast<float>(d.n_layers * d.n_heads) : 1.0f;
+  }
+  FM_CHECK(ds.d_model == d.d_model && ds.n_kv_heads == d.n_kv_heads && ds.head_dim == d.head_dim &&
+               ds.chunk_tokens == d.chunk_tokens,
+           ErrorCode::kFormat, path, " does not match the shapes of the first file");
+  IndexerDoc doc;
+  doc.name = d.name;
+  doc.n_chunks = d.n_chunks;
+  for (size_t t : ti) {
+    doc.keys.push_back(d.keys[pi][t]);
+    doc.scales.push_back(d.scales[pi][t]);
+  }
+  const int64_t pt = d.page_tokens, cpp = d.page_tokens / d.chunk_tokens;
+  doc.label_ptr.push_back(0);
+  std::vector<int32_t> best;
+  for (size_t s = 0; s < d.point_step.size(); ++s) {
+    const int64_t tokens = int64_t{d.point_pos[s]} + 1;
+    const int64_t pages = tokens / pt;
+    const int64_t mb = std::min(pages, ceil_div(o.sink_tokens, pt));
+    const int64_t me = std::max(mb, pages - ceil_div(o.tail_tokens, pt));
+    const int32_t cb = static_cast<int32_t>(std::min(d.n_chunks, mb * cpp));
+    const int32_t ce = static_cast<int32_t>(std::min(d.n_chunks, me * cpp));
+    const int64_t t1 = std::min<int64_t>(d.n_steps, int64_t{d.point_step[s]} + d.tau);
+    if (o.labels == LabelKind::kHits)
+      hit_labels(d, o, cb, ce, d.point_step[s], t1, best);
+    else
+      mass_labels(d, o, cb, ce, d.point_step[s], t1, best);
+    doc.position.push_back(d.point_pos[s]);
+    doc.cand_begin.push_back(cb);
+    doc.cand_end.push_back(ce);
+    for (size_t t : ti) {
+      const uint16_t* hrow = d.hidden.data() + (s * d.target_layers.size() + t) * d.d_model;
+      for (int i = 0; i < d.d_model; ++i) doc.hidden.push_back(fp16_to_fp32(hrow[i]));
+    }
+    for (size_t c = 0; c < best.size(); ++c)
+      if (best[c] > 0) {
+        doc.label_idx.push_back(cb + static_cast<int32_t>(c));
+        doc.label_hits.push_back(static_cast<float>(best[c]));
+      }
+    doc.label_ptr.push_back(static_cast<int32_t>(doc.label_idx.size()));
+  }
+  ds.docs.push_back(std::move(doc));
 }
 
 }  // namespace flashmem::train

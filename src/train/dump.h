@@ -57,8 +57,9 @@ struct DumpDoc {
   std::vector<std::vector<std::vector<float>>> scales;  // [pooling][target][n_chunks]
 
   int key_dim() const { return n_kv_heads * head_dim; }
-  // Throws Error(kFormat) when shapes disagree.
-  void check() const;
+  // Throws Error(kFormat) when shapes disagree or an index (chunk id, step, position) is out
+  // of range; messages start with `where` (e.g. the file), or "dump <name>" when empty.
+  void check(const std::string& where = {}) const;
 };
 
 // "train" for 80% of names, "val" and "test" for 10% each, by a hash of the name (so a
@@ -70,6 +71,8 @@ void write_dump(const std::string& path, const DumpDoc& d);
 // Throws Error(kIo) when unreadable, Error(kFormat) for a bad magic, version, header, size or
 // checksum.
 DumpDoc read_dump(const std::string& path);
+// The same from a file's bytes in memory; errors name it `path`.
+DumpDoc parse_dump(const std::vector<uint8_t>& bytes, const std::string& path);
 
 // What makes a chunk golden for a decision point at step s (candidates: chunks of the middle
 // pages, the ones that exist at s).
@@ -96,5 +99,7 @@ struct LoadOptions {
 // The dump files of one split as a training set. Error(kFormat) when files disagree on shapes
 // or lack the pooling/layers asked for.
 IndexerDataset load_dataset(const std::vector<std::string>& paths, const LoadOptions& o);
+// Adds one document (read from `path`) to `ds`, as load_dataset does for each file.
+void add_to_dataset(IndexerDataset& ds, const DumpDoc& d, const LoadOptions& o, const std::string& path);
 
 }  // namespace flashmem::train

@@ -100,11 +100,25 @@ SafeTensor f32_tensor(const std::vector<float>& v, std::vector<int64_t> shape) {
   return t;
 }
 
-std::vector<float> f32_of(const SafeTensorsFile& f, const std::string& name, size_t n, const std::string& path) {
+std::string shape_str(const std::vector<int64_t>& shape) {
+  std::string s = "[";
+  for (size_t i = 0; i < shape.size(); ++i) s += (i ? ", " : "") + std::to_string(shape[i]);
+  return s + "]";
+}
+
+// The F32 tensor `name` of exactly `shape` (what `dims` names, e.g. "rank × d_model"): a
+// transposed matrix has the right number of values but would be read with the wrong strides.
+std::vector<float> f32_of(const SafeTensorsFile& f, const std::string& name, const std::vector<int64_t>& shape,
+                          const char* dims, const std::string& path) {
   const auto it = f.tensors.find(name);
   FM_CHECK(it != f.tensors.end(), ErrorCode::kFormat, path, ": no tensor ", name);
-  FM_CHECK(it->second.dtype == "F32" && it->second.data.size() == n * sizeof(float), ErrorCode::kFormat, path,
-           ": tensor ", name, " is not F32 of ", n, " values");
+  FM_CHECK(it->second.dtype == "F32", ErrorCode::kFormat, path, ": tensor ", name, " is ", it->second.dtype,
+           ", expected F32");
+  FM_CHECK(it->second.shape == shape, ErrorCode::kFormat, path, ": tensor ", name, " has shape ",
+           shape_str(it->second.shape), ", expected ", shape_str(shape), " (", dims, " from the metadata)");
+  size_t n = 1;
+  for (int64_t d : shape) n *= static_cast<size_t>(d);
+  FM_ICHECK(it->second.data.size() == n * sizeof(float));  // read_safetensors checked the bytes
   std::vector<float> v(n);
   std::memcpy(v.data(), it->second.data.data(), it->second.data.size());
   for (float x : v) FM_CHECK(std::isfinite(x), ErrorCode::kFormat, path, ": tensor ", name, " holds a non-finite value");
@@ -128,7 +142,11 @@ float meta_float(const std::map<std::string, std::string>& m, const std::string&
   const auto it = m.find(k);
   FM_CHECK(it != m.end(), ErrorCode::kFormat, path, ": metadata lacks ", k);
   try {
-    return std::stof(it->second);
+    size_t used = 0;
+    const float v = std::stof(it->second, &used);
+    FM_CHECK(used == it->second.size() && std::isfinite(v), ErrorCode::kFormat, path, ": metadata ", k, " = '",
+             it->second, "' is not a finite number");
+    return v;
   } catch (const std::logic_error&) {
     FM_FAIL(ErrorCode::kFormat, path, ": metadata ", k, " = '", it->second, "' is not a number");
   }
@@ -205,7 +223,10 @@ std::map<std::string, std::string> indexer_metadata(const std::string& path) {
 }
 
 std::shared_ptr<IndexerModel> load_indexer(const std::string& path) {
-  const SafeTensorsFile f = read_safetensors(path);
+  return indexer_from_safetensors(read_safetensors(path), path);
+}
+
+std::shared_ptr<IndexerModel> indexer_from_safetensors(const SafeTensorsFile& f, const std::string& path) {
   const auto& md = f.metadata;
   const auto fmt = md.find("format");
   FM_CHECK(fmt != md.end() && fmt->second == "flashmem-memory-indexer", ErrorCode::kFormat, path,
@@ -238,19 +259,47 @@ std::shared_ptr<IndexerModel> load_indexer(const std::string& path) {
     at = comma + 1;
   }
   FM_CHECK(!m->keys.layers.empty(), ErrorCode::kFormat, path, ": no target layers");
-  FM_CHECK(s.d_model > 0 && s.n_heads > 0 && s.n_kv_heads > 0 && s.head_dim > 0 && s.rank > 0 &&
+  FM_CHECK(std::is_sorted(m->keys.layers.begin(), m->keys.layers.end()) &&
+               std::adjacent_find(m->keys.layers.begin(), m->keys.layers.end()) == m->keys.layers.end() &&
+               m->keys.layers.front() >= 0,
+           ErrorCode::kFormat, path, ": target_layers '", ls, "' must be distinct, ascending and ≥ 0");
+  // Sizes the metadata could make absurd are bounded before anything is sized from them
+  // (meta_int already caps each at 2^30); the products below then fit 64 bits.
+  FM_CHECK(s.d_model > 0 && s.d_model <= (1 << 16) && s.n_heads > 0 && s.n_heads <= 1024 && s.n_kv_heads > 0 &&
+               s.head_dim > 0 && s.head_dim <= 1024 && s.rank > 0 && s.rank <= (1 << 16) &&
                s.n_heads % s.n_kv_heads == 0 && is_pow2(s.head_dim),
-           ErrorCode::kFormat, path, ": bad indexer shape");
-  const size_t qd = static_cast<size_t>(s.n_heads) * s.head_dim;
+           ErrorCode::kFormat, path, ": bad indexer shape (d_model ", s.d_model, ", heads ", s.n_heads, "/",
+           s.n_kv_heads, ", head_dim ", s.head_dim, ", rank ", s.rank, ")");
+  FM_CHECK(std::isfinite(s.eps) && s.eps > 0.0f && s.rope.n_rot > 0 && s.rope.n_rot <= s.head_dim &&
+               s.rope.n_rot % 2 == 0 && std::isfinite(s.rope.freq_base) && s.rope.freq_base > 1.0f &&
+               std::isfinite(s.rope.freq_scale) && s.rope.freq_scale > 0.0f,
+           ErrorCode::kFormat, path, ": bad eps ", s.eps, " or RoPE (n_rot ", s.rope.n_rot, ", base ",
+           s.rope.freq_base, ", scale ", s.rope.freq_scale, ")");
+  FM_CHECK(m->keys.chunk_tokens >= 1 && m->keys.chunk_tokens <= 4096, ErrorCode::kFormat, path, ": chunk_tokens ",
+           m->keys.chunk_tokens, " is outside [1, 4096]");
+  const int64_t qd = int64_t{s.n_heads} * s.head_dim;
+  size_t expected = 0;
   for (int L : m->keys.layers) {
     const std::string pre = "layers." + std::to_string(L) + ".";
     IndexerLayer l;
-    l.wq_a = f32_of(f, pre + "wq_a", static_cast<size_t>(s.rank) * s.d_model, path);
-    l.q_norm = f32_of(f, pre + "q_norm", s.rank, path);
-    l.wq_b = f32_of(f, pre + "wq_b", qd * s.rank, path);
-    l.weights_proj = f32_of(f, pre + "weights_proj", static_cast<size_t>(s.n_heads) * s.d_model, path);
-    l.bias = f32_of(f, pre + "bias", 1, path)[0];
+    l.wq_a = f32_of(f, pre + "wq_a", {s.rank, s.d_model}, "rank × d_model", path);
+    l.q_norm = f32_of(f, pre + "q_norm", {s.rank}, "rank", path);
+    l.wq_b = f32_of(f, pre + "wq_b", {qd, s.rank}, "n_heads·head_dim × rank", path);
+    l.weights_proj = f32_of(f, pre + "weights_proj", {s.n_heads, s.d_model}, "n_heads × d_model", path);
+    l.bias = f32_of(f, pre + "bias", {1}, "one value", path)[0];
     m->layers.push_back(std::move(l));
+    expected += 5;
+  }
+  // Every tensor belongs to a target layer: a stray one means the metadata does not describe
+  // the weights (e.g. target_layers edited by hand).
+  if (f.tensors.size() != expected) {
+    for (const auto& [name, t] : f.tensors) {
+      bool known = false;
+      for (int L : m->keys.layers)
+        for (const char* w : {"wq_a", "q_norm", "wq_b", "weights_proj", "bias"})
+          known = known || name == "layers." + std::to_string(L) + "." + w;
+      FM_CHECK(known, ErrorCode::kFormat, path, ": tensor ", name, " is not a weight of the target layers ", ls);
+    }
   }
   m->check();
   return m;

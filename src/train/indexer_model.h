@@ -65,6 +65,9 @@ struct IndexerModel {
 void save_indexer(const std::string& path, const IndexerModel& m,
                   const std::map<std::string, std::string>& extra = {});
 std::shared_ptr<IndexerModel> load_indexer(const std::string& path);
+// The same from a safetensors file already read; errors name it `path`.
+struct SafeTensorsFile;
+std::shared_ptr<IndexerModel> indexer_from_safetensors(const SafeTensorsFile& f, const std::string& path);
 // The indexer restricted to some of its target layers (any order, no repeats; empty: all of
 // them): the same weights, fewer scorers and fewer index keys. Error(kInvalidArgument) for a
 // layer the indexer has no scorer for, or a repeated one.

@@ -70,23 +70,38 @@ int bench_command(const BenchArgs& a) {
   eo.kv_type = parse_kv_type(a.kv_type);
   eo.page_tokens = a.page_tokens;
   const KvBudget budget = KvBudget::parse(a.prefill_budget);
+  for (int64_t p : a.prefill)
+    FM_CHECK(p >= 1, ErrorCode::kInvalidArgument, "prefill length ", p, " must be ≥ 1");
+  for (int64_t d : a.depth) FM_CHECK(d >= 0, ErrorCode::kInvalidArgument, "depth ", d, " must be ≥ 0");
   auto eng = Engine::load(eo);
   const ModelInfo& mi = eng->info();
-  std::mt19937 rng(1);
-  std::uniform_int_distribution<int32_t> tok(100, mi.n_vocab - 1);
-  std::vector<float> logits(mi.n_vocab);
-  const std::string where = backend_label(*eng);
-  std::printf("| model | kv | backend | test | tok/s |\n|---|---|---|---|---|\n");
+  FM_CHECK(mi.n_vocab > 100, ErrorCode::kUnsupported, "bench draws token ids from [100, n_vocab); the vocabulary has ",
+           mi.n_vocab);
+  // Every test's arguments are checked before the first one runs: a bad last -p or -d would
+  // otherwise be found after minutes of timing the others.
+  std::vector<int64_t> budget_pages_of;
   for (int64_t p : a.prefill) {
-    FM_CHECK(p >= 1 && p <= eng->n_ctx(), ErrorCode::kInvalidArgument, "prefill length ", p,
-             " outside [1, ", eng->n_ctx(), "]");
+    FM_CHECK(p <= eng->n_ctx(), ErrorCode::kInvalidArgument, "prefill length ", p, " outside [1, ", eng->n_ctx(),
+             "]");
     // The budget in pages, as the eval resolves it for a p-token context (≥ 2 pages).
     ResidencyOptions ro;
     ro.policy = "recency";
     ro.budget = budget;
     ro.sink_tokens = ro.tail_tokens = 0;
     ro.cycle = 1;
-    const int64_t budget_pages = budget.is_full() ? 0 : resolve_budget_pages(ro, eng->kv_config(), p);
+    budget_pages_of.push_back(budget.is_full() ? 0 : resolve_budget_pages(ro, eng->kv_config(), p));
+  }
+  for (int64_t d : a.depth)
+    FM_CHECK(d + a.n_gen <= eng->n_ctx(), ErrorCode::kInvalidArgument, "depth ", d, " + ", a.n_gen,
+             " exceeds the context ", eng->n_ctx());
+  std::mt19937 rng(1);
+  std::uniform_int_distribution<int32_t> tok(100, mi.n_vocab - 1);
+  std::vector<float> logits(mi.n_vocab);
+  const std::string where = backend_label(*eng);
+  std::printf("| model | kv | backend | test | tok/s |\n|---|---|---|---|---|\n");
+  for (size_t pi = 0; pi < a.prefill.size(); ++pi) {
+    const int64_t p = a.prefill[pi];
+    const int64_t budget_pages = budget_pages_of[pi];
     std::vector<double> rates;
     for (int r = 0; r < a.reps; ++r) {
       std::vector<int32_t> toks(p);
@@ -104,8 +119,6 @@ int bench_command(const BenchArgs& a) {
     std::fflush(stdout);
   }
   for (int64_t d : a.depth) {
-    FM_CHECK(d >= 0 && d + a.n_gen <= eng->n_ctx(), ErrorCode::kInvalidArgument, "depth ", d,
-             " + ", a.n_gen, " exceeds the context ", eng->n_ctx());
     std::vector<double> rates;
     for (int r = 0; r < a.reps; ++r) {
       FullKv full(*eng);

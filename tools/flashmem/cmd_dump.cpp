@@ -93,12 +93,30 @@ int dump_command(const DumpArgs& a) {
   eo.model_path = a.model;
   eo.backend = a.backend;
   eo.n_threads = a.threads;
+  // What the flags alone decide is checked before the model is loaded, and what needs the
+  // model before the first document (dump_document would refuse it only then).
+  FM_CHECK(eo.page_tokens % a.chunk_tokens == 0, ErrorCode::kInvalidArgument, "--chunk-tokens ", a.chunk_tokens,
+           " must divide the page size ", eo.page_tokens);
+  FM_CHECK(!s.target_layers.empty(), ErrorCode::kInvalidArgument, "--layers needs at least one layer");
+  for (size_t i = 0; i < s.target_layers.size(); ++i)
+    FM_CHECK(s.target_layers[i] >= 0 && (i == 0 || s.target_layers[i] != s.target_layers[i - 1]),
+             ErrorCode::kInvalidArgument, "--layers must be distinct layers ≥ 0");
+  for (size_t i = 0; i < s.poolings.size(); ++i)
+    FM_CHECK(std::find(s.poolings.begin(), s.poolings.begin() + static_cast<std::ptrdiff_t>(i), s.poolings[i]) ==
+                 s.poolings.begin() + static_cast<std::ptrdiff_t>(i),
+             ErrorCode::kInvalidArgument, "--pooling ", s.poolings[i], " is given twice");
+  FM_CHECK(!s.poolings.empty(), ErrorCode::kInvalidArgument, "--pooling needs at least one pooling");
   auto eng = Engine::load(eo);  // the model's whole context
+  FM_CHECK(s.target_layers.back() < eng->info().n_layers, ErrorCode::kInvalidArgument, "--layers ",
+           s.target_layers.back(), " is outside the model's ", eng->info().n_layers, " layers");
   // A document must leave room for its generated tokens: lengths are capped there.
   const int64_t room = eng->n_ctx() - a.n_predict - 1;
   FM_CHECK(room >= 256, ErrorCode::kOutOfRange, "-n ", a.n_predict, " leaves no room for a prompt in the context of ",
            eng->n_ctx());
   for (int64_t& l : prose_lengths) l = std::min(l, room);
+  for (int64_t l : ruler_lengths)
+    FM_CHECK(l <= eng->n_ctx(), ErrorCode::kOutOfRange, "--ruler-lengths ", l, " exceeds the model's context of ",
+             eng->n_ctx(), " tokens");
 
   std::vector<DumpInput> docs;
   if (a.ruler_samples > 0) {

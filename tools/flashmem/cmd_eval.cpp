@@ -141,6 +141,15 @@ int eval_command(const EvalArgs& a) {
   FM_CHECK(!needle || a.lengths_given, ErrorCode::kInvalidArgument, "--suite needle needs --lengths (e.g. 2k,4k)");
   FM_CHECK(!needle || a.tasks == std::vector<std::string>{"all"}, ErrorCode::kInvalidArgument,
            "--tasks is for --suite ruler; the needle suite's tasks are its --haystack families");
+  // Flags a suite does not read are refused, not ignored.
+  if (a.suite == "ruler" || needle) {
+    FM_CHECK(a.data.empty(), ErrorCode::kInvalidArgument, "--data ", a.data,
+             " is for --suite longbench-v2 or longmemeval: ", a.suite, " generates its samples (drop --data)");
+    FM_CHECK(a.max_length == 0, ErrorCode::kInvalidArgument,
+             "--max-length is for --suite longbench-v2 or longmemeval: ", a.suite, "'s lengths are --lengths");
+  } else {
+    FM_CHECK(!a.data.empty(), ErrorCode::kInvalidArgument, "--suite ", a.suite, " needs --data FILE");
+  }
 
   // Everything that can be wrong with the request is checked before anything is written.
   std::vector<Run> runs;
@@ -166,6 +175,10 @@ int eval_command(const EvalArgs& a) {
   const bool lsa_wanted = std::find(a.policies.begin(), a.policies.end(), "lsa") != a.policies.end();
   FM_CHECK(a.lsa_trace.empty() || lsa_wanted, ErrorCode::kInvalidArgument,
            "--lsa-trace records lsa's selections: add lsa to --policy");
+  // The indexer is checked (against the model, and the page size against its chunks) by the
+  // first load, before the model's weights are prepared.
+  eo.indexer_path = indexer_path(a.memory, a.model, lsa_wanted);
+  eo.indexer_layers = a.memory.lsa_layers;
   auto probe = Engine::load(eo);  // for the trained context and the tokenizer
   const int64_t n_ctx_train = probe->info().n_ctx_train;
   int64_t need_ctx = 0;
@@ -177,8 +190,6 @@ int eval_command(const EvalArgs& a) {
   if (a.suite != "ruler" && !needle) need_ctx = a.max_length > 0 ? std::min<int64_t>(a.max_length, n_ctx_train) : n_ctx_train;
   probe.reset();
   eo.n_ctx = need_ctx;
-  eo.indexer_path = indexer_path(a.memory, a.model, lsa_wanted);
-  eo.indexer_layers = a.memory.lsa_layers;
   auto eng = Engine::load(eo);
   // The full KV of a sample at f16, the model's native KV precision: what a q8 run's device
   // bytes are set against when its saving is compared with f16 runs (pages × page bytes).
@@ -208,6 +219,20 @@ int eval_command(const EvalArgs& a) {
   req.data = a.data;
   req.max_length = need_ctx;
   const std::vector<SuiteItem> items = make_suite_items(*eng, req);  // errors before writing
+  // Every sample's prompt must fit the context and every (policy, budget) must resolve for it
+  // (a budget below sink + tail + one cycle's pages is refused with the arithmetic) before the
+  // first prefill, not when a sample hours into the run reaches it.
+  const KvCacheConfig kc = eng->kv_config();
+  std::vector<std::vector<int32_t>> prompts;
+  prompts.reserve(items.size());
+  for (const SuiteItem& item : items) {
+    prompts.push_back(eng->tokenizer().encode(item.prompt, true, true));
+    const int64_t n_prompt = static_cast<int64_t>(prompts.back().size());
+    FM_CHECK(n_prompt < eng->n_ctx(), ErrorCode::kOutOfRange, item.prompt_id, " has ", n_prompt,
+             " tokens but the context holds ", eng->n_ctx());
+    const int64_t final_tokens = std::min<int64_t>(eng->n_ctx(), n_prompt + std::max(item.max_new_tokens, 1));
+    for (const Run& r : runs) resolve_budget_pages(r.memory, kc, final_tokens);
+  }
 
   eval::ResultsWriter writer(a.out);
   // A directory holds one KV precision: resuming it with another would mix them in one table.
@@ -222,16 +247,16 @@ int eval_command(const EvalArgs& a) {
     FM_CHECK(trace.is_open(), ErrorCode::kIo, "cannot open the lsa trace ", a.lsa_trace);
   }
   eval::Progress progress(static_cast<int64_t>(items.size() * runs.size()), "eval " + a.suite);
-  for (const SuiteItem& item : items) {
+  for (size_t i = 0; i < items.size(); ++i) {
+    const SuiteItem& item = items[i];
     std::vector<const Run*> todo;
     for (const Run& r : runs) {
       if (writer.done(eval::ResultKey{item.prompt_id, r.policy, r.budget})) progress.skip(1, item.prompt_id);
       else todo.push_back(&r);
     }
     if (todo.empty()) continue;
-    const std::vector<int32_t> prompt = eng->tokenizer().encode(item.prompt, true, true);
+    const std::vector<int32_t>& prompt = prompts[i];
     // Prefill once under the smallest budget any pending run has.
-    const KvCacheConfig kc = eng->kv_config();
     const int64_t final_tokens = std::min<int64_t>(eng->n_ctx(), static_cast<int64_t>(prompt.size()) + item.max_new_tokens);
     const Run* smallest = todo.front();
     for (const Run* r : todo)

@@ -1,5 +1,6 @@
 #include <cstdio>
 #include <map>
+#include <optional>
 
 #include "commands.h"
 #include "core/error.h"
@@ -19,14 +20,17 @@ CLI::App* add_info_command(CLI::App& app, InfoArgs& a) {
 int info_command(const InfoArgs& a) {
   const GgufFile f = GgufFile::open(a.model);
   const std::string arch = f.get_string("general.architecture");
+  bool supported = false;
+  for (const auto& s : supported_architectures()) supported |= s == arch;
+  // Read (and so checked) before anything is printed: a bad file gets its one-line error only.
+  std::optional<ModelInfo> info;
+  if (supported) info = read_model_info(f);
   std::printf("file          %s (GGUF v%u, %.1f MiB, %zu tensors, %zu metadata keys)\n", a.model.c_str(),
               f.version(), static_cast<double>(f.file_size()) / (1 << 20), f.tensors().size(),
               f.keys().size());
-  bool supported = false;
-  for (const auto& s : supported_architectures()) supported |= s == arch;
   std::printf("architecture  %s%s\n", arch.c_str(), supported ? "" : "  (not supported by flashmem)");
-  if (supported) {
-    const ModelInfo m = llama_read_info(f, arch);
+  if (info) {
+    const ModelInfo& m = *info;
     std::printf("name          %s\n", m.name.c_str());
     std::printf("layers        %d\nd_model       %d\nffn           %d\n", m.n_layers, m.d_model, m.n_ff);
     std::printf("heads         %d query / %d kv (GQA %d:1), head_dim %d\n", m.n_heads, m.n_kv_heads,

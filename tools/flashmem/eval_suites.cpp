@@ -21,6 +21,8 @@ std::vector<SuiteItem> ruler_items(const Engine& eng, const SuiteRequest& req) {
     FM_CHECK(std::find(known.begin(), known.end(), t) != known.end(), ErrorCode::kInvalidArgument,
              "unknown RULER task '", t, "'");
   FM_CHECK(!req.lengths.empty(), ErrorCode::kInvalidArgument, "RULER needs --lengths");
+  FM_CHECK(req.data.empty(), ErrorCode::kInvalidArgument, "--data ", req.data,
+           " is for --suite longbench-v2 or longmemeval: RULER generates its samples (drop --data)");
   const ChatTemplate& chat = eng.chat();
   eval::RulerGenerator gen(eng.tokenizer(), &chat, eval::RulerSources::load_default());
   std::vector<SuiteItem> items;
