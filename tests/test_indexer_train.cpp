@@ -551,20 +551,28 @@ TEST(LsaPolicy, ThePromptObservationComesFirstAndItsMissedMassWidens) {
   // Ten one-chunk pages, sink and tail one page each. The indexer likes pages 2 and 3; the
   // prompt's last tokens attended page 7 most, then page 5 (0.05 on page 4 and the rest on the
   // sink and tail pages).
-  ScriptedLsa s(1, {0}, 10);
+  ScriptedLsa s(2, {0}, 10);
   s.scorer->high = {{2, 0.9f}, {3, 0.8f}};
-  s.q.prompt_mass.assign(10, 0.0f);
-  s.q.prompt_mass[0] = 0.3f;
-  s.q.prompt_mass[9] = 0.2f;
-  s.q.prompt_mass[7] = 0.3f;
-  s.q.prompt_mass[5] = 0.15f;
-  s.q.prompt_mass[4] = 0.05f;
+  s.q.prompt_mass.assign(2, std::vector<float>(10, 0.0f));
+  std::vector<float>& m = s.q.prompt_mass[1];  // layer 1; layer 0 attended page 6 alone
+  m[0] = 0.3f;
+  m[9] = 0.2f;
+  m[7] = 0.3f;
+  m[5] = 0.15f;
+  m[4] = 0.05f;
+  s.q.prompt_mass[0][6] = 1.0f;
   SelectContext c = s.context();
+  // Layer 1's pages (selected after layer 0's, as Residency does); the absent mass is the mean
+  // of both layers'.
   auto pick = [&](LsaOptions o, int64_t n, double* absent = nullptr, bool* widened = nullptr) {
     o.contrast = 0;
     o.spread = 0;
     auto pol = s.policy(o);
-    std::vector<int32_t> out;
+    std::vector<int32_t> first, out;
+    c.layer = 0;
+    pol->select(c, n, first);
+    EXPECT_EQ(first.front(), o.observe > 0 ? 6 : 2);
+    c.layer = 1;
     pol->select(c, n, out);
     if (absent) *absent = pol->last_absent_mass();
     if (widened) *widened = pol->wants_widen();
@@ -575,18 +583,18 @@ TEST(LsaPolicy, ThePromptObservationComesFirstAndItsMissedMassWidens) {
   bool widened = true;
   // Top-p 0.5 of the middle mass (0.5): page 7 (0.3) is enough; then the indexer's order.
   EXPECT_EQ(pick(o, 3, &absent, &widened), (std::vector<int32_t>{7, 2, 3}));
-  EXPECT_NEAR(absent, 0.2, 1e-6);  // pages 5 and 4 are not on the device
+  EXPECT_NEAR(absent, 0.1, 1e-6);  // layer 1 misses pages 5 and 4 (0.2), layer 0 nothing
   EXPECT_FALSE(widened);           // the default threshold never widens
   // Top-p 0.9: pages 7 and 5 (0.45 of 0.5), most mass first.
   o.observe_top_p = 0.9f;
   EXPECT_EQ(pick(o, 3, &absent), (std::vector<int32_t>{7, 5, 2}));
-  EXPECT_NEAR(absent, 0.05, 1e-6);
-  // The fallback: one slot misses 0.2 of the observed attention, above 0.1.
-  o.widen_absent = 0.1f;
+  EXPECT_NEAR(absent, 0.025, 1e-6);
+  // The fallback: one slot misses 0.2 of layer 1's observed attention, 0.1 on average, above 0.05.
+  o.widen_absent = 0.05f;
   EXPECT_EQ(pick(o, 1, &absent, &widened), (std::vector<int32_t>{7}));
   EXPECT_TRUE(widened);
   EXPECT_FALSE(pick(o, 3, &absent, &widened).empty());
-  EXPECT_FALSE(widened);  // 0.05 missed
+  EXPECT_FALSE(widened);  // 0.025 missed
   // Off: the indexer alone, no absent mass measured.
   o.observe = 0;
   EXPECT_EQ(pick(o, 2, &absent, &widened), (std::vector<int32_t>{2, 3}));

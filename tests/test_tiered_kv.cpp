@@ -269,6 +269,13 @@ TEST(PromptObserver, StreamedPartsCombineToTheWholeSoftmax) {
         worst = std::max(worst, std::abs(got[k] - want[k] / triples));
       }
       EXPECT_NEAR(total, 1.0, 1e-5);
+      const auto per_layer = obs.layer_mass();
+      ASSERT_EQ(per_layer.size(), static_cast<size_t>(c.n_layers));
+      for (const auto& lm : per_layer) {
+        double t = 0.0;
+        for (float v : lm) t += v;
+        EXPECT_NEAR(t, 1.0, 1e-5);
+      }
       EXPECT_LE(worst, 2e-6) << "budget " << budget << " from " << from;
       if (budget == 3) {
         EXPECT_GT(recall.stats().pages, 0);  // the prompt did stream

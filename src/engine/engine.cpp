@@ -176,7 +176,7 @@ std::unique_ptr<Prefilled> Engine::prefill(const std::vector<int32_t>& prompt,
   model_->forward(prompt, *p->kv, p->logits.data());
   if (observer) {
     p->kv->set_prompt_observer(nullptr);
-    p->query.prompt_mass = observer->mass();
+    p->query.prompt_mass = observer->layer_mass();
   }
   p->seconds = seconds_since(t0);
   return p;

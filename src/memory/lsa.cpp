@@ -40,11 +40,12 @@ LsaPolicy::LsaPolicy(const KvCacheConfig& kv, std::shared_ptr<LsaScorer> scorer,
 
 uint64_t LsaPolicy::scratch_bytes() const {
   size_t floats = prob_.capacity() + ens_.capacity() + rank_.capacity() + key_.capacity() +
-                  rise_.capacity() + window_.capacity() + page_obs_.capacity();
+                  rise_.capacity() + window_.capacity() + page_obs_.capacity() + layer_score_.capacity();
   size_t ints = 0;
   for (const auto& v : target_prob_) floats += v.capacity();
   for (const auto& v : page_score_) floats += v.capacity();
   for (const auto& p : picks_) ints += p.pages.capacity();
+  ints += layer_pick_.capacity() + order_.capacity();
   return scorer_->device_bytes() + floats * sizeof(float) + ints * sizeof(int32_t);
 }
 
@@ -109,25 +110,11 @@ void LsaPolicy::rank_pages(const SelectContext& c, const std::vector<float>& chu
     }
     page[pg] = static_cast<float>(ranked) + best;  // count first, best chunk breaks ties
   }
-  // The prompt observation's top pages come first, most observed mass first.
-  const double middle = obs_middle_;
-  if (middle <= 0.0) return;
-  std::vector<int32_t> order;
-  for (int64_t pg = c.middle_begin; pg < c.middle_end; ++pg)
-    if (page_obs_[pg] > 0.0f) order.push_back(static_cast<int32_t>(pg));
-  std::sort(order.begin(), order.end(), [&](int32_t a, int32_t b) { return page_obs_[a] > page_obs_[b]; });
-  double held = 0.0;
-  for (int32_t pg : order) {
-    if (held >= opts_.observe_top_p * middle) break;
-    held += page_obs_[pg];
-    page[pg] = static_cast<float>(cpp + 2) + static_cast<float>(page_obs_[pg] / middle);
-  }
 }
 
 double LsaPolicy::observed_pages(const SelectContext& c) {
-  const std::vector<float>& obs = query_.prompt_mass;
+  const std::vector<float>& obs = query_.prompt_mass[c.layer];
   page_obs_.assign(static_cast<size_t>(c.n_pages), 0.0f);
-  if (opts_.observe == 0 || obs.empty()) return 0.0;
   const int cpp = keys_.chunks_per_page();
   double middle = 0.0;
   for (int64_t pg = c.middle_begin; pg < c.middle_end; ++pg) {
@@ -164,7 +151,6 @@ void LsaPolicy::level1(const SelectContext& c) {
     sum2 += static_cast<double>(p) * p;
     ++total;
   }
-  obs_middle_ = observed_pages(c);
   // One ranking for every layer (the ensemble's), or one per target layer.
   page_score_.resize(opts_.per_layer ? static_cast<size_t>(nt) : 1);
   picks_.resize(page_score_.size());
@@ -199,24 +185,46 @@ void LsaPolicy::select(const SelectContext& c, int64_t n, std::vector<int32_t>& 
     top_pages(c, n, page_score_[r], p.pages);
     p.key = key;
   }
-  out.insert(out.end(), p.pages.begin(), p.pages.end());
+  const std::vector<int32_t>* pick = &p.pages;
   if (fresh) {
-    // Needle fallback on the observation: the observed attention the chosen pages miss.
-    const double middle = obs_middle_;
+    absent_sum_ = 0.0;
+    absent_layers_ = 0;
     absent_mass_ = -1.0;
-    if (!query_.prompt_mass.empty() && opts_.observe > 0) {
-      double held = 0.0;
-      for (int32_t pg : p.pages) held += page_obs_[pg];
-      absent_mass_ = std::max(0.0, middle - held);
-      if (opts_.widen && !widen_ && absent_mass_ > opts_.widen_absent) {
-        std::ostringstream why;
-        why << "the chosen pages miss " << absent_mass_ << " of the prompt's observed attention (> "
-            << opts_.widen_absent << ")";
-        widen_ = true;
-        widen_reason_ = why.str();
-      }
+  }
+  if (observed(c.layer)) {
+    // This layer's observed pages first, most mass first, then the shared ranking.
+    const double middle = observed_pages(c);
+    layer_score_ = page_score_[r];
+    order_.clear();
+    for (int64_t pg = c.middle_begin; pg < c.middle_end; ++pg)
+      if (page_obs_[pg] > 0.0f) order_.push_back(static_cast<int32_t>(pg));
+    std::sort(order_.begin(), order_.end(), [&](int32_t a, int32_t b) { return page_obs_[a] > page_obs_[b]; });
+    const float top = static_cast<float>(keys_.chunks_per_page() + 2);  // above any ranked page
+    double held = 0.0;
+    for (int32_t pg : order_) {
+      if (held >= opts_.observe_top_p * middle) break;
+      held += page_obs_[pg];
+      layer_score_[pg] = top + static_cast<float>(page_obs_[pg] / middle);
+    }
+    layer_pick_.clear();
+    top_pages(c, n, layer_score_, layer_pick_);
+    pick = &layer_pick_;
+    // Needle fallback on the observation: the observed attention the chosen pages miss,
+    // averaged over the layers once the last one is chosen.
+    double kept = 0.0;
+    for (int32_t pg : layer_pick_) kept += page_obs_[pg];
+    absent_sum_ += std::max(0.0, middle - kept);
+    ++absent_layers_;
+    absent_mass_ = absent_sum_ / absent_layers_;
+    if (opts_.widen && !widen_ && c.layer == kv_.n_layers - 1 && absent_mass_ > opts_.widen_absent) {
+      std::ostringstream why;
+      why << "the chosen pages miss " << absent_mass_ << " of the prompt's observed attention (> "
+          << opts_.widen_absent << ")";
+      widen_ = true;
+      widen_reason_ = why.str();
     }
   }
+  out.insert(out.end(), pick->begin(), pick->end());
   if (fresh && trace_) {
     LsaSelection t;
     t.cycle = c.cycle;
@@ -227,7 +235,7 @@ void LsaPolicy::select(const SelectContext& c, int64_t n, std::vector<int32_t>& 
     t.kept_fraction = kept_fraction_;
     t.score_std = score_std_;
     t.chunk_scores.assign(ens_.begin(), ens_.begin() + c.n_pages * keys_.chunks_per_page());
-    t.pages = p.pages;
+    t.pages = *pick;
     trace_->push_back(std::move(t));
   }
 }

@@ -33,9 +33,9 @@ struct IndexerQuery {
   int d_model = 0;
   std::vector<float> rows;   // [layers × d_model]
   int32_t position = -1;     // of the token those inputs belong to; −1 before any forward
-  // What the prompt's last tokens attended in prefill (memory/observation.h): mass per chunk of
-  // the indexer's size, summing to 1; empty when not observed.
-  std::vector<float> prompt_mass;
+  // What the prompt's last tokens attended in prefill (memory/observation.h): per layer, the
+  // mass per chunk of the indexer's size, summing to 1; empty when not observed.
+  std::vector<std::vector<float>> prompt_mass;
 };
 
 // Scores chunks: prob[c] for every chunk of target t's keys, from the query row of that target.
@@ -70,9 +70,10 @@ struct LsaOptions {
   // 16 measured +3.9 / +3.3 points over 0 (docs/accuracy.md, fifth run).
   int contrast = 16;
   // Prompt observation (memory/observation.h): the attention of the prompt's last `observe`
-  // tokens, measured in prefill, is a prior next to the indexer: the middle pages holding the top
-  // `observe_top_p` of its middle mass are chosen first, most mass first, at every cycle (the
-  // prompt's question stays the task), then the indexer's ranking fills the rest. 0: off.
+  // tokens, measured per layer in prefill, is a prior next to the indexer: in each layer, the
+  // middle pages holding the top `observe_top_p` of that layer's observed middle mass are chosen
+  // first, most mass first, at every cycle (the prompt's question stays the task); the indexer's
+  // ranking, one for all layers, fills the rest. 0: off.
   int observe = 32;
   float observe_top_p = 0.5f;
   // Needle fallback on the observation: the request widens to full KV when the chosen pages miss
@@ -119,8 +120,8 @@ class LsaPolicy final : public ResidencyPolicy {
   // Statistics of the last Level-1 pass.
   double last_kept_fraction() const { return kept_fraction_; }
   double last_score_std() const { return score_std_; }
-  // Share of the prompt's observed attention outside the pages chosen at the last Level-1 pass
-  // (−1: no observation).
+  // Share of the prompt's observed attention outside the pages chosen at the last Level-1 pass,
+  // averaged over the layers (−1: no observation).
   double last_absent_mass() const { return absent_mass_; }
   // Appends every Level-1 pass from now on to `out` (nullptr: stop). `out` must outlive its use.
   void trace_into(std::vector<LsaSelection>* out) { trace_ = out; }
@@ -151,10 +152,17 @@ class LsaPolicy final : public ResidencyPolicy {
   std::string widen_reason_;
   std::vector<LsaSelection>* trace_ = nullptr;
   double kept_fraction_ = 0.0, score_std_ = 0.0, absent_mass_ = -1.0;
-  std::vector<float> page_obs_;  // observed mass per page (prompt observation)
-  double obs_middle_ = 0.0;      // its total over the middle
-  // The observed prompt mass per page over the middle; returns the middle's total.
+  std::vector<float> page_obs_;  // observed mass per page of the layer being selected
+  std::vector<float> layer_score_;
+  std::vector<int32_t> layer_pick_, order_;
+  double absent_sum_ = 0.0;      // over the layers selected so far this cycle
+  int absent_layers_ = 0;
+  // The layer's observed prompt mass per page over the middle (page_obs_); returns its total.
   double observed_pages(const SelectContext& c);
+  bool observed(int layer) const {
+    return opts_.observe > 0 && layer < static_cast<int>(query_.prompt_mass.size()) &&
+           !query_.prompt_mass[layer].empty();
+  }
 };
 
 }  // namespace flashmem

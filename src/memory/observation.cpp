@@ -65,24 +65,46 @@ void PromptObserver::on_part(Backend& be, int layer, const AttentionParams& p, c
 
 void PromptObserver::end_layer(int layer) {
   if (layer_ != layer) return;  // nothing observed
-  total_.resize(static_cast<size_t>(n_chunks_), 0.0);
+  if (static_cast<int>(total_.size()) <= layer) {
+    total_.resize(static_cast<size_t>(layer) + 1);
+    pairs_.resize(static_cast<size_t>(layer) + 1, 0);
+  }
+  std::vector<double>& total = total_[layer];
+  total.resize(std::max<size_t>(total.size(), static_cast<size_t>(n_chunks_)), 0.0);
   for (size_t k = 0; k < acc_.size(); ++k) {
     if (!(run_lse_[k] > -INFINITY)) continue;
-    // acc sums to 1 up to rounding; renormalise so every (layer, head, row) weighs the same.
+    // acc sums to 1 up to rounding; renormalise so every (head, row) weighs the same.
     double sum = 0.0;
     for (double v : acc_[k]) sum += v;
     if (!(sum > 0.0) || !std::isfinite(sum)) continue;
-    for (size_t c = 0; c < acc_[k].size(); ++c) total_[c] += acc_[k][c] / sum;
-    ++pairs_;
+    for (size_t c = 0; c < acc_[k].size(); ++c) total[c] += acc_[k][c] / sum;
+    ++pairs_[layer];
   }
   layer_ = -1;
 }
 
+std::vector<std::vector<float>> PromptObserver::layer_mass() const {
+  std::vector<std::vector<float>> out(total_.size());
+  for (size_t l = 0; l < total_.size(); ++l) {
+    if (pairs_[l] == 0) continue;
+    out[l].assign(static_cast<size_t>(n_chunks_), 0.0f);
+    for (size_t c = 0; c < total_[l].size(); ++c)
+      out[l][c] = static_cast<float>(total_[l][c] / static_cast<double>(pairs_[l]));
+  }
+  return out;
+}
+
 std::vector<float> PromptObserver::mass() const {
+  std::vector<double> sum(static_cast<size_t>(n_chunks_), 0.0);
+  int64_t pairs = 0;
+  for (size_t l = 0; l < total_.size(); ++l) {
+    for (size_t c = 0; c < total_[l].size(); ++c) sum[c] += total_[l][c];
+    pairs += pairs_[l];
+  }
   std::vector<float> out;
-  if (pairs_ == 0) return out;
-  out.resize(total_.size());
-  for (size_t c = 0; c < total_.size(); ++c) out[c] = static_cast<float>(total_[c] / static_cast<double>(pairs_));
+  if (pairs == 0) return out;
+  out.resize(sum.size());
+  for (size_t c = 0; c < sum.size(); ++c) out[c] = static_cast<float>(sum[c] / static_cast<double>(pairs));
   return out;
 }
 

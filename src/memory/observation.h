@@ -39,8 +39,10 @@ class PromptObserver {
 
   int32_t from() const { return from_; }
   int chunk_tokens() const { return chunk_tokens_; }
-  // Attention mass per chunk averaged over every observed (layer, head, token); sums to 1 when
-  // anything was observed, empty otherwise.
+  // Per layer: the attention mass per chunk averaged over the layer's observed (head, token)
+  // pairs, summing to 1 (empty for a layer nothing was observed in).
+  std::vector<std::vector<float>> layer_mass() const;
+  // The same averaged over every observed (layer, head, token).
   std::vector<float> mass() const;
 
  private:
@@ -54,8 +56,8 @@ class PromptObserver {
   std::vector<int32_t> rows_;         // observed positions of the layer, in order of arrival
   std::vector<double> run_lse_;       // [rows × heads]
   std::vector<std::vector<double>> acc_;  // [rows × heads][chunk]
-  std::vector<double> total_;         // [chunk], summed over finished (layer, head, row)
-  int64_t pairs_ = 0;                 // (layer, head, row) triples in total_
+  std::vector<std::vector<double>> total_;  // [layer][chunk], summed over finished (head, row)
+  std::vector<int64_t> pairs_;              // [layer]: (head, row) pairs in total_
   ChunkMassReader reader_;
   std::vector<float> lse_host_;
 };
