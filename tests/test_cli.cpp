@@ -82,6 +82,13 @@ TEST(Cli, BenchAndDumpCheckEveryArgumentFirst) {
        "--chunk-tokens 24 must divide the page size 64"},
       {"dump -m " + model + " --out " + out.string() + " --layers 4 --ruler-lengths 16k --ruler-samples 1", 1,
        "--ruler-lengths 16384 exceeds the model's context of 8192"},
+      {"dump -m " + model + " --out " + out.string() + " --layers 4 --needle-samples 1", 2,
+       "--needle-samples and --text-docs need --haystack DIR..."},
+      {"dump -m " + model + " --out " + out.string() + " --layers 4 --text-docs 1 --haystack /nonexistent/man", 1,
+       "/nonexistent/man"},
+      {"dump -m " + model + " --out " + out.string() + " --layers 4 --text-docs 1 --haystack " +
+           std::string(FLASHMEM_SOURCE_DIR) + "/docs --haystack-lengths 8k",
+       1, "--haystack-lengths 8192 leaves no room for -n 64"},
   };
   for (const auto& c : cases) {
     const CmdResult r = run_cli(c.args);

@@ -470,6 +470,35 @@ TEST(DumpFile, OutOfRangeChunkIdsAreRefusedNamingTheFileAndTheArray) {
   EXPECT_FALSE(std::filesystem::exists(dir / "ix.safetensors"));
 }
 
+// Leave-one-family-out: documents are kept or skipped by the family in their source.
+TEST(DumpFile, FamiliesAreLeftOutOrKeptBySource) {
+  train::DumpDoc a = small_doc(), b = small_doc(), c = small_doc();
+  a.source = "needle:man";
+  b.source = "text:csv";
+  c.source = "ruler";
+  EXPECT_EQ(train::doc_family(a), "man");
+  EXPECT_EQ(train::doc_family(b), "csv");
+  EXPECT_EQ(train::doc_family(c), "ruler");
+  std::vector<std::string> paths;
+  for (auto [d, n] : {std::pair{&a, "a"}, std::pair{&b, "b"}, std::pair{&c, "c"}}) {
+    paths.push_back(temp_path((std::string("flashmem_test_family_") + n + ".fmd").c_str()));
+    train::write_dump(paths.back(), *d);
+  }
+  train::LoadOptions o;
+  o.sink_tokens = 8;
+  o.tail_tokens = 8;
+  EXPECT_EQ(train::load_dataset(paths, o).docs.size(), 3u);
+  o.families_out = {"man"};
+  EXPECT_EQ(train::load_dataset(paths, o).docs.size(), 2u);
+  o.families_out = {"man", "csv", "ruler"};
+  EXPECT_EQ(train::load_dataset(paths, o).docs.size(), 0u);
+  o.families_out.clear();
+  o.families_only = {"csv"};
+  EXPECT_EQ(train::load_dataset(paths, o).docs.size(), 1u);
+  o.families_only = {"logs"};
+  EXPECT_EQ(train::load_dataset(paths, o).docs.size(), 0u);
+}
+
 TEST(DumpFile, DatasetLabelsAreTheWindowUnionOverCandidates) {
   const std::string path = temp_path("flashmem_test_ds.fmd");
   train::write_dump(path, small_doc());

@@ -327,8 +327,19 @@ IndexerDataset load_dataset(const std::vector<std::string>& paths, const LoadOpt
   FM_CHECK(!paths.empty(), ErrorCode::kInvalidArgument, "no dump files given");
   FM_CHECK(o.mass_top_p > 0.0f && o.mass_top_p <= 1.0f, ErrorCode::kInvalidArgument,
            "the mass share of the labels must be in (0, 1], got ", o.mass_top_p);
-  for (const std::string& path : paths) add_to_dataset(ds, read_dump(path), o, path);
+  for (const std::string& path : paths) {
+    const DumpDoc d = read_dump(path);
+    const std::string fam = doc_family(d);
+    const auto in = [&](const std::vector<std::string>& v) { return std::find(v.begin(), v.end(), fam) != v.end(); };
+    if (in(o.families_out) || (!o.families_only.empty() && !in(o.families_only))) continue;
+    add_to_dataset(ds, d, o, path);
+  }
   return ds;
+}
+
+std::string doc_family(const DumpDoc& d) {
+  const size_t colon = d.source.find(':');
+  return colon == std::string::npos ? d.source : d.source.substr(colon + 1);
 }
 
 void add_to_dataset(IndexerDataset& ds, const DumpDoc& d, const LoadOptions& o, const std::string& path) {

@@ -94,10 +94,17 @@ struct LoadOptions {
   int64_t sink_tokens = 64;     // the residency's sink and tail: their chunks are never scored
   int64_t tail_tokens = 64;
   std::vector<int> layers;      // target layers to keep (empty: all in the files)
+  // Leave-one-family-out: documents of these families are skipped (families_out), or only
+  // these are kept (families_only, when not empty). See doc_family.
+  std::vector<std::string> families_out, families_only;
 };
 
-// The dump files of one split as a training set. Error(kFormat) when files disagree on shapes
-// or lack the pooling/layers asked for.
+// The text family of a document: what follows "kind:" in its source ("needle:man" → "man",
+// "text:csv" → "csv"), or the source itself ("ruler", "prose").
+std::string doc_family(const DumpDoc& d);
+
+// The dump files of one split as a training set (less the families o leaves out). Error(kFormat)
+// when files disagree on shapes or lack the pooling/layers asked for.
 IndexerDataset load_dataset(const std::vector<std::string>& paths, const LoadOptions& o);
 // Adds one document (read from `path`) to `ds`, as load_dataset does for each file.
 void add_to_dataset(IndexerDataset& ds, const DumpDoc& d, const LoadOptions& o, const std::string& path);

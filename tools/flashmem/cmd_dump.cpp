@@ -1,11 +1,13 @@
 // flashmem dump — training data for the Memory Indexer (DESIGN.md §4, docs/formats.md).
 //
 //   flashmem dump -m MODEL --out DIR --ruler-lengths 4k,8k --ruler-samples 8
+//                 --haystack corpus/man,corpus/csv --needle-samples 4 --text-docs 4
 //                 --prose kjv.txt --prose-docs 100 --prose-lengths 4k,8k --layers 8,14,20
 //
 // Runs every document with full attention and writes DIR/<split>/<name>.fmd: RULER-style task
-// prompts (generated continuations, seed ≠ the eval's) and natural text (teacher-forced with
-// its real continuation). Documents are split train/val/test by name. --shard i/n runs every
+// prompts and the needle suite's prompts over text families (generated continuations, seed ≠
+// the eval's) and natural text — a file, or each family's own — teacher-forced with its real
+// continuation. Documents are split train/val/test by name. --shard i/n runs every
 // n-th document (parallel processes); existing files are skipped (resume).
 #include <algorithm>
 #include <cstdio>
@@ -17,6 +19,7 @@
 #include "commands.h"
 #include "core/error.h"
 #include "engine/dump.h"
+#include "eval/needle.h"
 #include "eval/progress.h"
 #include "eval_suites.h"
 
@@ -33,6 +36,13 @@ CLI::App* add_dump_command(CLI::App& app, DumpArgs& a) {
   c->add_option("--prose", a.prose, "Plain-text file for natural-text documents")->check(CLI::ExistingFile);
   c->add_option("--prose-lengths", a.prose_lengths, "Natural-text prompt lengths")->delimiter(',');
   c->add_option("--prose-docs", a.prose_docs, "Natural-text documents per length")->check(CLI::Range(0, 1 << 20));
+  c->add_option("--haystack", a.haystacks, "Text families (directories, scripts/make-corpus.sh) for needle and text documents")
+      ->delimiter(',');
+  c->add_option("--haystack-lengths", a.haystack_lengths, "Lengths of the family documents")->delimiter(',');
+  c->add_option("--needle-samples", a.needle_samples, "Needle prompts per family and length (eval --suite needle's, answered by the model)")
+      ->check(CLI::Range(0, 1 << 20));
+  c->add_option("--text-docs", a.text_docs, "Teacher-forced continuations of each family's text per length")
+      ->check(CLI::Range(0, 1 << 20));
   c->add_option("--layers", a.layers, "Target layers, e.g. 8,14,20")->delimiter(',')->required();
   c->add_option("--pooling", a.poolings, "Index-key poolings to record")->delimiter(',')
       ->check(CLI::IsMember({"post_rope_mean", "pre_rope_mean"}));
@@ -71,9 +81,13 @@ int dump_command(const DumpArgs& a) {
   FM_CHECK(std::sscanf(a.shard.c_str(), "%d/%d", &shard, &shards) == 2 && shards >= 1 && shard >= 0 &&
                shard < shards,
            ErrorCode::kInvalidArgument, "bad --shard '", a.shard, "' (expected i/n with 0 ≤ i < n)");
-  FM_CHECK(a.ruler_samples > 0 || a.prose_docs > 0, ErrorCode::kInvalidArgument,
-           "nothing to dump: give --ruler-samples and/or --prose with --prose-docs");
+  FM_CHECK(a.ruler_samples > 0 || a.prose_docs > 0 || a.needle_samples > 0 || a.text_docs > 0,
+           ErrorCode::kInvalidArgument,
+           "nothing to dump: give --ruler-samples, --prose with --prose-docs, or --haystack with --needle-samples "
+           "and/or --text-docs");
   FM_CHECK(a.prose_docs == 0 || !a.prose.empty(), ErrorCode::kInvalidArgument, "--prose-docs needs --prose FILE");
+  FM_CHECK((a.needle_samples == 0 && a.text_docs == 0) || !a.haystacks.empty(), ErrorCode::kInvalidArgument,
+           "--needle-samples and --text-docs need --haystack DIR...");
   DumpSettings s;
   s.target_layers = a.layers;
   std::sort(s.target_layers.begin(), s.target_layers.end());
@@ -84,11 +98,16 @@ int dump_command(const DumpArgs& a) {
   s.point_stride = a.point_stride;
   s.max_new_tokens = a.n_predict;
 
-  std::vector<int64_t> ruler_lengths, prose_lengths;
+  std::vector<int64_t> ruler_lengths, prose_lengths, family_lengths;
   if (a.ruler_samples > 0)
     for (const auto& l : a.ruler_lengths) ruler_lengths.push_back(parse_length(l));
   if (a.prose_docs > 0)
     for (const auto& l : a.prose_lengths) prose_lengths.push_back(parse_length(l));
+  if (a.needle_samples > 0 || a.text_docs > 0)
+    for (const auto& l : a.haystack_lengths) family_lengths.push_back(parse_length(l));
+  // The families are read (and a bad directory refused) before the model is loaded.
+  std::vector<eval::NeedleFamily> families;
+  if (a.text_docs > 0) families = eval::load_needle_families(a.haystacks);
   EngineOptions eo;
   eo.model_path = a.model;
   eo.backend = a.backend;
@@ -114,6 +133,9 @@ int dump_command(const DumpArgs& a) {
   FM_CHECK(room >= 256, ErrorCode::kOutOfRange, "-n ", a.n_predict, " leaves no room for a prompt in the context of ",
            eng->n_ctx());
   for (int64_t& l : prose_lengths) l = std::min(l, room);
+  for (int64_t l : family_lengths)
+    FM_CHECK(l <= room, ErrorCode::kOutOfRange, "--haystack-lengths ", l, " leaves no room for -n ", a.n_predict,
+             " generated tokens in the model's context of ", eng->n_ctx(), " tokens");
   for (int64_t l : ruler_lengths)
     FM_CHECK(l <= eng->n_ctx(), ErrorCode::kOutOfRange, "--ruler-lengths ", l, " exceeds the model's context of ",
              eng->n_ctx(), " tokens");
@@ -135,26 +157,49 @@ int dump_command(const DumpArgs& a) {
       docs.push_back(std::move(in));
     }
   }
-  if (a.prose_docs > 0) {
-    const std::string text = read_text(a.prose);
-    std::mt19937_64 rng(a.seed * 0x9E3779B97F4A7C15ull + 7);
-    for (int64_t len : prose_lengths)
-      for (int i = 0; i < a.prose_docs; ++i) {
-        // A slice starting at a line boundary, long enough for len + n_predict tokens.
+  // Natural text, teacher-forced with its real continuation: slices starting at a line
+  // boundary, long enough for len + n_predict tokens.
+  std::mt19937_64 rng(a.seed * 0x9E3779B97F4A7C15ull + 7);
+  auto text_docs = [&](const std::string& text, const std::string& what, const std::vector<int64_t>& lengths, int n,
+                       const std::string& name, const std::string& source) {
+    for (int64_t len : lengths)
+      for (int i = 0; i < n; ++i) {
         const size_t want = static_cast<size_t>((len + a.n_predict) * 8);
-        FM_CHECK(text.size() > want, ErrorCode::kInvalidArgument, a.prose, " is too short for ", len, "-token documents");
+        FM_CHECK(text.size() > want, ErrorCode::kInvalidArgument, what, " is too short for ", len, "-token documents");
         size_t at = std::uniform_int_distribution<size_t>(0, text.size() - want)(rng);
         at = std::min(text.size() - want, text.find('\n', at) + 1);
         std::vector<int32_t> toks = eng->tokenizer().encode(text.substr(at, want), true, false);
-        FM_CHECK(static_cast<int64_t>(toks.size()) >= len + a.n_predict, ErrorCode::kInvalidArgument,
-                 "prose slice too short");
+        FM_CHECK(static_cast<int64_t>(toks.size()) >= len + a.n_predict, ErrorCode::kInvalidArgument, what,
+                 ": a slice too short for ", len, "-token documents");
         DumpInput in;
-        in.name = "prose/" + std::to_string(len) + "/seed" + std::to_string(a.seed) + "/" + std::to_string(i);
-        in.source = "prose";
+        in.name = name + "/" + std::to_string(len) + "/seed" + std::to_string(a.seed) + "/" + std::to_string(i);
+        in.source = source;
         in.prompt.assign(toks.begin(), toks.begin() + len);
         in.forced.assign(toks.begin() + len, toks.begin() + len + a.n_predict);
         docs.push_back(std::move(in));
       }
+  };
+  if (a.prose_docs > 0) text_docs(read_text(a.prose), a.prose, prose_lengths, a.prose_docs, "prose", "prose");
+  for (const eval::NeedleFamily& fam : families) {
+    std::string text;
+    for (const eval::NeedleUnit& u : fam.units) text += u.text + u.sep;
+    text_docs(text, "family " + fam.name, family_lengths, a.text_docs, "text/" + fam.name, "text:" + fam.name);
+  }
+  if (a.needle_samples > 0) {  // eval --suite needle's prompts at the dump's seed, answered by the model
+    SuiteRequest req;
+    req.suite = "needle";
+    req.lengths = family_lengths;
+    req.samples = a.needle_samples;
+    req.seed = a.seed;
+    req.haystacks = a.haystacks;
+    for (SuiteItem& it : make_suite_items(*eng, req)) {
+      DumpInput in;
+      in.name = it.prompt_id;
+      in.source = "needle:" + it.task;
+      in.prompt = eng->tokenizer().encode(it.prompt, true, true);
+      in.stop_strings = it.stop_strings;
+      docs.push_back(std::move(in));
+    }
   }
 
   // A seeded order mixing lengths, tasks and sources, so that a time-boxed dump (or the first

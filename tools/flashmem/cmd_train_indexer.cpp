@@ -48,6 +48,9 @@ CLI::App* add_train_indexer_command(CLI::App& app, TrainIndexerArgs& a) {
   c->add_option("--seed", a.seed, "Seed (initialisation, shuffling, negatives)");
   c->add_option("-t,--threads", a.threads, "CPU threads (0: all cores)")->check(CLI::Range(0, 1024));
   c->add_option("--metrics-json", a.metrics_json, "Write the held-out metrics here as JSON");
+  c->add_option("--hold-out", a.hold_out,
+                "Leave one family out: train and validate without this text family's documents "
+                "(dump --haystack), then score on all of them, every split");
   return c;
 }
 
@@ -98,6 +101,7 @@ int train_indexer_command(const TrainIndexerArgs& a) {
   lo.labels = train::parse_labels(a.labels.empty() ? "hits" : a.labels);
   lo.mass_top_p = a.mass_top_p > 0.0f ? a.mass_top_p : 0.5f;
   lo.layers = a.layers;
+  if (!a.hold_out.empty()) lo.families_out = {a.hold_out};
   const auto test_files = files_of((fs::path(a.data) / "test").string());
   FM_CHECK(!test_files.empty(), ErrorCode::kInvalidArgument, a.data, "/test holds no .fmd files");
   IndexerModel model;
@@ -127,6 +131,8 @@ int train_indexer_command(const TrainIndexerArgs& a) {
     const auto train_files = files_of((fs::path(a.data) / "train").string());
     FM_CHECK(!train_files.empty(), ErrorCode::kInvalidArgument, a.data, "/train holds no .fmd files");
     const train::IndexerDataset tr = train::load_dataset(train_files, lo);
+    FM_CHECK(!tr.docs.empty(), ErrorCode::kInvalidArgument, a.data, "/train holds no documents outside the family '",
+             a.hold_out, "'");
     const auto val_files = files_of((fs::path(a.data) / "val").string());
     train::IndexerDataset va;
     if (!val_files.empty()) va = train::load_dataset(val_files, lo);
@@ -188,10 +194,29 @@ int train_indexer_command(const TrainIndexerArgs& a) {
     }
   }
   const train::IndexerDataset te = train::load_dataset(test_files, lo);
-  const train::IndexerMetrics m = train::evaluate_indexer(model, te, a.threads);
-  std::printf("Held-out (test split, %zu documents):\n%s", te.docs.size(), train::render_metrics(m).c_str());
-  report["test"] = metrics_json(m);
+  if (!te.docs.empty()) {
+    const train::IndexerMetrics m = train::evaluate_indexer(model, te, a.threads);
+    std::printf("Held-out (test split, %zu documents):\n%s", te.docs.size(), train::render_metrics(m).c_str());
+    report["test"] = metrics_json(m);
+  }
   report["test_documents"] = te.docs.size();
+  if (!a.hold_out.empty()) {  // the family left out, every split: none of it was trained on
+    train::LoadOptions lf = lo;
+    lf.families_out.clear();
+    lf.families_only = {a.hold_out};
+    std::vector<std::string> all;
+    for (const char* split : {"train", "val", "test"})
+      for (auto& f : files_of((fs::path(a.data) / split).string())) all.push_back(std::move(f));
+    const train::IndexerDataset hf = train::load_dataset(all, lf);
+    FM_CHECK(!hf.docs.empty(), ErrorCode::kInvalidArgument, a.data, " holds no documents of the family '", a.hold_out,
+             "' (--hold-out)");
+    const train::IndexerMetrics mh = train::evaluate_indexer(model, hf, a.threads);
+    std::printf("Held-out family %s (%zu documents, never trained on):\n%s", a.hold_out.c_str(), hf.docs.size(),
+                train::render_metrics(mh).c_str());
+    report["hold_out"] = metrics_json(mh);
+    report["hold_out"]["family"] = a.hold_out;
+    report["hold_out"]["documents"] = hf.docs.size();
+  }
   if (!a.metrics_json.empty()) {
     std::ofstream out(a.metrics_json);
     FM_CHECK(out.good(), ErrorCode::kIo, "cannot write ", a.metrics_json);

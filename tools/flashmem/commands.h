@@ -136,6 +136,10 @@ struct DumpArgs {
   std::string prose;     // plain-text file for natural-text documents
   std::vector<std::string> prose_lengths{"4k"};
   int prose_docs = 0;
+  std::vector<std::string> haystacks;  // text families (dirs) for needle and text documents
+  std::vector<std::string> haystack_lengths{"4k"};
+  int needle_samples = 0;  // needle prompts per family and length (answered by the model)
+  int text_docs = 0;       // teacher-forced continuations per family and length
   std::vector<int> layers;
   std::vector<std::string> poolings{"post_rope_mean", "pre_rope_mean"};
   int chunk_tokens = 16;
@@ -172,6 +176,7 @@ struct TrainIndexerArgs {
   uint64_t seed = 0;
   int threads = 0;
   std::string metrics_json;
+  std::string hold_out;  // leave-one-family-out: train without this family, score on all of it
 };
 
 CLI::App* add_train_indexer_command(CLI::App& app, TrainIndexerArgs& a);
