@@ -15,7 +15,7 @@
 
 #include "core/error.h"
 #include "io/safetensors.h"
-#include "train/indexer_model.h"
+#include "indexer/indexer_model.h"
 
 #if defined(FLASHMEM_FUZZ_NO_MAIN)
 #define FLASHMEM_FUZZ_ENTRY fuzz_safetensors_one_input

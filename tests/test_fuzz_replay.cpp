@@ -17,7 +17,7 @@
 #include "core/dtype.h"
 #include "io/safetensors.h"
 #include "train/dump.h"
-#include "train/indexer_model.h"
+#include "indexer/indexer_model.h"
 
 extern "C" int fuzz_safetensors_one_input(const uint8_t* data, size_t size);
 extern "C" int fuzz_dump_one_input(const uint8_t* data, size_t size);

@@ -17,7 +17,7 @@
 #include "io/safetensors.h"
 #include "memory/lsa.h"
 #include "ops/cpu/cpu_backend.h"
-#include "train/indexer_model.h"
+#include "indexer/indexer_model.h"
 #include "train/metrics.h"
 #include "train/trainer.h"
 #include "test_util.h"

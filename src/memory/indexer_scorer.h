@@ -1,5 +1,5 @@
 // flashmem/memory/indexer_scorer.h — lsa's scorer over a trained Memory Indexer
-// (train/indexer_model.h): the query is encoded on the host (two small matrix-vector products
+// (indexer/indexer_model.h): the query is encoded on the host (two small matrix-vector products
 // per target layer), the chunk logits come from the backend's index_scores op, on the device
 // where the index keys live.
 #pragma once
@@ -7,7 +7,7 @@
 #include <memory>
 
 #include "memory/lsa.h"
-#include "train/indexer_model.h"
+#include "indexer/indexer_model.h"
 
 namespace flashmem {
 

@@ -22,6 +22,7 @@
 #include <string>
 #include <vector>
 
+#include "indexer/ranking.h"
 #include "memory/index_keys.h"
 #include "memory/policy.h"
 
@@ -68,7 +69,7 @@ struct LsaOptions {
   // stretch of uniformly high ones. The indexer, trained on attention mass, scores the text
   // just before the tail high everywhere (local attention); on RULER 4K/8K at 16-token pages,
   // 16 measured +3.9 / +3.3 points over 0 (docs/accuracy.md, fifth run).
-  int contrast = 16;
+  int contrast = kContrastWindow;
   // Prompt observation (memory/observation.h): the attention of the prompt's last `observe`
   // tokens, measured per layer in prefill, is a prior next to the indexer: in each layer, the
   // middle pages holding the top `observe_top_p` of that layer's observed middle mass are chosen
@@ -82,12 +83,6 @@ struct LsaOptions {
   // Error(kInvalidArgument) for values out of range.
   void validate() const;
 };
-
-// Positional contrast: rise[ch] = max(0, score[ch] − the lower quartile of score over
-// [ch − window, ch + window] ∩ [lo, hi)) for ch in [lo, hi); rise is score.size() long, 0
-// elsewhere. `sorted` is scratch. O((hi − lo) · window) moves, no allocation once warm.
-void contrast_rise(const std::vector<float>& score, int64_t lo, int64_t hi, int window, std::vector<float>& rise,
-                   std::vector<float>& sorted);
 
 // One Level-1 pass as it happened (`flashmem eval --lsa-trace`): the ensemble's chunk scores and
 // the middle pages the first layer asking in that cycle was given, best first (every layer's,

@@ -9,7 +9,7 @@
 #include "core/error.h"
 #include "core/fp8.h"
 #include "core/thread_pool.h"
-#include "memory/lsa.h"
+#include "indexer/ranking.h"
 
 namespace flashmem::train {
 
@@ -75,7 +75,7 @@ IndexerMetrics evaluate_indexer(const IndexerModel& m, const IndexerDataset& ds,
     for (int64_t s = 0; s < d.n_points(); ++s)
       if (d.label_ptr[s + 1] > d.label_ptr[s] && d.cand_end[s] > d.cand_begin[s]) pts.push_back({&d, s});
   const int n_rows = nt + 3;  // layers, max, mean, the lsa ranking of the mean
-  const int window = LsaOptions{}.contrast;
+  const int window = kContrastWindow;
   // Per point and row: auc, r5, r10, r15, tp, fp, positives (micro counts) — summed in order.
   std::vector<std::array<double, 7>> acc(pts.size() * n_rows);
   std::vector<double> cand(pts.size()), pos(pts.size());
@@ -100,7 +100,7 @@ IndexerMetrics evaluate_indexer(const IndexerModel& m, const IndexerDataset& ds,
       }
     }
     // The lsa policy's order (contrast): chunks above θ first, then by their rise above the
-    // lower quartile of their surroundings (memory/lsa.h).
+    // lower quartile of their surroundings (indexer/ranking.h).
     std::vector<float> sorted;
     contrast_rise(prob[nt + 1], 0, n, window, prob[nt + 2], sorted);
     for (int64_t c = 0; c < n; ++c) prob[nt + 2][c] += prob[nt + 1][c] > 0.5f ? 1.0f : 0.0f;

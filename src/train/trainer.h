@@ -17,7 +17,7 @@
 #include <vector>
 
 #include "train/dataset.h"
-#include "train/indexer_model.h"
+#include "indexer/indexer_model.h"
 
 namespace flashmem::train {
 

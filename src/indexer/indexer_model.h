@@ -1,4 +1,4 @@
-// flashmem/train/indexer_model.h — the Memory Indexer's query side at inference (DESIGN.md §4):
+// flashmem/indexer/indexer_model.h — the Memory Indexer's query side at inference (DESIGN.md §4):
 //
 //   a = wq_a·h;  â = a / rms(a) ⊙ q_norm;  q = wq_b·â  (n_heads × head_dim);
 //   q_h ← Hadamard(RoPE(q_h, position));   w = weights_proj·h / √(n_heads·head_dim);

@@ -1,4 +1,4 @@
-#include "train/indexer_model.h"
+#include "indexer/indexer_model.h"
 
 #include <algorithm>
 #include <cmath>
