@@ -10,6 +10,7 @@
 #include <set>
 
 #include "core/error.h"
+#include "eval/seeding.h"
 #include "io/chat_template.h"
 #include "io/tokenizer.h"
 
@@ -18,21 +19,7 @@ namespace {
 
 namespace fs = std::filesystem;
 
-// The seeding of ruler.cpp: splitmix64 mixing and portable draws on mt19937_64.
-uint64_t splitmix(uint64_t x) {
-  x += 0x9E3779B97F4A7C15ull;
-  x = (x ^ (x >> 30)) * 0xBF58476D1CE4E5B9ull;
-  x = (x ^ (x >> 27)) * 0x94D049BB133111EBull;
-  return x ^ (x >> 31);
-}
-uint64_t hash_str(const std::string& s) {
-  uint64_t h = 0xcbf29ce484222325ull;
-  for (unsigned char c : s) h = (h ^ c) * 0x100000001b3ull;
-  return h;
-}
-uint64_t mix(uint64_t a, uint64_t b) { return splitmix(a ^ splitmix(b + 0x632BE59BD9B4E019ull)); }
-using Rng = std::mt19937_64;
-uint64_t uni(Rng& r, uint64_t n) { return n == 0 ? 0 : r() % n; }
+using namespace seeding;  // eval/seeding.h
 double pick_depth(Rng& r) { return static_cast<double>(uni(r, 40)) * 100.0 / 39.0; }
 
 std::string lower(std::string s) {

@@ -11,6 +11,7 @@
 #include <sstream>
 
 #include "core/error.h"
+#include "eval/seeding.h"
 #include "io/chat_template.h"
 #include "eval/word_filter.h"
 #include "io/tokenizer.h"
@@ -20,25 +21,7 @@ namespace {
 
 constexpr const char* kWordsPath = "/usr/share/dict/american-english";
 
-uint64_t splitmix(uint64_t x) {
-  x += 0x9E3779B97F4A7C15ull;
-  x = (x ^ (x >> 30)) * 0xBF58476D1CE4E5B9ull;
-  x = (x ^ (x >> 27)) * 0x94D049BB133111EBull;
-  return x ^ (x >> 31);
-}
-
-uint64_t hash_str(const std::string& s) {
-  uint64_t h = 0xcbf29ce484222325ull;
-  for (unsigned char c : s) h = (h ^ c) * 0x100000001b3ull;
-  return h;
-}
-
-uint64_t mix(uint64_t a, uint64_t b) { return splitmix(a ^ splitmix(b + 0x632BE59BD9B4E019ull)); }
-
-// Portable helpers on mt19937_64 (the std distributions are implementation-defined).
-using Rng = std::mt19937_64;
-uint64_t uni(Rng& r, uint64_t n) { return n == 0 ? 0 : r() % n; }
-double unit01(Rng& r) { return static_cast<double>(r() >> 11) * (1.0 / 9007199254740992.0); }
+using namespace seeding;  // eval/seeding.h
 template <typename T>
 void shuffle(std::vector<T>& v, Rng& r) {
   for (size_t i = v.size(); i > 1; --i) std::swap(v[i - 1], v[uni(r, i)]);

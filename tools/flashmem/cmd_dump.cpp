@@ -141,21 +141,26 @@ int dump_command(const DumpArgs& a) {
              eng->n_ctx(), " tokens");
 
   std::vector<DumpInput> docs;
+  // Generated task prompts (an eval suite's, at the dump's seed), answered by the model. A source
+  // ending in ':' is completed with the item's task (needle: its family).
+  auto task_docs = [&](SuiteRequest req, const std::string& source) {
+    req.seed = a.seed;
+    for (SuiteItem& it : make_suite_items(*eng, req)) {
+      DumpInput in;
+      in.name = it.prompt_id;
+      in.source = source.back() == ':' ? source + it.task : source;
+      in.prompt = eng->tokenizer().encode(it.prompt, true, true);
+      in.stop_strings = it.stop_strings;
+      docs.push_back(std::move(in));
+    }
+  };
   if (a.ruler_samples > 0) {
     SuiteRequest req;
     req.suite = "ruler";
     req.lengths = ruler_lengths;
     req.tasks = a.tasks;
     req.samples = a.ruler_samples;
-    req.seed = a.seed;
-    for (SuiteItem& it : make_suite_items(*eng, req)) {
-      DumpInput in;
-      in.name = it.prompt_id;
-      in.source = "ruler";
-      in.prompt = eng->tokenizer().encode(it.prompt, true, true);
-      in.stop_strings = it.stop_strings;
-      docs.push_back(std::move(in));
-    }
+    task_docs(req, "ruler");
   }
   // Natural text, teacher-forced with its real continuation: slices starting at a line
   // boundary, long enough for len + n_predict tokens.
@@ -185,21 +190,13 @@ int dump_command(const DumpArgs& a) {
     for (const eval::NeedleUnit& u : fam.units) text += u.text + u.sep;
     text_docs(text, "family " + fam.name, family_lengths, a.text_docs, "text/" + fam.name, "text:" + fam.name);
   }
-  if (a.needle_samples > 0) {  // eval --suite needle's prompts at the dump's seed, answered by the model
+  if (a.needle_samples > 0) {  // the needle suite over the families (source needle:<family>)
     SuiteRequest req;
     req.suite = "needle";
     req.lengths = family_lengths;
     req.samples = a.needle_samples;
-    req.seed = a.seed;
     req.haystacks = a.haystacks;
-    for (SuiteItem& it : make_suite_items(*eng, req)) {
-      DumpInput in;
-      in.name = it.prompt_id;
-      in.source = "needle:" + it.task;
-      in.prompt = eng->tokenizer().encode(it.prompt, true, true);
-      in.stop_strings = it.stop_strings;
-      docs.push_back(std::move(in));
-    }
+    task_docs(req, "needle:");
   }
 
   // A seeded order mixing lengths, tasks and sources, so that a time-boxed dump (or the first
