@@ -99,6 +99,19 @@ TEST(Cli, BenchAndDumpCheckEveryArgumentFirst) {
   EXPECT_FALSE(std::filesystem::exists(out)) << "dump wrote before refusing";
 }
 
+// -p 0 times decode only (as llama-bench); the backend column names the CPU dot products.
+TEST(Cli, BenchWithoutPrefillTimesDecodeOnly) {
+  const std::string model = test::require_default_model();
+  const CmdResult r = run_cli("bench -m " + model + " -p 0 -d 0 -n 4 -r 1 -t 1 --cpu-dot f32");
+  ASSERT_EQ(r.code, 0) << r.out;
+  EXPECT_NE(r.out.find("| tg4 @ d0 |"), std::string::npos) << r.out;
+  EXPECT_NE(r.out.find("cpu, 1 threads, f32 dot"), std::string::npos) << r.out;
+  EXPECT_EQ(r.out.find("| pp"), std::string::npos) << r.out;
+  const CmdResult bad = run_cli("bench -m " + model + " -p 0 -d 0 -n 4 -r 1 --cpu-dot q4");
+  EXPECT_EQ(bad.code, 2) << bad.out;
+  EXPECT_NE(bad.out.find("--cpu-dot"), std::string::npos) << bad.out;
+}
+
 TEST(Cli, MalformedModelFilesAreRefusedClearly) {
   const struct {
     std::string name;

@@ -9,12 +9,14 @@
 #include <vector>
 
 #include "core/dtype.h"
+#include "core/quant.h"
 #include "core/error.h"
 #include "core/thread_pool.h"
 #include "memory/kv_cache.h"
 #include "ops/cpu/attention.h"
 #include "ops/cpu/elementwise.h"
 #include "ops/cpu/matmul.h"
+#include "ops/cpu/matvec_q8.h"
 #include "test_util.h"
 
 namespace flashmem {
@@ -106,6 +108,107 @@ INSTANTIATE_TEST_SUITE_P(AllTypes, MatmulTypes,
                                            GgmlType::Q8_0, GgmlType::Q4_0, GgmlType::Q4_1,
                                            GgmlType::Q4_K, GgmlType::Q6_K),
                          [](const auto& pinfo) { return std::string(ggml_type_name(pinfo.param)); });
+
+// 8-bit activations: the fast quantiser equals its scalar reference bit for bit, and every
+// value is within half a step of the input.
+TEST(ActQ8, QuantiserMatchesReferenceAndRoundsToHalfAStep) {
+  std::mt19937 rng(77);
+  for (int64_t n : {32, 64, 576, 1536}) {
+    auto x = random_vec(n, rng, -3.0f, 3.0f);
+    std::fill(x.begin(), x.begin() + 32, 0.0f);                    // an all-zero block: d = 0
+    if (n > 64) { x[40] = 1e6f; x[41] = -1e6f; x[70] = 0.5f; x[71] = -0.5f; }  // extremes
+    std::vector<cpu::ActQ8Block> fast(n / 32), ref(n / 32);
+    cpu::quantize_act_q8(x.data(), n, fast.data());
+    cpu::quantize_act_q8_ref(x.data(), n, ref.data());
+    for (int64_t b = 0; b < n / 32; ++b) {
+      ASSERT_EQ(std::memcmp(&fast[b], &ref[b], sizeof(cpu::ActQ8Block)), 0) << "block " << b << " of " << n;
+      ASSERT_TRUE(std::isfinite(fast[b].d) && std::isfinite(fast[b].s));
+      int sum = 0;
+      for (int j = 0; j < 32; ++j) {
+        const double err = std::fabs(static_cast<double>(fast[b].d) * fast[b].q[j] - x[b * 32 + j]);
+        ASSERT_LE(err, 0.5 * fast[b].d * (1 + 1e-5)) << "block " << b << " value " << j;
+        ASSERT_GE(fast[b].q[j], -127);
+        sum += fast[b].q[j];
+      }
+      EXPECT_FLOAT_EQ(fast[b].s, fast[b].d * static_cast<float>(sum));
+    }
+    EXPECT_EQ(fast[0].d, 0.0f);
+  }
+}
+
+// The q8 dot products of Q4_0 / Q4_1 / Q8_0 rows: the fast kernel (four rows at a time and the
+// tail) against the scalar reference, and both against float64 math on the unrounded
+// activations within the bound the rounding allows: Σ_blocks d_x/2 · Σ|w|.
+class DotQ8Types : public ::testing::TestWithParam<GgmlType> {};
+
+TEST_P(DotQ8Types, FastMatchesReferenceAndFloat64WithinTheRoundingBound) {
+  const GgmlType type = GetParam();
+  ASSERT_TRUE(cpu::q8_dot_supported(type));
+  std::mt19937 rng(4321);
+  for (int64_t rows : {1, 3, 4, 7, 9}) {
+    for (int64_t cols : {32, 64, 576, 1536}) {
+      const size_t rb = ggml_row_bytes(type, cols);
+      auto data = random_weights(type, rows, cols, rng);
+      auto x = random_vec(cols, rng, -2.0f, 2.0f);
+      std::vector<cpu::ActQ8Block> xq(cols / 32);
+      cpu::quantize_act_q8(x.data(), cols, xq.data());
+      std::vector<float> fast(rows);
+      cpu::dot_q8_rows(type, data.data(), rb, static_cast<int>(rows), xq.data(), cols / 32, fast.data());
+      std::vector<float> w(cols);
+      for (int64_t r = 0; r < rows; ++r) {
+        const float ref = cpu::dot_q8_ref(type, data.data() + r * rb, xq.data(), cols / 32);
+        dequantize_row_ref(type, data.data() + r * rb, w.data(), cols);
+        double exact = 0, abs_sum = 0, bound = 0;
+        for (int64_t j = 0; j < cols; ++j) {
+          exact += static_cast<double>(w[j]) * x[j];
+          abs_sum += std::fabs(static_cast<double>(w[j]) * x[j]);
+          bound += std::fabs(w[j]) * 0.5 * xq[j / 32].d;
+        }
+        ASSERT_TRUE(std::isfinite(fast[r])) << "row " << r;
+        EXPECT_NEAR(fast[r], ref, 1e-5 * (abs_sum + bound) + 1e-6) << "rows " << rows << " cols " << cols << " row " << r;
+        EXPECT_NEAR(ref, exact, bound * (1 + 1e-4) + 1e-5 * abs_sum + 1e-6) << "cols " << cols << " row " << r;
+      }
+    }
+  }
+}
+
+INSTANTIATE_TEST_SUITE_P(Q8Kernels, DotQ8Types,
+                         ::testing::Values(GgmlType::Q8_0, GgmlType::Q4_0, GgmlType::Q4_1),
+                         [](const auto& pinfo) { return std::string(ggml_type_name(pinfo.param)); });
+
+// matmul with CpuDot::kQ8: decode-sized products (m = 1, 2) take the q8 kernels for the types
+// that have them (results equal the q8 reference per row) and stay f32 otherwise.
+TEST(ActQ8, DecodeMatmulUsesQ8KernelsOnlyWhereTheyExist) {
+  std::mt19937 rng(99);
+  ThreadPool pool(2);
+  const int64_t rows = 300, cols = 576;
+  for (GgmlType type : {GgmlType::Q4_1, GgmlType::Q8_0, GgmlType::F16}) {
+    auto data = random_weights(type, rows, cols, rng);
+    WeightMatrix w{type, rows, cols, ggml_row_bytes(type, cols), data.data(), "w"};
+    for (int64_t m : {1, 2}) {
+      auto x = random_vec(m * cols, rng);
+      std::vector<float> y(m * rows), f32(m * rows);
+      cpu::matmul(pool, w, x.data(), m, y.data(), CpuDot::kQ8);
+      cpu::matmul(pool, w, x.data(), m, f32.data(), CpuDot::kF32);
+      ASSERT_TRUE(test::all_finite(y.data(), y.size()));
+      if (!cpu::q8_dot_supported(type)) {
+        EXPECT_EQ(std::memcmp(y.data(), f32.data(), y.size() * 4), 0) << ggml_type_name(type);
+        continue;
+      }
+      std::vector<cpu::ActQ8Block> xq(cols / 32);
+      for (int64_t i = 0; i < m; ++i) {
+        cpu::quantize_act_q8(x.data() + i * cols, cols, xq.data());
+        for (int64_t r = 0; r < rows; ++r) {
+          const float ref = cpu::dot_q8_ref(type, data.data() + r * w.row_bytes, xq.data(), cols / 32);
+          ASSERT_NEAR(y[i * rows + r], ref, 1e-4 * (1 + std::fabs(ref))) << ggml_type_name(type) << " m " << m;
+        }
+      }
+      // Not the f32 result: the q8 path really ran (and differs by rounding only).
+      EXPECT_NE(std::memcmp(y.data(), f32.data(), y.size() * 4), 0);
+      EXPECT_LT(test::rel_l2(y.data(), f32.data(), y.size()), 5e-2);
+    }
+  }
+}
 
 struct AttnCase {
   int64_t n_keys;

@@ -62,7 +62,7 @@ void check_page_tokens(int page_tokens, int chunk_tokens, const std::string& ind
 Engine::Engine(const EngineOptions& opts, GgufFile file, std::shared_ptr<IndexerModel> indexer)
     : opts_(opts),
       file_(std::move(file)),
-      backend_(make_backend(opts.backend, opts.n_threads)),
+      backend_(make_backend(opts.backend, opts.n_threads, opts.cpu_dot)),
       model_(load_model(file_, *backend_)),
       tokenizer_(Tokenizer::from_gguf(file_)) {
   try {

@@ -29,6 +29,7 @@ struct EngineOptions {
   std::string model_path;
   std::string backend = "cpu";   // "cpu" or "cuda" (see make_backend)
   int n_threads = 0;             // CPU threads; 0: ThreadPool::default_threads()
+  CpuDot cpu_dot = CpuDot::kQ8;  // CPU decode dot products (ops/backend.h)
   int64_t n_ctx = 0;             // 0: the model's training context
   KvType kv_type = KvType::kF16;
   int page_tokens = 64;

@@ -20,6 +20,12 @@ KvType parse_kv_type(const std::string& s) {
   if (s == "q8") return KvType::kQ8;
   FM_FAIL(ErrorCode::kInvalidArgument, "unknown KV type '", s, "' (known: f16, f32, q8)");
 }
+const char* cpu_dot_name(CpuDot d) { return d == CpuDot::kQ8 ? "q8" : "f32"; }
+CpuDot parse_cpu_dot(const std::string& s) {
+  if (s == "q8") return CpuDot::kQ8;
+  if (s == "f32") return CpuDot::kF32;
+  FM_FAIL(ErrorCode::kInvalidArgument, "unknown CPU dot product '", s, "' (known: q8, f32)");
+}
 size_t kv_type_bytes(KvType t) { return t == KvType::kF16 ? 2 : t == KvType::kQ8 ? 1 : 4; }
 
 void check_chunk_mass(const AttentionParams& p, int32_t pos, int chunk_tokens, int64_t n_chunks) {
@@ -48,9 +54,9 @@ bool cuda_compiled() {
 #endif
 }
 
-std::unique_ptr<Backend> make_backend(const std::string& name, int n_threads) {
+std::unique_ptr<Backend> make_backend(const std::string& name, int n_threads, CpuDot cpu_dot) {
   if (name == "cpu")
-    return std::make_unique<CpuBackend>(n_threads > 0 ? n_threads : ThreadPool::default_threads());
+    return std::make_unique<CpuBackend>(n_threads > 0 ? n_threads : ThreadPool::default_threads(), cpu_dot);
   if (name == "cuda") {
 #ifdef FLASHMEM_HAVE_CUDA
     return std::make_unique<CudaBackend>();

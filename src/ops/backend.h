@@ -32,6 +32,15 @@ struct WeightMatrix {
   std::string name;  // for error messages
 };
 
+// The CPU backend's decode dot products (matrix products of one or two rows over Q4_0, Q4_1
+// and Q8_0 weights; other types and prefill stay f32). kQ8: the activations are quantised to
+// 8 bits per value with one scale per 32 (ops/cpu/matvec_q8.h), as llama.cpp does — about twice
+// as fast, logits within ~1e-2 of float64. kF32: exact f32 activations, logits within ~1e-6.
+enum class CpuDot { kQ8, kF32 };
+const char* cpu_dot_name(CpuDot d);
+// "q8" or "f32"; throws Error(kInvalidArgument) otherwise.
+CpuDot parse_cpu_dot(const std::string& s);
+
 // How KV is stored. kQ8: every K and V head vector as int8 with one f32 scale per (kv head,
 // token): value = q · scale, scale = max|x| / 127, q = round-to-nearest-even(x · 127 / max|x|)
 // (an all-zero vector has scale 0). 68 bytes per 64-dim vector against f16's 128.
@@ -263,13 +272,14 @@ class BackendBuffer {
   size_t n_ = 0;
 };
 
-// "cpu" (n_threads workers; 0 = ThreadPool::default_threads()) or "cuda" (the first visible
-// GPU). Throws Error(kInvalidArgument) for an unknown name and Error(kUnsupported) for "cuda"
-// in a build without CUDA or on a machine where no GPU can be used.
 // Backend::chunk_mass's preconditions (every backend checks them the same way); Error(kInternal).
 void check_chunk_mass(const AttentionParams& p, int32_t pos, int chunk_tokens, int64_t n_chunks);
 
 bool cuda_compiled();
-std::unique_ptr<Backend> make_backend(const std::string& name, int n_threads);
+// "cpu" (n_threads workers; 0 = ThreadPool::default_threads(); cpu_dot: its decode dot products)
+// or "cuda" (the first visible GPU). Throws Error(kInvalidArgument) for an unknown name and
+// Error(kUnsupported) for "cuda" in a build without CUDA or on a machine where no GPU can be used.
+std::unique_ptr<Backend> make_backend(const std::string& name, int n_threads,
+                                      CpuDot cpu_dot = CpuDot::kQ8);
 
 }  // namespace flashmem

@@ -550,7 +550,7 @@ int main() {
   std::signal(SIGSEGV, on_crash);
   try {
     CudaBackend g;
-    CpuBackend c(4);
+    CpuBackend c(4, CpuDot::kF32);  // the exact reference: CUDA keeps activations in f32
     std::printf("device: %s\n", g.device_name().c_str());
     std::mt19937 rng(11);
     // Progress on stdout (checks print only their failures), so a crash shows where it was.

@@ -16,12 +16,13 @@ namespace flashmem::cli {
 CLI::App* add_bench_command(CLI::App& app, BenchArgs& a) {
   CLI::App* c = app.add_subcommand("bench", "Measure prefill and decode tok/s on random tokens");
   c->add_option("-m,--model", a.model, "GGUF model file")->required()->check(CLI::ExistingFile);
-  c->add_option("-p,--prefill", a.prefill, "Prompt lengths to time (comma list)")->delimiter(',');
+  c->add_option("-p,--prefill", a.prefill, "Prompt lengths to time (comma list; 0: no prefill test, as llama-bench)")
+      ->delimiter(',');
   c->add_option("-d,--depth", a.depth, "Context depths before decode (comma list)")->delimiter(',');
   c->add_option("-n,--n-gen", a.n_gen, "Decode steps timed at each depth")->check(CLI::Range(1, 1 << 20));
   c->add_option("-r,--reps", a.reps, "Repetitions")->check(CLI::Range(1, 100));
   c->add_option("-t,--threads", a.threads, "CPU threads (0: all cores)")->check(CLI::Range(0, 1024));
-  add_backend_option(c, a.backend);
+  add_backend_option(c, a.backend, a.cpu_dot);
   c->add_option("--kv-type", a.kv_type, "KV cache precision (q8: int8 with one f32 scale per token and kv head)")
       ->check(CLI::IsMember({"f16", "f32", "q8"}));
   c->add_option("--page-tokens", a.page_tokens, "Tokens per KV page")->check(CLI::Range(1, 4096));
@@ -67,11 +68,15 @@ int bench_command(const BenchArgs& a) {
   eo.model_path = a.model;
   eo.n_threads = a.threads;
   eo.backend = a.backend;
+  eo.cpu_dot = parse_cpu_dot(a.cpu_dot);
   eo.kv_type = parse_kv_type(a.kv_type);
   eo.page_tokens = a.page_tokens;
   const KvBudget budget = KvBudget::parse(a.prefill_budget);
   for (int64_t p : a.prefill)
-    FM_CHECK(p >= 1, ErrorCode::kInvalidArgument, "prefill length ", p, " must be ≥ 1");
+    FM_CHECK(p >= 0, ErrorCode::kInvalidArgument, "prefill length ", p, " must be ≥ 0");
+  std::vector<int64_t> prefill;  // -p 0: decode tests only
+  for (int64_t p : a.prefill)
+    if (p > 0) prefill.push_back(p);
   for (int64_t d : a.depth) FM_CHECK(d >= 0, ErrorCode::kInvalidArgument, "depth ", d, " must be ≥ 0");
   auto eng = Engine::load(eo);
   const ModelInfo& mi = eng->info();
@@ -80,7 +85,7 @@ int bench_command(const BenchArgs& a) {
   // Every test's arguments are checked before the first one runs: a bad last -p or -d would
   // otherwise be found after minutes of timing the others.
   std::vector<int64_t> budget_pages_of;
-  for (int64_t p : a.prefill) {
+  for (int64_t p : prefill) {
     FM_CHECK(p <= eng->n_ctx(), ErrorCode::kInvalidArgument, "prefill length ", p, " outside [1, ", eng->n_ctx(),
              "]");
     // The budget in pages, as the eval resolves it for a p-token context (≥ 2 pages).
@@ -99,8 +104,8 @@ int bench_command(const BenchArgs& a) {
   std::vector<float> logits(mi.n_vocab);
   const std::string where = backend_label(*eng);
   std::printf("| model | kv | backend | test | tok/s |\n|---|---|---|---|---|\n");
-  for (size_t pi = 0; pi < a.prefill.size(); ++pi) {
-    const int64_t p = a.prefill[pi];
+  for (size_t pi = 0; pi < prefill.size(); ++pi) {
+    const int64_t p = prefill[pi];
     const int64_t budget_pages = budget_pages_of[pi];
     std::vector<double> rates;
     for (int r = 0; r < a.reps; ++r) {

@@ -53,7 +53,7 @@ CLI::App* add_dump_command(CLI::App& app, DumpArgs& a) {
   c->add_option("-n,--n-predict", a.n_predict, "Decode steps per document")->check(CLI::Range(1, 1 << 16));
   c->add_option("--shard", a.shard, "i/n: this process dumps documents i, i+n, ...");
   c->add_option("-t,--threads", a.threads, "CPU threads (0: all cores)")->check(CLI::Range(0, 1024));
-  add_backend_option(c, a.backend);
+  add_backend_option(c, a.backend, a.cpu_dot);
   return c;
 }
 
@@ -111,6 +111,7 @@ int dump_command(const DumpArgs& a) {
   EngineOptions eo;
   eo.model_path = a.model;
   eo.backend = a.backend;
+  eo.cpu_dot = parse_cpu_dot(a.cpu_dot);
   eo.n_threads = a.threads;
   // What the flags alone decide is checked before the model is loaded, and what needs the
   // model before the first document (dump_document would refuse it only then).

@@ -63,7 +63,7 @@ CLI::App* add_eval_command(CLI::App& app, EvalArgs& a) {
   c->add_option("--max-length", a.max_length, "Context limit for LongBench-v2/LongMemEval prompts (middle-truncated)");
   c->add_option("--out", a.out, "Results directory (results.jsonl, summary.md, plot.png)");
   c->add_option("-t,--threads", a.threads, "CPU threads (0: all cores)")->check(CLI::Range(0, 1024));
-  add_backend_option(c, a.backend);
+  add_backend_option(c, a.backend, a.cpu_dot);
   c->add_option("--compare", a.compare, "Render result directories side by side instead of running");
   c->add_option("--summarize", a.summarize,
                 "Rewrite DIR's summary.md/json and plot from its results.jsonl (no model needed; "
@@ -170,6 +170,7 @@ int eval_command(const EvalArgs& a) {
   eo.model_path = a.model;
   eo.n_threads = a.threads;
   eo.backend = a.backend;
+  eo.cpu_dot = parse_cpu_dot(a.cpu_dot);
   eo.page_tokens = a.page_tokens;
   eo.kv_type = parse_kv_type(a.kv_type);
   const bool lsa_wanted = std::find(a.policies.begin(), a.policies.end(), "lsa") != a.policies.end();

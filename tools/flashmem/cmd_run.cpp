@@ -25,7 +25,7 @@ CLI::App* add_run_command(CLI::App& app, RunArgs& a) {
   c->add_option("--top-p", a.top_p, "Nucleus sampling mass in (0, 1]")->check(CLI::Range(1e-6f, 1.0f));
   c->add_option("--seed", a.seed, "Random seed for sampling");
   c->add_option("-t,--threads", a.threads, "CPU threads (0: all cores)")->check(CLI::Range(0, 1024));
-  add_backend_option(c, a.backend);
+  add_backend_option(c, a.backend, a.cpu_dot);
   c->add_option("--kv-type", a.kv_type, "KV cache precision (q8: int8 with one f32 scale per token and kv head)")
       ->check(CLI::IsMember({"f16", "f32", "q8"}));
   c->add_option("--page-tokens", a.page_tokens, "Tokens per KV page")->check(CLI::Range(1, 4096));
@@ -68,6 +68,7 @@ int run_command(const RunArgs& a) {
   eo.model_path = a.model;
   eo.n_threads = a.threads;
   eo.backend = a.backend;
+  eo.cpu_dot = parse_cpu_dot(a.cpu_dot);
   eo.n_ctx = a.n_ctx;
   eo.kv_type = parse_kv_type(a.kv_type);
   eo.page_tokens = a.page_tokens;

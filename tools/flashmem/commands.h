@@ -54,8 +54,8 @@ void print_kv_report(std::FILE* out, const KvReport& r);
 // The same, machine-readable (bytes, by category, final and peak).
 nlohmann::json kv_report_json(const KvReport& r);
 
-// --backend cpu|cuda, shared by run, eval and bench.
-void add_backend_option(CLI::App* c, std::string& backend);
+// --backend cpu|cuda and --cpu-dot q8|f32, shared by run, eval, dump and bench.
+void add_backend_option(CLI::App* c, std::string& backend, std::string& cpu_dot);
 // What computes: "cpu, 16 threads" or "cuda, NVIDIA H100 80GB HBM3".
 std::string backend_label(Engine& e);
 
@@ -72,6 +72,7 @@ struct RunArgs {
   float top_p = 1.0f;
   uint64_t seed = 0;
   std::string backend = "cpu";
+  std::string cpu_dot = "q8";
   int threads = 0;
   std::string kv_type = "f16";
   int page_tokens = 64;
@@ -99,6 +100,7 @@ struct EvalArgs {
   int64_t max_length = 0;
   std::string out;
   std::string backend = "cpu";
+  std::string cpu_dot = "q8";
   int threads = 0;
   int page_tokens = 64;
   std::string kv_type = "f16";
@@ -120,6 +122,7 @@ struct BenchArgs {
   int n_gen = 64;
   int reps = 3;
   std::string backend = "cpu";
+  std::string cpu_dot = "q8";
   int threads = 0;
   std::string kv_type = "f16";
   int page_tokens = 64;
@@ -149,6 +152,7 @@ struct DumpArgs {
   int n_predict = 64;
   std::string shard = "0/1";
   std::string backend = "cpu";
+  std::string cpu_dot = "q8";
   int threads = 0;
 };
 

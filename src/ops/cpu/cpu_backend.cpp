@@ -17,7 +17,7 @@ extern "C" void openblas_set_num_threads(int) __attribute__((weak));
 
 namespace flashmem {
 
-CpuBackend::CpuBackend(int n_threads) : pool_(n_threads) {
+CpuBackend::CpuBackend(int n_threads, CpuDot dot) : pool_(n_threads), dot_(dot) {
 #ifdef FLASHMEM_HAVE_BLAS
   if (openblas_set_num_threads) openblas_set_num_threads(1);
 #endif
@@ -55,12 +55,12 @@ void CpuBackend::copy_pages(CopyDir /*dir*/, std::span<const PageCopy> copies, s
 }
 
 void CpuBackend::matmul(const WeightMatrix& w, const float* x, int64_t m, float* y) {
-  cpu::matmul(pool_, w, x, m, y);
+  cpu::matmul(pool_, w, x, m, y, dot_);
 }
 
 void CpuBackend::matmul_n(std::span<const WeightMatrix* const> ws, const float* x, int64_t m,
                           std::span<float* const> ys) {
-  cpu::matmul_n(pool_, ws, x, m, ys);
+  cpu::matmul_n(pool_, ws, x, m, ys, dot_);
 }
 
 void CpuBackend::get_rows(const WeightMatrix& w, const int32_t* ids, int64_t m, float* out) {

@@ -10,7 +10,8 @@ namespace flashmem {
 
 class CpuBackend : public Backend {
  public:
-  explicit CpuBackend(int n_threads = ThreadPool::default_threads());
+  explicit CpuBackend(int n_threads = ThreadPool::default_threads(), CpuDot dot = CpuDot::kQ8);
+  CpuDot dot() const { return dot_; }
   const char* name() const override { return "cpu"; }
   ThreadPool& pool() { return pool_; }
 
@@ -45,6 +46,7 @@ class CpuBackend : public Backend {
 
  private:
   ThreadPool pool_;
+  CpuDot dot_;
 };
 
 }  // namespace flashmem

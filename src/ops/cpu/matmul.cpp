@@ -7,6 +7,7 @@
 #include "core/dtype.h"
 #include "core/error.h"
 #include "core/thread_pool.h"
+#include "ops/cpu/matvec_q8.h"
 
 #include "core/simd.h"
 #ifdef FLASHMEM_HAVE_BLAS
@@ -302,16 +303,38 @@ void matvec_rows(const WeightMatrix& w, const float* x, int64_t m, float* y, int
     for (int64_t i = 0; i < m; ++i)
       y[i * w.rows + r] = dot_row(w.type, w.data + r * w.row_bytes, x + i * cols, cols);
 }
+// The same against activations quantised to 8 bits (m vectors of nb blocks each).
+void matvec_rows_q8(const WeightMatrix& w, const ActQ8Block* xq, int64_t m, float* y, int64_t r0,
+                    int64_t r1) {
+  const int64_t nb = w.cols / 32;
+  for (int64_t i = 0; i < m; ++i) {
+    float* yi = y + i * w.rows + r0;
+    dot_q8_rows(w.type, w.data + r0 * w.row_bytes, w.row_bytes, static_cast<int>(r1 - r0), xq + i * nb,
+                nb, yi);
+  }
+}
 constexpr int64_t kDecodeMaxRows = 2;  // m up to this uses fused dot products
 constexpr int64_t kRowChunk = 128;      // rows per decode task
+thread_local std::vector<ActQ8Block> t_act_q8;  // the caller's quantised activations
 }  // namespace
 
 void matmul_n(ThreadPool& pool, std::span<const WeightMatrix* const> ws, const float* x, int64_t m,
-              std::span<float* const> ys) {
+              std::span<float* const> ys, CpuDot dot) {
   FM_ICHECK(ws.size() == ys.size(), "matmul_n needs one output per weight");
   if (m > kDecodeMaxRows) {
     for (size_t k = 0; k < ws.size(); ++k) matmul(pool, *ws[k], x, m, ys[k]);
     return;
+  }
+  // The activations are quantised once for all matrices (they share x, hence cols) when every
+  // matrix has a q8 kernel.
+  bool q8 = dot == CpuDot::kQ8 && !ws.empty() && ws[0]->cols % 32 == 0;
+  for (const WeightMatrix* w : ws) q8 = q8 && q8_dot_supported(w->type) && w->cols == ws[0]->cols;
+  const ActQ8Block* xq = nullptr;
+  if (q8) {
+    const int64_t nb = ws[0]->cols / 32;
+    t_act_q8.resize(static_cast<size_t>(m * nb));
+    for (int64_t i = 0; i < m; ++i) quantize_act_q8(x + i * ws[0]->cols, ws[0]->cols, t_act_q8.data() + i * nb);
+    xq = t_act_q8.data();
   }
   // One task list over the row chunks of all matrices.
   std::vector<int64_t> first_task(ws.size() + 1, 0);
@@ -321,17 +344,19 @@ void matmul_n(ThreadPool& pool, std::span<const WeightMatrix* const> ws, const f
     const size_t k = static_cast<size_t>(
         std::upper_bound(first_task.begin(), first_task.end(), t) - first_task.begin() - 1);
     const int64_t r0 = (t - first_task[k]) * kRowChunk;
-    matvec_rows(*ws[k], x, m, ys[k], r0, std::min(ws[k]->rows, r0 + kRowChunk));
+    const int64_t r1 = std::min(ws[k]->rows, r0 + kRowChunk);
+    if (xq) matvec_rows_q8(*ws[k], xq, m, ys[k], r0, r1);
+    else matvec_rows(*ws[k], x, m, ys[k], r0, r1);
   });
 }
 
-void matmul(ThreadPool& pool, const WeightMatrix& w, const float* x, int64_t m, float* y) {
+void matmul(ThreadPool& pool, const WeightMatrix& w, const float* x, int64_t m, float* y, CpuDot dot) {
   FM_ICHECK(w.data != nullptr && w.cols > 0, "matmul on an empty weight ", w.name);
   const int64_t cols = w.cols;
   if (m <= kDecodeMaxRows) {
     const WeightMatrix* ws[1] = {&w};
     float* ys[1] = {y};
-    matmul_n(pool, ws, x, m, ys);
+    matmul_n(pool, ws, x, m, ys, dot);
     return;
   }
   // Prefill: dequantise a tile of rows once, multiply it with all m activations.

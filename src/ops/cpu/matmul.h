@@ -1,7 +1,8 @@
 // flashmem/ops/cpu/matmul.h — CPU matrix products over quantised weights.
 //
-// Decode (m small): fused dot products that dequantise a weight row on the fly against f32
-// activations (no activation quantisation, so results stay close to float64 math).
+// Decode (m small): fused dot products that dequantise a weight row on the fly, against the
+// activations quantised to 8 bits (CpuDot::kQ8, matvec_q8.h; Q4_0/Q4_1/Q8_0 weights) or in
+// f32 (CpuDot::kF32 and every other type: results stay close to float64 math).
 // Prefill (m large): weight rows are dequantised in tiles and multiplied with sgemm
 // (OpenBLAS when built with it, else flashmem's tiled loop).
 #pragma once
@@ -23,10 +24,11 @@ void dot4_rows(GgmlType type, const uint8_t* row0, size_t row_bytes, const float
                float* out);
 
 // y[m × w.rows] = x[m × w.cols] · wᵀ, parallel over output rows.
-void matmul(ThreadPool& pool, const WeightMatrix& w, const float* x, int64_t m, float* y);
+void matmul(ThreadPool& pool, const WeightMatrix& w, const float* x, int64_t m, float* y,
+            CpuDot dot = CpuDot::kF32);
 // Several products sharing x, as one parallel region when m is small (decode).
 void matmul_n(ThreadPool& pool, std::span<const WeightMatrix* const> ws, const float* x, int64_t m,
-              std::span<float* const> ys);
+              std::span<float* const> ys, CpuDot dot = CpuDot::kF32);
 // Plain single-threaded reference of the same product (dequantise, then double-free f32 loops).
 void matmul_ref(const WeightMatrix& w, const float* x, int64_t m, float* y);
 
