@@ -72,11 +72,11 @@ int bench_command(const BenchArgs& a) {
   eo.kv_type = parse_kv_type(a.kv_type);
   eo.page_tokens = a.page_tokens;
   const KvBudget budget = KvBudget::parse(a.prefill_budget);
-  for (int64_t p : a.prefill)
-    FM_CHECK(p >= 0, ErrorCode::kInvalidArgument, "prefill length ", p, " must be ≥ 0");
   std::vector<int64_t> prefill;  // -p 0: decode tests only
-  for (int64_t p : a.prefill)
+  for (int64_t p : a.prefill) {
+    FM_CHECK(p >= 0, ErrorCode::kInvalidArgument, "prefill length ", p, " must be ≥ 0");
     if (p > 0) prefill.push_back(p);
+  }
   for (int64_t d : a.depth) FM_CHECK(d >= 0, ErrorCode::kInvalidArgument, "depth ", d, " must be ≥ 0");
   auto eng = Engine::load(eo);
   const ModelInfo& mi = eng->info();

@@ -151,7 +151,7 @@ void dot_rows_avx2(const uint8_t* row0, size_t row_bytes, const ActQ8Block* x, i
         off[r] = _mm_add_ps(off[r], sc);
       } else if constexpr (T == GgmlType::Q4_0) {
         const auto* w = reinterpret_cast<const BlockQ4_0*>(rb) + b;
-        const __m128 sc = _mm_mul_ps(_mm_set1_ps(_mm_cvtss_f32(_mm_cvtph_ps(_mm_loadu_si16(w)))), xs);
+        const __m128 sc = _mm_mul_ps(_mm_broadcastss_ps(_mm_cvtph_ps(_mm_loadu_si16(w))), xs);
         acc[r] = _mm256_fmadd_ps(dot_u8s8(nibbles(w->qs), xq), _mm256_broadcastss_ps(sc), acc[r]);
         off[r] = _mm_add_ps(off[r], sc);  // lane 1: d·sx, taken 8 times below
       } else {
