@@ -567,6 +567,7 @@ TEST(LsaPolicy, ThePromptObservationComesFirstAndItsMissedMassWidens) {
   auto pick = [&](LsaOptions o, int64_t n, double* absent = nullptr, bool* widened = nullptr) {
     o.contrast = 0;
     o.spread = 0;
+    o.observe_spread = 0;  // TheObservationSpreadsToNeighbouringPages
     auto pol = s.policy(o);
     std::vector<int32_t> first, out;
     c.layer = 0;
@@ -604,6 +605,40 @@ TEST(LsaPolicy, ThePromptObservationComesFirstAndItsMissedMassWidens) {
   EXPECT_THROW(bad.validate(), Error);
   bad = LsaOptions{};
   bad.widen_absent = 1.5f;
+  EXPECT_THROW(bad.validate(), Error);
+}
+
+// observe_spread: the pages either side of an observed page rank next to it, as if they held
+// 0.9^d of its share, ahead of the indexer's pages and of observed pages with less than that.
+TEST(LsaPolicy, TheObservationSpreadsToNeighbouringPages) {
+  ScriptedLsa s(1, {0}, 12);  // middle pages 1..10
+  s.scorer->high = {{2, 0.9f}, {3, 0.8f}};
+  s.q.prompt_mass.assign(1, std::vector<float>(12, 0.0f));
+  std::vector<float>& m = s.q.prompt_mass[0];
+  m[0] = 0.4f;   // sink
+  m[11] = 0.2f;  // tail
+  m[6] = 0.25f;  // 0.625 of the middle's 0.4
+  m[9] = 0.15f;  // 0.375
+  const SelectContext c = s.context();
+  auto pick = [&](int spread, float top_p, int64_t n) {
+    LsaOptions o;
+    o.contrast = 0;
+    o.spread = 0;
+    o.observe_spread = spread;
+    o.observe_top_p = top_p;
+    auto pol = s.policy(o);
+    std::vector<int32_t> out;
+    pol->select(c, n, out);
+    return out;
+  };
+  // Top-p 0.5: page 6 alone; without spread the indexer's pages come next.
+  EXPECT_EQ(pick(0, 0.5f, 3), (std::vector<int32_t>{6, 2, 3}));
+  EXPECT_EQ(pick(1, 0.5f, 4), (std::vector<int32_t>{6, 7, 5, 2}));  // ties: newer first
+  EXPECT_EQ(pick(2, 0.5f, 6), (std::vector<int32_t>{6, 7, 5, 8, 4, 2}));
+  // Top-p 1: page 9 (0.375) ranks below page 6's neighbours (0.5625) and above its own (0.3375).
+  EXPECT_EQ(pick(1, 1.0f, 8), (std::vector<int32_t>{6, 7, 5, 9, 10, 8, 2, 3}));
+  LsaOptions bad;
+  bad.observe_spread = -1;
   EXPECT_THROW(bad.validate(), Error);
 }
 

@@ -200,7 +200,8 @@ TEST(TieredKvStore, StreamingPrefillMatchesFullAttentionWithinTheBudget) {
 // What the prompt's last tokens attended (memory/observation.h), measured while the prompt
 // streams through a small reserve, equals the float64 softmax over all of each layer's keys,
 // summed per chunk and averaged over (layer, head, observed token); the same with every page
-// resident (one attention call, no log-sum-exp to combine).
+// resident (one attention call, no log-sum-exp to combine). Per layer, the same averaged over
+// that layer's (head, token) pairs.
 TEST(PromptObserver, StreamedPartsCombineToTheWholeSoftmax) {
   for (const int64_t budget : {int64_t{3}, int64_t{40}})
     for (const int32_t from : {60, 40}) {  // 40: the observed tokens straddle two forward calls
@@ -231,15 +232,17 @@ TEST(PromptObserver, StreamedPartsCombineToTheWholeSoftmax) {
         pos0 += n;
       }
       tiered.set_prompt_observer(nullptr);
-      const std::vector<float> got = obs.mass();
-      // float64 reference from the full path's stored keys.
+      // float64 reference from the full path's stored keys: per (layer, head), the mass per chunk
+      // summed over the observed tokens, and how many tokens that is.
       const int64_t n_tok = pos0, n_chunks = (n_tok - 1) / ct + 1;
-      std::vector<double> want(static_cast<size_t>(n_chunks), 0.0);
-      int64_t triples = 0;
+      std::vector<std::vector<std::vector<double>>> want(
+          c.n_layers, std::vector<std::vector<double>>(n_heads, std::vector<double>(n_chunks, 0.0)));
+      int64_t rows = 0;
       for (size_t call = 0; call < qs.size(); ++call)
         for (int64_t i = 0; i < static_cast<int64_t>(qs[call].size()) / (n_heads * c.head_dim); ++i) {
           const int64_t t = starts[call] + i;
           if (t < from) continue;
+          ++rows;
           for (int l = 0; l < c.n_layers; ++l)
             for (int h = 0; h < n_heads; ++h) {
               const int g = h / (n_heads / c.n_kv_heads);
@@ -256,27 +259,41 @@ TEST(PromptObserver, StreamedPartsCombineToTheWholeSoftmax) {
               }
               double sum = 0.0;
               for (double& v : sc) sum += (v = std::exp(v - mx));
-              for (int64_t j = 0; j <= t; ++j) want[j / ct] += sc[j] / sum;
-              ++triples;
+              for (int64_t j = 0; j <= t; ++j) want[l][h][j / ct] += sc[j] / sum;
             }
         }
-      ASSERT_GT(triples, 0);
-      ASSERT_EQ(got.size(), want.size()) << "budget " << budget << " from " << from;
+      ASSERT_GT(rows, 0);
+      const std::string where = "budget " + std::to_string(budget) + " from " + std::to_string(from);
+      const std::vector<float> got = obs.mass();
+      ASSERT_EQ(got.size(), static_cast<size_t>(n_chunks)) << where;
       double total = 0.0, worst = 0.0;
-      for (size_t k = 0; k < got.size(); ++k) {
+      for (int64_t k = 0; k < n_chunks; ++k) {
         ASSERT_TRUE(std::isfinite(got[k]));
         total += got[k];
-        worst = std::max(worst, std::abs(got[k] - want[k] / triples));
+        double w = 0.0;
+        for (int l = 0; l < c.n_layers; ++l)
+          for (int h = 0; h < n_heads; ++h) w += want[l][h][k];
+        worst = std::max(worst, std::abs(got[k] - w / static_cast<double>(rows * n_heads * c.n_layers)));
       }
-      EXPECT_NEAR(total, 1.0, 1e-5);
+      EXPECT_NEAR(total, 1.0, 1e-5) << where;
+      EXPECT_LE(worst, 2e-6) << where;
       const auto per_layer = obs.layer_mass();
       ASSERT_EQ(per_layer.size(), static_cast<size_t>(c.n_layers));
-      for (const auto& lm : per_layer) {
-        double t = 0.0;
-        for (float v : lm) t += v;
-        EXPECT_NEAR(t, 1.0, 1e-5);
+      for (int l = 0; l < c.n_layers; ++l) {
+        std::vector<double> w(static_cast<size_t>(n_chunks), 0.0);
+        for (int64_t k = 0; k < n_chunks; ++k)
+          for (int h = 0; h < n_heads; ++h) w[k] += want[l][h][k] / static_cast<double>(rows * n_heads);
+        double sum = 0.0, t = 0.0, worst_l = 0.0;
+        for (double v : w) sum += v;
+        ASSERT_EQ(per_layer[l].size(), static_cast<size_t>(n_chunks)) << where;
+        for (int64_t k = 0; k < n_chunks; ++k) {
+          ASSERT_TRUE(std::isfinite(per_layer[l][k])) << where;
+          t += per_layer[l][k];
+          worst_l = std::max(worst_l, std::abs(per_layer[l][k] - w[k] / sum));
+        }
+        EXPECT_NEAR(t, 1.0, 1e-5) << where;
+        EXPECT_LE(worst_l, 4e-6) << where << " layer " << l;
       }
-      EXPECT_LE(worst, 2e-6) << "budget " << budget << " from " << from;
       if (budget == 3) {
         EXPECT_GT(recall.stats().pages, 0);  // the prompt did stream
       }

@@ -25,6 +25,8 @@ void LsaOptions::validate() const {
            "the lsa observation window must be in [0, 4096] tokens, got ", observe);
   FM_CHECK(observe_top_p > 0.0f && observe_top_p <= 1.0f, ErrorCode::kInvalidArgument,
            "the lsa observation top-p must be in (0, 1], got ", observe_top_p);
+  FM_CHECK(observe_spread >= 0 && observe_spread <= 64, ErrorCode::kInvalidArgument,
+           "the lsa observation spread must be in [0, 64] pages, got ", observe_spread);
   FM_CHECK(widen_absent > 0.0f && widen_absent <= 1.0f, ErrorCode::kInvalidArgument,
            "the lsa absent-mass fallback threshold must be in (0, 1], got ", widen_absent);
 }
@@ -189,7 +191,14 @@ void LsaPolicy::select(const SelectContext& c, int64_t n, std::vector<int32_t>& 
     for (int32_t pg : order_) {
       if (held >= opts_.observe_top_p * middle) break;
       held += page_obs_[pg];
-      layer_score_[pg] = top + static_cast<float>(page_obs_[pg] / middle);
+      const float share = static_cast<float>(page_obs_[pg] / middle);
+      layer_score_[pg] = std::max(layer_score_[pg], top + share);
+      float w = 1.0f;
+      for (int d = 1; d <= opts_.observe_spread; ++d) {
+        w *= 0.9f;
+        for (const int64_t nb : {int64_t{pg} - d, int64_t{pg} + d})
+          if (nb >= c.middle_begin && nb < c.middle_end) layer_score_[nb] = std::max(layer_score_[nb], top + w * share);
+      }
     }
     layer_pick_.clear();
     top_pages(c, n, layer_score_, layer_pick_);

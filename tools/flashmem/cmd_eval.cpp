@@ -304,6 +304,7 @@ int eval_command(const EvalArgs& a) {
         rec.extra["lsa_absent_mass"] = g.kv.lsa_absent_mass;
         rec.extra["lsa_observe"] = a.memory.lsa_observe;
         rec.extra["lsa_observe_top_p"] = a.memory.lsa_observe_top_p;
+        rec.extra["lsa_observe_spread"] = a.memory.lsa_observe_spread;
         rec.extra["lsa_widen_absent"] = a.memory.lsa_widen_absent;
         rec.extra["lsa_spread"] = a.memory.lsa_spread;
         rec.extra["lsa_per_layer"] = a.memory.lsa_per_layer;

@@ -37,6 +37,7 @@ struct MemoryArgs {
   int lsa_contrast = 16;
   int lsa_observe = LsaOptions{}.observe;
   float lsa_observe_top_p = LsaOptions{}.observe_top_p;
+  int lsa_observe_spread = LsaOptions{}.observe_spread;
   float lsa_widen_absent = LsaOptions{}.widen_absent;
   std::vector<int> lsa_layers;  // of the indexer's target layers (empty: all)
 };

@@ -53,6 +53,10 @@ void add_lsa_options(CLI::App* c, MemoryArgs& a) {
                 "lsa: the pages holding this share of the observed attention over the middle come first")
       ->check(CLI::Range(0.001, 1.0))
       ->capture_default_str();
+  c->add_option("--lsa-observe-spread", a.lsa_observe_spread,
+                "lsa: pages either side of an observed page that rank next to it, at 0.9^d of its mass (0: off)")
+      ->check(CLI::Range(0, 64))
+      ->capture_default_str();
   c->add_option("--lsa-widen-absent", a.lsa_widen_absent,
                 "lsa: widen to full KV when the chosen pages miss more than this share of the observed attention (1: never)")
       ->check(CLI::Range(0.001, 1.0))
@@ -90,6 +94,7 @@ ResidencyOptions residency_options(const MemoryArgs& a) {
   o.lsa.contrast = a.lsa_contrast;
   o.lsa.observe = a.lsa_observe;
   o.lsa.observe_top_p = a.lsa_observe_top_p;
+  o.lsa.observe_spread = a.lsa_observe_spread;
   o.lsa.widen_absent = a.lsa_widen_absent;
   o.validate();
   return o;
