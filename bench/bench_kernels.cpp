@@ -33,8 +33,10 @@ void BM_Matvec(benchmark::State& st, GgmlType type, int64_t rows, int64_t cols) 
   WeightMatrix w{type, rows, cols, ggml_row_bytes(type, cols), data.data(), "w"};
   std::vector<float> x(cols, 0.5f), y(rows);
   ThreadPool pool(static_cast<int>(st.range(0)));
+  const CpuDot dot = st.range(1) ? CpuDot::kQ8 : CpuDot::kF32;
+  st.SetLabel(cpu_dot_name(dot));
   for (auto _ : st) {
-    cpu::matmul(pool, w, x.data(), 1, y.data());
+    cpu::matmul(pool, w, x.data(), 1, y.data(), dot);
     benchmark::DoNotOptimize(y.data());
   }
   st.SetBytesProcessed(static_cast<int64_t>(st.iterations()) * static_cast<int64_t>(data.size()));
@@ -50,10 +52,11 @@ void BM_Memcpy(benchmark::State& st) {
   st.SetBytesProcessed(static_cast<int64_t>(st.iterations()) * static_cast<int64_t>(2 * n));
 }
 
-// SmolLM2-135M shapes: FFN up (1536×576, Q4_1) and the tied output (49152×576, Q8_0).
-BENCHMARK_CAPTURE(BM_Matvec, q4_1_ffn_up, GgmlType::Q4_1, 1536, 576)->Arg(1)->Arg(2);
-BENCHMARK_CAPTURE(BM_Matvec, q8_0_output, GgmlType::Q8_0, 49152, 576)->Arg(1)->Arg(2);
-BENCHMARK_CAPTURE(BM_Matvec, q4_1_large, GgmlType::Q4_1, 8192, 4096)->Arg(1)->Arg(2);
+// SmolLM2-135M shapes: FFN up (1536×576, Q4_1) and the tied output (49152×576, Q8_0); arguments
+// (threads, dot: 0 f32, 1 q8).
+BENCHMARK_CAPTURE(BM_Matvec, q4_1_ffn_up, GgmlType::Q4_1, 1536, 576)->ArgsProduct({{1, 2}, {0, 1}});
+BENCHMARK_CAPTURE(BM_Matvec, q8_0_output, GgmlType::Q8_0, 49152, 576)->ArgsProduct({{1, 2}, {0, 1}});
+BENCHMARK_CAPTURE(BM_Matvec, q4_1_large, GgmlType::Q4_1, 8192, 4096)->ArgsProduct({{1, 2}, {0, 1}});
 BENCHMARK(BM_Memcpy);
 
 }  // namespace

@@ -145,7 +145,8 @@ TEST_P(DotQ8Types, FastMatchesReferenceAndFloat64WithinTheRoundingBound) {
   const GgmlType type = GetParam();
   ASSERT_TRUE(cpu::q8_dot_supported(type));
   std::mt19937 rng(4321);
-  for (int64_t rows : {1, 3, 4, 7, 9}) {
+  // 13 and 29: groups of four that prefetch the rows ahead, then groups that do not, then single rows.
+  for (int64_t rows : {1, 3, 4, 7, 9, 13, 29}) {
     for (int64_t cols : {32, 64, 576, 1536}) {
       const size_t rb = ggml_row_bytes(type, cols);
       auto data = random_weights(type, rows, cols, rng);
