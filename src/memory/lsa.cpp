@@ -13,8 +13,6 @@ namespace flashmem {
 void LsaOptions::validate() const {
   FM_CHECK(threshold > 0.0f && threshold < 1.0f, ErrorCode::kInvalidArgument,
            "the lsa threshold must be in (0, 1), got ", threshold);
-  FM_CHECK(ensemble == "max" || ensemble == "mean", ErrorCode::kInvalidArgument,
-           "unknown lsa ensemble '", ensemble, "' (known: max, mean)");
   FM_CHECK(widen_kept > 0.0f && widen_kept <= 1.0f && widen_flat >= 0.0f, ErrorCode::kInvalidArgument,
            "bad needle-fallback thresholds");
   FM_CHECK(spread >= 0 && spread <= 64, ErrorCode::kInvalidArgument, "the lsa spread must be in [0, 64] chunks, got ",
@@ -43,20 +41,9 @@ LsaPolicy::LsaPolicy(const KvCacheConfig& kv, std::shared_ptr<LsaScorer> scorer,
 uint64_t LsaPolicy::scratch_bytes() const {
   size_t floats = prob_.capacity() + ens_.capacity() + rank_.capacity() + key_.capacity() +
                   rise_.capacity() + window_.capacity() + page_obs_.capacity() + layer_score_.capacity();
-  size_t ints = 0;
-  for (const auto& v : target_prob_) floats += v.capacity();
-  for (const auto& v : page_score_) floats += v.capacity();
-  for (const auto& p : picks_) ints += p.pages.capacity();
-  ints += layer_pick_.capacity() + order_.capacity();
+  floats += page_score_.capacity();
+  const size_t ints = pick_.capacity() + layer_pick_.capacity() + order_.capacity();
   return scorer_->device_bytes() + floats * sizeof(float) + ints * sizeof(int32_t);
-}
-
-int LsaPolicy::target_of(int layer) const {
-  const std::vector<int>& ls = query_.layers;
-  int best = 0;
-  for (int t = 1; t < static_cast<int>(ls.size()); ++t)
-    if (std::abs(ls[t] - layer) < std::abs(ls[best] - layer)) best = t;
-  return best;
 }
 
 namespace {
@@ -118,15 +105,12 @@ void LsaPolicy::level1(const SelectContext& c) {
   const int cpp = keys_.chunks_per_page();
   const int64_t n_chunks = c.n_pages * cpp;
   const int nt = keys_.n_targets();
-  ens_.assign(static_cast<size_t>(n_chunks), opts_.ensemble == "max" ? 0.0f : 0.0f);
+  ens_.assign(static_cast<size_t>(n_chunks), 0.0f);
   for (int t = 0; t < nt; ++t) {
     FM_ICHECK(keys_.n_chunks(t) >= n_chunks, "lsa: index keys cover ", keys_.n_chunks(t),
               " chunks, the layer has ", n_chunks);
-    if (opts_.per_layer) target_prob_.resize(static_cast<size_t>(nt));
-    std::vector<float>& prob = opts_.per_layer ? target_prob_[t] : prob_;  // per_layer keeps each
-    scorer_->score(t, query_.rows.data() + static_cast<size_t>(t) * query_.d_model, query_.position, keys_, prob);
-    for (int64_t ch = 0; ch < n_chunks; ++ch)
-      ens_[ch] = opts_.ensemble == "max" ? std::max(ens_[ch], prob[ch]) : ens_[ch] + prob[ch] / nt;
+    scorer_->score(t, query_.rows.data() + static_cast<size_t>(t) * query_.d_model, query_.position, keys_, prob_);
+    for (int64_t ch = 0; ch < n_chunks; ++ch) ens_[ch] += prob_[ch] / nt;
   }
   // Statistics for the fallback, on the ensemble's own chunk scores over the middle.
   int64_t kept = 0, total = 0;
@@ -138,10 +122,7 @@ void LsaPolicy::level1(const SelectContext& c) {
     sum2 += static_cast<double>(p) * p;
     ++total;
   }
-  // One ranking for every layer (the ensemble's), or one per target layer.
-  page_score_.resize(opts_.per_layer ? static_cast<size_t>(nt) : 1);
-  picks_.resize(page_score_.size());
-  for (size_t r = 0; r < page_score_.size(); ++r) rank_pages(c, opts_.per_layer ? target_prob_[r] : ens_, page_score_[r]);
+  rank_pages(c, ens_, page_score_);  // one ranking for every layer
   kept_fraction_ = total ? static_cast<double>(kept) / total : 0.0;
   score_std_ = total ? std::sqrt(std::max(0.0, sum2 / total - (sum / total) * (sum / total))) : 0.0;
   if (opts_.widen && !widen_ && total > 0) {
@@ -163,16 +144,14 @@ void LsaPolicy::select(const SelectContext& c, int64_t n, std::vector<int32_t>& 
     level1(c);
     scored_cycle_ = c.cycle;
   }
-  // Layers sharing a ranking share its pick while the middle and the count are the same.
-  const size_t r = opts_.per_layer ? static_cast<size_t>(target_of(c.layer)) : 0;
-  Pick& p = picks_[r];
+  // The layers share the indexer's pick while the middle and the count are the same.
   const std::array<int64_t, 4> key{c.cycle, c.middle_begin, c.middle_end, n};
-  if (key != p.key) {
-    p.pages.clear();
-    top_pages(c, n, page_score_[r], p.pages);
-    p.key = key;
+  if (key != pick_key_) {
+    pick_.clear();
+    top_pages(c, n, page_score_, pick_);
+    pick_key_ = key;
   }
-  const std::vector<int32_t>* pick = &p.pages;
+  const std::vector<int32_t>* pick = &pick_;
   if (fresh) {
     absent_sum_ = 0.0;
     absent_layers_ = 0;
@@ -181,7 +160,7 @@ void LsaPolicy::select(const SelectContext& c, int64_t n, std::vector<int32_t>& 
   if (observed(c.layer)) {
     // This layer's observed pages first, most mass first, then the shared ranking.
     const double middle = observed_pages(c);
-    layer_score_ = page_score_[r];
+    layer_score_ = page_score_;
     order_.clear();
     for (int64_t pg = c.middle_begin; pg < c.middle_end; ++pg)
       if (page_obs_[pg] > 0.0f) order_.push_back(static_cast<int32_t>(pg));

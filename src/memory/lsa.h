@@ -3,10 +3,10 @@
 //
 // Every τ steps (first right after prefill) the indexer scores every indexed chunk of the
 // middle pages from the latest decode token's target-layer inputs, one probability per chunk
-// and target layer; the per-chunk ensemble (mean by default) is thresholded at θ, pages are
-// ranked by how many of their chunks pass (ties: by their best chunk's rise above its
-// surroundings, `contrast`), and the top pages within the budget join sink and tail. The same
-// pages stay resident in every layer (or, `per_layer`, each layer follows its nearest target).
+// and target layer; their mean per chunk is thresholded at θ, pages are ranked by how many of
+// their chunks pass (ties: by their best chunk's rise above its surroundings, `contrast`), and
+// the top pages within the budget join sink and tail. The indexer's pages are the same in every
+// layer; the prompt observation puts each layer's own observed pages first.
 //
 // Needle fallback (unreleased by the paper's authors): when the indexer keeps more than
 // `widen_kept` of the middle chunks, or its scores are flat (standard deviation below
@@ -51,8 +51,7 @@ class LsaScorer {
 };
 
 struct LsaOptions {
-  float threshold = 0.5f;         // θ
-  std::string ensemble = "mean";  // "max" or "mean" over target layers (mean measured better here)
+  float threshold = 0.5f;         // θ, on the mean of the target layers' scores (the max measured worse)
   bool widen = true;              // needle fallback on/off
   float widen_kept = 0.5f;        // kept fraction of the middle chunks that triggers it
   float widen_flat = 0.0f;        // score standard deviation at or below which it triggers
@@ -60,9 +59,6 @@ struct LsaOptions {
   // chunk d ≤ spread chunks away, so the neighbours of a chosen chunk come next (0: off).
   // 1 measured better than 0 on RULER 4K/8K at 16-token pages (docs/accuracy.md).
   int spread = 1;
-  // Each layer keeps the pages its nearest target layer ranks highest, instead of the
-  // ensemble's one set for every layer (the per-layer budget is unchanged).
-  bool per_layer = false;
   // Positional contrast: among pages with as many chunks above θ, the order is how far a chunk's
   // score rises above the lower quartile of the scores within `contrast` chunks either side
   // (0: off: the score itself), so a chunk that stands out from its surroundings outranks a
@@ -91,8 +87,7 @@ struct LsaOptions {
 };
 
 // One Level-1 pass as it happened (`flashmem eval --lsa-trace`): the ensemble's chunk scores and
-// the middle pages the first layer asking in that cycle was given, best first (every layer's,
-// unless per_layer).
+// the middle pages the first layer asking in that cycle was given, best first.
 struct LsaSelection {
   int64_t cycle = 0;
   int64_t step = 0;           // decode steps done before it
@@ -131,7 +126,6 @@ class LsaPolicy final : public ResidencyPolicy {
   void level1(const SelectContext& c);
   // Page scores over the middle from per-chunk scores (threshold count, spread, contrast).
   void rank_pages(const SelectContext& c, const std::vector<float>& chunk, std::vector<float>& page);
-  int target_of(int layer) const;
 
   KvCacheConfig kv_;
   std::shared_ptr<LsaScorer> scorer_;
@@ -140,15 +134,11 @@ class LsaPolicy final : public ResidencyPolicy {
   LsaOptions opts_;
   int64_t scored_cycle_ = -1;
   std::vector<float> prob_, ens_, rank_, rise_, key_, window_;  // per chunk
-  std::vector<std::vector<float>> target_prob_;             // per target layer, per chunk (per_layer)
-  // Per ranking (the ensemble's, or per target layer with per_layer): page scores, and the
-  // pick the layers using it share.
-  struct Pick {
-    std::vector<int32_t> pages;
-    std::array<int64_t, 4> key{-1, -1, -1, -1};  // (cycle, middle_begin, middle_end, n)
-  };
-  std::vector<std::vector<float>> page_score_;
-  std::vector<Pick> picks_;
+  // The indexer's page scores, and the pick every layer shares while (cycle, middle_begin,
+  // middle_end, n) stay the same.
+  std::vector<float> page_score_;
+  std::vector<int32_t> pick_;
+  std::array<int64_t, 4> pick_key_{-1, -1, -1, -1};
   bool widen_ = false;
   std::string widen_reason_;
   std::vector<LsaSelection>* trace_ = nullptr;

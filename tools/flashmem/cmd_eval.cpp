@@ -307,7 +307,6 @@ int eval_command(const EvalArgs& a) {
         rec.extra["lsa_observe_spread"] = a.memory.lsa_observe_spread;
         rec.extra["lsa_widen_absent"] = a.memory.lsa_widen_absent;
         rec.extra["lsa_spread"] = a.memory.lsa_spread;
-        rec.extra["lsa_per_layer"] = a.memory.lsa_per_layer;
         rec.extra["lsa_contrast"] = a.memory.lsa_contrast;
         rec.extra["lsa_layers"] = eng->indexer()->keys_config().layers;
         rec.extra["indexer"] = indexer_id;

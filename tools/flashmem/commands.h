@@ -29,11 +29,9 @@ struct MemoryArgs {
   uint64_t seed = 0;
   std::string indexer;        // Memory Indexer checkpoint (lsa); empty: the one shipped for the model
   float lsa_threshold = 0.5f;
-  std::string lsa_ensemble = "mean";
   float lsa_widen_kept = 0.5f;
   bool lsa_no_widen = false;
   int lsa_spread = 1;
-  bool lsa_per_layer = false;
   int lsa_contrast = 16;
   int lsa_observe = LsaOptions{}.observe;
   float lsa_observe_top_p = LsaOptions{}.observe_top_p;

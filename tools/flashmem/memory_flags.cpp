@@ -32,16 +32,12 @@ void add_lsa_options(CLI::App* c, MemoryArgs& a) {
                 "lsa: score with these of the indexer's target layers only, e.g. 4,8 (default: all)")
       ->delimiter(',');
   c->add_option("--lsa-threshold", a.lsa_threshold, "lsa: chunk score threshold theta")->check(CLI::Range(0.001, 0.999));
-  c->add_option("--lsa-ensemble", a.lsa_ensemble, "lsa: ensemble over target layers")
-      ->check(CLI::IsMember({"max", "mean"}));
   c->add_option("--lsa-widen-kept", a.lsa_widen_kept,
                 "lsa: kept fraction of the middle chunks above which the request widens to full KV")
       ->check(CLI::Range(0.001, 1.0));
   c->add_flag("--lsa-no-widen", a.lsa_no_widen, "lsa: never widen (no needle fallback)");
   c->add_option("--lsa-spread", a.lsa_spread, "lsa: neighbouring chunks a chosen chunk pulls in (0: off; default 1)")
       ->check(CLI::Range(0, 64));
-  c->add_flag("--lsa-per-layer", a.lsa_per_layer,
-              "lsa: each layer keeps the pages its nearest target layer ranks highest (default: one set for all)");
   c->add_option("--lsa-contrast", a.lsa_contrast,
                 "lsa: rank by a chunk's rise above the lower quartile of the scores within N chunks either side (0: off; default 16)")
       ->check(CLI::Range(0, 4096));
@@ -86,11 +82,9 @@ ResidencyOptions residency_options(const MemoryArgs& a) {
   o.tail_tokens = a.tail;
   o.seed = a.seed;
   o.lsa.threshold = a.lsa_threshold;
-  o.lsa.ensemble = a.lsa_ensemble;
   o.lsa.widen_kept = a.lsa_widen_kept;
   o.lsa.widen = !a.lsa_no_widen;
   o.lsa.spread = a.lsa_spread;
-  o.lsa.per_layer = a.lsa_per_layer;
   o.lsa.contrast = a.lsa_contrast;
   o.lsa.observe = a.lsa_observe;
   o.lsa.observe_top_p = a.lsa_observe_top_p;
