@@ -107,6 +107,12 @@ TEST(Cli, BenchWithoutPrefillTimesDecodeOnly) {
   EXPECT_NE(r.out.find("| tg4 @ d0 |"), std::string::npos) << r.out;
   EXPECT_NE(r.out.find("cpu, 1 threads, f32 dot"), std::string::npos) << r.out;
   EXPECT_EQ(r.out.find("| pp"), std::string::npos) << r.out;
+  // -b: sequences decoded together, one row per batch size.
+  const CmdResult batched = run_cli("bench -m " + model + " -p 0 -d 8 -b 1,3 -n 2 -r 1 -t 1");
+  ASSERT_EQ(batched.code, 0) << batched.out;
+  EXPECT_NE(batched.out.find("| tg2 @ d8 |"), std::string::npos) << batched.out;
+  EXPECT_NE(batched.out.find("| tg2 @ d8 × 3 seqs |"), std::string::npos) << batched.out;
+  EXPECT_EQ(run_cli("bench -m " + model + " -p 0 -b 0 -n 2 -r 1").code, 2);
   const CmdResult bad = run_cli("bench -m " + model + " -p 0 -d 0 -n 4 -r 1 --cpu-dot q4");
   EXPECT_EQ(bad.code, 2) << bad.out;
   EXPECT_NE(bad.out.find("--cpu-dot"), std::string::npos) << bad.out;

@@ -104,29 +104,77 @@ class LlamaModel final : public Model {
   void forward(std::span<const int32_t> tokens, KvStore& kv, float* logits_last,
                float* all_logits) override {
     FM_CHECK(!tokens.empty(), ErrorCode::kInvalidArgument, "forward needs at least one token");
-    const auto& c = kv.config();
-    FM_CHECK(c.n_layers == info_.n_layers && c.n_kv_heads == info_.n_kv_heads &&
-                 c.head_dim == info_.head_dim,
-             ErrorCode::kInvalidArgument, "KV cache shape does not match the model");
+    check_store(kv);
     for (size_t i = 0; i < tokens.size(); i += kMaxUbatch) {
       const size_t n = std::min<size_t>(kMaxUbatch, tokens.size() - i);
       const bool last = i + n == tokens.size();
-      forward_ubatch(tokens.subspan(i, n), kv, last ? logits_last : nullptr,
-                     all_logits ? all_logits + i * info_.n_vocab : nullptr);
+      const Piece piece{tokens.subspan(i, n), &kv, last ? logits_last : nullptr,
+                        all_logits ? all_logits + i * info_.n_vocab : nullptr};
+      forward_ubatch(std::span<const Piece>(&piece, 1));
     }
   }
 
- private:
-  void forward_ubatch(std::span<const int32_t> tokens, KvStore& kv, float* logits_last,
-                      float* all_logits) {
-    const int64_t m = static_cast<int64_t>(tokens.size());
-    const int d = info_.d_model, hd = info_.head_dim;
-    const int64_t pos0 = kv.n_tokens();
-    ensure_scratch(m);
-    for (int64_t i = 0; i < m; ++i) pos_[i] = static_cast<int32_t>(pos0 + i);
+  void forward_batch(std::span<const SequenceInput> seqs) override {
+    FM_CHECK(!tap_ || seqs.size() <= 1, ErrorCode::kInvalidArgument,
+             "an activation tap observes one sequence; forward_batch got ", seqs.size());
+    for (size_t i = 0; i < seqs.size(); ++i) {
+      FM_CHECK(seqs[i].kv != nullptr && !seqs[i].tokens.empty(), ErrorCode::kInvalidArgument, "sequence ", i,
+               " of the batch has no KV store or no tokens");
+      check_store(*seqs[i].kv);
+      for (size_t j = 0; j < i; ++j)
+        FM_CHECK(seqs[j].kv != seqs[i].kv, ErrorCode::kInvalidArgument, "sequences ", j, " and ", i,
+                 " of the batch share one KV store");
+    }
+    // Micro-batches of at most kMaxUbatch tokens; a long sequence spans several, and only its
+    // last piece asks for logits.
+    std::vector<Piece> ub;
+    int64_t filled = 0;
+    for (const SequenceInput& s : seqs) {
+      for (size_t i = 0; i < s.tokens.size();) {
+        const size_t n = std::min<size_t>(static_cast<size_t>(kMaxUbatch - filled), s.tokens.size() - i);
+        const bool last = i + n == s.tokens.size();
+        ub.push_back(Piece{s.tokens.subspan(i, n), s.kv, last ? s.logits_last : nullptr, nullptr});
+        filled += static_cast<int64_t>(n);
+        i += n;
+        if (filled == kMaxUbatch) {
+          forward_ubatch(ub);
+          ub.clear();
+          filled = 0;
+        }
+      }
+    }
+    if (!ub.empty()) forward_ubatch(ub);
+  }
 
-    be_.get_rows(tok_embd_, tokens.data(), m, x_f());
-    const AttentionParams ap = kv.attention_params(info_.n_heads, 1.0f / std::sqrt(float(hd)));
+ private:
+  // One sequence's tokens within a micro-batch.
+  struct Piece {
+    std::span<const int32_t> tokens;
+    KvStore* kv;
+    float* logits_last;  // of its last token, or nullptr
+    float* all_logits;   // of every token (n × n_vocab), or nullptr
+  };
+
+  void check_store(const KvStore& kv) const {
+    const auto& c = kv.config();
+    FM_CHECK(c.n_layers == info_.n_layers && c.n_kv_heads == info_.n_kv_heads && c.head_dim == info_.head_dim,
+             ErrorCode::kInvalidArgument, "KV cache shape does not match the model");
+  }
+
+  void forward_ubatch(std::span<const Piece> pieces) {
+    int64_t m = 0;
+    for (const Piece& p : pieces) m += static_cast<int64_t>(p.tokens.size());
+    const int d = info_.d_model, hd = info_.head_dim;
+    const int64_t qd = int64_t{info_.n_heads} * hd, kvd = int64_t{info_.n_kv_heads} * hd;
+    ensure_scratch(m);
+    tokens_.clear();
+    for (const Piece& p : pieces) {
+      const int64_t pos0 = p.kv->n_tokens();
+      for (size_t i = 0; i < p.tokens.size(); ++i) pos_[tokens_.size() + i] = static_cast<int32_t>(pos0 + i);
+      tokens_.insert(tokens_.end(), p.tokens.begin(), p.tokens.end());
+    }
+
+    be_.get_rows(tok_embd_, tokens_.data(), m, x_f());
     for (int l = 0; l < info_.n_layers; ++l) {
       const LayerWeights& w = layers_[l];
       // Attention block.
@@ -139,8 +187,15 @@ class LlamaModel final : public Model {
       }
       be_.rope(q_f(), m, info_.n_heads, hd, pos_.data(), info_.rope);
       be_.rope(k_f(), m, info_.n_kv_heads, hd, pos_.data(), info_.rope);
-      kv.append(l, m, k_f(), v_f());
-      kv.attend(be_, l, ap, q_f(), pos_.data(), m, attn_f());
+      // Each sequence writes and attends its own KV.
+      int64_t at = 0;
+      for (const Piece& p : pieces) {
+        const int64_t n = static_cast<int64_t>(p.tokens.size());
+        const AttentionParams ap = p.kv->attention_params(info_.n_heads, 1.0f / std::sqrt(float(hd)));
+        p.kv->append(l, n, k_f() + at * kvd, v_f() + at * kvd);
+        p.kv->attend(be_, l, ap, q_f() + at * qd, pos_.data() + at, n, attn_f() + at * qd);
+        at += n;
+      }
       be_.matmul(w.wo, attn_f(), m, tmp_f());
       be_.add(x_f(), tmp_f(), m * d);
       // MLP block (SwiGLU).
@@ -154,20 +209,38 @@ class LlamaModel final : public Model {
       be_.matmul(w.w_down, gate_f(), m, tmp_f());
       be_.add(x_f(), tmp_f(), m * d);
     }
-    // Logits go to host memory: computed in place on the CPU, downloaded from a device.
+    // Logits go to host memory: computed in place on the CPU, downloaded from a device. Every
+    // token's for a piece that wants them all; else the last token of each piece that asks,
+    // their rows gathered so the output matrix is read once.
     const int64_t nv = info_.n_vocab;
-    if (all_logits) {
-      be_.rms_norm(x_f(), output_norm_, m, d, info_.rms_eps, xn_f());
-      float* dst = be_.host_memory() ? all_logits : logits_buffer(m);
-      be_.matmul(output_, xn_f(), m, dst);
-      if (!be_.host_memory()) be_.download(all_logits, dst, m * nv * sizeof(float));
-      if (logits_last) std::copy_n(all_logits + (m - 1) * nv, nv, logits_last);
-    } else if (logits_last) {
-      const float* xl = x_f() + (m - 1) * d;
-      be_.rms_norm(xl, output_norm_, 1, d, info_.rms_eps, xn_f());
-      float* dst = be_.host_memory() ? logits_last : logits_buffer(1);
-      be_.matmul(output_, xn_f(), 1, dst);
-      if (!be_.host_memory()) be_.download(logits_last, dst, nv * sizeof(float));
+    int64_t at = 0, rows = 0;
+    for (const Piece& p : pieces) {
+      const int64_t n = static_cast<int64_t>(p.tokens.size());
+      if (p.all_logits) {
+        be_.rms_norm(x_f() + at * d, output_norm_, n, d, info_.rms_eps, xn_f());
+        float* dst = be_.host_memory() ? p.all_logits : logits_buffer(n);
+        be_.matmul(output_, xn_f(), n, dst);
+        if (!be_.host_memory()) be_.download(p.all_logits, dst, n * nv * sizeof(float));
+        if (p.logits_last) std::copy_n(p.all_logits + (n - 1) * nv, nv, p.logits_last);
+      }
+      at += n;
+    }
+    at = 0;
+    for (const Piece& p : pieces) {
+      at += static_cast<int64_t>(p.tokens.size());
+      if (!p.logits_last || p.all_logits) continue;
+      be_.rms_norm(x_f() + (at - 1) * d, output_norm_, 1, d, info_.rms_eps, tmp_f() + rows * d);
+      ++rows;
+    }
+    if (rows == 0) return;
+    float* dst = logits_buffer(rows);
+    be_.matmul(output_, tmp_f(), rows, dst);
+    int64_t r = 0;
+    for (const Piece& p : pieces) {
+      if (!p.logits_last || p.all_logits) continue;
+      if (be_.host_memory()) std::copy_n(dst + r * nv, nv, p.logits_last);
+      else be_.download(p.logits_last, dst + r * nv, nv * sizeof(float));
+      ++r;
     }
   }
 
@@ -220,7 +293,7 @@ class LlamaModel final : public Model {
   std::vector<LayerWeights> layers_;
   // Activation scratch in backend memory, sized for the largest micro-batch seen; positions
   // are host memory.
-  std::vector<int32_t> pos_;
+  std::vector<int32_t> pos_, tokens_;
   std::vector<float> tap_row_;
   BackendBuffer x_, xn_, tmp_, q_, attn_, k_, v_, gate_, up_, logits_;
 };

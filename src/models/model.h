@@ -51,6 +51,15 @@ class ActivationTap {
   virtual void on_layer_input(int layer, int32_t position, const float* x) = 0;
 };
 
+// One sequence's share of a batched forward pass (Model::forward_batch): its new tokens, at
+// positions kv->n_tokens() … + tokens.size() − 1, the store that holds its KV, and where the
+// logits of its last token go (n_vocab floats; nullptr: not wanted).
+struct SequenceInput {
+  std::span<const int32_t> tokens;
+  KvStore* kv = nullptr;
+  float* logits_last = nullptr;
+};
+
 class Model {
  public:
   virtual ~Model() = default;
@@ -61,6 +70,15 @@ class Model {
   // given, writes every position's logits there (n × n_vocab).
   virtual void forward(std::span<const int32_t> tokens, KvStore& kv, float* logits_last,
                        float* all_logits = nullptr) = 0;
+
+  // Runs several sequences in one pass: their tokens meet every weight matrix together (the
+  // weights are read once for the batch), and each attends only to its own KV. Sequences must be
+  // distinct stores of this model's shape. On the CPU, a decode batch (one token per sequence,
+  // at most cpu::kDecodeMaxRows = 16 sequences) gives every sequence the logits forward() gives it
+  // alone, bit for bit: each row of a matrix product is computed the same way whatever the
+  // batch. Error(kInvalidArgument) for an empty sequence, a shared or missing store, or an
+  // activation tap with more than one sequence (the tap observes one).
+  virtual void forward_batch(std::span<const SequenceInput> seqs) = 0;
 
   // Observes layer inputs from now on (nullptr: stop). The tap must outlive its use.
   void set_tap(ActivationTap* tap) { tap_ = tap; }

@@ -4,9 +4,11 @@
 //    the same dequantised weights (relative L2 ≤ 1e-3 with f32 KV);
 //  * the same logits vs llama.cpp (which quantises activations: ≤ 5e-2);
 //  * the default CPU decode (8-bit activations, CpuDot::kQ8) against both references;
-//  * batched prefill vs token-by-token decode, and page-size independence.
+//  * batched prefill vs token-by-token decode, and page-size independence;
+//  * sequences decoded together (Model::forward_batch) vs each alone.
 #include <gtest/gtest.h>
 
+#include <cstring>
 #include <fstream>
 #include <nlohmann/json.hpp>
 
@@ -211,6 +213,90 @@ TEST(DefaultModel, PrefillEqualsTokenByTokenDecode) {
   ASSERT_TRUE(test::all_finite(step.data(), step.size()));
   EXPECT_LT(test::rel_l2(step.data(), batched.data(), step.size()), 1e-5);
   EXPECT_EQ(argmax(step.data(), eng.info().n_vocab), argmax(batched.data(), eng.info().n_vocab));
+}
+
+// Model::forward_batch: sequences of different lengths, decoded together with the default
+// q8 dot products and f16 KV, get bit for bit the logits (and so the greedy tokens) each gets
+// alone, also as the batch shrinks when one sequence stops. A batched prefill agrees with
+// prefills alone to float rounding (checked with exact f32 dots and f32 KV: the tiled products'
+// blocking depends on the batch's rows, and 8-bit activations or f16 keys would turn a last-bit
+// difference into a rounding step).
+TEST(DefaultModel, SequencesDecodedTogetherEqualEachDecodedAlone) {
+  Engine& eng = engine(KvType::kF16, CpuDot::kQ8);
+  const int64_t nv = eng.info().n_vocab;
+  std::vector<std::vector<int32_t>> prompts;
+  const char* names[3] = {"prose", "code", "chat"};
+  const size_t lens[3] = {97, 140, 61};
+  for (int s = 0; s < 3; ++s) {
+    const Fixture f = load_fixture(names[s]);
+    prompts.emplace_back(f.tokens.begin(), f.tokens.begin() + static_cast<std::ptrdiff_t>(lens[s]));
+  }
+  const int steps[3] = {20, 12, 20};  // the code sequence leaves the batch after 12 steps
+  // Alone: prefill, then greedy steps one at a time; every step's logits kept.
+  std::vector<std::vector<std::vector<float>>> alone(3);
+  for (int s = 0; s < 3; ++s) {
+    PagedKvCache kv = eng.new_cache();
+    std::vector<float> logits(nv);
+    eng.model().forward(prompts[s], kv, logits.data());
+    alone[s].push_back(logits);
+    for (int i = 0; i < steps[s]; ++i) {
+      const int32_t t = argmax(logits.data(), nv);
+      eng.model().forward(std::span<const int32_t>(&t, 1), kv, logits.data());
+      alone[s].push_back(logits);
+    }
+  }
+  // A batched prefill (exact dots, f32 KV) against prefills alone.
+  {
+    Engine& exact = engine(KvType::kF32, CpuDot::kF32);
+    std::vector<PagedKvCache> kvs;
+    std::vector<std::vector<float>> got(3, std::vector<float>(nv)), want(3, std::vector<float>(nv));
+    std::vector<SequenceInput> batch;
+    for (int s = 0; s < 3; ++s) {
+      kvs.push_back(exact.new_cache());
+      PagedKvCache lone = exact.new_cache();
+      exact.model().forward(prompts[s], lone, want[s].data());
+    }
+    for (int s = 0; s < 3; ++s) batch.push_back({prompts[s], &kvs[s], got[s].data()});
+    exact.model().forward_batch(batch);
+    for (int s = 0; s < 3; ++s) {
+      ASSERT_TRUE(test::all_finite(got[s].data(), nv));
+      EXPECT_LT(test::rel_l2(got[s].data(), want[s].data(), nv), 1e-5) << names[s];
+      EXPECT_EQ(argmax(got[s].data(), nv), argmax(want[s].data(), nv)) << names[s];
+      EXPECT_EQ(kvs[s].n_tokens(), static_cast<int64_t>(prompts[s].size()));
+    }
+  }
+  // Together: each prefilled alone, then decode batches of one token per running sequence.
+  std::vector<PagedKvCache> kvs;
+  std::vector<std::vector<float>> logits(3, std::vector<float>(nv));
+  for (int s = 0; s < 3; ++s) {
+    kvs.push_back(eng.new_cache());
+    eng.model().forward(prompts[s], kvs[s], logits[s].data());
+  }
+  std::vector<SequenceInput> batch;
+  std::vector<int32_t> next(3);
+  for (int i = 0; i < 20; ++i) {
+    batch.clear();
+    for (int s = 0; s < 3; ++s) {
+      if (i >= steps[s]) continue;
+      next[s] = argmax(logits[s].data(), nv);
+      batch.push_back({std::span<const int32_t>(&next[s], 1), &kvs[s], logits[s].data()});
+    }
+    eng.model().forward_batch(batch);
+    for (int s = 0; s < 3; ++s) {
+      if (i >= steps[s]) continue;
+      ASSERT_EQ(std::memcmp(logits[s].data(), alone[s][i + 1].data(), nv * sizeof(float)), 0)
+          << names[s] << " step " << i << " in a batch of " << batch.size();
+    }
+  }
+  // Bad batches are refused before anything runs.
+  const int32_t t = 1;
+  std::vector<SequenceInput> shared = {{std::span<const int32_t>(&t, 1), &kvs[0], nullptr},
+                                       {std::span<const int32_t>(&t, 1), &kvs[0], nullptr}};
+  const int64_t before = kvs[0].n_tokens();
+  EXPECT_THROW(eng.model().forward_batch(shared), Error);
+  std::vector<SequenceInput> empty = {{std::span<const int32_t>(), &kvs[1], nullptr}};
+  EXPECT_THROW(eng.model().forward_batch(empty), Error);
+  EXPECT_EQ(kvs[0].n_tokens(), before);
 }
 
 TEST(DefaultModel, PageSizeDoesNotChangeTheResult) {

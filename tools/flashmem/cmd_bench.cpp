@@ -1,10 +1,13 @@
 // flashmem bench — prefill and decode throughput on random tokens, in the manner of
 // llama-bench (pp: prompt processing of P tokens; tg: generating N tokens after D of context),
-// so the two engines can be compared on the same machine and model.
+// so the two engines can be compared on the same machine and model. With -b B the tg tests
+// decode B sequences together (Model::forward_batch, one token each per step) and report their
+// aggregate tok/s.
 #include <algorithm>
 #include <chrono>
 #include <cmath>
 #include <cstdio>
+#include <memory>
 #include <random>
 
 #include "commands.h"
@@ -19,6 +22,9 @@ CLI::App* add_bench_command(CLI::App& app, BenchArgs& a) {
   c->add_option("-p,--prefill", a.prefill, "Prompt lengths to time (comma list; 0: no prefill test, as llama-bench)")
       ->delimiter(',');
   c->add_option("-d,--depth", a.depth, "Context depths before decode (comma list)")->delimiter(',');
+  c->add_option("-b,--batch", a.batch, "Sequences decoded together in the tg tests (comma list; aggregate tok/s)")
+      ->delimiter(',')
+      ->check(CLI::Range(1, 1024));
   c->add_option("-n,--n-gen", a.n_gen, "Decode steps timed at each depth")->check(CLI::Range(1, 1 << 20));
   c->add_option("-r,--reps", a.reps, "Repetitions")->check(CLI::Range(1, 100));
   c->add_option("-t,--threads", a.threads, "CPU threads (0: all cores)")->check(CLI::Range(0, 1024));
@@ -123,29 +129,39 @@ int bench_command(const BenchArgs& a) {
                 where.c_str(), static_cast<long long>(p), under.c_str(), s.mean, s.sd);
     std::fflush(stdout);
   }
-  for (int64_t d : a.depth) {
-    std::vector<double> rates;
-    for (int r = 0; r < a.reps; ++r) {
-      FullKv full(*eng);
-      TieredKvStore& kv = full.kv;
-      if (d > 0) {
-        std::vector<int32_t> toks(d);
-        for (auto& t : toks) t = tok(rng);
-        eng->model().forward(toks, kv, logits.data());
+  // Each sequence's store holds its d + n_gen tokens, all resident.
+  const int64_t pt = eng->kv_config().page_tokens;
+  for (int64_t d : a.depth)
+    for (const int b : a.batch) {
+      std::vector<double> rates;
+      for (int r = 0; r < a.reps; ++r) {
+        std::vector<std::unique_ptr<FullKv>> kvs;
+        std::vector<std::vector<float>> outs(static_cast<size_t>(b), std::vector<float>(mi.n_vocab));
+        std::vector<int32_t> next(static_cast<size_t>(b));
+        for (int s = 0; s < b; ++s) {
+          kvs.push_back(std::make_unique<FullKv>(*eng, (d + a.n_gen + pt - 1) / pt + 1));
+          if (d > 0) {
+            std::vector<int32_t> toks(d);
+            for (auto& t : toks) t = tok(rng);
+            eng->model().forward(toks, kvs[s]->kv, outs[s].data());
+          }
+          next[s] = tok(rng);
+        }
+        std::vector<SequenceInput> batch(static_cast<size_t>(b));
+        const double t0 = now_s();
+        for (int i = 0; i < a.n_gen; ++i) {
+          for (int s = 0; s < b; ++s) batch[s] = {std::span<const int32_t>(&next[s], 1), &kvs[s]->kv, outs[s].data()};
+          eng->model().forward_batch(batch);
+          for (int s = 0; s < b; ++s) next[s] = argmax(outs[s].data(), mi.n_vocab);
+        }
+        rates.push_back(static_cast<double>(b) * a.n_gen / (now_s() - t0));
       }
-      int32_t next = tok(rng);
-      const double t0 = now_s();
-      for (int i = 0; i < a.n_gen; ++i) {
-        eng->model().forward(std::span<const int32_t>(&next, 1), kv, logits.data());
-        next = argmax(logits.data(), mi.n_vocab);
-      }
-      rates.push_back(a.n_gen / (now_s() - t0));
+      const Stat s = stat(rates);
+      const std::string seqs = b > 1 ? " × " + std::to_string(b) + " seqs" : "";
+      std::printf("| %s | %s | %s | tg%d @ d%lld%s | %.2f ± %.2f |\n", mi.name.c_str(), a.kv_type.c_str(),
+                  where.c_str(), a.n_gen, static_cast<long long>(d), seqs.c_str(), s.mean, s.sd);
+      std::fflush(stdout);
     }
-    const Stat s = stat(rates);
-    std::printf("| %s | %s | %s | tg%d @ d%lld | %.2f ± %.2f |\n", mi.name.c_str(), a.kv_type.c_str(),
-                where.c_str(), a.n_gen, static_cast<long long>(d), s.mean, s.sd);
-    std::fflush(stdout);
-  }
   return 0;
 }
 

@@ -118,6 +118,7 @@ struct BenchArgs {
   std::string model;
   std::vector<int64_t> prefill{1024};
   std::vector<int64_t> depth{0};
+  std::vector<int> batch{1};
   int n_gen = 64;
   int reps = 3;
   std::string backend = "cpu";

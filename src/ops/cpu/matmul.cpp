@@ -313,7 +313,6 @@ void matvec_rows_q8(const WeightMatrix& w, const ActQ8Block* xq, int64_t m, floa
                 nb, yi);
   }
 }
-constexpr int64_t kDecodeMaxRows = 2;  // m up to this uses fused dot products
 constexpr int64_t kRowChunk = 128;      // rows per decode task
 thread_local std::vector<ActQ8Block> t_act_q8;  // the caller's quantised activations
 }  // namespace

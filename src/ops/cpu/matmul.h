@@ -23,6 +23,10 @@ float dot_row(GgmlType type, const uint8_t* row, const float* x, int64_t cols);
 void dot4_rows(GgmlType type, const uint8_t* row0, size_t row_bytes, const float* x, int64_t cols,
                float* out);
 
+// Products of up to this many activation rows (decode, and batches of decodes) take the fused
+// dot products, every row computed as if it were alone; more rows take the tiled GEMM.
+inline constexpr int64_t kDecodeMaxRows = 16;
+
 // y[m × w.rows] = x[m × w.cols] · wᵀ, parallel over output rows.
 void matmul(ThreadPool& pool, const WeightMatrix& w, const float* x, int64_t m, float* y,
             CpuDot dot = CpuDot::kF32);
