@@ -222,19 +222,21 @@ class LlamaModel final : public Model {
         be_.matmul(output_, xn_f(), n, dst);
         if (!be_.host_memory()) be_.download(p.all_logits, dst, n * nv * sizeof(float));
         if (p.logits_last) std::copy_n(p.all_logits + (n - 1) * nv, nv, p.logits_last);
+      } else if (p.logits_last) {
+        be_.rms_norm(x_f() + (at + n - 1) * d, output_norm_, 1, d, info_.rms_eps, tmp_f() + rows * d);
+        ++rows;
       }
       at += n;
     }
-    at = 0;
-    for (const Piece& p : pieces) {
-      at += static_cast<int64_t>(p.tokens.size());
-      if (!p.logits_last || p.all_logits) continue;
-      be_.rms_norm(x_f() + (at - 1) * d, output_norm_, 1, d, info_.rms_eps, tmp_f() + rows * d);
-      ++rows;
-    }
     if (rows == 0) return;
-    float* dst = logits_buffer(rows);
+    // One row on the CPU (single-sequence decode): straight into its destination.
+    const Piece* only = nullptr;
+    if (rows == 1 && be_.host_memory())
+      for (const Piece& p : pieces)
+        if (p.logits_last && !p.all_logits) only = &p;
+    float* dst = only ? only->logits_last : logits_buffer(rows);
     be_.matmul(output_, tmp_f(), rows, dst);
+    if (only) return;
     int64_t r = 0;
     for (const Piece& p : pieces) {
       if (!p.logits_last || p.all_logits) continue;
