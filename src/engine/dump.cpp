@@ -31,11 +31,6 @@ class LatestInputs final : public ActivationTap {
   int32_t position_ = -1;
 };
 
-struct TapGuard {
-  Model& m;
-  ~TapGuard() { m.set_tap(nullptr); }
-};
-
 }  // namespace
 
 train::DumpDoc dump_document(Engine& eng, const DumpInput& in, const DumpSettings& s, DumpTiming* timing) {
@@ -56,9 +51,7 @@ train::DumpDoc dump_document(Engine& eng, const DumpInput& in, const DumpSetting
   ResidencyOptions full;  // policy full, budget 100%
   const int n_new = in.forced.empty() ? s.max_new_tokens : static_cast<int>(in.forced.size());
   LatestInputs tap(s.target_layers, mi.d_model);
-  eng.model().set_tap(&tap);
-  TapGuard guard{eng.model()};
-  auto pre = eng.prefill(in.prompt, full, n_new);
+  auto pre = eng.prefill(in.prompt, full, n_new, &tap);
 
   train::DumpDoc d;
   d.name = in.name;
@@ -107,6 +100,7 @@ train::DumpDoc dump_document(Engine& eng, const DumpInput& in, const DumpSetting
   go.stop_strings = in.stop_strings;
   go.stop_at_eos = in.forced.empty();
   go.attend_hook = &hits;
+  go.tap = &tap;
   go.on_step = [&](int64_t step) {
     if (step % s.point_stride == 0) add_point(step);  // the hidden state Level 1 would read now
     hits.set_step(step);

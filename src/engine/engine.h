@@ -12,11 +12,13 @@
 #include <string_view>
 #include <vector>
 
+#include "engine/query_tap.h"
 #include "engine/sampler.h"
 #include "io/chat_template.h"
 #include "io/gguf.h"
 #include "io/tokenizer.h"
 #include "memory/kv_cache.h"
+#include "memory/observation.h"
 #include "memory/residency.h"
 #include "models/model.h"
 #include "ops/backend.h"
@@ -46,10 +48,12 @@ struct GenerateOptions {
   // Teacher forcing: when given, step i feeds forced_tokens[i] (instead of the sampled token)
   // and counts whether the model's argmax agreed (GenerateResult::forced_agree).
   std::vector<int32_t> forced_tokens;
-  // Observers (flashmem dump): a hook around every decode-mode attention, and a call before
-  // each decode forward pass with its step number (0 = the first token after the prompt).
+  // Observers (flashmem dump): a hook around every decode-mode attention, a call before each
+  // decode forward pass with its step number (0 = the first token after the prompt), and a tap
+  // on each decode token's layer inputs (Engine::prefill takes one for the prompt's last token).
   AttendHook* attend_hook = nullptr;
   std::function<void(int64_t step)> on_step;
+  ActivationTap* tap = nullptr;
   // lsa: keep every Level-1 pass (chunk scores and chosen pages) in GenerateResult::lsa_trace.
   bool lsa_trace = false;
 };
@@ -78,7 +82,7 @@ struct KvReport {
 struct GenerateResult {
   std::vector<int32_t> tokens;  // generated ids (including a final EOS, if any)
   std::string text;             // decoded text, cut before a stop string
-  std::string stop_reason;      // "eos", "stop_string", "length", "context"
+  std::string stop_reason;      // "eos", "stop_string", "length", "context", "cancelled", "error"
   int64_t n_prompt = 0;
   double prefill_seconds = 0;
   double decode_seconds = 0;    // time of the decode loop (sampling + decode_steps forwards)
@@ -87,12 +91,16 @@ struct GenerateResult {
   int64_t forced_agree = 0;     // teacher forcing: steps whose argmax was the forced token
   KvReport kv;
   std::vector<LsaSelection> lsa_trace;  // GenerateOptions::lsa_trace (until a widen, if any)
+  std::string error;            // stop_reason "error": what went wrong (the request alone ended)
 };
 
 // A prompt after prefill, ready to be decoded under one or more residency policies. Prefill is
 // exact attention whatever the budget (it streams pages through the reserve), so one prefill
 // can serve every policy whose budget is at least the prefill's: each decode forks the KV into
 // its own reserve of its own budget.
+//
+// A prefill may run in chunks (Request does, between other requests' decode steps): next_chunk
+// gives the next forward pass's input, advance records that it ran.
 struct Prefilled {
   std::vector<int32_t> prompt;
   std::vector<float> logits;  // after the last prompt token
@@ -102,6 +110,16 @@ struct Prefilled {
   std::unique_ptr<RecallEngine> recall;
   std::unique_ptr<TieredKvStore> kv;
   IndexerQuery query;  // the last prompt token's indexer inputs (when an indexer is loaded)
+  int64_t done = 0;    // prompt tokens prefilled so far
+  std::unique_ptr<PromptObserver> observer;  // lsa's prompt observation, while prefilling
+  std::unique_ptr<QueryTap> tap;             // fills `query` (and feeds a caller's tap)
+
+  bool complete() const { return done == static_cast<int64_t>(prompt.size()); }
+  // The next ≤ max_tokens prompt tokens (all that are left when max_tokens ≤ 0); the last chunk
+  // asks for the logits.
+  SequenceInput next_chunk(int64_t max_tokens);
+  // After next_chunk's forward pass of n tokens took `secs`; the last one ends the observation.
+  void advance(int64_t n, double secs);
 };
 
 class Engine {
@@ -141,22 +159,26 @@ class Engine {
                           const std::function<void(std::string_view)>& on_text = {});
 
   // Prefills `prompt` into a tiered store with the budget `memory` gives for a request of
-  // max_new_tokens more tokens (same checks as generate).
+  // max_new_tokens more tokens (same checks as generate). `tap` observes the last prompt token.
   std::unique_ptr<Prefilled> prefill(const std::vector<int32_t>& prompt,
-                                     const ResidencyOptions& memory, int max_new_tokens);
+                                     const ResidencyOptions& memory, int max_new_tokens,
+                                     ActivationTap* tap = nullptr);
+  // The same with nothing run yet: the checks done and the store allocated (its device reserve
+  // is the request's admission); Prefilled::next_chunk/advance run it.
+  std::unique_ptr<Prefilled> begin_prefill(const std::vector<int32_t>& prompt,
+                                           const ResidencyOptions& memory, int max_new_tokens,
+                                           ActivationTap* tap = nullptr);
   // Decodes a fork of `p` under opts.memory; `p` is left as it was. opts.max_new_tokens must
   // equal p.max_new_tokens and the budget must be ≥ the prefill's (Error kInvalidArgument):
   // the device then never held more than this request's budget.
   GenerateResult decode(const Prefilled& p, const GenerateOptions& opts,
                         const std::function<void(std::string_view)>& on_text = {});
 
- private:
+  // Error(kInvalidArgument) for an empty prompt or a token outside the vocabulary,
+  // Error(kOutOfRange) when it leaves no room in the context for a generated token.
   void check_prompt(const std::vector<int32_t>& prompt) const;
-  // fork = false decodes in p's own store (generate's single pass).
-  GenerateResult decode_pass(Prefilled& p, const GenerateOptions& opts,
-                             const std::function<void(std::string_view)>& on_text, bool fork,
-                             const AttentionTrace* replay, AttentionTrace* record);
 
+ private:
   Engine(const EngineOptions& opts, GgufFile file, std::shared_ptr<IndexerModel> indexer);
 
   EngineOptions opts_;

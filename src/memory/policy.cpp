@@ -177,6 +177,16 @@ const std::vector<std::string>& policy_names() {
   return names;
 }
 
+PolicyTraits policy_traits(const std::string& name) {
+  const auto& names = policy_names();
+  FM_CHECK(std::find(names.begin(), names.end(), name) != names.end(), ErrorCode::kInvalidArgument,
+           "unknown policy '", name, "' (known: full, recency, random, quest, oracle, lsa)");
+  PolicyTraits t;
+  t.replays_trace = name == "oracle";
+  t.needs_indexer = t.may_widen = name == "lsa";
+  return t;
+}
+
 std::unique_ptr<ResidencyPolicy> make_policy(const std::string& name, const KvCacheConfig& kv,
                                              uint64_t seed, const AttentionTrace* trace) {
   PolicyDeps d;

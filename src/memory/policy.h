@@ -91,6 +91,16 @@ void top_pages(const SelectContext& c, int64_t n, const std::vector<float>& scor
 // Names make_policy accepts.
 const std::vector<std::string>& policy_names();
 
+// What running a policy asks of the request that runs it (the engine asks these, never the
+// policy's name).
+struct PolicyTraits {
+  bool replays_trace = false;  // oracle: a recorded full-attention pass of the same request first
+  bool needs_indexer = false;  // lsa: a Memory Indexer, fed each decode step's hidden state
+  bool may_widen = false;      // lsa: may move the request to a full budget part-way (a new store)
+};
+// Error(kInvalidArgument) for an unknown name.
+PolicyTraits policy_traits(const std::string& name);
+
 // Builds a policy. `trace` is required by (and only by) oracle, `deps.lsa` and `deps.query` by
 // lsa. Error(kInvalidArgument) for an unknown name or a missing dependency.
 std::unique_ptr<ResidencyPolicy> make_policy(const std::string& name, const KvCacheConfig& kv,

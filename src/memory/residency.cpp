@@ -95,12 +95,12 @@ Residency::Residency(TieredKvStore& store, std::unique_ptr<ResidencyPolicy> poli
     store_.set_aux_bytes(pol->index_bytes(), pol->scratch_bytes());
   });
   store_.set_aux_bytes(pol->index_bytes(), pol->scratch_bytes());
-  if (policy_->per_step()) store_.set_hook(this);
+  if (policy_->per_step()) store_.add_hook(this);
 }
 
 Residency::~Residency() {
   store_.set_page_listener(nullptr);
-  store_.set_hook(nullptr);
+  store_.remove_hook(this);
 }
 
 SelectContext Residency::context(int layer) const {

@@ -313,18 +313,24 @@ KvPageRef TieredKvStore::page_view(int layer, int32_t pg) {
   return KvPageRef{base, base + cfg_.page_bytes() / 2, pos0, n};
 }
 
+void TieredKvStore::add_hook(AttendHook* h) {
+  if (h && std::find(hooks_.begin(), hooks_.end(), h) == hooks_.end()) hooks_.push_back(h);
+}
+
+void TieredKvStore::remove_hook(AttendHook* h) { std::erase(hooks_, h); }
+
 void TieredKvStore::attend(Backend& be, int layer, const AttentionParams& p, const float* q,
                            const int32_t* pos, int64_t m, float* out) {
   FM_ICHECK(layer >= 0 && layer < cfg_.n_layers, "layer ", layer, " out of range");
   if (!decode_mode_) return attend_streaming(be, layer, p, q, pos, m, out);
   // before_attend runs on the host: on a device backend it gets a host copy of the queries.
   const float* hq = q;
-  if (hook_ && !be.host_memory()) {
+  if (!hooks_.empty() && !be.host_memory()) {
     host_q_.resize(static_cast<size_t>(m) * p.n_heads * p.head_dim);
     be.download(host_q_.data(), q, host_q_.size() * sizeof(float));
     hq = host_q_.data();
   }
-  if (hook_) hook_->before_attend(*this, layer, p, hq, pos, m);
+  for (AttendHook* h : hooks_) h->before_attend(*this, layer, p, hq, pos, m);
   Layer& L = layers_[layer];
   views_.clear();
   view_ids_.clear();
@@ -338,7 +344,7 @@ void TieredKvStore::attend(Backend& be, int layer, const AttentionParams& p, con
   for (int32_t pg : L.selected) add(pg);
   if (done < static_cast<int32_t>(L.pages.size())) add(done);  // the open page
   be.attention(p, q, pos, m, views_, out);
-  if (hook_) hook_->after_attend(be, layer, p, q, pos, m, views_, view_ids_);
+  for (AttendHook* h : hooks_) h->after_attend(be, layer, p, q, pos, m, views_, view_ids_);
 }
 
 void TieredKvStore::attend_streaming(Backend& be, int layer, const AttentionParams& p,

@@ -113,7 +113,10 @@ class TieredKvStore final : public KvStore {
   const KvReserve& reserve() const { return reserve_; }
   const RecallEngine& recall() const { return recall_; }
 
-  void set_hook(AttendHook* h) { hook_ = h; }
+  // Observers of every decode-mode attention, called in the order they were added (each at most
+  // once; removing one that was never added does nothing).
+  void add_hook(AttendHook* h);
+  void remove_hook(AttendHook* h);
   // Sees every part of the streamed prefill attention (memory/observation.h); nullptr: none.
   void set_prompt_observer(PromptObserver* o) { observer_ = o; }
   // Called with each page's bytes when it completes (policies build page metadata from it).
@@ -181,7 +184,7 @@ class TieredKvStore final : public KvStore {
   int64_t open_slots_ = 0;
   int64_t mirror_pages_ = 0;
   bool decode_mode_ = false;
-  AttendHook* hook_ = nullptr;
+  std::vector<AttendHook*> hooks_;
   PromptObserver* observer_ = nullptr;
   std::function<void(int, int32_t, const uint8_t*)> listener_;
   uint64_t aux_index_ = 0, aux_scratch_ = 0;

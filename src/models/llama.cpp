@@ -109,14 +109,12 @@ class LlamaModel final : public Model {
       const size_t n = std::min<size_t>(kMaxUbatch, tokens.size() - i);
       const bool last = i + n == tokens.size();
       const Piece piece{tokens.subspan(i, n), &kv, last ? logits_last : nullptr,
-                        all_logits ? all_logits + i * info_.n_vocab : nullptr};
+                        all_logits ? all_logits + i * info_.n_vocab : nullptr, tap_};
       forward_ubatch(std::span<const Piece>(&piece, 1));
     }
   }
 
   void forward_batch(std::span<const SequenceInput> seqs) override {
-    FM_CHECK(!tap_ || seqs.size() <= 1, ErrorCode::kInvalidArgument,
-             "an activation tap observes one sequence; forward_batch got ", seqs.size());
     for (size_t i = 0; i < seqs.size(); ++i) {
       FM_CHECK(seqs[i].kv != nullptr && !seqs[i].tokens.empty(), ErrorCode::kInvalidArgument, "sequence ", i,
                " of the batch has no KV store or no tokens");
@@ -133,7 +131,7 @@ class LlamaModel final : public Model {
       for (size_t i = 0; i < s.tokens.size();) {
         const size_t n = std::min<size_t>(static_cast<size_t>(kMaxUbatch - filled), s.tokens.size() - i);
         const bool last = i + n == s.tokens.size();
-        ub.push_back(Piece{s.tokens.subspan(i, n), s.kv, last ? s.logits_last : nullptr, nullptr});
+        ub.push_back(Piece{s.tokens.subspan(i, n), s.kv, last ? s.logits_last : nullptr, nullptr, s.tap});
         filled += static_cast<int64_t>(n);
         i += n;
         if (filled == kMaxUbatch) {
@@ -153,6 +151,7 @@ class LlamaModel final : public Model {
     KvStore* kv;
     float* logits_last;  // of its last token, or nullptr
     float* all_logits;   // of every token (n × n_vocab), or nullptr
+    ActivationTap* tap;  // observes its last token, or nullptr
   };
 
   void check_store(const KvStore& kv) const {
@@ -179,7 +178,10 @@ class LlamaModel final : public Model {
       const LayerWeights& w = layers_[l];
       // Attention block.
       be_.rms_norm(x_f(), w.attn_norm, m, d, info_.rms_eps, xn_f());
-      if (tap_) observe(l, pos_[m - 1], xn_f() + (m - 1) * d);
+      for (int64_t at = 0; const Piece& p : pieces) {
+        at += static_cast<int64_t>(p.tokens.size());
+        if (p.tap) observe(*p.tap, l, pos_[at - 1], xn_f() + (at - 1) * d);
+      }
       {
         const WeightMatrix* ws[3] = {&w.wq, &w.wk, &w.wv};
         float* ys[3] = {q_f(), k_f(), v_f()};
@@ -246,14 +248,14 @@ class LlamaModel final : public Model {
     }
   }
 
-  void observe(int layer, int32_t position, const float* x) {
-    const auto ls = tap_->layers();
+  void observe(ActivationTap& tap, int layer, int32_t position, const float* x) {
+    const auto ls = tap.layers();
     if (!std::binary_search(ls.begin(), ls.end(), layer)) return;
     const int d = info_.d_model;
-    if (be_.host_memory()) return tap_->on_layer_input(layer, position, x);
+    if (be_.host_memory()) return tap.on_layer_input(layer, position, x);
     tap_row_.resize(d);
     be_.download(tap_row_.data(), x, d * sizeof(float));
-    tap_->on_layer_input(layer, position, tap_row_.data());
+    tap.on_layer_input(layer, position, tap_row_.data());
   }
 
   void ensure_scratch(int64_t m) {

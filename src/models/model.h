@@ -52,12 +52,14 @@ class ActivationTap {
 };
 
 // One sequence's share of a batched forward pass (Model::forward_batch): its new tokens, at
-// positions kv->n_tokens() … + tokens.size() − 1, the store that holds its KV, and where the
-// logits of its last token go (n_vocab floats; nullptr: not wanted).
+// positions kv->n_tokens() … + tokens.size() − 1, the store that holds its KV, where the
+// logits of its last token go (n_vocab floats; nullptr: not wanted), and the tap that observes
+// its last token's layer inputs (nullptr: none).
 struct SequenceInput {
   std::span<const int32_t> tokens;
   KvStore* kv = nullptr;
   float* logits_last = nullptr;
+  ActivationTap* tap = nullptr;
 };
 
 class Model {
@@ -76,11 +78,11 @@ class Model {
   // distinct stores of this model's shape. On the CPU, a decode batch (one token per sequence,
   // at most cpu::kDecodeMaxRows = 16 sequences) gives every sequence the logits forward() gives it
   // alone, bit for bit: each row of a matrix product is computed the same way whatever the
-  // batch. Error(kInvalidArgument) for an empty sequence, a shared or missing store, or an
-  // activation tap with more than one sequence (the tap observes one).
+  // batch. Each sequence's tap sees its own last token (set_tap's does not apply here).
+  // Error(kInvalidArgument) for an empty sequence or a shared or missing store.
   virtual void forward_batch(std::span<const SequenceInput> seqs) = 0;
 
-  // Observes layer inputs from now on (nullptr: stop). The tap must outlive its use.
+  // Observes layer inputs in forward() from now on (nullptr: stop). The tap must outlive its use.
   void set_tap(ActivationTap* tap) { tap_ = tap; }
 
  protected:

@@ -23,6 +23,8 @@
 #include "commands.h"
 #include "core/error.h"
 #include "engine/engine.h"
+#include "engine/request.h"
+#include "engine/scheduler.h"
 #include "eval/progress.h"
 #include "eval/results.h"
 #include "eval/ruler.h"
@@ -265,13 +267,38 @@ int eval_command(const EvalArgs& a) {
         smallest = r;
     auto pre = eng->prefill(prompt, smallest->memory, item.max_new_tokens);
     std::optional<std::vector<eval::AnswerSpan>> spans;  // --lsa-trace: the answers in this prompt
-    for (const Run* r : todo) {
-      GenerateOptions go;
+    // Each pending run decodes a fork of this prefill. Those that decode step by step run
+    // together, one token of each per forward pass (on the CPU each gets bit for bit what it
+    // gets alone); a policy that replays a recorded pass (oracle) runs on its own.
+    std::vector<GenerateOptions> gos(todo.size());
+    std::vector<GenerateResult> results(todo.size());
+    std::vector<const Request*> requests(todo.size(), nullptr);
+    Scheduler together(*eng);
+    for (size_t k = 0; k < todo.size(); ++k) {
+      GenerateOptions& go = gos[k];
       go.max_new_tokens = item.max_new_tokens;
-      go.memory = r->memory;
+      go.memory = todo[k]->memory;
       go.stop_strings = item.stop_strings;
-      go.lsa_trace = trace.is_open() && r->policy == "lsa";
-      const GenerateResult g = eng->decode(*pre, go);
+      go.lsa_trace = trace.is_open() && todo[k]->policy == "lsa";
+      if (policy_traits(go.memory.policy).replays_trace) {
+        results[k] = eng->decode(*pre, go);
+        continue;
+      }
+      auto r = std::make_unique<Request>(*eng, *pre, go);
+      requests[k] = r.get();
+      together.add(std::move(r));
+    }
+    const int64_t n_together = static_cast<int64_t>(todo.size()) - std::count(requests.begin(), requests.end(), nullptr);
+    for (const auto& done : together.run()) {
+      const size_t k = static_cast<size_t>(std::find(requests.begin(), requests.end(), done.get()) - requests.begin());
+      results[k] = done->result();
+      FM_CHECK(results[k].stop_reason != "error", ErrorCode::kInternal, item.prompt_id, " under ", todo[k]->policy, " ",
+               todo[k]->budget, ": ", results[k].error);
+    }
+    for (size_t k = 0; k < todo.size(); ++k) {
+      const Run* r = todo[k];
+      const GenerateOptions& go = gos[k];
+      const GenerateResult& g = results[k];
       eval::EvalRecord rec;
       rec.suite = a.suite;
       rec.task = item.task;
@@ -295,8 +322,9 @@ int eval_command(const EvalArgs& a) {
       rec.extra = {{"budget_pages", g.kv.budget_pages}, {"page_tokens", a.page_tokens}, {"kv_type", a.kv_type},
                    {"full_kv_bytes_f16", full_f16(g.kv.final.full_kv)}, {"stop_reason", g.stop_reason},
                    {"recalled_pages", g.kv.recall.pages}, {"cycles", g.kv.cycles},
-                   {"prefill_shared", todo.size() > 1}, {"backend", where}};
-      for (const auto& [k, v] : item.extra.items()) rec.extra[k] = v;
+                   {"prefill_shared", todo.size() > 1}, {"decoded_together", requests[k] ? together.stats().decode_passes > 0 ? n_together : 1 : 1},
+                   {"backend", where}};
+      for (const auto& [key, v] : item.extra.items()) rec.extra[key] = v;
       if (r->policy == "lsa") {
         rec.extra["widened_at_step"] = g.kv.widened_at_step;
         rec.extra["widen_reason"] = g.kv.widen_reason;
