@@ -4,7 +4,7 @@
 set -euo pipefail
 PKGS=(build-essential cmake g++ git python3 python3-pip unzip
       libgtest-dev libgmock-dev libbenchmark-dev nlohmann-json3-dev libcli11-dev libopenblas-dev
-      wamerican gnuplot-nox)
+      libcpp-httplib-dev pkg-config wamerican gnuplot-nox)
 missing=()
 for p in "${PKGS[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

@@ -20,6 +20,7 @@ enum class ErrorCode {
   kOutOfRange,       // a request exceeds a limit (context length, KV budget)
   kOutOfMemory,      // an allocation or reservation could not be satisfied
   kInternal,         // an invariant of flashmem itself was violated
+  kBusy,             // at capacity now (a server's queue is full); try again later
 };
 
 const char* error_code_name(ErrorCode code);

@@ -156,6 +156,26 @@ struct DumpArgs {
   int threads = 0;
 };
 
+struct ServeArgs {
+  std::string model;
+  std::string host = "127.0.0.1";
+  int port = 8080;
+  std::string api_key;
+  int max_requests = 16;
+  int max_queue = 64;
+  double kv_memory_gb = 0;    // cap on the running requests' device KV reserves (0: none)
+  double host_memory_gb = 0;  // cap on their host mirrors (0: none)
+  int n_predict = 512;        // max_tokens when a request gives none
+  int64_t prefill_chunk = 512;
+  int64_t n_ctx = 0;
+  std::string backend = "cpu";
+  std::string cpu_dot = "q8";
+  int threads = 0;
+  std::string kv_type = "f16";
+  int page_tokens = 64;
+  MemoryArgs memory;
+};
+
 // "4k" → 4096, "4096" → 4096; Error(kInvalidArgument) otherwise.
 int64_t parse_length(const std::string& s);
 
@@ -195,5 +215,7 @@ int run_command(const RunArgs& a);
 CLI::App* add_eval_command(CLI::App& app, EvalArgs& a);
 int eval_command(const EvalArgs& a);
 int info_command(const InfoArgs& a);
+CLI::App* add_serve_command(CLI::App& app, ServeArgs& a);
+int serve_command(const ServeArgs& a);
 
 }  // namespace flashmem::cli
