@@ -21,6 +21,9 @@
 
 extern "C" int fuzz_safetensors_one_input(const uint8_t* data, size_t size);
 extern "C" int fuzz_dump_one_input(const uint8_t* data, size_t size);
+extern "C" int fuzz_openai_one_input(const uint8_t* data, size_t size);
+extern "C" int fuzz_eval_json_one_input(const uint8_t* data, size_t size);
+extern "C" int fuzz_chat_template_one_input(const uint8_t* data, size_t size);
 
 namespace flashmem {
 namespace {
@@ -92,6 +95,11 @@ TEST(SafetensorsFuzz, CorpusReplayAndMutations) {
 }
 
 TEST(DumpFuzz, CorpusReplayAndMutations) { replay(corpus_dir("corpus-dump"), fuzz_dump_one_input); }
+TEST(OpenAiFuzz, CorpusReplayAndMutations) { replay(corpus_dir("corpus-openai"), fuzz_openai_one_input); }
+TEST(EvalJsonFuzz, CorpusReplayAndMutations) { replay(corpus_dir("corpus-eval-json"), fuzz_eval_json_one_input); }
+TEST(ChatTemplateFuzz, CorpusReplayAndMutations) {
+  replay(corpus_dir("corpus-chat-template"), fuzz_chat_template_one_input);
+}
 
 // ---- seeds -----------------------------------------------------------------------------------
 
