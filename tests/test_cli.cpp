@@ -47,7 +47,6 @@ TEST(Cli, UsageErrorsExitWithTwo) {
       {"run -m " + model + " -p hi --kv-budget 10%", "policy full keeps every page"},
       {"run -m " + model + " -p hi --cycle 0", "cycle"},
       {"run -m " + model + " -p hi --sink -1", "sink"},
-      {"run -m /nonexistent/model.gguf -p hi", "nonexistent"},
       {"run -m " + model, "prompt"},
       {"info", "--model"},
       // Checked against the indexer's metadata before the model is loaded (issue #25).
@@ -60,6 +59,32 @@ TEST(Cli, UsageErrorsExitWithTwo) {
     EXPECT_EQ(r.code, 2) << c.args << "\n" << r.out;
     EXPECT_NE(r.out.find(c.expect), std::string::npos) << c.args << "\n" << r.out;
   }
+}
+
+// A model file that is missing is a bad file, not bad usage: exit 1, one line naming it, for
+// every command that takes one.
+TEST(Cli, AMissingModelFileExitsOneWithOneLine) {
+  for (const std::string cmd : {"run -p hi", "info", "bench", "dump --out /tmp/flashmem_missing_model --layers 4 --ruler-samples 1"}) {
+    const CmdResult r = run_cli(cmd + " -m /nonexistent/model.gguf");
+    EXPECT_EQ(r.code, 1) << cmd << "\n" << r.out;
+    EXPECT_NE(r.out.find("/nonexistent/model.gguf"), std::string::npos) << cmd << "\n" << r.out;
+    EXPECT_EQ(std::count(r.out.begin(), r.out.end(), '\n'), 1) << cmd << "\n" << r.out;
+  }
+}
+
+// The CLI tells the truth: every default is in --help, and a budget that still holds every page
+// of a short request says that nothing was offloaded.
+TEST(Cli, HelpShowsDefaultsAndABudgetThatHoldsEverythingSaysSo) {
+  const CmdResult h = run_cli("run --help");
+  EXPECT_EQ(h.code, 0) << h.out;
+  for (const char* d : {"=256", "=64", "=f16", "=full", "=100%", "=cpu"})
+    EXPECT_NE(h.out.find(d), std::string::npos) << d << "\n" << h.out;
+  const std::string model = test::require_default_model();
+  const CmdResult r = run_cli("run -m " + model + " -p hi -n 2 --policy recency --kv-budget 10%");
+  EXPECT_EQ(r.code, 0) << r.out;
+  EXPECT_NE(r.out.find("nothing was offloaded"), std::string::npos) << r.out;
+  const CmdResult full = run_cli("run -m " + model + " -p hi -n 2");
+  EXPECT_EQ(full.out.find("nothing was offloaded"), std::string::npos) << full.out;
 }
 
 // bench and dump check every argument before their first test or document, so a bad last

@@ -85,6 +85,8 @@ struct HttpServer::Impl {
     ApiRequest q;
     std::shared_ptr<Job> job;
     try {
+      // A full queue refuses at once, before a long prompt is tokenized for nothing.
+      if (loop.saturated()) loop.reject_busy();
       q = parse_api_request(body, kind);
       GenerateOptions go;
       go.memory = o.memory;

@@ -118,13 +118,27 @@ std::shared_ptr<Job> ServingLoop::submit(std::vector<int32_t> prompt, GenerateOp
     } else if (static_cast<int64_t>(queue_.size()) < o_.max_queue) {
       queue_.push_back(job);
     } else {
-      ++metrics_.rejected;
-      FM_FAIL(ErrorCode::kBusy, "the server is at capacity (", running_, " running, ", queue_.size(),
-              " waiting); try again shortly");
+      busy();
     }
   }
   cv_.notify_all();
   return job;
+}
+
+bool ServingLoop::saturated() const {
+  std::lock_guard<std::mutex> lk(m_);
+  return static_cast<int64_t>(queue_.size()) >= o_.max_queue && (!queue_.empty() || running_ >= o_.max_running);
+}
+
+void ServingLoop::busy() {
+  ++metrics_.rejected;
+  FM_FAIL(ErrorCode::kBusy, "the server is at capacity (", running_, " running, ", queue_.size(),
+          " waiting); try again shortly");
+}
+
+void ServingLoop::reject_busy() {
+  std::lock_guard<std::mutex> lk(m_);
+  busy();
 }
 
 void ServingLoop::admit(std::shared_ptr<Job> job) {

@@ -108,6 +108,11 @@ class ServingLoop {
   // Queues a request. Error(kOutOfMemory) when it can never fit under the caps,
   // Error(kBusy) when the queue is full; the admission errors above.
   std::shared_ptr<Job> submit(std::vector<int32_t> prompt, GenerateOptions opts);
+  // True when a request submitted now would surely be refused as busy (the queue is full): lets
+  // the HTTP layer answer 429 before it tokenizes a long prompt.
+  bool saturated() const;
+  // Counts a refusal and throws Error(kBusy) (what submit() does when the queue is full).
+  [[noreturn]] void reject_busy();
   ServeMetrics metrics() const;
   const ServeOptions& options() const { return o_; }
 
@@ -115,6 +120,7 @@ class ServingLoop {
   void loop();
   bool fits(const Admission& a) const;  // under m_
   void admit(std::shared_ptr<Job> job);  // under m_: counted as running, handed to the loop
+  [[noreturn]] void busy();              // under m_: counts the refusal, throws Error(kBusy)
 
   Engine& eng_;
   ServeOptions o_;

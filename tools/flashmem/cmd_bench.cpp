@@ -18,7 +18,7 @@ namespace flashmem::cli {
 
 CLI::App* add_bench_command(CLI::App& app, BenchArgs& a) {
   CLI::App* c = app.add_subcommand("bench", "Measure prefill and decode tok/s on random tokens");
-  c->add_option("-m,--model", a.model, "GGUF model file")->required()->check(CLI::ExistingFile);
+  c->add_option("-m,--model", a.model, "GGUF model file")->required();
   c->add_option("-p,--prefill", a.prefill, "Prompt lengths to time (comma list; 0: no prefill test, as llama-bench)")
       ->delimiter(',');
   c->add_option("-d,--depth", a.depth, "Context depths before decode (comma list)")->delimiter(',');

@@ -27,7 +27,7 @@ namespace flashmem::cli {
 
 CLI::App* add_dump_command(CLI::App& app, DumpArgs& a) {
   CLI::App* c = app.add_subcommand("dump", "Dump Memory Indexer training data (hidden states, index keys, attended chunks)");
-  c->add_option("-m,--model", a.model, "GGUF model file")->required()->check(CLI::ExistingFile);
+  c->add_option("-m,--model", a.model, "GGUF model file")->required();
   c->add_option("--out", a.out, "Output directory")->required();
   c->add_option("--ruler-lengths", a.ruler_lengths, "RULER prompt lengths, e.g. 2k,4k,8k")->delimiter(',');
   c->add_option("--tasks", a.tasks, "RULER tasks (all or a list)")->delimiter(',');

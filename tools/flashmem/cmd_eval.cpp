@@ -36,7 +36,7 @@ namespace flashmem::cli {
 
 CLI::App* add_eval_command(CLI::App& app, EvalArgs& a) {
   CLI::App* c = app.add_subcommand("eval", "Evaluate accuracy vs device KV footprint (RULER, needle, LongBench-v2, LongMemEval)");
-  c->add_option("-m,--model", a.model, "GGUF model file")->check(CLI::ExistingFile);
+  c->add_option("-m,--model", a.model, "GGUF model file");
   c->add_option("--suite", a.suite, "Benchmark suite")
       ->check(CLI::IsMember({"ruler", "needle", "longbench-v2", "longmemeval"}));
   c->add_option("--lengths", a.lengths, "Context lengths (RULER, needle), e.g. 4k,8k")

@@ -12,7 +12,7 @@ namespace flashmem::cli {
 
 CLI::App* add_info_command(CLI::App& app, InfoArgs& a) {
   CLI::App* c = app.add_subcommand("info", "Print a model's architecture, hyper-parameters and tensors");
-  c->add_option("-m,--model", a.model, "GGUF model file")->required()->check(CLI::ExistingFile);
+  c->add_option("-m,--model", a.model, "GGUF model file")->required();
   c->add_flag("!--no-tensors", a.tensors, "Omit the tensor table");
   return c;
 }

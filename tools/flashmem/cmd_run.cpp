@@ -12,7 +12,7 @@ namespace flashmem::cli {
 
 CLI::App* add_run_command(CLI::App& app, RunArgs& a) {
   CLI::App* c = app.add_subcommand("run", "Generate text from a prompt, streaming tokens");
-  c->add_option("-m,--model", a.model, "GGUF model file")->required()->check(CLI::ExistingFile);
+  c->add_option("-m,--model", a.model, "GGUF model file")->required();
   auto* p = c->add_option("-p,--prompt", a.prompt, "Prompt text");
   auto* f = c->add_option("-f,--file", a.prompt_file, "Read the prompt from a file")->check(CLI::ExistingFile);
   p->excludes(f);
@@ -138,6 +138,16 @@ int run_command(const RunArgs& a) {
                mib(static_cast<size_t>(kv.mean_device_bytes)).c_str(), mib(kv.final.full_kv).c_str(),
                r.kv_bytes_per_token, kv_type_name(eng->kv_type()), a.page_tokens,
                mib(kv.final.mirror).c_str());
+  // A budget below 100% that still holds every page this request will have (a short prompt:
+  // the minimum of sink + tail + one cycle, or the rounding up) offloads nothing; say so.
+  const int64_t final_tokens = std::min<int64_t>(eng->n_ctx(), r.n_prompt + std::max(go.max_new_tokens, 1));
+  const int64_t all_pages = (final_tokens + a.page_tokens - 1) / a.page_tokens;
+  const bool covers_all = kv.policy != "full" && kv.budget_pages >= all_pages;
+  if (covers_all)
+    std::fprintf(stderr,
+                 "[flashmem] note: --kv-budget %s rounds up to %lld pages per layer, all %lld pages this request "
+                 "reaches, so nothing was offloaded (the budget bites on longer prompts)\n",
+                 kv.budget.c_str(), static_cast<long long>(kv.budget_pages), static_cast<long long>(all_pages));
   if (a.kv_report) print_kv_report(stderr, kv);
   if (!a.report_json.empty()) {
     nlohmann::json j = {{"model", a.model},
@@ -152,6 +162,7 @@ int run_command(const RunArgs& a) {
                         {"kv_type", kv_type_name(eng->kv_type())},
                         {"kv_bytes_per_token", r.kv_bytes_per_token},
                         {"kv", kv_report_json(kv)},
+                        {"budget_covers_all_pages", covers_all},
                         {"tokens", r.tokens},
                         {"forced_tokens", go.forced_tokens.size()},
                         {"forced_agree", r.forced_agree},

@@ -16,7 +16,7 @@ namespace flashmem::cli {
 
 CLI::App* add_serve_command(CLI::App& app, ServeArgs& a) {
   CLI::App* c = app.add_subcommand("serve", "Serve the model over an OpenAI-compatible HTTP API");
-  c->add_option("-m,--model", a.model, "GGUF model file")->required()->check(CLI::ExistingFile);
+  c->add_option("-m,--model", a.model, "GGUF model file")->required();
   c->add_option("--host", a.host, "Address to listen on")->capture_default_str();
   c->add_option("--port", a.port, "Port to listen on (0: any free port)")->check(CLI::Range(0, 65535))->capture_default_str();
   c->add_option("--api-key", a.api_key, "Require \"Authorization: Bearer KEY\" on /v1/* and /metrics");

@@ -13,6 +13,7 @@ int main(int argc, char** argv) {
   CLI::App app{"flashmem — long-context LLM inference with Lookahead Sparse Attention"};
   app.require_subcommand(1);
   app.set_version_flag("--version", "flashmem 0.1.0");
+  app.option_defaults()->always_capture_default();  // --help shows every default
   flashmem::cli::RunArgs run_args;
   flashmem::cli::InfoArgs info_args;
   flashmem::cli::BenchArgs bench_args;
