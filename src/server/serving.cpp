@@ -166,18 +166,22 @@ void ServingLoop::loop() {
   Scheduler sched(eng_, so);
   std::vector<std::pair<Request*, std::shared_ptr<Job>>> live;
   auto end_job = [&](Request* r, const std::shared_ptr<Job>& job) {
+    // The counters first: a client that sees its job end sees the server without it.
     const GenerateResult& g = r->result();
+    {
+      std::lock_guard<std::mutex> lk(m_);
+      --running_;
+      device_admitted_ -= job->admission_.device_bytes;
+      host_admitted_ -= job->admission_.host_bytes;
+      metrics_.device_kv_bytes = sched.reserve_bytes();
+      metrics_.generated_tokens += static_cast<int64_t>(g.tokens.size());
+      metrics_.pages_recalled += g.kv.recall.pages;
+      metrics_.widenings += g.kv.widened_at_step >= 0;
+      if (g.stop_reason == "cancelled") ++metrics_.cancelled;
+      else if (g.stop_reason == "error") ++metrics_.failed;
+      else ++metrics_.completed;
+    }
     job->finish(g);
-    std::lock_guard<std::mutex> lk(m_);
-    --running_;
-    device_admitted_ -= job->admission_.device_bytes;
-    host_admitted_ -= job->admission_.host_bytes;
-    metrics_.generated_tokens += static_cast<int64_t>(g.tokens.size());
-    metrics_.pages_recalled += g.kv.recall.pages;
-    metrics_.widenings += g.kv.widened_at_step >= 0;
-    if (g.stop_reason == "cancelled") ++metrics_.cancelled;
-    else if (g.stop_reason == "error") ++metrics_.failed;
-    else ++metrics_.completed;
   };
   for (;;) {
     std::vector<std::shared_ptr<Job>> admit_now;
@@ -212,12 +216,14 @@ void ServingLoop::loop() {
         g.stop_reason = "error";
         g.error = e.what();
         g.n_prompt = static_cast<int64_t>(jp->prompt_.size());
+        {
+          std::lock_guard<std::mutex> lk(m_);
+          --running_;
+          device_admitted_ -= jp->admission_.device_bytes;
+          host_admitted_ -= jp->admission_.host_bytes;
+          ++metrics_.failed;
+        }
         jp->finish(g);
-        std::lock_guard<std::mutex> lk(m_);
-        --running_;
-        device_admitted_ -= jp->admission_.device_bytes;
-        host_admitted_ -= jp->admission_.host_bytes;
-        ++metrics_.failed;
       }
     }
     for (auto& [r, job] : live)
