@@ -9,7 +9,7 @@
 #include <string>
 #include <vector>
 
-#include "fuzz_text_common.h"
+#include "fuzz_common.h"
 #include "io/chat_template.h"
 
 #if defined(FLASHMEM_FUZZ_NO_MAIN)

@@ -17,6 +17,7 @@
 #include <vector>
 
 #include "core/error.h"
+#include "fuzz_common.h"
 #include "train/dump.h"
 
 #if defined(FLASHMEM_FUZZ_NO_MAIN)
@@ -27,20 +28,7 @@
 
 namespace {
 
-[[noreturn]] void fuzz_fail(const char* what) {
-#if defined(FLASHMEM_FUZZ_NO_MAIN)
-  throw std::logic_error(what);
-#else
-  (void)what;
-  __builtin_trap();
-#endif
-}
-
 uint64_t g_sink = 0;
-
-void check_internal(const flashmem::Error& e) {
-  if (e.code() == flashmem::ErrorCode::kInternal) fuzz_fail(e.what());
-}
 
 }  // namespace
 
@@ -58,14 +46,14 @@ extern "C" int FLASHMEM_FUZZ_ENTRY(const uint8_t* data, size_t size) {
   try {
     d = flashmem::train::parse_dump(b, "fuzz input");
   } catch (const flashmem::Error& e) {
-    check_internal(e);
+    flashmem::fuzz::check_internal(e);
     return 0;
   }
   // What read_dump accepted is consistent, and labels can be built from it either way.
   try {
     d.check();
   } catch (const flashmem::Error&) {
-    fuzz_fail("parse_dump returned a document that check() refuses");
+    flashmem::fuzz::fail("parse_dump returned a document that check() refuses");
   }
   for (const auto labels : {flashmem::train::LabelKind::kHits, flashmem::train::LabelKind::kMass}) {
     for (const std::string& pooling : d.poolings) {
@@ -77,11 +65,11 @@ extern "C" int FLASHMEM_FUZZ_ENTRY(const uint8_t* data, size_t size) {
         flashmem::train::add_to_dataset(ds, d, o, "fuzz input");
         for (const auto& doc : ds.docs) {
           for (int32_t c : doc.label_idx)
-            if (c < 0 || c >= doc.n_chunks) fuzz_fail("a label outside the document's chunks");
+            if (c < 0 || c >= doc.n_chunks) flashmem::fuzz::fail("a label outside the document's chunks");
           g_sink += doc.label_idx.size();
         }
       } catch (const flashmem::Error& e) {
-        check_internal(e);
+        flashmem::fuzz::check_internal(e);
       }
     }
   }

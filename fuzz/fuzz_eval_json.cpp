@@ -10,7 +10,7 @@
 
 #include "eval/longbench_v2.h"
 #include "eval/longmemeval.h"
-#include "fuzz_text_common.h"
+#include "fuzz_common.h"
 
 #if defined(FLASHMEM_FUZZ_NO_MAIN)
 #define FLASHMEM_FUZZ_ENTRY fuzz_eval_json_one_input

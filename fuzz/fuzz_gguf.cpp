@@ -23,26 +23,18 @@
 #include <vector>
 
 #include "core/error.h"
+#include "fuzz_common.h"
 #include "core/quant.h"
 #include "io/gguf.h"
 
 namespace {
-
-[[noreturn]] void fuzz_fail(const char* what) {
-#if defined(FLASHMEM_FUZZ_NO_MAIN)
-  throw std::logic_error(what);
-#else
-  (void)what;
-  __builtin_trap();
-#endif
-}
 
 // Folds every reachable value into a checksum so nothing is optimised away and every byte
 // the parser claims to own is actually read (ASan flags any that are not in the image).
 uint64_t g_sink = 0;
 
 void touch_value(const flashmem::GgufValue& v, int depth) {
-  if (depth > 64) fuzz_fail("array nesting deeper than the parser allows");
+  if (depth > 64) flashmem::fuzz::fail("array nesting deeper than the parser allows");
   if (const auto* u = std::get_if<uint64_t>(&v.v)) {
     g_sink += *u;
   } else if (const auto* i = std::get_if<int64_t>(&v.v)) {
@@ -54,9 +46,9 @@ void touch_value(const flashmem::GgufValue& v, int depth) {
   } else if (const auto* s = std::get_if<std::string>(&v.v)) {
     for (char c : *s) g_sink += static_cast<uint8_t>(c);
   } else if (const auto* a = std::get_if<std::shared_ptr<flashmem::GgufArray>>(&v.v)) {
-    if (!*a) fuzz_fail("null array value");
+    if (!*a) flashmem::fuzz::fail("null array value");
     for (const flashmem::GgufValue& item : (*a)->items) {
-      if (item.type != (*a)->elem_type) fuzz_fail("array item type differs from element type");
+      if (item.type != (*a)->elem_type) flashmem::fuzz::fail("array item type differs from element type");
       touch_value(item, depth + 1);
     }
   }
@@ -68,7 +60,7 @@ void try_accessors(const flashmem::GgufFile& f, const std::string& key) {
     try {
       fn();
     } catch (const flashmem::Error& e) {
-      if (e.code() == flashmem::ErrorCode::kInternal) fuzz_fail(e.what());
+      flashmem::fuzz::check_internal(e);
     }
   };
   attempt([&] { g_sink += f.get_u32(key); });
@@ -94,10 +86,10 @@ bool same_float(float a, float b) {
 
 void touch_tensor(const flashmem::GgufFile& f, const flashmem::GgufTensor& t) {
   const uint8_t* begin = t.data;
-  if (begin == nullptr || t.n_bytes == 0) fuzz_fail("tensor without data");
-  if (t.ne.empty() || t.ne.size() > 4) fuzz_fail("tensor with bad n_dims");
-  if (t.rows() * t.row_bytes() != t.n_bytes) fuzz_fail("n_bytes != rows * row_bytes");
-  if (f.find_tensor(t.name) != &t) fuzz_fail("tensor lookup mismatch");
+  if (begin == nullptr || t.n_bytes == 0) flashmem::fuzz::fail("tensor without data");
+  if (t.ne.empty() || t.ne.size() > 4) flashmem::fuzz::fail("tensor with bad n_dims");
+  if (t.rows() * t.row_bytes() != t.n_bytes) flashmem::fuzz::fail("n_bytes != rows * row_bytes");
+  if (f.find_tensor(t.name) != &t) flashmem::fuzz::fail("tensor lookup mismatch");
   g_sink += begin[0] + begin[t.n_bytes - 1];  // first and last byte must be in the image
 
   const flashmem::GgmlTypeTraits& traits = flashmem::ggml_traits(t.type);
@@ -109,7 +101,7 @@ void touch_tensor(const flashmem::GgufFile& f, const flashmem::GgufTensor& t) {
   flashmem::dequantize_row_ref(t.type, t.data, ref.data(), n);
   flashmem::dequantize_row(t.type, t.data, fast.data(), n);
   for (size_t i = 0; i < ref.size(); ++i) {
-    if (!same_float(ref[i], fast[i])) fuzz_fail("dequantize_row differs from dequantize_row_ref");
+    if (!same_float(ref[i], fast[i])) flashmem::fuzz::fail("dequantize_row differs from dequantize_row_ref");
   }
 }
 
@@ -118,19 +110,19 @@ void touch_tensor(const flashmem::GgufFile& f, const flashmem::GgufTensor& t) {
 extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   try {
     const flashmem::GgufFile f = flashmem::GgufFile::from_bytes(data, size);
-    if (f.version() != 2 && f.version() != 3) fuzz_fail("accepted an unsupported version");
+    if (f.version() != 2 && f.version() != 3) flashmem::fuzz::fail("accepted an unsupported version");
     if (f.alignment() == 0 || (f.alignment() & (f.alignment() - 1)) != 0) {
-      fuzz_fail("accepted a bad alignment");
+      flashmem::fuzz::fail("accepted a bad alignment");
     }
     for (const std::string& key : f.keys()) {
       const flashmem::GgufValue* v = f.find(key);
-      if (v == nullptr) fuzz_fail("listed key not found");
+      if (v == nullptr) flashmem::fuzz::fail("listed key not found");
       touch_value(*v, 0);
       try_accessors(f, key);
     }
     for (const flashmem::GgufTensor& t : f.tensors()) touch_tensor(f, t);
   } catch (const flashmem::Error& e) {
-    if (e.code() == flashmem::ErrorCode::kInternal) fuzz_fail(e.what());
+    flashmem::fuzz::check_internal(e);
   }
   return 0;
 }

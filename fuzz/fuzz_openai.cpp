@@ -9,7 +9,7 @@
 #include <nlohmann/json.hpp>
 #include <string_view>
 
-#include "fuzz_text_common.h"
+#include "fuzz_common.h"
 #include "server/openai.h"
 
 #if defined(FLASHMEM_FUZZ_NO_MAIN)

@@ -14,6 +14,7 @@
 #include <vector>
 
 #include "core/error.h"
+#include "fuzz_common.h"
 #include "io/safetensors.h"
 #include "indexer/indexer_model.h"
 
@@ -25,20 +26,7 @@
 
 namespace {
 
-[[noreturn]] void fuzz_fail(const char* what) {
-#if defined(FLASHMEM_FUZZ_NO_MAIN)
-  throw std::logic_error(what);
-#else
-  (void)what;
-  __builtin_trap();
-#endif
-}
-
 uint64_t g_sink = 0;
-
-void check_internal(const flashmem::Error& e) {
-  if (e.code() == flashmem::ErrorCode::kInternal) fuzz_fail(e.what());
-}
 
 }  // namespace
 
@@ -47,22 +35,22 @@ extern "C" int FLASHMEM_FUZZ_ENTRY(const uint8_t* data, size_t size) {
   try {
     f = flashmem::parse_safetensors(data, size, "fuzz input");
   } catch (const flashmem::Error& e) {
-    check_internal(e);
+    flashmem::fuzz::check_internal(e);
     return 0;
   }
   for (const auto& [name, t] : f.tensors) {
     uint64_t n = flashmem::safetensors_dtype_size(t.dtype);
-    if (n == 0) fuzz_fail("accepted an unknown dtype");
+    if (n == 0) flashmem::fuzz::fail("accepted an unknown dtype");
     for (int64_t d : t.shape) {
-      if (d < 0) fuzz_fail("accepted a negative dimension");
+      if (d < 0) flashmem::fuzz::fail("accepted a negative dimension");
       n *= static_cast<uint64_t>(d);  // no overflow: the reader checked the product
     }
-    if (n != t.data.size()) fuzz_fail("tensor bytes differ from dtype × shape");
+    if (n != t.data.size()) flashmem::fuzz::fail("tensor bytes differ from dtype × shape");
     for (uint8_t b : t.data) g_sink += b;
   }
   try {
     const auto m = flashmem::indexer_from_safetensors(f, "fuzz input");
-    if (m->layers.empty() || m->layers.size() != m->keys.layers.size()) fuzz_fail("indexer without scorers");
+    if (m->layers.empty() || m->layers.size() != m->keys.layers.size()) flashmem::fuzz::fail("indexer without scorers");
     // The one forward pass of inference reads every weight with the shape's strides.
     const flashmem::IndexerShape& s = m->shape;
     std::vector<float> h(static_cast<size_t>(s.d_model), 0.5f), q(static_cast<size_t>(s.n_heads) * s.head_dim),
@@ -70,7 +58,7 @@ extern "C" int FLASHMEM_FUZZ_ENTRY(const uint8_t* data, size_t size) {
     m->encode_query(0, h.data(), 7, q.data(), w.data());
     for (float x : q) g_sink += std::isnan(x) ? 1u : 2u;
   } catch (const flashmem::Error& e) {
-    check_internal(e);
+    flashmem::fuzz::check_internal(e);
   }
   return 0;
 }

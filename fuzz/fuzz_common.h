@@ -1,7 +1,6 @@
-// fuzz/fuzz_text_common.h — what the text-input fuzz targets share: the entry point's name
-// (LLVMFuzzerTestOneInput, or <name>_one_input when the GoogleTest binary replays the corpus
-// with FLASHMEM_FUZZ_NO_MAIN) and how a violated invariant is reported (a trap for libFuzzer,
-// std::logic_error for the replay).
+// fuzz/fuzz_common.h — what every fuzz target shares: how a violated invariant is reported (a
+// trap for libFuzzer; std::logic_error when the GoogleTest binary replays the corpus with
+// FLASHMEM_FUZZ_NO_MAIN, so the replay fails a test instead of aborting).
 #pragma once
 
 #include <stdexcept>
