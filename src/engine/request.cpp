@@ -2,15 +2,12 @@
 
 #include <algorithm>
 
+#include "core/clock.h"
 #include "core/error.h"
 
 namespace flashmem {
 
 namespace {
-
-double seconds_since(std::chrono::steady_clock::time_point t0) {
-  return std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
-}
 
 // Length of the longest suffix of `text` that is a proper prefix of some stop string: that
 // much must be held back, since the next token may complete the stop string.

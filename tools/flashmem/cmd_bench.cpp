@@ -70,13 +70,7 @@ struct FullKv {
 }  // namespace
 
 int bench_command(const BenchArgs& a) {
-  EngineOptions eo;
-  eo.model_path = a.model;
-  eo.n_threads = a.threads;
-  eo.backend = a.backend;
-  eo.cpu_dot = parse_cpu_dot(a.cpu_dot);
-  eo.kv_type = parse_kv_type(a.kv_type);
-  eo.page_tokens = a.page_tokens;
+  EngineOptions eo = engine_options(a);
   const KvBudget budget = KvBudget::parse(a.prefill_budget);
   std::vector<int64_t> prefill;  // -p 0: decode tests only
   for (int64_t p : a.prefill) {

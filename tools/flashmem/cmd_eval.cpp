@@ -168,13 +168,7 @@ int eval_command(const EvalArgs& a) {
   std::vector<int64_t> lengths;
   for (const auto& l : a.lengths) lengths.push_back(parse_length(l));
 
-  EngineOptions eo;
-  eo.model_path = a.model;
-  eo.n_threads = a.threads;
-  eo.backend = a.backend;
-  eo.cpu_dot = parse_cpu_dot(a.cpu_dot);
-  eo.page_tokens = a.page_tokens;
-  eo.kv_type = parse_kv_type(a.kv_type);
+  EngineOptions eo = engine_options(a);
   const bool lsa_wanted = std::find(a.policies.begin(), a.policies.end(), "lsa") != a.policies.end();
   FM_CHECK(a.lsa_trace.empty() || lsa_wanted, ErrorCode::kInvalidArgument,
            "--lsa-trace records lsa's selections: add lsa to --policy");
@@ -319,10 +313,12 @@ int eval_command(const EvalArgs& a) {
       rec.decode_seconds = g.decode_seconds;
       rec.generated_tokens = static_cast<int64_t>(g.tokens.size());
       rec.synthetic_substitute = item.synthetic_substitute;
+      // Sequences this run shared its decode passes with (itself included).
+      const int64_t decoded_together = requests[k] && together.stats().decode_passes > 0 ? n_together : 1;
       rec.extra = {{"budget_pages", g.kv.budget_pages}, {"page_tokens", a.page_tokens}, {"kv_type", a.kv_type},
                    {"full_kv_bytes_f16", full_f16(g.kv.final.full_kv)}, {"stop_reason", g.stop_reason},
                    {"recalled_pages", g.kv.recall.pages}, {"cycles", g.kv.cycles},
-                   {"prefill_shared", todo.size() > 1}, {"decoded_together", requests[k] ? together.stats().decode_passes > 0 ? n_together : 1 : 1},
+                   {"prefill_shared", todo.size() > 1}, {"decoded_together", decoded_together},
                    {"backend", where}};
       for (const auto& [key, v] : item.extra.items()) rec.extra[key] = v;
       if (r->policy == "lsa") {

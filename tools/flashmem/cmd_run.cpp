@@ -64,16 +64,10 @@ int run_command(const RunArgs& a) {
   FM_CHECK(!a.prompt.empty() || !a.prompt_file.empty(), ErrorCode::kInvalidArgument,
            "give a prompt with -p TEXT or -f FILE");
   const ResidencyOptions memory = residency_options(a.memory);  // bad flags fail before loading
-  EngineOptions eo;
-  eo.model_path = a.model;
-  eo.n_threads = a.threads;
-  eo.backend = a.backend;
-  eo.cpu_dot = parse_cpu_dot(a.cpu_dot);
+  EngineOptions eo = engine_options(a);
   eo.n_ctx = a.n_ctx;
-  eo.kv_type = parse_kv_type(a.kv_type);
-  eo.page_tokens = a.page_tokens;
-  eo.indexer_path = indexer_path(a.memory, a.model, a.memory.policy == "lsa");
   eo.indexer_layers = a.memory.lsa_layers;
+  eo.indexer_path = indexer_path(a.memory, a.model, a.memory.policy == "lsa");
   auto eng = Engine::load(eo);
 
   std::string text = a.prompt_file.empty() ? a.prompt : read_file(a.prompt_file);

@@ -53,14 +53,9 @@ int serve_command(const ServeArgs& a) {
   FM_FAIL(ErrorCode::kUnsupported, "this flashmem was built without cpp-httplib, so it cannot serve: install "
           "libcpp-httplib-dev (scripts/install-deps.sh) and rebuild");
 #else
-  EngineOptions eo;
-  eo.model_path = a.model;
-  eo.n_threads = a.threads;
-  eo.backend = a.backend;
-  eo.cpu_dot = parse_cpu_dot(a.cpu_dot);
+  EngineOptions eo = engine_options(a);
   eo.n_ctx = a.n_ctx;
-  eo.kv_type = parse_kv_type(a.kv_type);
-  eo.page_tokens = a.page_tokens;
+  eo.indexer_layers = a.memory.lsa_layers;
   // Requests may ask for lsa themselves: load the shipped indexer when there is one.
   eo.indexer_path = a.memory.indexer;
   if (eo.indexer_path.empty()) {
@@ -70,7 +65,6 @@ int serve_command(const ServeArgs& a) {
       FM_CHECK(memory.policy != "lsa", ErrorCode::kInvalidArgument, "policy lsa needs a Memory Indexer (--indexer FILE)");
     }
   }
-  eo.indexer_layers = a.memory.lsa_layers;
   auto eng = Engine::load(eo);
   server::ServeOptions so;
   so.max_running = a.max_requests;

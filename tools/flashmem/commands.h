@@ -9,6 +9,7 @@
 #include <string>
 #include <vector>
 
+#include "engine/engine.h"
 #include "memory/lsa.h"
 
 namespace flashmem {
@@ -57,6 +58,20 @@ nlohmann::json kv_report_json(const KvReport& r);
 void add_backend_option(CLI::App* c, std::string& backend, std::string& cpu_dot);
 // What computes: "cpu, 16 threads" or "cuda, NVIDIA H100 80GB HBM3".
 std::string backend_label(Engine& e);
+
+// The engine options every command that loads a model shares (run, serve, eval, bench): the
+// model, the backend and the KV layout; the caller adds the context and the indexer.
+template <typename Args>
+EngineOptions engine_options(const Args& a) {
+  EngineOptions eo;
+  eo.model_path = a.model;
+  eo.n_threads = a.threads;
+  eo.backend = a.backend;
+  eo.cpu_dot = parse_cpu_dot(a.cpu_dot);
+  eo.kv_type = parse_kv_type(a.kv_type);
+  eo.page_tokens = a.page_tokens;
+  return eo;
+}
 
 struct RunArgs {
   std::string model;
