@@ -8,6 +8,7 @@
 #include <cstring>
 #include <iterator>
 #include <map>
+#include <memory>
 #include <random>
 #include <set>
 #include <vector>
@@ -467,6 +468,75 @@ TEST(TieredKvStore, FullBudgetAttentionIsBitIdenticalToTheFullPath) {
     }
   }
   EXPECT_EQ(recall.stats().pages, 0);  // nothing ever left the device
+}
+
+// The batched decode path's halves (begin_token / commit_token around one write_kv_rows, and
+// decode_pages / after_decode_attend around one attention_rows) give what append and attend
+// give, bit for bit, for two requests decoded together: streaming with every page resident, then
+// in decode mode under a selection. A streaming store with a page out of the reserve says no.
+TEST(TieredKvStore, TheBatchedDecodeHalvesEqualAppendAndAttend) {
+  const KvCacheConfig c = small_config(KvType::kQ8);
+  const int64_t budget = c.max_tokens / c.page_tokens;
+  KvReserve reserve(host_backend(), c.page_bytes(), (4 * budget + 3) * c.n_layers);
+  RecallEngine recall(host_backend());
+  CpuBackend be(2);
+  // Stores 0 and 1 go through append/attend, 2 and 3 (their twins) through the batched halves.
+  std::vector<std::unique_ptr<TieredKvStore>> s;
+  for (int i = 0; i < 4; ++i) s.push_back(std::make_unique<TieredKvStore>(c, budget, reserve, recall));
+  const AttentionParams p = s[0]->attention_params(4, 0.25f);
+  const int64_t row = int64_t{c.n_kv_heads} * c.head_dim, qrow = 4 * c.head_dim;
+  const int64_t start[2] = {37, 60};
+  for (int i = 0; i < 4; ++i) append_all(*s[i], c, 0, start[i % 2]);
+  for (int step = 0; step < 30; ++step) {
+    if (step == 15)  // decode mode: a selection of every other completed page
+      for (int i = 0; i < 4; ++i) {
+        std::vector<std::vector<int32_t>> sel(c.n_layers);
+        for (int l = 0; l < c.n_layers; ++l)
+          for (int32_t pg = 0; pg < s[i]->completed_pages(l); pg += 2) sel[l].push_back(pg);
+        s[i]->select(sel);
+      }
+    for (int l = 0; l < c.n_layers; ++l) {
+      std::vector<float> k(2 * row), v(2 * row), q(2 * qrow), want(2 * qrow), got(2 * qrow, -7.0f);
+      std::vector<int32_t> pos(2);
+      for (int j = 0; j < 2; ++j) {
+        pos[j] = static_cast<int32_t>(s[j]->n_tokens(l));
+        const Kv kv = make_kv(c, l, pos[j], 1, 5 + j);
+        std::copy(kv.k.begin(), kv.k.end(), k.begin() + j * row);
+        std::copy(kv.v.begin(), kv.v.end(), v.begin() + j * row);
+        const auto qj = random_q(1, 4, c.head_dim, 1000 * step + 10 * l + j);
+        std::copy(qj.begin(), qj.end(), q.begin() + j * qrow);
+        s[j]->append(l, 1, k.data() + j * row, v.data() + j * row);
+        s[j]->attend(be, l, p, q.data() + j * qrow, &pos[j], 1, want.data() + j * qrow);
+      }
+      std::vector<KvSlotRef> slots(2);
+      for (int j = 0; j < 2; ++j) ASSERT_TRUE(s[2 + j]->begin_token(l, slots[j]));
+      be.write_kv_rows(p, slots, k.data(), v.data());
+      std::vector<KvPageRef> pages;
+      std::vector<int32_t> begin{0};
+      for (int j = 0; j < 2; ++j) {
+        s[2 + j]->commit_token(l);
+        ASSERT_TRUE(s[2 + j]->decode_pages(be, l, p, q.data() + j * qrow, pos[j], pages));
+        begin.push_back(static_cast<int32_t>(pages.size()));
+      }
+      be.attention_rows(p, q.data(), pos.data(), 2, begin, pages, got.data());
+      for (int j = 0; j < 2; ++j) s[2 + j]->after_decode_attend(be, l, p, q.data() + j * qrow, pos[j]);
+      ASSERT_EQ(std::memcmp(got.data(), want.data(), got.size() * sizeof(float)), 0) << "step " << step << " layer " << l;
+    }
+    for (int j = 0; j < 2; ++j) {
+      ASSERT_EQ(s[2 + j]->n_tokens(), s[j]->n_tokens());
+      for (int l = 0; l < c.n_layers; ++l)
+        for (int32_t pg = 0; pg < s[j]->completed_pages(l); ++pg)
+          ASSERT_EQ(std::memcmp(s[2 + j]->mirror_page(l, pg), s[j]->mirror_page(l, pg), c.page_bytes()), 0)
+              << "request " << j << " layer " << l << " page " << pg;
+    }
+  }
+  // Streaming with a page out of the reserve: the store asks for attend.
+  TieredKvStore small(c, 3, reserve, recall);
+  append_all(small, c, 0, 40);  // 5 pages, 3 fit
+  std::vector<KvPageRef> pages;
+  const auto q = random_q(1, 4, c.head_dim, 9);
+  EXPECT_FALSE(small.decode_pages(be, 0, p, q.data(), 39, pages));
+  EXPECT_TRUE(pages.empty());
 }
 
 // After a selection, the reserve holds exactly the resident pages: every selected page is in

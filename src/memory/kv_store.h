@@ -8,6 +8,7 @@
 
 #include <cstddef>
 #include <cstdint>
+#include <vector>
 
 #include "ops/backend.h"
 
@@ -54,6 +55,29 @@ class KvStore {
   // `layer` may attend to now, through the backend's attention op; out has the shape of q.
   virtual void attend(Backend& be, int layer, const AttentionParams& p, const float* q,
                       const int32_t* pos, int64_t m, float* out) = 0;
+
+  // ---- decode in a batch (Model::forward_batch) --------------------------------------------
+  // The model writes one new token of several sequences in one launch (Backend::write_kv_rows)
+  // and attends their queries in one (Backend::attention_rows): each store says where its token
+  // goes and which pages its query reads, and hears when the launch was issued. The two halves
+  // give the numbers append and attend give. A store that cannot serve a layer so right now
+  // answers false, and the model uses append / attend for it.
+  //
+  // Takes the slot of `layer`'s next token (position n_tokens(layer)) into `slot`; the caller
+  // writes it, then calls commit_token. Error(kOutOfRange) past max_tokens.
+  virtual bool begin_token(int /*layer*/, KvSlotRef& /*slot*/) { return false; }
+  // The token written: it counts from now on (and its page completes when full).
+  virtual void commit_token(int /*layer*/) {}
+  // Appends to `pages` the pages (position order) that one query of `layer` at position pos
+  // reads now (q: that query, backend memory, for query-aware selection); false: use attend.
+  virtual bool decode_pages(Backend& /*be*/, int /*layer*/, const AttentionParams& /*p*/, const float* /*q*/,
+                            int32_t /*pos*/, std::vector<KvPageRef>& /*pages*/) {
+    return false;
+  }
+  // After the attention over decode_pages' pages was issued: what attend does afterwards
+  // (observers, hooks).
+  virtual void after_decode_attend(Backend& /*be*/, int /*layer*/, const AttentionParams& /*p*/, const float* /*q*/,
+                                   int32_t /*pos*/) {}
 
   virtual int64_t n_tokens(int layer) const = 0;
   // Tokens held by the last layer (= by every layer between forward passes).

@@ -199,6 +199,23 @@ void TieredKvStore::complete_page(int layer, int32_t page) {
   }
 }
 
+void TieredKvStore::open_page_if_needed(int layer) {
+  Layer& L = layers_[layer];
+  if (L.tokens % cfg_.page_tokens != 0) return;
+  const int64_t slot = take_slot();
+  L.pages.push_back(PageState{slot, true, 0});
+  ++open_slots_;
+  note_peak();
+}
+
+void TieredKvStore::announce_pages(int layer, int32_t first_done) {
+  // The listener reads the pages' bytes on the host: one wait for all of them.
+  const int32_t done = static_cast<int32_t>(completed_pages(layer));
+  if (!listener_ || done <= first_done) return;
+  sync_mirror();
+  for (int32_t pg = first_done; pg < done; ++pg) listener_(layer, pg, mirror_ptr(layer, pg));
+}
+
 void TieredKvStore::append(int layer, int64_t n, const float* k, const float* v) {
   FM_ICHECK(layer >= 0 && layer < cfg_.n_layers, "layer ", layer, " out of range");
   Layer& L = layers_[layer];
@@ -208,13 +225,8 @@ void TieredKvStore::append(int layer, int64_t n, const float* k, const float* v)
   const int64_t row = int64_t{cfg_.n_kv_heads} * cfg_.head_dim;
   const int32_t first_done = static_cast<int32_t>(completed_pages(layer));
   for (int64_t t = 0; t < n;) {
+    open_page_if_needed(layer);
     const int slot_in_page = static_cast<int>(L.tokens % pt);
-    if (slot_in_page == 0) {
-      const int64_t slot = take_slot();
-      L.pages.push_back(PageState{slot, true, 0});
-      ++open_slots_;
-      note_peak();
-    }
     const int32_t page = static_cast<int32_t>(L.pages.size()) - 1;
     const int64_t take = std::min<int64_t>(n - t, pt - slot_in_page);
     uint8_t* base = reserve_.slot(L.pages[page].slot);
@@ -224,12 +236,26 @@ void TieredKvStore::append(int layer, int64_t n, const float* k, const float* v)
     L.tokens += take;
     if (slot_in_page + take == pt) complete_page(layer, page);
   }
-  // The listener reads the pages' bytes on the host: one wait for all of this call's pages.
-  const int32_t done = static_cast<int32_t>(completed_pages(layer));
-  if (listener_ && done > first_done) {
-    sync_mirror();
-    for (int32_t pg = first_done; pg < done; ++pg) listener_(layer, pg, mirror_ptr(layer, pg));
-  }
+  announce_pages(layer, first_done);
+}
+
+bool TieredKvStore::begin_token(int layer, KvSlotRef& slot) {
+  FM_ICHECK(layer >= 0 && layer < cfg_.n_layers, "layer ", layer, " out of range");
+  Layer& L = layers_[layer];
+  FM_CHECK(L.tokens + 1 <= cfg_.max_tokens, ErrorCode::kOutOfRange, "context full: ", L.tokens,
+           " + 1 tokens exceed the KV capacity of ", cfg_.max_tokens);
+  open_page_if_needed(layer);
+  uint8_t* base = reserve_.slot(L.pages.back().slot);
+  slot = KvSlotRef{base, base + cfg_.page_bytes() / 2, static_cast<int32_t>(L.tokens % cfg_.page_tokens)};
+  return true;
+}
+
+void TieredKvStore::commit_token(int layer) {
+  Layer& L = layers_[layer];
+  const int32_t first_done = static_cast<int32_t>(completed_pages(layer));
+  ++L.tokens;
+  if (L.tokens % cfg_.page_tokens == 0) complete_page(layer, static_cast<int32_t>(L.pages.size()) - 1);
+  announce_pages(layer, first_done);
 }
 
 // ---- selection ----------------------------------------------------------------------------
@@ -323,6 +349,13 @@ void TieredKvStore::attend(Backend& be, int layer, const AttentionParams& p, con
                            const int32_t* pos, int64_t m, float* out) {
   FM_ICHECK(layer >= 0 && layer < cfg_.n_layers, "layer ", layer, " out of range");
   if (!decode_mode_) return attend_streaming(be, layer, p, q, pos, m, out);
+  decode_views(be, layer, p, q, pos, m);
+  be.attention(p, q, pos, m, views_, out);
+  for (AttendHook* h : hooks_) h->after_attend(be, layer, p, q, pos, m, views_, view_ids_);
+}
+
+void TieredKvStore::decode_views(Backend& be, int layer, const AttentionParams& p, const float* q,
+                                 const int32_t* pos, int64_t m) {
   // before_attend runs on the host: on a device backend it gets a host copy of the queries.
   const float* hq = q;
   if (!hooks_.empty() && !be.host_memory()) {
@@ -343,8 +376,36 @@ void TieredKvStore::attend(Backend& be, int layer, const AttentionParams& p, con
   // Ascending: apply_selection sorts, and a page filled since is newer than every selected one.
   for (int32_t pg : L.selected) add(pg);
   if (done < static_cast<int32_t>(L.pages.size())) add(done);  // the open page
-  be.attention(p, q, pos, m, views_, out);
-  for (AttendHook* h : hooks_) h->after_attend(be, layer, p, q, pos, m, views_, view_ids_);
+}
+
+bool TieredKvStore::decode_pages(Backend& be, int layer, const AttentionParams& p, const float* q, int32_t pos,
+                                 std::vector<KvPageRef>& pages) {
+  FM_ICHECK(layer >= 0 && layer < cfg_.n_layers, "layer ", layer, " out of range");
+  if (decode_mode_) {
+    decode_views(be, layer, p, q, &pos, 1);
+  } else {
+    // Streaming: one list only when every page is resident (the one call attend makes then).
+    const Layer& L = layers_[layer];
+    for (const PageState& ps : L.pages)
+      if (ps.slot < 0) return false;
+    views_.clear();
+    for (int32_t pg = 0; pg < static_cast<int32_t>(L.pages.size()); ++pg) views_.push_back(page_view(layer, pg));
+  }
+  pages.insert(pages.end(), views_.begin(), views_.end());
+  return true;
+}
+
+void TieredKvStore::after_decode_attend(Backend& be, int layer, const AttentionParams& p, const float* q,
+                                        int32_t pos) {
+  if (decode_mode_) {
+    for (AttendHook* h : hooks_) h->after_attend(be, layer, p, q, &pos, 1, views_, view_ids_);
+    return;
+  }
+  if (observer_) {
+    observer_->on_part(be, layer, p, q, &pos, 1, views_, nullptr);
+    observer_->end_layer(layer);
+  }
+  for (int32_t pg = 0; pg < static_cast<int32_t>(layers_[layer].pages.size()); ++pg) touch(layer, pg);
 }
 
 void TieredKvStore::attend_streaming(Backend& be, int layer, const AttentionParams& p,

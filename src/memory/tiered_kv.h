@@ -89,6 +89,13 @@ class TieredKvStore final : public KvStore {
               const int32_t* pos, int64_t m, float* out) override;
   int64_t n_tokens(int layer) const override { return layers_[layer].tokens; }
   using KvStore::n_tokens;
+  // The batched decode path (KvStore): in decode mode, the selected pages and the open one; in
+  // streaming mode only when every page is resident (else attend streams them).
+  bool begin_token(int layer, KvSlotRef& slot) override;
+  void commit_token(int layer) override;
+  bool decode_pages(Backend& be, int layer, const AttentionParams& p, const float* q, int32_t pos,
+                    std::vector<KvPageRef>& pages) override;
+  void after_decode_attend(Backend& be, int layer, const AttentionParams& p, const float* q, int32_t pos) override;
 
   int64_t budget_pages() const { return budget_; }
   int64_t completed_pages(int layer) const { return layers_[layer].tokens / cfg_.page_tokens; }
@@ -158,6 +165,14 @@ class TieredKvStore final : public KvStore {
   // The attention view of a resident page (its slot, position and token count).
   KvPageRef page_view(int layer, int32_t page);
   void complete_page(int layer, int32_t page);
+  // A new open page for `layer` when its token count is a page boundary.
+  void open_page_if_needed(int layer);
+  // Hands the pages completed since first_done to the listener.
+  void announce_pages(int layer, int32_t first_done);
+  // The views attention reads in decode mode (selected pages, then the open one), after the
+  // before_attend hooks; into views_ / view_ids_.
+  void decode_views(Backend& be, int layer, const AttentionParams& p, const float* q, const int32_t* pos,
+                    int64_t m);
   void apply_selection(int layer, std::span<const int32_t> pages, std::vector<PageCopy>& copies);
   void attend_streaming(Backend& be, int layer, const AttentionParams& p, const float* q,
                         const int32_t* pos, int64_t m, float* out);

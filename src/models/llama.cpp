@@ -164,7 +164,6 @@ class LlamaModel final : public Model {
     int64_t m = 0;
     for (const Piece& p : pieces) m += static_cast<int64_t>(p.tokens.size());
     const int d = info_.d_model, hd = info_.head_dim;
-    const int64_t qd = int64_t{info_.n_heads} * hd, kvd = int64_t{info_.n_kv_heads} * hd;
     ensure_scratch(m);
     tokens_.clear();
     for (const Piece& p : pieces) {
@@ -187,29 +186,13 @@ class LlamaModel final : public Model {
         float* ys[3] = {q_f(), k_f(), v_f()};
         be_.matmul_n(ws, xn_f(), m, ys);
       }
-      be_.rope(q_f(), m, info_.n_heads, hd, pos_.data(), info_.rope);
-      be_.rope(k_f(), m, info_.n_kv_heads, hd, pos_.data(), info_.rope);
-      // Each sequence writes and attends its own KV.
-      int64_t at = 0;
-      for (const Piece& p : pieces) {
-        const int64_t n = static_cast<int64_t>(p.tokens.size());
-        const AttentionParams ap = p.kv->attention_params(info_.n_heads, 1.0f / std::sqrt(float(hd)));
-        p.kv->append(l, n, k_f() + at * kvd, v_f() + at * kvd);
-        p.kv->attend(be_, l, ap, q_f() + at * qd, pos_.data() + at, n, attn_f() + at * qd);
-        at += n;
-      }
-      be_.matmul(w.wo, attn_f(), m, tmp_f());
-      be_.add(x_f(), tmp_f(), m * d);
+      be_.rope_qk(q_f(), k_f(), m, info_.n_heads, info_.n_kv_heads, hd, pos_.data(), info_.rope);
+      attend_layer(l, pieces, m);
+      be_.matmul_add(w.wo, attn_f(), m, x_f(), tmp_f());
       // MLP block (SwiGLU).
       be_.rms_norm(x_f(), w.ffn_norm, m, d, info_.rms_eps, xn_f());
-      {
-        const WeightMatrix* ws[2] = {&w.w_gate, &w.w_up};
-        float* ys[2] = {gate_f(), up_f()};
-        be_.matmul_n(ws, xn_f(), m, ys);
-      }
-      be_.swiglu(gate_f(), up_f(), m * info_.n_ff, gate_f());
-      be_.matmul(w.w_down, gate_f(), m, tmp_f());
-      be_.add(x_f(), tmp_f(), m * d);
+      be_.matmul_swiglu(w.w_gate, w.w_up, xn_f(), m, gate_f(), up_f());
+      be_.matmul_add(w.w_down, gate_f(), m, x_f(), tmp_f());
     }
     // Logits go to host memory: computed in place on the CPU, downloaded from a device. Every
     // token's for a piece that wants them all; else the last token of each piece that asks,
@@ -239,13 +222,72 @@ class LlamaModel final : public Model {
     float* dst = only ? only->logits_last : logits_buffer(rows);
     be_.matmul(output_, tmp_f(), rows, dst);
     if (only) return;
+    // From a device: one download of every row (one wait), then each to its destination.
+    const float* rows_host = dst;
+    if (!be_.host_memory()) {
+      logits_host_.resize(static_cast<size_t>(rows * nv));
+      be_.download(logits_host_.data(), dst, logits_host_.size() * sizeof(float));
+      rows_host = logits_host_.data();
+    }
     int64_t r = 0;
     for (const Piece& p : pieces) {
       if (!p.logits_last || p.all_logits) continue;
-      if (be_.host_memory()) std::copy_n(dst + r * nv, nv, p.logits_last);
-      else be_.download(p.logits_last, dst + r * nv, nv * sizeof(float));
+      std::copy_n(rows_host + r * nv, nv, p.logits_last);
       ++r;
     }
+  }
+
+  // Each sequence writes its new K/V and attends its own KV. Decode rows (one token, a store that
+  // serves the batched path, the first such row's page layout) are written in one launch and
+  // attended in one; the others go through append / attend, one sequence at a time.
+  void attend_layer(int l, std::span<const Piece> pieces, int64_t m) {
+    const int hd = info_.head_dim;
+    const int64_t qd = int64_t{info_.n_heads} * hd, kvd = int64_t{info_.n_kv_heads} * hd;
+    const float scale = 1.0f / std::sqrt(float(hd));
+    slots_.assign(static_cast<size_t>(m), KvSlotRef{});
+    batched_.assign(pieces.size(), 0);
+    AttentionParams ap0{};
+    bool any = false;
+    for (size_t i = 0, at = 0; i < pieces.size(); at += pieces[i].tokens.size(), ++i) {
+      const Piece& p = pieces[i];
+      const AttentionParams ap = p.kv->attention_params(info_.n_heads, scale);
+      if (p.tokens.size() != 1 || (any && !same_layout(ap, ap0)) || !p.kv->begin_token(l, slots_[at])) continue;
+      batched_[i] = 1;
+      if (!any) ap0 = ap;
+      any = true;
+    }
+    if (any) be_.write_kv_rows(ap0, slots_, k_f(), v_f());
+    for (size_t i = 0, at = 0; i < pieces.size(); at += pieces[i].tokens.size(), ++i) {
+      const Piece& p = pieces[i];
+      if (batched_[i]) p.kv->commit_token(l);
+      else p.kv->append(l, static_cast<int64_t>(p.tokens.size()), k_f() + at * kvd, v_f() + at * kvd);
+    }
+    // Attention: the rows whose store lists their pages together, the rest alone.
+    page_begin_.assign(1, 0);
+    row_pages_.clear();
+    for (size_t i = 0, at = 0; i < pieces.size(); at += pieces[i].tokens.size(), ++i) {
+      const Piece& p = pieces[i];
+      const int64_t n = static_cast<int64_t>(p.tokens.size());
+      for (int64_t r = 0; r < n; ++r) page_begin_.push_back(page_begin_.back());  // no pages: skipped
+      if (batched_[i] &&
+          p.kv->decode_pages(be_, l, ap0, q_f() + at * qd, pos_[at], row_pages_)) {
+        page_begin_.back() = static_cast<int32_t>(row_pages_.size());
+        continue;
+      }
+      batched_[i] = 0;
+      const AttentionParams ap = p.kv->attention_params(info_.n_heads, scale);
+      p.kv->attend(be_, l, ap, q_f() + at * qd, pos_.data() + at, n, attn_f() + at * qd);
+    }
+    if (row_pages_.empty()) return;
+    be_.attention_rows(ap0, q_f(), pos_.data(), m, page_begin_, row_pages_, attn_f());
+    for (size_t i = 0, at = 0; i < pieces.size(); at += pieces[i].tokens.size(), ++i)
+      if (batched_[i]) pieces[i].kv->after_decode_attend(be_, l, ap0, q_f() + at * qd, pos_[at]);
+  }
+
+  static bool same_layout(const AttentionParams& a, const AttentionParams& b) {
+    return a.n_heads == b.n_heads && a.n_kv_heads == b.n_kv_heads && a.head_dim == b.head_dim &&
+           a.page_tokens == b.page_tokens && a.head_stride == b.head_stride && a.kv_type == b.kv_type &&
+           a.scale == b.scale;
   }
 
   void observe(ActivationTap& tap, int layer, int32_t position, const float* x) {
@@ -298,7 +340,13 @@ class LlamaModel final : public Model {
   // Activation scratch in backend memory, sized for the largest micro-batch seen; positions
   // are host memory.
   std::vector<int32_t> pos_, tokens_;
-  std::vector<float> tap_row_;
+  // attend_layer's lists: each token's KV slot (k == nullptr: written by append), which pieces
+  // took the batched path, and the batched rows' pages.
+  std::vector<KvSlotRef> slots_;
+  std::vector<char> batched_;
+  std::vector<int32_t> page_begin_;
+  std::vector<KvPageRef> row_pages_;
+  std::vector<float> tap_row_, logits_host_;
   BackendBuffer x_, xn_, tmp_, q_, attn_, k_, v_, gate_, up_, logits_;
 };
 

@@ -7,8 +7,8 @@
 // Memory: every float/KV pointer an op takes is *backend memory* — host memory on the CPU
 // backend, device memory on CUDA — obtained from alloc() (or a BackendBuffer). Token ids and
 // positions are host arrays (a backend uploads them). Weights come from the model file and go
-// through prepare() once: the CPU keeps them in their file type (GGUF quant blocks, dequantised
-// on the fly); CUDA uploads them.
+// through prepare() once: both backends keep them in their file type (GGUF quant blocks,
+// dequantised on the fly); CUDA uploads them.
 #pragma once
 
 #include <cstddef>
@@ -85,6 +85,14 @@ struct KvPageRef {  // pointers into backend memory
   const void* v = nullptr;
   int32_t pos0 = 0;
   int32_t n_tokens = 0;
+};
+
+// Where one token's K and V go: token slot `slot` of a page whose halves are k and v (backend
+// memory, laid out as KvPageRef describes).
+struct KvSlotRef {
+  void* k = nullptr;
+  void* v = nullptr;
+  int32_t slot = 0;
 };
 
 struct AttentionParams {
@@ -190,6 +198,21 @@ class Backend {
                         std::span<float* const> ys) {
     for (size_t k = 0; k < ws.size(); ++k) matmul(*ws[k], x, m, ys[k]);
   }
+  // y += x · wᵀ (the residual add after a projection). tmp [m × w.rows] is scratch a backend
+  // may use; the default computes into it and adds, so its numbers are matmul's then add's.
+  virtual void matmul_add(const WeightMatrix& w, const float* x, int64_t m, float* y, float* tmp) {
+    matmul(w, x, m, tmp);
+    add(y, tmp, m * w.rows);
+  }
+  // gate_out = silu(x · gateᵀ) * (x · upᵀ) (SwiGLU after the gate and up projections, which
+  // share shape). up_tmp [m × up.rows] is scratch; the default is matmul_n then swiglu.
+  virtual void matmul_swiglu(const WeightMatrix& gate, const WeightMatrix& up, const float* x, int64_t m,
+                             float* gate_out, float* up_tmp) {
+    const WeightMatrix* ws[2] = {&gate, &up};
+    float* ys[2] = {gate_out, up_tmp};
+    matmul_n(ws, x, m, ys);
+    swiglu(gate_out, up_tmp, m * gate.rows, gate_out);
+  }
   // out[i] = row ids[i] of the embedding table w (dequantised)
   virtual void get_rows(const WeightMatrix& w, const int32_t* ids, int64_t m, float* out) = 0;
   // y = x / rms(x) * weight, per row of n
@@ -198,6 +221,13 @@ class Backend {
   // In-place rotary embedding of x[m × n_heads × head_dim] at positions pos[m].
   virtual void rope(float* x, int64_t m, int n_heads, int head_dim, const int32_t* pos,
                     const RopeParams& p) = 0;
+  // rope of the queries q[m × n_heads × head_dim] and the keys k[m × n_kv_heads × head_dim] (one
+  // launch where a backend can).
+  virtual void rope_qk(float* q, float* k, int64_t m, int n_heads, int n_kv_heads, int head_dim,
+                       const int32_t* pos, const RopeParams& p) {
+    rope(q, m, n_heads, head_dim, pos, p);
+    rope(k, m, n_kv_heads, head_dim, pos, p);
+  }
   // out = silu(gate) * up, n = m × features
   virtual void swiglu(const float* gate, const float* up, int64_t n, float* out) = 0;
   // x += y
@@ -217,6 +247,33 @@ class Backend {
   // p.kv_type. The caller guarantees slot0 + n ≤ p.page_tokens.
   virtual void write_kv(const AttentionParams& p, void* k_page, void* v_page, int slot0,
                         int64_t n, const float* k, const float* v) = 0;
+  // Decode attention of several sequences in one call: query row i (q + i·n_heads·head_dim, at
+  // position pos[i]) reads pages[page_begin[i] … page_begin[i + 1]) (each sequence's pages, in
+  // position order); page_begin has m + 1 entries, pos is host memory. A row with no pages is
+  // skipped (its out row is left as it is). Row i gets what attention() gives it alone over its
+  // pages (the default makes exactly those calls; a backend that fuses them keeps each row's
+  // arithmetic independent of the other rows).
+  virtual void attention_rows(const AttentionParams& p, const float* q, const int32_t* pos, int64_t m,
+                              std::span<const int32_t> page_begin, std::span<const KvPageRef> pages,
+                              float* out) {
+    const int64_t row = int64_t{p.n_heads} * p.head_dim;
+    for (int64_t i = 0; i < m; ++i)
+      if (page_begin[i + 1] > page_begin[i])
+        attention(p, q + i * row, pos + i, 1,
+                pages.subspan(page_begin[i], static_cast<size_t>(page_begin[i + 1] - page_begin[i])),
+                out + i * row);
+  }
+  // Writes token i of k/v ([m × n_kv_heads × head_dim] f32, m = slots.size()) into slots[i],
+  // converting to p.kv_type (one token of each of several sequences: write_kv's arithmetic). A
+  // slot with k == nullptr is skipped.
+  virtual void write_kv_rows(const AttentionParams& p, std::span<const KvSlotRef> slots, const float* k,
+                             const float* v) {
+    const int64_t row = int64_t{p.n_kv_heads} * p.head_dim;
+    for (size_t i = 0; i < slots.size(); ++i)
+      if (slots[i].k)
+        write_kv(p, slots[i].k, slots[i].v, slots[i].slot, 1, k + static_cast<int64_t>(i) * row,
+               v + static_cast<int64_t>(i) * row);
+  }
   // Attention probabilities of one query token q [n_heads × head_dim] at position pos, summed
   // per chunk of chunk_tokens positions (chunk c = positions [c·chunk_tokens, (c+1)·chunk_tokens)):
   //   mass[h·n_chunks + c] = Σ_{t ∈ chunk c, t ≤ pos} softmax_h(scale · q_h·k_t)
