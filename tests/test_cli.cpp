@@ -263,6 +263,13 @@ TEST(Cli, TeacherForcingCountsAgreementWithTheForcedTokens) {
   const auto r = run_cli(base + "--force-tokens " + bad);
   EXPECT_EQ(r.code, 1) << r.out;
   EXPECT_NE(r.out.find("not a run report"), std::string::npos) << r.out;
+  // Tokens must be 32-bit integers (a float out of range was cast unchecked).
+  for (const char* tokens : {"[1, 2.5e39]", "[1, 3000000000]", "[1, \"7\"]", "12"}) {
+    const std::string odd = temp_file("tf_odd.json", std::string("{\"tokens\": ") + tokens + "}");
+    const auto o = run_cli(base + "--force-tokens " + odd);
+    EXPECT_EQ(o.code, 1) << tokens << ": " << o.out;
+    EXPECT_NE(o.out.find("tf_odd.json"), std::string::npos) << o.out;
+  }
 }
 
 }  // namespace

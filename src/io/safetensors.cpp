@@ -94,10 +94,23 @@ SafeTensorsFile parse_safetensors(const uint8_t* bytes, size_t size, const std::
       t.dtype = v.at("dtype").get<std::string>();
       const size_t es = safetensors_dtype_size(t.dtype);
       FM_CHECK(es > 0, ErrorCode::kFormat, path, ": tensor ", name, " has unknown dtype ", t.dtype);
-      t.shape = v.at("shape").get<std::vector<int64_t>>();
-      for (int64_t d : t.shape)
-        FM_CHECK(d >= 0 && d < (int64_t{1} << 40), ErrorCode::kFormat, path, ": tensor ", name, " has a bad shape");
-      const auto off = v.at("data_offsets").get<std::vector<uint64_t>>();
+      // Sizes are taken only as JSON integers in range: nlohmann converts a float with a plain
+      // cast, undefined behaviour for one out of the integer's range (found by fuzz_safetensors).
+      const std::string& tensor = name;  // clang 14 cannot capture a structured binding
+      const nlohmann::json& fields = v;
+      const auto integers = [&](const char* key, uint64_t limit) {
+        const nlohmann::json& a = fields.at(key);
+        FM_CHECK(a.is_array(), ErrorCode::kFormat, path, ": tensor ", tensor, ": ", key, " is not an array");
+        std::vector<uint64_t> out;
+        for (const nlohmann::json& x : a) {
+          FM_CHECK(x.is_number_unsigned() && x.get<uint64_t>() <= limit, ErrorCode::kFormat, path, ": tensor ", tensor,
+                   ": ", key, " holds ", x.dump(), ", not an integer in [0, ", limit, "]");
+          out.push_back(x.get<uint64_t>());
+        }
+        return out;
+      };
+      for (uint64_t d : integers("shape", (uint64_t{1} << 40) - 1)) t.shape.push_back(static_cast<int64_t>(d));
+      const auto off = integers("data_offsets", data_size);
       FM_CHECK(off.size() == 2 && off[0] <= off[1] && off[1] <= data_size, ErrorCode::kFormat, path, ": tensor ",
                name, " lies outside the data");
       uint64_t need = 0;

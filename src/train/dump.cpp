@@ -1,6 +1,7 @@
 #include "train/dump.h"
 
 #include <algorithm>
+#include <cmath>
 #include <cstring>
 #include <fstream>
 #include <limits>
@@ -260,10 +261,17 @@ DumpDoc parse_dump(const std::vector<uint8_t>& buf, const std::string& path) {
     d.page_tokens = i32("page_tokens");
     d.chunk_tokens = i32("chunk_tokens");
     d.tau = i32("tau");
-    d.top_p = h.at("top_p").get<float>();
+    // Floats likewise only as JSON numbers inside float's range (a double beyond it would be
+    // converted with undefined behaviour).
+    const auto real = [&](const nlohmann::json& j, const char* key) -> float {
+      FM_CHECK(j.is_number() && std::abs(j.get<double>()) <= std::numeric_limits<float>::max(), ErrorCode::kFormat,
+               path, ": header field ", key, " = ", j.dump(), " is not a number in float's range");
+      return static_cast<float>(j.get<double>());
+    };
+    d.top_p = real(h.at("top_p"), "top_p");
     d.rope.n_rot = static_cast<int>(integer(h.at("rope").at("n_rot"), "rope.n_rot"));
-    d.rope.freq_base = h.at("rope").at("freq_base").get<float>();
-    d.rope.freq_scale = h.at("rope").at("freq_scale").get<float>();
+    d.rope.freq_base = real(h.at("rope").at("freq_base"), "rope.freq_base");
+    d.rope.freq_scale = real(h.at("rope").at("freq_scale"), "rope.freq_scale");
     d.rope.neox = h.at("rope").at("neox");
     for (const auto& l : h.at("target_layers")) d.target_layers.push_back(static_cast<int>(integer(l, "target_layers")));
     d.poolings = h.at("poolings").get<std::vector<std::string>>();

@@ -95,7 +95,15 @@ int run_command(const RunArgs& a) {
     nlohmann::json j;
     try {
       j = nlohmann::json::parse(in);
-      go.forced_tokens = j.at("tokens").get<std::vector<int32_t>>();
+      FM_CHECK(j.at("tokens").is_array(), ErrorCode::kFormat, a.force_tokens, ": \"tokens\" is not an array");
+      for (const nlohmann::json& t : j.at("tokens")) {
+        // Only integers in int32's range (a float or a huge value would be cast unchecked).
+        FM_CHECK(t.is_number_integer() && (t.is_number_unsigned() ? t.get<uint64_t>() <= INT32_MAX
+                                                                   : t.get<int64_t>() >= INT32_MIN &&
+                                                                         t.get<int64_t>() <= INT32_MAX),
+                 ErrorCode::kFormat, a.force_tokens, ": token ", t.dump(), " is not a 32-bit integer");
+        go.forced_tokens.push_back(static_cast<int32_t>(t.get<int64_t>()));
+      }
     } catch (const nlohmann::json::exception& e) {
       FM_FAIL(ErrorCode::kFormat, a.force_tokens, ": not a run report with \"tokens\" (", e.what(), ")");
     }
