@@ -18,8 +18,8 @@
 namespace flashmem {
 namespace {
 
-constexpr GgmlType kSupported[] = {GgmlType::F32,  GgmlType::F16,  GgmlType::BF16, GgmlType::Q8_0,
-                                   GgmlType::Q4_0, GgmlType::Q4_1, GgmlType::Q4_K, GgmlType::Q6_K};
+constexpr GgmlType kSupported[] = {GgmlType::F32,  GgmlType::F16,  GgmlType::BF16, GgmlType::Q8_0, GgmlType::Q4_0,
+                                   GgmlType::Q4_1, GgmlType::Q5_0, GgmlType::Q4_K, GgmlType::Q6_K};
 
 uint32_t bits_of(float f) {
   uint32_t u;
@@ -56,7 +56,7 @@ TEST(QuantTraits, SizesOfAllKnownTypes) {
   };
   const Row rows[] = {
       {0, "F32", 1, 4, true},        {1, "F16", 1, 2, true},        {2, "Q4_0", 32, 18, true},
-      {3, "Q4_1", 32, 20, true},     {6, "Q5_0", 32, 22, false},    {7, "Q5_1", 32, 24, false},
+      {3, "Q4_1", 32, 20, true},     {6, "Q5_0", 32, 22, true},    {7, "Q5_1", 32, 24, false},
       {8, "Q8_0", 32, 34, true},     {9, "Q8_1", 32, 36, false},    {10, "Q2_K", 256, 84, false},
       {11, "Q3_K", 256, 110, false}, {12, "Q4_K", 256, 144, true},  {13, "Q5_K", 256, 176, false},
       {14, "Q6_K", 256, 210, true},  {15, "Q8_K", 256, 292, false}, {24, "I8", 1, 1, false},
@@ -91,7 +91,7 @@ TEST(QuantTraits, RowBytes) {
 TEST(Quant, UnsupportedTypesThrow) {
   std::vector<uint8_t> raw(4096);
   std::vector<float> y(256);
-  for (GgmlType t : {GgmlType::Q5_0, GgmlType::Q5_1, GgmlType::Q8_1, GgmlType::Q2_K, GgmlType::Q3_K,
+  for (GgmlType t : {GgmlType::Q5_1, GgmlType::Q8_1, GgmlType::Q2_K, GgmlType::Q3_K,
                      GgmlType::Q5_K, GgmlType::Q8_K, GgmlType::I8, GgmlType::I16, GgmlType::I32,
                      GgmlType::I64, GgmlType::F64}) {
     for (auto fn : {&dequantize_row_ref, &dequantize_row}) {
@@ -183,6 +183,19 @@ TEST(QuantRef, KnownQ4_1) {
   expect_same_bits(deq_ref(GgmlType::Q4_1, raw, 32), want, "Q4_1");
 }
 
+TEST(QuantRef, KnownQ5_0) {
+  // Element j is 5 bits: nibble j of qs (high nibbles: j ≥ 16) and bit j of qh as bit 4;
+  // stored offset by 16. Element j holds j, so bit 4 is set for j ≥ 16 only.
+  std::vector<uint8_t> raw(22);
+  put_u16(&raw[0], 0x3c00);  // d = 1
+  const uint32_t qh = 0xffff0000u;
+  std::memcpy(&raw[2], &qh, 4);
+  std::vector<float> want(32);
+  for (int j = 0; j < 16; ++j) raw[6 + j] = static_cast<uint8_t>(j | (j << 4));
+  for (int j = 0; j < 32; ++j) want[j] = static_cast<float>(j - 16);
+  expect_same_bits(deq_ref(GgmlType::Q5_0, raw, 32), want, "Q5_0");
+}
+
 TEST(QuantRef, KnownQ4_K) {
   // Eight sub-blocks of 32 with 6-bit scales sc[] and mins mn[]; value = d*sc*q - dmin*mn.
   const int sc[8] = {1, 2, 3, 4, 17, 33, 48, 63};
@@ -258,6 +271,7 @@ std::vector<uint8_t> random_row(GgmlType t, uint64_t n_blocks, std::mt19937_64& 
     switch (t) {
       case GgmlType::Q8_0:
       case GgmlType::Q4_0:
+      case GgmlType::Q5_0:
         put_u16(blk, scale());
         break;
       case GgmlType::Q4_1:
@@ -303,7 +317,7 @@ TEST(QuantFast, ExtremeScalesMatchReference) {
   std::mt19937_64 rng(7);
   const uint16_t extremes[] = {0x7bff, 0xfbff, 0x0001, 0x8001, 0x0000, 0x8000, 0x7c00, 0xfc00};
   for (GgmlType t :
-       {GgmlType::Q8_0, GgmlType::Q4_0, GgmlType::Q4_1, GgmlType::Q4_K, GgmlType::Q6_K}) {
+       {GgmlType::Q8_0, GgmlType::Q4_0, GgmlType::Q4_1, GgmlType::Q5_0, GgmlType::Q4_K, GgmlType::Q6_K}) {
     const GgmlTypeTraits& tr = ggml_traits(t);
     for (uint16_t d : extremes) {
       for (uint16_t m : extremes) {

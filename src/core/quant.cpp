@@ -36,7 +36,7 @@ struct TypeEntry {
 constexpr TypeEntry kTypes[] = {
     {GgmlType::F32, {"F32", 1, 4, true}},       {GgmlType::F16, {"F16", 1, 2, true}},
     {GgmlType::Q4_0, {"Q4_0", 32, 18, true}},   {GgmlType::Q4_1, {"Q4_1", 32, 20, true}},
-    {GgmlType::Q5_0, {"Q5_0", 32, 22, false}},  {GgmlType::Q5_1, {"Q5_1", 32, 24, false}},
+    {GgmlType::Q5_0, {"Q5_0", 32, 22, true}},  {GgmlType::Q5_1, {"Q5_1", 32, 24, false}},
     {GgmlType::Q8_0, {"Q8_0", 32, 34, true}},   {GgmlType::Q8_1, {"Q8_1", 32, 36, false}},
     {GgmlType::Q2_K, {"Q2_K", 256, 84, false}}, {GgmlType::Q3_K, {"Q3_K", 256, 110, false}},
     {GgmlType::Q4_K, {"Q4_K", 256, 144, true}}, {GgmlType::Q5_K, {"Q5_K", 256, 176, false}},
@@ -103,6 +103,25 @@ void ref_q4_1(const uint8_t* src, float* y, uint64_t nb) {
       const int x1 = b.qs[j] >> 4;
       y[i * kQK4_1 + j] = static_cast<float>(x0) * d + m;
       y[i * kQK4_1 + j + kQK4_1 / 2] = static_cast<float>(x1) * d + m;
+    }
+  }
+}
+
+// Q5_0: the low 4 bits of value j come from nibble j of qs (low nibbles: j < 16), the fifth
+// bit from bit j of the little-endian 32-bit qh; values are (q − 16) · d.
+void ref_q5_0(const uint8_t* src, float* y, uint64_t nb) {
+  for (uint64_t i = 0; i < nb; ++i) {
+    const BlockQ5_0 b = load_block<BlockQ5_0>(src, i);
+    const float d = fp16_to_fp32(b.d);
+    uint32_t qh;
+    std::memcpy(&qh, b.qh, sizeof qh);
+    for (int j = 0; j < kQK5_0 / 2; ++j) {
+      const int h0 = static_cast<int>((qh >> j) & 1u) << 4;
+      const int h1 = static_cast<int>((qh >> (j + 16)) & 1u) << 4;
+      const int x0 = ((b.qs[j] & 0x0f) | h0) - 16;
+      const int x1 = ((b.qs[j] >> 4) | h1) - 16;
+      y[i * kQK5_0 + j] = static_cast<float>(x0) * d;
+      y[i * kQK5_0 + j + kQK5_0 / 2] = static_cast<float>(x1) * d;
     }
   }
 }
@@ -222,6 +241,32 @@ void fast_q4_1(const uint8_t* src, float* y, uint64_t nb) {
     _mm256_storeu_ps(y + 8, _mm256_add_ps(_mm256_mul_ps(u8x8_to_ps(_mm_srli_si128(lo, 8)), d), m));
     _mm256_storeu_ps(y + 16, _mm256_add_ps(_mm256_mul_ps(u8x8_to_ps(hi), d), m));
     _mm256_storeu_ps(y + 24, _mm256_add_ps(_mm256_mul_ps(u8x8_to_ps(_mm_srli_si128(hi, 8)), d), m));
+  }
+}
+
+// Q5_0: the 32 fifth bits of qh become 0x10 in byte j (a byte shuffle spreads qh's byte j/8
+// over bytes j, then one bit per byte is tested), OR-ed onto the nibbles, minus 16.
+void fast_q5_0(const uint8_t* src, float* y, uint64_t nb) {
+  const __m128i m4 = _mm_set1_epi8(0x0f);
+  const __m128i sixteen = _mm_set1_epi8(16);
+  const __m128i bit = _mm_set1_epi64x(static_cast<int64_t>(0x8040201008040201ull));
+  for (uint64_t i = 0; i < nb; ++i, src += sizeof(BlockQ5_0), y += kQK5_0) {
+    const __m256 d = _mm256_set1_ps(fp16_to_fp32(load_u16(src)));
+    uint32_t qh;
+    std::memcpy(&qh, src + 2, sizeof qh);
+    // Byte j of spread_lo / spread_hi holds byte (j / 8) / (2 + j / 8) of qh.
+    const __m128i qhv = _mm_cvtsi32_si128(static_cast<int>(qh));
+    const __m128i spread_lo = _mm_shuffle_epi8(qhv, _mm_set_epi64x(0x0101010101010101ll, 0));
+    const __m128i spread_hi = _mm_shuffle_epi8(qhv, _mm_set_epi64x(0x0303030303030303ll, 0x0202020202020202ll));
+    const __m128i h_lo = _mm_and_si128(_mm_cmpeq_epi8(_mm_and_si128(spread_lo, bit), bit), sixteen);
+    const __m128i h_hi = _mm_and_si128(_mm_cmpeq_epi8(_mm_and_si128(spread_hi, bit), bit), sixteen);
+    const __m128i q = _mm_loadu_si128(reinterpret_cast<const __m128i*>(src + 6));
+    const __m128i lo = _mm_sub_epi8(_mm_or_si128(_mm_and_si128(q, m4), h_lo), sixteen);
+    const __m128i hi = _mm_sub_epi8(_mm_or_si128(_mm_and_si128(_mm_srli_epi16(q, 4), m4), h_hi), sixteen);
+    _mm256_storeu_ps(y + 0, _mm256_mul_ps(i8x8_to_ps(lo), d));
+    _mm256_storeu_ps(y + 8, _mm256_mul_ps(i8x8_to_ps(_mm_srli_si128(lo, 8)), d));
+    _mm256_storeu_ps(y + 16, _mm256_mul_ps(i8x8_to_ps(hi), d));
+    _mm256_storeu_ps(y + 24, _mm256_mul_ps(i8x8_to_ps(_mm_srli_si128(hi, 8)), d));
   }
 }
 
@@ -393,6 +438,9 @@ void dequantize_row_ref(GgmlType type, const void* src, float* dst, uint64_t n) 
     case GgmlType::Q4_1:
       ref_q4_1(s, dst, nb);
       return;
+    case GgmlType::Q5_0:
+      ref_q5_0(s, dst, nb);
+      return;
     case GgmlType::Q8_0:
       ref_q8_0(s, dst, nb);
       return;
@@ -429,6 +477,9 @@ void dequantize_row(GgmlType type, const void* src, float* dst, uint64_t n) {
       return;
     case GgmlType::Q4_1:
       fast_q4_1(s, dst, nb);
+      return;
+    case GgmlType::Q5_0:
+      fast_q5_0(s, dst, nb);
       return;
     case GgmlType::Q8_0:
       fast_q8_0(s, dst, nb);

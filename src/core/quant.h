@@ -55,10 +55,11 @@ std::string_view ggml_type_name(GgmlType type);
 size_t ggml_row_bytes(GgmlType type, uint64_t n);
 
 // Block layouts (little-endian, packed as GGML stores them).
-constexpr int kQK4_0 = 32, kQK4_1 = 32, kQK8_0 = 32, kQK_K = 256, kKScaleSize = 12;
+constexpr int kQK4_0 = 32, kQK4_1 = 32, kQK5_0 = 32, kQK8_0 = 32, kQK_K = 256, kKScaleSize = 12;
 #pragma pack(push, 1)
 struct BlockQ4_0 { uint16_t d; uint8_t qs[kQK4_0 / 2]; };                 // 18 bytes
 struct BlockQ4_1 { uint16_t d; uint16_t m; uint8_t qs[kQK4_1 / 2]; };     // 20 bytes
+struct BlockQ5_0 { uint16_t d; uint8_t qh[4]; uint8_t qs[kQK5_0 / 2]; };  // 22 bytes
 struct BlockQ8_0 { uint16_t d; int8_t qs[kQK8_0]; };                      // 34 bytes
 struct BlockQ4_K {                                                        // 144 bytes
   uint16_t d, dmin; uint8_t scales[kKScaleSize]; uint8_t qs[kQK_K / 2];
@@ -67,11 +68,12 @@ struct BlockQ6_K {                                                        // 210
   uint8_t ql[kQK_K / 2]; uint8_t qh[kQK_K / 4]; int8_t scales[kQK_K / 16]; uint16_t d;
 };
 #pragma pack(pop)
-static_assert(sizeof(BlockQ4_0) == 18 && sizeof(BlockQ4_1) == 20 && sizeof(BlockQ8_0) == 34);
+static_assert(sizeof(BlockQ4_0) == 18 && sizeof(BlockQ4_1) == 20 && sizeof(BlockQ5_0) == 22 &&
+              sizeof(BlockQ8_0) == 34);
 static_assert(sizeof(BlockQ4_K) == 144 && sizeof(BlockQ6_K) == 210);
 
 // Plain scalar reference: src holds ggml_row_bytes(type, n) bytes; writes n floats.
-// Supported: F32, F16, BF16, Q8_0, Q4_0, Q4_1, Q4_K, Q6_K. Throws Error(kUnsupported) otherwise.
+// Supported: F32, F16, BF16, Q8_0, Q4_0, Q4_1, Q5_0, Q4_K, Q6_K. Throws Error(kUnsupported) otherwise.
 void dequantize_row_ref(GgmlType type, const void* src, float* dst, uint64_t n);
 // Fast path, bit-identical to the reference.
 void dequantize_row(GgmlType type, const void* src, float* dst, uint64_t n);

@@ -33,11 +33,11 @@ std::vector<uint8_t> random_rows(GgmlType type, int64_t rows, int64_t cols, std:
   for (auto& b : buf) b = static_cast<uint8_t>(rng());
   std::uniform_real_distribution<float> scl(-0.1f, 0.1f);
   const uint32_t bb = ggml_traits(type).block_bytes;
-  if (ggml_traits(type).block_elems == 32)  // keep the f16 scale(s) finite
+  if (ggml_traits(type).block_elems > 1)  // keep the f16 scale(s) finite
     for (size_t at = 0; at + bb <= buf.size(); at += bb) {
       const uint16_t d = fp32_to_fp16(scl(rng)), m = fp32_to_fp16(scl(rng));
-      std::memcpy(buf.data() + at, &d, 2);
-      if (type == GgmlType::Q4_1) std::memcpy(buf.data() + at + 2, &m, 2);
+      std::memcpy(buf.data() + at + (type == GgmlType::Q6_K ? 208 : 0), &d, 2);
+      if (type == GgmlType::Q4_1 || type == GgmlType::Q4_K) std::memcpy(buf.data() + at + 2, &m, 2);
     }
   return buf;
 }
@@ -54,10 +54,11 @@ int main() {
   cudaGetDeviceProperties(&prop, 0);
   std::printf("device: %s (sm_%d%d)\n", prop.name, prop.major, prop.minor);
   std::mt19937 rng(7);
-  for (GgmlType type : {GgmlType::F32, GgmlType::F16, GgmlType::BF16, GgmlType::Q8_0,
-                        GgmlType::Q4_0, GgmlType::Q4_1}) {
+  for (GgmlType type : {GgmlType::F32, GgmlType::F16, GgmlType::BF16, GgmlType::Q8_0, GgmlType::Q4_0,
+                        GgmlType::Q4_1, GgmlType::Q5_0, GgmlType::Q4_K, GgmlType::Q6_K}) {
     for (int64_t rows : {1, 3, 129}) {
       for (int64_t cols : {32, 576, 4096}) {
+        if (cols % ggml_traits(type).block_elems != 0) continue;  // K types: 256-value blocks
         auto host = random_rows(type, rows, cols, rng);
         const size_t rb = ggml_row_bytes(type, static_cast<uint64_t>(cols));
         std::vector<float> ref(rows * cols), got(rows * cols, -1.0f);
