@@ -167,6 +167,12 @@ TEST(Tokenizer, SpecialTokens) {
   EXPECT_FALSE(tok->special().add_bos);
   EXPECT_EQ(tok->find_token("<|im_start|>"), 1);
   EXPECT_EQ(tok->find_token("no such token"), -1);
+  // <|im_end|> (EOS) and <|endoftext|> end a generation; <|im_start|> and text do not.
+  EXPECT_TRUE(tok->ends_generation(2));
+  EXPECT_TRUE(tok->ends_generation(tok->find_token("<|endoftext|>")));
+  EXPECT_FALSE(tok->ends_generation(1));
+  EXPECT_FALSE(tok->ends_generation(tok->encode("Hello", false).at(0)));
+  EXPECT_FALSE(tok->ends_generation(-1));
   EXPECT_TRUE(tok->is_special(2));
   EXPECT_FALSE(tok->is_special(tok->find_token("Hello")));
   EXPECT_EQ(tok->token_text(tok->find_token("\xC4\xA0"
@@ -327,7 +333,7 @@ ErrorCode gguf_error(const std::string& model, const std::string& pre) {
 
 TEST(Tokenizer, FromGgufChecksModelAndPre) {
   EXPECT_EQ(gguf_error("llama", "smollm"), ErrorCode::kUnsupported);
-  EXPECT_EQ(gguf_error("gpt2", "qwen2"), ErrorCode::kUnsupported);
+  EXPECT_EQ(gguf_error("gpt2", "llama-bpe"), ErrorCode::kUnsupported);
   EXPECT_EQ(gguf_error("", "smollm"), ErrorCode::kUnsupported);  // no tokenizer at all
   const std::vector<uint8_t> bytes = tokenizer_gguf("gpt2", "smollm");
   const GgufFile f = GgufFile::from_bytes(bytes.data(), bytes.size());

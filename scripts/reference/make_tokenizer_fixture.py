@@ -99,6 +99,15 @@ CASES = [
     ("special_partial", "<|im_start| <|im_end <| im_start|> |>", True),
     ("other_specials", "<repo_name>flashmem<file_sep>main.cpp<gh_stars>100", True),
     ("special_not_parsed", "<|im_start|>user\nHello<|im_end|>", False),
+    # Where the Qwen2 pattern differs from GPT-2's: a one-character prefix before letters,
+    # line breaks kept after punctuation, whitespace runs cut after their last line break,
+    # case-insensitive contractions, single digits.
+    ("prefix_before_letters", "(hello) [world] \tindent -dash _under .dot @at #hash", True),
+    ("punct_then_newlines", "end.\n\nNext;\r\n\r\nthen:\n  - item\n", True),
+    ("space_runs_and_breaks", "a  \n  b \n\n  c\t\n\td   \n", True),
+    ("contractions_mixed_case", "It'S THEY'Re we'VE I'M you'Ll she'D don'T", True),
+    ("code_indent", "class A:\n    def f(self):\n        return {'k': [1, 2]}\n", True),
+    ("qwen_specials", "<|fim_prefix|>def f():<|fim_suffix|>\n<|fim_middle|>pass<|endoftext|>", True),
 ]
 
 
@@ -141,6 +150,15 @@ def hf_tokenizers(v):
         ])
     elif v["pre"] == "gpt-2":
         pre = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)
+    elif v["pre"] == "qwen2":
+        # Qwen2.5's published tokenizer.json: Split on this regex (isolated), then ByteLevel
+        # without its own regex. Its NFC normalizer is left out, as llama.cpp has none.
+        pattern = (r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}|"
+                   r" ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+")
+        pre = pre_tokenizers.Sequence([
+            pre_tokenizers.Split(tokenizers.Regex(pattern), behavior="isolated", invert=False),
+            pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
+        ])
     else:
         raise SystemExit(f"no HF pre-tokenizer mapping for {v['pre']!r}")
 

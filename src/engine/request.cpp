@@ -159,7 +159,7 @@ bool Request::take_token() {
   }
   ++step_;
   r_.tokens.push_back(tok);
-  if (opts_.stop_at_eos && tok == eng_.tokenizer().special().eos) {
+  if (opts_.stop_at_eos && eng_.tokenizer().ends_generation(tok)) {
     finish("eos");
     return false;
   }

@@ -42,6 +42,8 @@ enum TokenType : int32_t {
 enum class PreTokenizer {
   kGpt2,            // 's|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+
   kDigitsThenGpt2,  // every \p{N} code point alone, then the GPT-2 pattern between them
+  kQwen2,           // (?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}|
+                    //  ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+
 };
 
 struct PreTokenizerName {
@@ -53,6 +55,7 @@ constexpr PreTokenizerName kPreTokenizers[] = {
     {"smollm", PreTokenizer::kDigitsThenGpt2},
     {"starcoder", PreTokenizer::kDigitsThenGpt2},
     {"gpt-2", PreTokenizer::kGpt2},
+    {"qwen2", PreTokenizer::kQwen2},
 };
 
 std::string supported_pre_list() {
@@ -256,10 +259,86 @@ void split_gpt2(const CodePoints& in, size_t begin, size_t end, std::vector<Piec
   }
 }
 
+bool is_newline(uint32_t c) { return c == '\r' || c == '\n'; }
+uint32_t ascii_lower(uint32_t c) { return c >= 'A' && c <= 'Z' ? c + 32 : c; }
+
+// The Qwen2 pattern (see kQwen2), alternatives tried in order at each position as a regex
+// engine does. Unlike GPT-2's, a letter run may take any one non-letter, non-digit prefix
+// (punctuation, a tab) except a line break; digits are single; a punctuation run keeps the
+// line breaks that follow it; and a whitespace run that holds line breaks ends after its last.
+void split_qwen2(const CodePoints& in, std::vector<Piece>& out) {
+  const size_t end = in.cps.size();
+  const auto emit = [&](size_t from, size_t to) { out.push_back(Piece{in.offs[from], in.offs[to]}); };
+  const auto cls_at = [&](size_t i) -> uint8_t { return i < end ? in.cls[i] : uint8_t{kClsNone}; };
+  size_t pos = 0;
+  while (pos < end) {
+    const uint32_t c = in.cps[pos];
+    // (?i:'s|'t|'re|'ve|'m|'ll|'d)
+    if (c == '\'' && pos + 1 < end) {
+      const uint32_t n1 = ascii_lower(in.cps[pos + 1]);
+      if (n1 == 's' || n1 == 't' || n1 == 'm' || n1 == 'd') {
+        emit(pos, pos + 2);
+        pos += 2;
+        continue;
+      }
+      const uint32_t n2 = pos + 2 < end ? ascii_lower(in.cps[pos + 2]) : 0;
+      if ((n1 == 'r' && n2 == 'e') || (n1 == 'v' && n2 == 'e') || (n1 == 'l' && n2 == 'l')) {
+        emit(pos, pos + 3);
+        pos += 3;
+        continue;
+      }
+    }
+    // [^\r\n\p{L}\p{N}]?\p{L}+
+    size_t p = pos;
+    if (in.cls[p] != kClsLetter && in.cls[p] != kClsNumber && !is_newline(c) && cls_at(p + 1) == kClsLetter) ++p;
+    if (in.cls[p] == kClsLetter) {
+      while (p < end && in.cls[p] == kClsLetter) ++p;
+      emit(pos, p);
+      pos = p;
+      continue;
+    }
+    // \p{N}
+    if (in.cls[pos] == kClsNumber) {
+      emit(pos, pos + 1);
+      ++pos;
+      continue;
+    }
+    // ' ?[^\s\p{L}\p{N}]+[\r\n]*'
+    p = (c == ' ' && cls_at(pos + 1) == kClsOther) ? pos + 1 : pos;
+    if (in.cls[p] == kClsOther) {
+      while (p < end && in.cls[p] == kClsOther) ++p;
+      while (p < end && is_newline(in.cps[p])) ++p;
+      emit(pos, p);
+      pos = p;
+      continue;
+    }
+    // Whitespace. \s*[\r\n]+ ends the match after the run's last line break, if it has one;
+    // else \s+(?!\S) leaves the last space of a run followed by a non-space, and \s+ takes
+    // a lone space or a run at the end.
+    size_t n = 0, last_break = 0;
+    bool has_break = false;
+    for (; pos + n < end && in.cls[pos + n] == kClsSpace; ++n)
+      if (is_newline(in.cps[pos + n])) {
+        has_break = true;
+        last_break = n;
+      }
+    size_t take = n;
+    if (has_break) take = last_break + 1;
+    else if (n > 1 && pos + n < end) take = n - 1;
+    if (take == 0) take = 1;  // unreachable: every code point has one of the classes above
+    emit(pos, pos + take);
+    pos += take;
+  }
+}
+
 void pre_tokenize(PreTokenizer kind, const CodePoints& in, std::vector<Piece>& out) {
   const size_t n = in.cps.size();
   if (kind == PreTokenizer::kGpt2) {
     split_gpt2(in, 0, n, out);
+    return;
+  }
+  if (kind == PreTokenizer::kQwen2) {
+    split_qwen2(in, out);
     return;
   }
   // kDigitsThenGpt2: each \p{N} code point is a piece of its own ("Digits" with
@@ -289,6 +368,7 @@ struct Tokenizer::Impl {
   std::unordered_map<std::string, TokenId> token_to_id;
   std::array<TokenId, 256> byte_token{};
   MergeTable merges;
+  std::vector<TokenId> end_of_generation;  // sorted
   // Specials to split out of the input, bucketed by first byte, longest text first.
   std::array<std::vector<TokenId>, 256> special_by_first_byte;
 
@@ -445,7 +525,7 @@ Tokenizer Tokenizer::from_vocab(VocabData data) {
   FM_CHECK(data.token_types.size() == n, ErrorCode::kFormat, "tokenizer has ", n, " tokens but ",
            data.token_types.size(), " token types");
   for (const TokenId id :
-       {data.special.bos, data.special.eos, data.special.unk, data.special.pad}) {
+       {data.special.bos, data.special.eos, data.special.unk, data.special.pad, data.special.eot}) {
     FM_CHECK(id >= -1 && id < static_cast<TokenId>(n), ErrorCode::kFormat, "special token id ", id,
              " is outside the vocabulary of ", n, " tokens");
   }
@@ -466,6 +546,17 @@ Tokenizer Tokenizer::from_vocab(VocabData data) {
       impl->special_by_first_byte[static_cast<uint8_t>(t[0])].push_back(id);
     }
   }
+  // End of generation: EOS, EOT and the control tokens known to close a text or a turn.
+  static constexpr std::string_view kEndTexts[] = {"<|endoftext|>", "<|im_end|>",  "<|eot_id|>",
+                                                   "<|eom_id|>",    "<|end|>",     "<end_of_turn>",
+                                                   "<|end_of_text|>", "</s>"};
+  for (const TokenId id : {impl->special.eos, impl->special.eot})
+    if (id >= 0) impl->end_of_generation.push_back(id);
+  for (size_t i = 0; i < n; ++i)
+    if (impl->types[i] == kTypeControl &&
+        std::find(std::begin(kEndTexts), std::end(kEndTexts), impl->tokens[i]) != std::end(kEndTexts))
+      impl->end_of_generation.push_back(static_cast<TokenId>(i));
+  std::sort(impl->end_of_generation.begin(), impl->end_of_generation.end());
   for (auto& bucket : impl->special_by_first_byte) {
     std::stable_sort(bucket.begin(), bucket.end(), [&](TokenId a, TokenId b) {
       return impl->tokens[static_cast<size_t>(a)].size() >
@@ -534,6 +625,7 @@ Tokenizer Tokenizer::from_gguf(const GgufFile& file) {
   d.special.eos = id_or_none("tokenizer.ggml.eos_token_id");
   d.special.unk = id_or_none("tokenizer.ggml.unknown_token_id");
   d.special.pad = id_or_none("tokenizer.ggml.padding_token_id");
+  d.special.eot = id_or_none("tokenizer.ggml.eot_token_id");
   d.special.add_bos = file.get_bool_or("tokenizer.ggml.add_bos_token", false);
   d.special.add_eos = file.get_bool_or("tokenizer.ggml.add_eos_token", false);
   return from_vocab(std::move(d));
@@ -593,6 +685,10 @@ bool Tokenizer::is_special(TokenId id) const {
   if (id < 0 || id >= vocab_size()) return false;
   const int32_t t = impl_->types[static_cast<size_t>(id)];
   return t == kTypeControl || t == kTypeUserDefined;
+}
+
+bool Tokenizer::ends_generation(TokenId id) const {
+  return std::binary_search(impl_->end_of_generation.begin(), impl_->end_of_generation.end(), id);
 }
 
 TokenId Tokenizer::find_token(std::string_view text) const {

@@ -1,7 +1,8 @@
 // flashmem/io/tokenizer.h — tokenizers built from GGUF metadata.
 //
 // Supported: `tokenizer.ggml.model == "gpt2"` (byte-level BPE) with the pre-tokenizers named by
-// `tokenizer.ggml.pre` that flashmem knows (SmolLM2's "smollm", plus the GPT-2 default). Special
+// `tokenizer.ggml.pre` that flashmem knows (SmolLM2's "smollm", Qwen2's "qwen2", the GPT-2
+// default). Special
 // (control / user-defined) tokens are matched verbatim in the input before BPE when
 // `parse_special` is set. Unknown models or pre-tokenizers throw Error(kUnsupported).
 #pragma once
@@ -23,6 +24,7 @@ struct SpecialTokens {
   TokenId eos = -1;
   TokenId unk = -1;
   TokenId pad = -1;
+  TokenId eot = -1;  // tokenizer.ggml.eot_token_id (end of turn), when the file names one
   bool add_bos = false;  // tokenizer.ggml.add_bos_token
   bool add_eos = false;
 };
@@ -61,6 +63,11 @@ class Tokenizer {
   std::string token_bytes(TokenId id) const;
   const std::string& token_text(TokenId id) const;  // the vocabulary string as stored
   bool is_special(TokenId id) const;  // control or user-defined token
+  // Whether generating `id` ends the text, as llama.cpp decides its end-of-generation set: EOS,
+  // EOT, and the control tokens that close a document or a turn in the known vocabularies
+  // ("<|endoftext|>", "<|im_end|>", "<|eot_id|>", "<end_of_turn>", ...). Qwen2.5 names
+  // <|im_end|> as EOS but also ends plain completions with <|endoftext|>.
+  bool ends_generation(TokenId id) const;
   TokenId find_token(std::string_view text) const;  // exact vocabulary string; -1 if absent
 
   int32_t vocab_size() const;
