@@ -29,6 +29,22 @@ inline std::string require_default_model() {
   return p;
 }
 
+// The second model the tests run, Qwen2.5-Coder-0.5B-Instruct Q4_K_M (qwen2 graph, 32K context),
+// installed by `scripts/fetch-model.sh qwen2.5-coder-0.5b`; $FLASHMEM_QWEN_MODEL overrides.
+// Missing, the tests that need it fail, as for the default model.
+inline std::string require_qwen_model() {
+  std::string p;
+  if (const char* env = std::getenv("FLASHMEM_QWEN_MODEL"); env && *env) {
+    p = env;
+  } else {
+    const char* home = std::getenv("HOME");
+    p = std::string(home ? home : ".") + "/.cache/flashmem/models/Qwen2.5-Coder-0.5B-Instruct.Q4_K_M.gguf";
+  }
+  if (!std::filesystem::exists(p))
+    ADD_FAILURE() << "Qwen2.5 model not found at " << p << "; run scripts/fetch-model.sh qwen2.5-coder-0.5b";
+  return p;
+}
+
 // ‖a − b‖₂ / ‖b‖₂ in double; NaN if either side has a NaN.
 inline double rel_l2(const float* a, const float* b, size_t n) {
   double num = 0.0, den = 0.0;

@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Float64 reference forward pass for Llama-architecture GGUF models.
+"""Float64 reference forward pass for Llama-family GGUF models (llama, qwen2).
 
 This is an *oracle*: a deliberately plain numpy implementation, written for
 reading rather than speed, against which flashmem's logits are compared.
@@ -61,6 +61,7 @@ class HParams:
     rms_eps: float
     rope_base: float
     n_ctx_train: int
+    arch: str = "llama"
 
 
 def _field(reader: gguf.GGUFReader, key: str, default=None):
@@ -74,8 +75,8 @@ def _field(reader: gguf.GGUFReader, key: str, default=None):
 
 def read_hparams(reader: gguf.GGUFReader) -> HParams:
     arch = _field(reader, "general.architecture")
-    if arch != "llama":
-        raise ValueError(f"only the llama architecture is implemented, got {arch!r}")
+    if arch not in ("llama", "qwen2"):
+        raise ValueError(f"only the llama and qwen2 architectures are implemented, got {arch!r}")
 
     def key(name: str) -> str:
         return f"{arch}.{name}"
@@ -107,6 +108,7 @@ def read_hparams(reader: gguf.GGUFReader) -> HParams:
         rms_eps=float(_field(reader, key("attention.layer_norm_rms_epsilon"))),
         rope_base=float(_field(reader, key("rope.freq_base"), 10000.0)),
         n_ctx_train=int(_field(reader, key("context_length"))),
+        arch=arch,
     )
 
 
@@ -152,6 +154,23 @@ def rope(x: np.ndarray, positions: np.ndarray, base: float) -> np.ndarray:
     out[..., 0::2] = x_even * cos - x_odd * sin
     out[..., 1::2] = x_even * sin + x_odd * cos
     return out
+
+
+def rope_neox(x: np.ndarray, positions: np.ndarray, base: float) -> np.ndarray:
+    """Rotate the pairs (i, i + head_dim/2) of every head (NeoX / HF "rotate_half" RoPE).
+
+    llama.cpp uses this for LLM_ARCH_QWEN2 (LLAMA_ROPE_TYPE_NEOX in llama_model_rope_type),
+    whose GGUF converter keeps the checkpoint's row order.
+    """
+    head_dim = x.shape[-1]
+    half = head_dim // 2
+    i = np.arange(half, dtype=np.float64)
+    inv_freq = base ** (-2.0 * i / head_dim)
+    angle = positions.astype(np.float64)[:, None] * inv_freq
+    cos = np.cos(angle)[:, None, :]
+    sin = np.sin(angle)[:, None, :]
+    x1, x2 = x[..., :half], x[..., half:]
+    return np.concatenate([x1 * cos - x2 * sin, x1 * sin + x2 * cos], axis=-1)
 
 
 def softmax(x: np.ndarray, axis: int = -1) -> np.ndarray:
@@ -200,11 +219,17 @@ class LlamaF64:
         p = f"blk.{layer}."
         n = x.shape[0]
 
-        q = (x @ w[p + "attn_q.weight"].T).reshape(n, hp.n_head, hp.head_dim)
-        k = (x @ w[p + "attn_k.weight"].T).reshape(n, hp.n_head_kv, hp.head_dim)
-        v = (x @ w[p + "attn_v.weight"].T).reshape(n, hp.n_head_kv, hp.head_dim)
-        q = rope(q, positions, hp.rope_base)
-        k = rope(k, positions, hp.rope_base)
+        q = x @ w[p + "attn_q.weight"].T
+        k = x @ w[p + "attn_k.weight"].T
+        v = x @ w[p + "attn_v.weight"].T
+        if hp.arch == "qwen2":   # Q/K/V biases
+            q, k, v = q + w[p + "attn_q.bias"], k + w[p + "attn_k.bias"], v + w[p + "attn_v.bias"]
+        q = q.reshape(n, hp.n_head, hp.head_dim)
+        k = k.reshape(n, hp.n_head_kv, hp.head_dim)
+        v = v.reshape(n, hp.n_head_kv, hp.head_dim)
+        rot = rope_neox if hp.arch == "qwen2" else rope
+        q = rot(q, positions, hp.rope_base)
+        k = rot(k, positions, hp.rope_base)
 
         k_all, v_all = cache.append(layer, k, v)       # (n_kv_pos, n_head_kv, head_dim)
         key_positions = np.arange(k_all.shape[0])

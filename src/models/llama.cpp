@@ -19,11 +19,35 @@ constexpr int kMaxContext = 1 << 24;
 // ≤ 262144 (Gemma 3), so 2^24 leaves room and still refuses garbage.
 constexpr uint64_t kMaxVocab = uint64_t{1} << 24;
 
+// What separates the Llama-family graphs flashmem runs. Both are pre-norm decoders with RMSNorm,
+// GQA, RoPE and a SwiGLU MLP.
+//   llama: no biases; RoPE on adjacent pairs (the GGUF converter permutes Q/K rows for it).
+//   qwen2: biases on the Q, K and V projections; RoPE on the two halves of a head (NeoX), as
+//          llama.cpp runs LLM_ARCH_QWEN2 (its converter does not permute).
+struct ArchTraits {
+  const char* name;
+  bool qkv_bias;
+  bool rope_neox;
+};
+constexpr ArchTraits kArchitectures[] = {
+    {"llama", false, false},
+    {"qwen2", true, true},
+};
+
+const ArchTraits* find_arch(const std::string& name) {
+  for (const ArchTraits& a : kArchitectures)
+    if (name == a.name) return &a;
+  return nullptr;
+}
+
 struct LayerWeights {
   const float* attn_norm;  // (d_model)
   WeightMatrix wq;         // (n_heads·head_dim, d_model)
   WeightMatrix wk;         // (n_kv_heads·head_dim, d_model)
   WeightMatrix wv;         // (n_kv_heads·head_dim, d_model)
+  const float* bq = nullptr;  // (n_heads·head_dim) — biases, qwen2 only
+  const float* bk = nullptr;  // (n_kv_heads·head_dim)
+  const float* bv = nullptr;  // (n_kv_heads·head_dim)
   WeightMatrix wo;         // (d_model, n_heads·head_dim)
   const float* ffn_norm;   // (d_model)
   WeightMatrix w_gate;     // (n_ff, d_model)
@@ -91,6 +115,11 @@ class LlamaModel final : public Model {
       w.wq = matrix(p + "attn_q.weight", d, int64_t{info_.n_heads} * hd);
       w.wk = matrix(p + "attn_k.weight", d, int64_t{info_.n_kv_heads} * hd);
       w.wv = matrix(p + "attn_v.weight", d, int64_t{info_.n_kv_heads} * hd);
+      if (find_arch(info_.architecture)->qkv_bias) {
+        w.bq = vec(p + "attn_q.bias", int64_t{info_.n_heads} * hd);
+        w.bk = vec(p + "attn_k.bias", int64_t{info_.n_kv_heads} * hd);
+        w.bv = vec(p + "attn_v.bias", int64_t{info_.n_kv_heads} * hd);
+      }
       w.wo = matrix(p + "attn_output.weight", int64_t{info_.n_heads} * hd, d);
       w.ffn_norm = vec(p + "ffn_norm.weight", d);
       w.w_gate = matrix(p + "ffn_gate.weight", d, info_.n_ff);
@@ -185,6 +214,11 @@ class LlamaModel final : public Model {
         const WeightMatrix* ws[3] = {&w.wq, &w.wk, &w.wv};
         float* ys[3] = {q_f(), k_f(), v_f()};
         be_.matmul_n(ws, xn_f(), m, ys);
+        if (w.bq) {
+          be_.add_rows(q_f(), w.bq, m, int64_t{info_.n_heads} * hd);
+          be_.add_rows(k_f(), w.bk, m, int64_t{info_.n_kv_heads} * hd);
+          be_.add_rows(v_f(), w.bv, m, int64_t{info_.n_kv_heads} * hd);
+        }
       }
       be_.rope_qk(q_f(), k_f(), m, info_.n_heads, info_.n_kv_heads, hd, pos_.data(), info_.rope);
       attend_layer(l, pieces, m);
@@ -383,6 +417,8 @@ int read_vocab_size(const GgufFile& f, const std::string& key, int d_model) {
 }  // namespace
 
 ModelInfo llama_read_info(const GgufFile& f, const std::string& arch) {
+  FM_CHECK(find_arch(arch) != nullptr, ErrorCode::kUnsupported, "architecture '", arch,
+           "' is not a Llama-family graph");
   ModelInfo m;
   m.architecture = arch;
   m.name = f.get_string_or("general.name", "");
@@ -420,7 +456,7 @@ ModelInfo llama_read_info(const GgufFile& f, const std::string& arch) {
     FM_CHECK(scaling == "none", ErrorCode::kUnsupported, "rope scaling '", scaling,
              "' is not supported yet (supported: none, linear)");
   }
-  m.rope.neox = false;  // GGUF llama checkpoints are permuted for adjacent-pair rotation
+  m.rope.neox = find_arch(arch)->rope_neox;
   m.n_vocab = read_vocab_size(f, p + "vocab_size", m.d_model);
   return m;
 }
@@ -430,7 +466,11 @@ std::unique_ptr<Model> llama_load(const GgufFile& file, Backend& backend) {
   return std::make_unique<LlamaModel>(file, backend, llama_read_info(file, arch));
 }
 
-std::vector<std::string> supported_architectures() { return {"llama"}; }
+std::vector<std::string> supported_architectures() {
+  std::vector<std::string> names;
+  for (const ArchTraits& a : kArchitectures) names.emplace_back(a.name);
+  return names;
+}
 
 namespace {
 [[noreturn]] void unsupported_architecture(const std::string& arch) {
@@ -442,13 +482,13 @@ namespace {
 
 ModelInfo read_model_info(const GgufFile& file) {
   const std::string arch = file.get_string("general.architecture");
-  if (arch == "llama") return llama_read_info(file, arch);
+  if (find_arch(arch)) return llama_read_info(file, arch);
   unsupported_architecture(arch);
 }
 
 std::unique_ptr<Model> load_model(const GgufFile& file, Backend& backend) {
   const std::string arch = file.get_string("general.architecture");
-  if (arch == "llama") return llama_load(file, backend);
+  if (find_arch(arch)) return llama_load(file, backend);
   unsupported_architecture(arch);
 }
 

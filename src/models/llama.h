@@ -1,4 +1,5 @@
-// flashmem/models/llama.h — the Llama family (GQA decoder: SmolLM2, Llama 2/3, Mistral-style).
+// flashmem/models/llama.h — the Llama family (GQA decoders: SmolLM2, Llama 2/3, Mistral-style,
+// and Qwen2/2.5 with its Q/K/V biases and NeoX RoPE).
 #pragma once
 
 #include <memory>

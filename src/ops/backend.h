@@ -232,6 +232,11 @@ class Backend {
   virtual void swiglu(const float* gate, const float* up, int64_t n, float* out) = 0;
   // x += y
   virtual void add(float* x, const float* y, int64_t n) = 0;
+  // x[i·n + j] += b[j] for each of the m rows of x (a projection's bias); the default adds
+  // row by row.
+  virtual void add_rows(float* x, const float* b, int64_t m, int64_t n) {
+    for (int64_t i = 0; i < m; ++i) add(x + i * n, b, n);
+  }
   // Causal attention of q[m × n_heads × head_dim] (query i at position pos[i]) over the given
   // pages; keys at positions > pos[i] are ignored. out has the shape of q. When lse is given,
   // lse[i·n_heads + h] receives the log-sum-exp of the visible scores (−inf if none), so that

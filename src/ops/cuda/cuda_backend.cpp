@@ -302,6 +302,9 @@ void CudaBackend::swiglu(const float* gate, const float* up, int64_t n, float* o
 }
 
 void CudaBackend::add(float* x, const float* y, int64_t n) { FM_CUDA(cuda::add(x, y, n, STREAM)); }
+void CudaBackend::add_rows(float* x, const float* b, int64_t m, int64_t n) {
+  FM_CUDA(cuda::add_rows(x, b, m, n, STREAM));
+}
 
 void CudaBackend::attention(const AttentionParams& p, const float* q, const int32_t* pos,
                             int64_t m, std::span<const KvPageRef> pages, float* out, float* lse) {

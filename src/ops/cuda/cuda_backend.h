@@ -58,6 +58,7 @@ class CudaBackend final : public Backend {
             const RopeParams& p) override;
   void swiglu(const float* gate, const float* up, int64_t n, float* out) override;
   void add(float* x, const float* y, int64_t n) override;
+  void add_rows(float* x, const float* b, int64_t m, int64_t n) override;
   void attention(const AttentionParams& p, const float* q, const int32_t* pos, int64_t m,
                  std::span<const KvPageRef> pages, float* out, float* lse = nullptr) override;
   void merge_attention(int64_t rows, int head_dim, float* out, float* lse, const float* out2,

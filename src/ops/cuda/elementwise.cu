@@ -57,6 +57,11 @@ __global__ void add_kernel(float* x, const float* y, int64_t n) {
   if (i < n) x[i] = __fadd_rn(x[i], y[i]);
 }
 
+__global__ void add_rows_kernel(float* x, const float* b, int64_t total, int64_t n) {
+  const int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
+  if (i < total) x[i] = __fadd_rn(x[i], b[i % n]);
+}
+
 __global__ void get_rows_kernel(const float* table, int64_t cols, const int32_t* ids, int64_t m,
                                 float* out) {
   const int64_t idx = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
@@ -92,6 +97,12 @@ cudaError_t swiglu(const float* gate, const float* up, int64_t n, float* out, cu
 cudaError_t add(float* x, const float* y, int64_t n, cudaStream_t s) {
   if (n <= 0) return cudaSuccess;
   add_kernel<<<blocks_for(n), kThreads, 0, s>>>(x, y, n);
+  return cudaGetLastError();
+}
+
+cudaError_t add_rows(float* x, const float* b, int64_t m, int64_t n, cudaStream_t s) {
+  if (m <= 0 || n <= 0) return cudaSuccess;
+  add_rows_kernel<<<blocks_for(m * n), kThreads, 0, s>>>(x, b, m * n, n);
   return cudaGetLastError();
 }
 

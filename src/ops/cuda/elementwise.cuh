@@ -21,6 +21,8 @@ cudaError_t rope(float* x, int64_t m, int n_heads, int head_dim, const int32_t* 
 cudaError_t swiglu(const float* gate, const float* up, int64_t n, float* out, cudaStream_t s);
 // x += y
 cudaError_t add(float* x, const float* y, int64_t n, cudaStream_t s);
+// x[i·n + j] += b[j] over m rows
+cudaError_t add_rows(float* x, const float* b, int64_t m, int64_t n, cudaStream_t s);
 // out[i] = table row ids[i] (f32 rows of `cols`)
 cudaError_t get_rows(const float* table, int64_t cols, const int32_t* ids, int64_t m, float* out,
                      cudaStream_t s);
