@@ -541,6 +541,82 @@ TEST(TieredKvStore, TheBatchedDecodeHalvesEqualAppendAndAttend) {
 
 // After a selection, the reserve holds exactly the resident pages: every selected page is in
 // its slot byte for byte, and no page that is not resident appears anywhere in the arena.
+// The engine's reserve: one region per admission, exactly its quota, given back at release.
+TEST(KvReserve, GrowsAtAdmissionAndGivesMemoryBackWhenRequestsEnd) {
+  constexpr size_t kPage = 256;
+  auto r = KvReserve::growable(host_backend(), kPage, 100);
+  EXPECT_EQ(r->capacity(), 0);
+  EXPECT_EQ(r->bytes_allocated(), 0u);
+  const int64_t a = r->admit(30);
+  EXPECT_EQ(r->capacity(), 30);
+  const int64_t b = r->admit(50);
+  EXPECT_EQ(r->capacity(), 80);
+  EXPECT_EQ(r->regions(), 2u);
+  EXPECT_EQ(r->bytes_allocated(), 80 * kPage);
+  EXPECT_EQ(r->unreserved(), 20);
+  // Each client's slots: distinct, writable, its own.
+  std::set<const uint8_t*> seen;
+  std::vector<int64_t> held_a, held_b;
+  for (int i = 0; i < 30; ++i) held_a.push_back(r->acquire(a));
+  for (int i = 0; i < 50; ++i) held_b.push_back(r->acquire(b));
+  for (int64_t s : held_a) {
+    EXPECT_EQ(r->owner(s), a);
+    std::memset(r->slot(s), 0xAB, kPage);
+    seen.insert(r->slot(s));
+  }
+  for (int64_t s : held_b) {
+    EXPECT_EQ(r->owner(s), b);
+    seen.insert(r->slot(s));
+  }
+  EXPECT_EQ(seen.size(), 80u);
+  // Past the cap: refused, with the numbers, and nothing changes.
+  try {
+    (void)r->admit(21);
+    ADD_FAILURE() << "admitted past the cap";
+  } catch (const Error& e) {
+    EXPECT_EQ(e.code(), ErrorCode::kOutOfMemory);
+    EXPECT_NE(std::string(e.what()).find("cap of 100 slots"), std::string::npos) << e.what();
+  }
+  EXPECT_EQ(r->capacity(), 80);
+  // The first request ends: its region is given back at once.
+  r->release(a);
+  EXPECT_EQ(r->capacity(), 50);
+  EXPECT_EQ(r->regions(), 1u);
+  // A new request takes the freed ids (the ids stay bounded by what is allocated), and its
+  // region starts clean.
+  const int64_t c = r->admit(20);
+  EXPECT_EQ(r->capacity(), 70);
+  EXPECT_EQ(r->slot_ids(), 80);
+  for (int i = 0; i < 20; ++i) {
+    const uint8_t* p = r->slot(r->acquire(c));
+    EXPECT_TRUE(std::all_of(p, p + kPage, [](uint8_t v) { return v == 0; }));
+  }
+  EXPECT_THROW((void)r->acquire(c), Error);  // at its quota
+  r->release(b);
+  r->release(c);
+  EXPECT_EQ(r->capacity(), 0);
+  EXPECT_EQ(r->bytes_allocated(), 0u);
+  EXPECT_EQ(r->slot_ids(), 0);
+  // A client holding nothing keeps its region (its quota) until released.
+  const int64_t d = r->admit(10);
+  r->free(d, r->acquire(d));
+  EXPECT_EQ(r->capacity(), 10);
+  EXPECT_EQ(r->quota(d), 10);
+  r->release(d);
+  EXPECT_EQ(r->capacity(), 0);
+  // Without a cap the backend's memory is the limit.
+  auto open = KvReserve::growable(host_backend(), kPage, 0);
+  open->release(open->admit(1000));
+  EXPECT_EQ(open->capacity(), 0);
+  // A fixed reserve never grows or shrinks.
+  KvReserve fixed(host_backend(), kPage, 8);
+  const int64_t f = fixed.admit(8);
+  EXPECT_THROW((void)fixed.admit(1), Error);
+  fixed.release(f);
+  EXPECT_EQ(fixed.capacity(), 8);
+  EXPECT_EQ(fixed.regions(), 1u);
+}
+
 TEST(TieredKvStore, NonResidentKvIsAbsentFromTheReserve) {
   const KvCacheConfig c = small_config(KvType::kF32);
   const int64_t budget = 4;

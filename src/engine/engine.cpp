@@ -42,6 +42,10 @@ Engine::Engine(const EngineOptions& opts, GgufFile file, std::shared_ptr<Indexer
   FM_CHECK(mi.n_vocab == tokenizer_.vocab_size(), ErrorCode::kFormat, "the tokenizer has ",
            tokenizer_.vocab_size(), " tokens but the model has ", mi.n_vocab, " logits");
   n_ctx_ = opts.n_ctx > 0 ? opts.n_ctx : mi.n_ctx_train;
+  const size_t page_bytes = kv_config().page_bytes();
+  reserve_ = KvReserve::growable(*backend_, page_bytes, static_cast<int64_t>(opts.device_kv_bytes / page_bytes));
+  FM_CHECK(opts.device_kv_bytes == 0 || reserve_->max_slots() > 0, ErrorCode::kInvalidArgument,
+           "a device KV cap of ", opts.device_kv_bytes, " B holds no page of ", page_bytes, " B");
   if (indexer) indexer_ = make_indexer_scorer(std::move(indexer), *backend_);
 }
 
@@ -122,10 +126,9 @@ std::unique_ptr<Prefilled> Engine::begin_prefill(const std::vector<int32_t>& pro
   auto p = std::make_unique<Prefilled>();
   p->prompt = prompt;
   p->max_new_tokens = max_new_tokens;
-  // The reserve is exactly this request's budget.
-  p->reserve = std::make_unique<KvReserve>(*backend_, kc.page_bytes(), budget_pages * kc.n_layers);
+  // The store's admission: this request's budget in the engine's reserve.
   p->recall = std::make_unique<RecallEngine>(*backend_);
-  p->kv = std::make_unique<TieredKvStore>(kc, budget_pages, *p->reserve, *p->recall);
+  p->kv = std::make_unique<TieredKvStore>(kc, budget_pages, *reserve_, *p->recall);
   p->logits.resize(model_->info().n_vocab);
   if (indexer_) {  // Level 1 right after prefill scores from the last prompt token
     p->query.layers = indexer_->keys_config().layers;

@@ -37,6 +37,9 @@ struct EngineOptions {
   int page_tokens = 64;
   std::string indexer_path;      // a trained Memory Indexer (safetensors) for policy lsa
   std::vector<int> indexer_layers;  // score with these of its target layers only (empty: all)
+  // Cap of the engine's device KV reserve, which every request's budget is admitted into
+  // (0: the backend's memory is the cap).
+  uint64_t device_kv_bytes = 0;
 };
 
 struct GenerateOptions {
@@ -97,7 +100,8 @@ struct GenerateResult {
 // A prompt after prefill, ready to be decoded under one or more residency policies. Prefill is
 // exact attention whatever the budget (it streams pages through the reserve), so one prefill
 // can serve every policy whose budget is at least the prefill's: each decode forks the KV into
-// its own reserve of its own budget.
+// a store of its own budget. Every store's device pages come from the engine's one reserve
+// (Engine::kv_reserve), admitted at the store's creation.
 //
 // A prefill may run in chunks (Request does, between other requests' decode steps): next_chunk
 // gives the next forward pass's input, advance records that it ran.
@@ -106,7 +110,6 @@ struct Prefilled {
   std::vector<float> logits;  // after the last prompt token
   int max_new_tokens = 0;     // the request length budgets are resolved for
   double seconds = 0;
-  std::unique_ptr<KvReserve> reserve;
   std::unique_ptr<RecallEngine> recall;
   std::unique_ptr<TieredKvStore> kv;
   IndexerQuery query;  // the last prompt token's indexer inputs (when an indexer is loaded)
@@ -142,6 +145,9 @@ class Engine {
   // Error(kInvalidArgument) when the page size is not a multiple of the scorer's chunks.
   void set_indexer(std::shared_ptr<LsaScorer> s);
   Model& model() { return *model_; }
+  // The device reserve every request's KV store takes its page slots from: one per engine,
+  // growing at admission up to EngineOptions::device_kv_bytes, shrinking as requests end.
+  KvReserve& kv_reserve() { return *reserve_; }
 
   // Shape of this engine's KV (layers, heads, page size, context, precision).
   KvCacheConfig kv_config() const;
@@ -185,6 +191,7 @@ class Engine {
   GgufFile file_;
   std::unique_ptr<Backend> backend_;
   std::unique_ptr<Model> model_;
+  std::unique_ptr<KvReserve> reserve_;
   std::shared_ptr<LsaScorer> indexer_;
   Tokenizer tokenizer_;
   std::optional<ChatTemplate> chat_;

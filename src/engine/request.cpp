@@ -69,16 +69,13 @@ void Request::start_decode() {
     FM_CHECK(budget_pages_ >= p.kv->budget_pages(), ErrorCode::kInvalidArgument, "a decode with ", budget_pages_,
              " pages per layer cannot reuse a prefill made with ", p.kv->budget_pages(),
              ": prefill with the smallest budget");
-    reserve_ = std::make_unique<KvReserve>(eng_.backend(), kc.page_bytes(), budget_pages_ * kc.n_layers);
     recall_ = std::make_unique<RecallEngine>(eng_.backend());
-    kv_ = std::make_unique<TieredKvStore>(*p.kv, budget_pages_, *reserve_, *recall_);
+    kv_ = std::make_unique<TieredKvStore>(*p.kv, budget_pages_, eng_.kv_reserve(), *recall_);
     kvp_ = kv_.get();
-    reservep_ = reserve_.get();
     recallp_ = recall_.get();
   } else {
     FM_ICHECK(budget_pages_ == own_->kv->budget_pages(), "prefill and decode budgets differ");
     kvp_ = own_->kv.get();
-    reservep_ = own_->reserve.get();
     recallp_ = own_->recall.get();
   }
   query_ = p.query;  // lsa: updated by every decode forward
@@ -209,24 +206,19 @@ void Request::widen(int64_t tokens_left) {
   narrow_samples_ = kvp_->samples();
   narrow_peak_ = kvp_->peak();
   narrow_recall_ = recallp_->stats();
-  auto reserve = std::make_unique<KvReserve>(eng_.backend(), kc.page_bytes(), wide_pages * kc.n_layers);
   auto recall = std::make_unique<RecallEngine>(eng_.backend());
-  auto kv = std::make_unique<TieredKvStore>(*kvp_, wide_pages, *reserve, *recall);
+  auto kv = std::make_unique<TieredKvStore>(*kvp_, wide_pages, eng_.kv_reserve(), *recall);
   residency_.reset();
   lsa_ = nullptr;
   tap_ = opts_.tap ? std::make_unique<QueryTap>(nullptr, opts_.tap) : nullptr;
   if (fork_) {
     kv_.reset();
-    reserve_.reset();
   } else {
     own_->kv.reset();
-    own_->reserve.reset();
   }
   kv_ = std::move(kv);
-  reserve_ = std::move(reserve);
   recall_ = std::move(recall);
   kvp_ = kv_.get();
-  reservep_ = reserve_.get();
   recallp_ = recall_.get();
   residency_ = std::make_unique<Residency>(*kvp_, make_policy("full", kc, 0), wide);
   if (recorder_) kvp_->add_hook(recorder_.get());
@@ -247,8 +239,8 @@ void Request::fail(const std::string& why) {
 
 uint64_t Request::reserve_bytes() const {
   if (phase_ == Phase::kDone) return 0;
-  uint64_t b = reserve_ ? reserve_->bytes_allocated() : 0;
-  if (own_ && own_->reserve) b += own_->reserve->bytes_allocated();
+  uint64_t b = kv_ ? kv_->reserve_quota_bytes() : 0;
+  if (own_ && own_->kv) b += own_->kv->reserve_quota_bytes();
   return b;
 }
 
@@ -272,7 +264,7 @@ void Request::finish(const std::string& reason) {
       on_text_(std::string_view(r_.text).substr(emitted_));
     emitted_ = r_.text.size();
     k.budget_pages = budget_pages_;
-    k.reserve_bytes = reservep_->bytes_allocated();
+    k.reserve_bytes = kvp_->reserve_quota_bytes();
     k.final = kvp_->footprint();
     k.peak = kvp_->peak();
     if (narrow_peak_.device() > k.peak.device()) k.peak = narrow_peak_;
@@ -292,11 +284,9 @@ void Request::finish(const std::string& reason) {
   residency_.reset();
   tap_.reset();
   kv_.reset();
-  reserve_.reset();
   recall_.reset();
   own_.reset();
   kvp_ = nullptr;
-  reservep_ = nullptr;
   recallp_ = nullptr;
   if (!fork_) p_ = nullptr;
 }

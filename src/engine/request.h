@@ -90,11 +90,9 @@ class Request {
 
   // The store decoded in: p_'s own (not forked) or a fork, then a full-budget one after lsa's
   // needle fallback.
-  std::unique_ptr<KvReserve> reserve_;
   std::unique_ptr<RecallEngine> recall_;
   std::unique_ptr<TieredKvStore> kv_;
   TieredKvStore* kvp_ = nullptr;
-  KvReserve* reservep_ = nullptr;
   RecallEngine* recallp_ = nullptr;
   IndexerQuery query_;
   std::unique_ptr<QueryTap> tap_;

@@ -118,6 +118,10 @@ class TieredKvStore final : public KvStore {
   int64_t resident_pages() const;  // over all layers, open pages included
   const uint8_t* mirror_page(int layer, int32_t page) const;
   const KvReserve& reserve() const { return reserve_; }
+  // This store's admitted share of the reserve (its quota), in bytes.
+  uint64_t reserve_quota_bytes() const {
+    return static_cast<uint64_t>(reserve_.quota(client_)) * reserve_.page_bytes();
+  }
   const RecallEngine& recall() const { return recall_; }
 
   // Observers of every decode-mode attention, called in the order they were added (each at most

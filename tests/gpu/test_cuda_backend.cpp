@@ -399,7 +399,7 @@ void test_model(const std::string& path) {
     std::printf("  streamed vs one-shot prefill (f32 KV), rel L2: cpu %.3g, cuda %.3g\n", cpu_err,
                 rel_l2(ps->logits.data(), pg->logits.data(), nv));
     close(ps->logits, pg->logits, 1e-5, "cuda prefill streamed through a 10% reserve (f32 KV)");
-    check(ps->kv->peak().reserve + ps->kv->peak().open <= ps->reserve->bytes_allocated(),
+    check(ps->kv->peak().reserve + ps->kv->peak().open <= ps->kv->reserve_quota_bytes(),
           "streamed prefill stays within the reserve");
     auto f16c = cpu->prefill(prompt, full, 1);
     auto f16g = gpu->prefill(prompt, full, 1);
@@ -435,8 +435,15 @@ void test_model(const std::string& path) {
     check(r.kv.peak.device() <= r.kv.reserve_bytes + r.kv.peak.index_keys + r.kv.peak.scratch,
           "cuda decode peak within the reserve");
     TieredKvStore& kv = *p->kv;
-    std::vector<uint8_t> arena(p->reserve->bytes_allocated());
-    gpu->backend().download(arena.data(), p->reserve->arena(), arena.size());
+    // Every allocation of the engine's reserve (only this prefill's store is admitted now).
+    const KvReserve& rsv = gpu->kv_reserve();
+    std::vector<uint8_t> arena;
+    for (size_t i = 0; i < rsv.regions(); ++i) {
+      const size_t at = arena.size();
+      arena.resize(at + rsv.region_bytes(i));
+      gpu->backend().download(arena.data() + at, rsv.region(i), rsv.region_bytes(i));
+    }
+    check(arena.size() == kv.reserve_quota_bytes(), "the engine's reserve holds exactly the prefill's quota");
     const size_t pb = kv.config().page_bytes();
     int absent = 0, present_resident = 0, nonres = 0, res = 0;
     for (int l = 0; l < kv.config().n_layers; ++l)

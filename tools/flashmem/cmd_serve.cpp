@@ -65,6 +65,7 @@ int serve_command(const ServeArgs& a) {
       FM_CHECK(memory.policy != "lsa", ErrorCode::kInvalidArgument, "policy lsa needs a Memory Indexer (--indexer FILE)");
     }
   }
+  eo.device_kv_bytes = static_cast<uint64_t>(a.kv_memory_gb * 1e9);  // the reserve never outgrows admission
   auto eng = Engine::load(eo);
   server::ServeOptions so;
   so.max_running = a.max_requests;
