@@ -72,6 +72,28 @@ TEST(Cli, AMissingModelFileExitsOneWithOneLine) {
   }
 }
 
+// policy lsa finds the indexer shipped for a model by its file name without .gguf and the weight
+// type (so any quantisation of SmolLM2-135M-Instruct finds SmolLM2's), and names what it looked
+// for when there is none.
+TEST(Cli, LsaFindsTheShippedIndexerByTheModelNameWithoutItsWeightType) {
+  namespace fs = std::filesystem;
+  const fs::path dir = fs::temp_directory_path() / "flashmem_cli_indexer_names";
+  fs::create_directories(dir);
+  const std::string model = test::require_default_model();
+  const fs::path renamed = dir / "SmolLM2-135M-Instruct.Q4_K_M.gguf";
+  const fs::path other = dir / "Qwen2.5-Coder-0.5B-Instruct.Q5_0.gguf";
+  for (const fs::path& p : {renamed, other}) {
+    fs::remove(p);
+    fs::create_symlink(model, p);
+  }
+  const CmdResult ok = run_cli("run -m " + renamed.string() + " -p hi -n 1 --policy lsa --kv-budget 50%");
+  EXPECT_EQ(ok.code, 0) << ok.out;
+  const CmdResult none = run_cli("run -m " + other.string() + " -p hi -n 1 --policy lsa");
+  EXPECT_EQ(none.code, 2) << none.out;
+  EXPECT_NE(none.out.find("none shipped for 'Qwen2.5-Coder-0.5B-Instruct'"), std::string::npos) << none.out;
+  fs::remove_all(dir);
+}
+
 // The CLI tells the truth: every default is in --help, and a budget that still holds every page
 // of a short request says that nothing was offloaded.
 TEST(Cli, HelpShowsDefaultsAndABudgetThatHoldsEverythingSaysSo) {

@@ -1,5 +1,6 @@
 // The KV residency flags (--policy, --kv-budget, --cycle, --sink, --tail) and the footprint
 // report, shared by the commands that generate.
+#include <cctype>
 #include <cstdio>
 #include <filesystem>
 
@@ -63,8 +64,16 @@ std::string indexer_path(const MemoryArgs& a, const std::string& model_path, boo
   if (!a.indexer.empty()) return a.indexer;
   if (!lsa_wanted) return "";
   namespace fs = std::filesystem;
-  std::string stem = fs::path(model_path).stem().string();  // SmolLM2-135M-Instruct.Q4_1
-  stem = stem.substr(0, stem.find('.'));
+  // The file name without .gguf and its weight type: SmolLM2-135M-Instruct.Q4_1 and
+  // Qwen2.5-Coder-0.5B-Instruct.Q4_K_M name SmolLM2-135M-Instruct and Qwen2.5-Coder-0.5B-Instruct.
+  std::string stem = fs::path(model_path).stem().string();
+  if (const size_t dot = stem.rfind('.'); dot != std::string::npos) {
+    std::string type = stem.substr(dot + 1);
+    for (char& c : type) c = static_cast<char>(std::toupper(static_cast<unsigned char>(c)));
+    const bool quant = type.starts_with("Q") || type.starts_with("IQ") || type == "F16" || type == "F32" ||
+                       type == "BF16";
+    if (quant) stem.resize(dot);
+  }
   for (const fs::path& dir : {fs::path(FLASHMEM_SOURCE_DIR) / "indexers", fs::path("indexers")}) {
     const fs::path f = dir / (stem + ".safetensors");
     if (fs::exists(f)) return f.string();
