@@ -94,6 +94,20 @@ TEST(Cli, LsaFindsTheShippedIndexerByTheModelNameWithoutItsWeightType) {
   fs::remove_all(dir);
 }
 
+// A request whose host KV mirror would not fit is refused before it runs, with the arithmetic.
+TEST(Cli, AMirrorBeyondTheHostMemoryIsRefusedUpFront) {
+  const std::string m = " -m " + test::require_default_model();
+  // 200 tokens of the default model's f16 KV: 4 pages × 30 layers × 49,152 B = 5.625 MiB.
+  const CmdResult r = run_cli("run" + m + " -p hi -n 199 --host-memory 0.001");
+  EXPECT_EQ(r.code, 1) << r.out;
+  EXPECT_NE(r.out.find("host KV mirror needs 5.625 MiB (4 pages of 64 tokens × 30 layers × 49152 B, for 200 "
+                       "tokens) but the host KV cap is 0.95"),
+            std::string::npos)
+      << r.out;
+  EXPECT_EQ(std::count(r.out.begin(), r.out.end(), '\n'), 1) << r.out;
+  EXPECT_EQ(run_cli("run" + m + " -p hi -n 40 --host-memory 0.002").code, 0);  // 1 page × 30 × 49,152 B fits
+}
+
 // The CLI tells the truth: every default is in --help, and a budget that still holds every page
 // of a short request says that nothing was offloaded.
 TEST(Cli, HelpShowsDefaultsAndABudgetThatHoldsEverythingSaysSo) {

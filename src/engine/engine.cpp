@@ -5,6 +5,7 @@
 
 #include "core/clock.h"
 #include "core/error.h"
+#include "core/host_memory.h"
 #include "memory/indexer_scorer.h"
 #include "engine/request.h"
 #include "memory/observation.h"
@@ -110,6 +111,19 @@ void Engine::check_prompt(const std::vector<int32_t>& prompt) const {
     FM_CHECK(t >= 0 && t < n_vocab, ErrorCode::kInvalidArgument, "prompt token ", t, " out of range");
 }
 
+void Engine::check_host_mirror(int64_t final_tokens) const {
+  const KvCacheConfig kc = kv_config();
+  const int64_t pages = (final_tokens + kc.page_tokens - 1) / kc.page_tokens;
+  const uint64_t need = static_cast<uint64_t>(pages) * kc.n_layers * kc.page_bytes();
+  const std::optional<uint64_t> os = host_memory_available();
+  const uint64_t avail = opts_.host_kv_bytes ? opts_.host_kv_bytes : os.value_or(UINT64_MAX);
+  const auto mib = [](uint64_t b) { return static_cast<double>(b) / (1 << 20); };
+  FM_CHECK(need <= avail, ErrorCode::kOutOfMemory, "this request's host KV mirror needs ", mib(need), " MiB (",
+           pages, " pages of ", kc.page_tokens, " tokens × ", kc.n_layers, " layers × ", kc.page_bytes(), " B, for ",
+           final_tokens, " tokens) but ", opts_.host_kv_bytes ? "the host KV cap is " : "the OS has only ", mib(avail),
+           opts_.host_kv_bytes ? " MiB" : " MiB available", "; shorten the prompt or -n, or use --kv-type q8");
+}
+
 std::unique_ptr<Prefilled> Engine::begin_prefill(const std::vector<int32_t>& prompt,
                                                  const ResidencyOptions& memory, int max_new_tokens,
                                                  ActivationTap* tap) {
@@ -123,6 +137,7 @@ std::unique_ptr<Prefilled> Engine::begin_prefill(const std::vector<int32_t>& pro
   const int64_t n_prompt = static_cast<int64_t>(prompt.size());
   const int64_t final_tokens = std::min<int64_t>(n_ctx_, n_prompt + std::max(max_new_tokens, 1));
   const int64_t budget_pages = resolve_budget_pages(memory, kc, final_tokens);
+  check_host_mirror(final_tokens);
   auto p = std::make_unique<Prefilled>();
   p->prompt = prompt;
   p->max_new_tokens = max_new_tokens;

@@ -40,6 +40,9 @@ struct EngineOptions {
   // Cap of the engine's device KV reserve, which every request's budget is admitted into
   // (0: the backend's memory is the cap).
   uint64_t device_kv_bytes = 0;
+  // Host memory a request's KV mirror may take (0: what the OS reports available when the
+  // request starts). A request whose mirror would not fit is refused before it runs.
+  uint64_t host_kv_bytes = 0;
 };
 
 struct GenerateOptions {
@@ -183,6 +186,10 @@ class Engine {
   // Error(kInvalidArgument) for an empty prompt or a token outside the vocabulary,
   // Error(kOutOfRange) when it leaves no room in the context for a generated token.
   void check_prompt(const std::vector<int32_t>& prompt) const;
+  // Error(kOutOfMemory), with the arithmetic, when a KV mirror of final_tokens tokens (every
+  // page of every layer, in host memory) does not fit EngineOptions::host_kv_bytes or what the
+  // OS has available: refused up front rather than swapped or killed part-way.
+  void check_host_mirror(int64_t final_tokens) const;
 
  private:
   Engine(const EngineOptions& opts, GgufFile file, std::shared_ptr<IndexerModel> indexer);

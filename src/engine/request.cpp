@@ -69,6 +69,7 @@ void Request::start_decode() {
     FM_CHECK(budget_pages_ >= p.kv->budget_pages(), ErrorCode::kInvalidArgument, "a decode with ", budget_pages_,
              " pages per layer cannot reuse a prefill made with ", p.kv->budget_pages(),
              ": prefill with the smallest budget");
+    eng_.check_host_mirror(final_tokens_);  // a fork copies the prefill's mirror
     recall_ = std::make_unique<RecallEngine>(eng_.backend());
     kv_ = std::make_unique<TieredKvStore>(*p.kv, budget_pages_, eng_.kv_reserve(), *recall_);
     kvp_ = kv_.get();

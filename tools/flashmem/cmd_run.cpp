@@ -30,6 +30,9 @@ CLI::App* add_run_command(CLI::App& app, RunArgs& a) {
       ->check(CLI::IsMember({"f16", "f32", "q8"}));
   c->add_option("--page-tokens", a.page_tokens, "Tokens per KV page")->check(CLI::Range(1, 4096));
   c->add_option("--report-json", a.report_json, "Also write the run report as JSON to this file");
+  c->add_option("--host-memory", a.host_memory_gb,
+                "Cap in GB on the host KV mirror (every page, in host memory); 0: what the OS has available")
+      ->check(CLI::Range(0.0, 1e6));
   add_memory_options(c, a.memory);
   c->add_option("--prompt-tokens", a.prompt_tokens,
                 "Cut the tokenized prompt to this many tokens, from the middle (0: keep all)")
@@ -68,6 +71,7 @@ int run_command(const RunArgs& a) {
   eo.n_ctx = a.n_ctx;
   eo.indexer_layers = a.memory.lsa_layers;
   eo.indexer_path = indexer_path(a.memory, a.model, a.memory.policy == "lsa");
+  eo.host_kv_bytes = static_cast<uint64_t>(a.host_memory_gb * 1e9);
   auto eng = Engine::load(eo);
 
   std::string text = a.prompt_file.empty() ? a.prompt : read_file(a.prompt_file);

@@ -96,6 +96,7 @@ struct RunArgs {
   int64_t prompt_tokens = 0;
   std::string force_tokens;
   bool ignore_eos = false;
+  double host_memory_gb = 0;  // cap on the request's host KV mirror (0: what the OS has available)
 };
 
 struct EvalArgs {
