@@ -201,7 +201,7 @@ struct HttpServer::Impl {
                 m.decode_seconds > 0 ? double(m.decode_rows) / m.decode_seconds : 0.0);
     t += metric("flashmem_decode_batch_mean", "gauge", "Mean requests per decode pass.",
                 m.decode_passes > 0 ? double(m.decode_rows) / double(m.decode_passes) : 0.0);
-    t += metric("flashmem_device_kv_bytes", "gauge", "The device KV reserve the running requests are admitted into, as allocated.",
+    t += metric("flashmem_device_kv_bytes", "gauge", "KV reserve bytes of the running requests, as allocated.",
                 double(m.device_kv_bytes));
     t += metric("flashmem_host_mirror_bytes", "gauge", "Host mirror bytes admitted for the running requests.",
                 double(m.host_kv_bytes));

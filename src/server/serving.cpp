@@ -173,7 +173,7 @@ void ServingLoop::loop() {
       --running_;
       device_admitted_ -= job->admission_.device_bytes;
       host_admitted_ -= job->admission_.host_bytes;
-      metrics_.device_kv_bytes = eng_.kv_reserve().bytes_allocated();
+      metrics_.device_kv_bytes = sched.reserve_bytes();
       metrics_.generated_tokens += static_cast<int64_t>(g.tokens.size());
       metrics_.pages_recalled += g.kv.recall.pages;
       metrics_.widenings += g.kv.widened_at_step >= 0;
@@ -242,7 +242,7 @@ void ServingLoop::loop() {
     metrics_.decode_passes = sched.stats().decode_passes;
     metrics_.decode_rows = sched.stats().decode_rows;
     if (sched.stats().decode_rows > rows_before) metrics_.decode_seconds += secs;
-    metrics_.device_kv_bytes = eng_.kv_reserve().bytes_allocated();
+    metrics_.device_kv_bytes = sched.reserve_bytes();
   }
   // Stopping: whatever runs or waits ends as cancelled.
   for (auto& [r, job] : live) {
