@@ -9,6 +9,7 @@
 #include <cstdio>
 #include <cstdlib>
 #include <filesystem>
+#include <fstream>
 #include <string>
 #include <vector>
 
@@ -43,6 +44,16 @@ inline std::string require_qwen_model() {
   if (!std::filesystem::exists(p))
     ADD_FAILURE() << "Qwen2.5 model not found at " << p << "; run scripts/fetch-model.sh qwen2.5-coder-0.5b";
   return p;
+}
+
+// n little-endian floats from a fixture file (a test failure when it is missing or short).
+inline std::vector<float> read_f32(const std::string& path, size_t n) {
+  std::ifstream in(path, std::ios::binary);
+  EXPECT_TRUE(in.good()) << "missing fixture " << path;
+  std::vector<float> v(n);
+  in.read(reinterpret_cast<char*>(v.data()), static_cast<std::streamsize>(n * sizeof(float)));
+  EXPECT_EQ(static_cast<size_t>(in.gcount()), n * sizeof(float)) << path << " is truncated";
+  return v;
 }
 
 // ‖a − b‖₂ / ‖b‖₂ in double; NaN if either side has a NaN.

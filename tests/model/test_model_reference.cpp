@@ -28,15 +28,6 @@ struct Fixture {
   std::vector<int32_t> llamacpp_greedy;
 };
 
-std::vector<float> read_f32(const std::string& path, size_t n) {
-  std::ifstream in(path, std::ios::binary);
-  EXPECT_TRUE(in.good()) << "missing fixture " << path;
-  std::vector<float> v(n);
-  in.read(reinterpret_cast<char*>(v.data()), static_cast<std::streamsize>(n * sizeof(float)));
-  EXPECT_EQ(static_cast<size_t>(in.gcount()), n * sizeof(float)) << path << " is truncated";
-  return v;
-}
-
 Fixture load_fixture(const std::string& name) {
   const std::string dir = std::string(FLASHMEM_FIXTURES_DIR) + "/logits/";
   std::ifstream in(dir + name + ".json");
@@ -46,8 +37,8 @@ Fixture load_fixture(const std::string& name) {
   f.name = name;
   f.tokens = j.at("tokens").get<std::vector<int32_t>>();
   const size_t n_vocab = j.at("n_vocab").get<size_t>();
-  f.f64_logits = read_f32(dir + name + ".f64.bin", n_vocab);
-  f.llamacpp_logits = read_f32(dir + name + ".llamacpp.bin", n_vocab);
+  f.f64_logits = test::read_f32(dir + name + ".f64.bin", n_vocab);
+  f.llamacpp_logits = test::read_f32(dir + name + ".llamacpp.bin", n_vocab);
   f.f64_greedy = j.at("f64_greedy64").get<std::vector<int32_t>>();
   f.llamacpp_greedy = j.at("llamacpp_greedy64").get<std::vector<int32_t>>();
   return f;
