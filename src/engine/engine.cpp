@@ -113,8 +113,8 @@ void Engine::check_prompt(const std::vector<int32_t>& prompt) const {
 
 void Engine::check_host_mirror(int64_t final_tokens) const {
   const KvCacheConfig kc = kv_config();
-  const int64_t pages = (final_tokens + kc.page_tokens - 1) / kc.page_tokens;
-  const uint64_t need = static_cast<uint64_t>(pages) * kc.n_layers * kc.page_bytes();
+  const int64_t pages = kc.pages_for(final_tokens);
+  const uint64_t need = kc.mirror_bytes(final_tokens);
   const std::optional<uint64_t> os = host_memory_available();
   const uint64_t avail = opts_.host_kv_bytes ? opts_.host_kv_bytes : os.value_or(UINT64_MAX);
   const auto mib = [](uint64_t b) { return static_cast<double>(b) / (1 << 20); };

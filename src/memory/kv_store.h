@@ -25,6 +25,11 @@ struct KvCacheConfig {
   size_t page_bytes() const {  // K+V of one page of one layer
     return 2 * kv_half_bytes(type, n_kv_heads, page_tokens, head_dim);
   }
+  int64_t pages_for(int64_t tokens) const { return (tokens + page_tokens - 1) / page_tokens; }
+  // Every page of `tokens` tokens over all layers: a request's host mirror at that length.
+  uint64_t mirror_bytes(int64_t tokens) const {
+    return static_cast<uint64_t>(pages_for(tokens)) * n_layers * page_bytes();
+  }
   size_t bytes_per_token() const {  // K+V of one token over all layers (q8: with its scales)
     return 2 * static_cast<size_t>(n_layers) * n_kv_heads * kv_vector_bytes(type, head_dim);
   }

@@ -83,8 +83,7 @@ Admission ServingLoop::admission(const std::vector<int32_t>& prompt, const Gener
   Admission a;
   a.budget_pages = resolve_budget_pages(opts.memory, kc, final_tokens);
   a.device_bytes = static_cast<uint64_t>(a.budget_pages) * kc.n_layers * kc.page_bytes();
-  const int64_t pages = (final_tokens + kc.page_tokens - 1) / kc.page_tokens;
-  a.host_bytes = static_cast<uint64_t>(pages) * kc.n_layers * kc.page_bytes();
+  a.host_bytes = kc.mirror_bytes(final_tokens);
   return a;
 }
 

@@ -15,6 +15,7 @@
 #include "engine/engine.h"
 #include "io/chat_template.h"
 #include "io/gguf.h"
+#include "logits_fixture.h"
 #include "test_util.h"
 
 namespace flashmem {
@@ -88,28 +89,8 @@ TEST(Qwen2Model, ChatTemplateRendersTheFixturePrompt) {
   EXPECT_EQ(t.render({{"user", user}}, true), want);
 }
 
-struct Fixture {
-  std::string name;
-  std::vector<int32_t> tokens;
-  std::vector<float> f64_logits, llamacpp_logits;
-  std::vector<int32_t> f64_greedy, llamacpp_greedy;
-};
-
-Fixture load_fixture(const std::string& name) {
-  const std::string dir = std::string(FLASHMEM_FIXTURES_DIR) + "/logits/qwen2-";
-  std::ifstream in(dir + name + ".json");
-  EXPECT_TRUE(in.good()) << "missing fixture " << dir << name << ".json";
-  const auto j = nlohmann::json::parse(in);
-  Fixture f;
-  f.name = name;
-  f.tokens = j.at("tokens").get<std::vector<int32_t>>();
-  const size_t n_vocab = j.at("n_vocab").get<size_t>();
-  f.f64_logits = test::read_f32(dir + name + ".f64.bin", n_vocab);
-  f.llamacpp_logits = test::read_f32(dir + name + ".llamacpp.bin", n_vocab);
-  f.f64_greedy = j.at("f64_greedy").get<std::vector<int32_t>>();
-  f.llamacpp_greedy = j.at("llamacpp_greedy").get<std::vector<int32_t>>();
-  return f;
-}
+using Fixture = test::LogitsFixture;
+Fixture load_fixture(const std::string& name) { return test::load_logits_fixture(name, "qwen2-" + name, "greedy"); }
 
 class Qwen2Prompts : public ::testing::TestWithParam<std::string> {};
 
