@@ -13,6 +13,7 @@
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
+#include <deque>
 #include <random>
 #include <string>
 #include <vector>
@@ -128,55 +129,159 @@ void test_elementwise(CudaBackend& g, CpuBackend& c, std::mt19937& rng) {
   }
 }
 
-// Random bytes of a quantised type with finite f16 scales.
-std::vector<uint8_t> random_q4_1(int64_t rows, int64_t cols, std::mt19937& rng) {
-  const size_t rb = ggml_row_bytes(GgmlType::Q4_1, static_cast<uint64_t>(cols));
+// Random rows of a weight type: random bytes with finite f16 scales (block types), or random
+// values (f16, bf16, f32).
+std::vector<uint8_t> random_weights(GgmlType t, int64_t rows, int64_t cols, std::mt19937& rng) {
+  const size_t rb = ggml_row_bytes(t, static_cast<uint64_t>(cols));
   std::vector<uint8_t> buf(rb * rows);
   for (auto& b : buf) b = static_cast<uint8_t>(rng());
-  std::uniform_real_distribution<float> scl(-0.05f, 0.05f);
-  for (size_t at = 0; at + 20 <= buf.size(); at += 20) {
-    const uint16_t d = fp32_to_fp16(scl(rng)), mn = fp32_to_fp16(scl(rng));
-    std::memcpy(buf.data() + at, &d, 2);
-    std::memcpy(buf.data() + at + 2, &mn, 2);
+  std::uniform_real_distribution<float> val(-1.0f, 1.0f), scl(-0.05f, 0.05f);
+  auto put16 = [&](size_t at, float x) {
+    const uint16_t h = fp32_to_fp16(x);
+    std::memcpy(buf.data() + at, &h, 2);
+  };
+  const auto& tr = ggml_traits(t);
+  const size_t n_blocks = buf.size() / tr.block_bytes;
+  for (size_t k = 0; k < n_blocks; ++k) {
+    const size_t at = k * tr.block_bytes;
+    switch (t) {
+      case GgmlType::F32: {
+        const float x = val(rng);
+        std::memcpy(buf.data() + at, &x, 4);
+        break;
+      }
+      case GgmlType::F16: put16(at, val(rng)); break;
+      case GgmlType::BF16: {
+        const float x = val(rng);
+        uint32_t u;
+        std::memcpy(&u, &x, 4);
+        const uint16_t h = static_cast<uint16_t>(u >> 16);
+        std::memcpy(buf.data() + at, &h, 2);
+        break;
+      }
+      case GgmlType::Q4_1: case GgmlType::Q4_K: put16(at, scl(rng)); put16(at + 2, scl(rng)); break;
+      case GgmlType::Q6_K: put16(at + 208, scl(rng) * 0.1f); break;
+      default: put16(at, scl(rng)); break;  // Q4_0, Q5_0, Q8_0: d first
+    }
   }
   return buf;
 }
 
+// Every weight type the CUDA backend keeps, through the GEMV (m ≤ 16; scripts/gpu-check also runs
+// these with the GEMV up to 32 rows, in passes of 16) and the dequantised-tile GEMM (m > 16), against the CPU backend; the fused forms; and batch
+// invariance (a row's product does not depend on the other rows).
 void test_matmul(CudaBackend& g, CpuBackend& c, std::mt19937& rng) {
-  const int64_t rows = 1536, cols = 576;
-  auto f32 = randv(rows * cols, rng);
-  auto q41 = random_q4_1(rows, cols, rng);
-  const WeightMatrix wf{GgmlType::F32, rows, cols, cols * 4, reinterpret_cast<const uint8_t*>(f32.data()), "f32"};
-  const WeightMatrix wq{GgmlType::Q4_1, rows, cols, ggml_row_bytes(GgmlType::Q4_1, cols), q41.data(), "q4_1"};
-  for (const WeightMatrix* w : {&wf, &wq}) {
-    const WeightMatrix pw = g.prepare(*w);
-    check(pw.type == GgmlType::F32 && g.prepare(*w).data == pw.data, w->name + " prepared once");
-    for (int64_t m : {1, 7, 300}) {
+  // The backend knows a prepared weight by its host address, which a model file keeps for the
+  // backend's lifetime: so do these buffers (a freed one's address could come back).
+  static std::deque<std::vector<uint8_t>> keep;
+  auto held = [&](std::vector<uint8_t> v) -> std::vector<uint8_t>& { return keep.emplace_back(std::move(v)); };
+  const int64_t rows = 1027;  // not a multiple of the rows a block computes
+  for (GgmlType t : {GgmlType::F32, GgmlType::F16, GgmlType::BF16, GgmlType::Q4_0, GgmlType::Q4_1,
+                     GgmlType::Q5_0, GgmlType::Q8_0, GgmlType::Q4_K, GgmlType::Q6_K}) {
+    const int64_t cols = (t == GgmlType::Q4_K || t == GgmlType::Q6_K) ? 512 : 576;
+    const std::string name(ggml_type_name(t));
+    auto& bytes = held(random_weights(t, rows, cols, rng));
+    const WeightMatrix w{t, rows, cols, ggml_row_bytes(t, cols), bytes.data(), name};
+    const WeightMatrix pw = g.prepare(w);
+    check(pw.type == t && g.prepare(w).data == pw.data, name + " kept in its type, prepared once");
+    for (int64_t m : {1, 3, 16, 17, 32, 33, 300}) {
       auto x = randv(m * cols, rng);
       std::vector<float> want(m * rows);
-      c.matmul(*w, x.data(), m, want.data());
+      c.matmul(w, x.data(), m, want.data());
       auto dx = to_dev(g, x);
       BackendBuffer dy(g, m * rows * 4);
       g.matmul(pw, dx.as<float>(), m, dy.as<float>());
-      close(to_host<float>(g, dy, m * rows), want, 1e-5, "matmul " + w->name + " m=" + std::to_string(m));
+      close(to_host<float>(g, dy, m * rows), want, 1e-5, "matmul " + name + " m=" + std::to_string(m));
+    }
+    {  // batch invariance of the GEMV: row 2 of a batch of 5 and of 16 equals it alone
+      auto x1 = randv(cols, rng);
+      auto dx1 = to_dev(g, x1);
+      BackendBuffer y1(g, rows * 4);
+      g.matmul(pw, dx1.as<float>(), 1, y1.as<float>());
+      const auto solo = to_host<float>(g, y1, rows);
+      bool same = true;
+      for (int64_t m : {5, 16}) {
+        auto x = randv(m * cols, rng);
+        std::copy(x1.begin(), x1.end(), x.begin() + 2 * cols);  // as row 2
+        auto dx = to_dev(g, x);
+        BackendBuffer dy(g, m * rows * 4);
+        g.matmul(pw, dx.as<float>(), m, dy.as<float>());
+        const auto got = to_host<float>(g, dy, m * rows);
+        same = same && std::equal(solo.begin(), solo.end(), got.begin() + 2 * rows);
+      }
+      check(same, "matmul " + name + ": a row's product is the same alone and in batches of 5 and 16");
     }
   }
-  {  // get_rows, and a bad id is refused
-    const WeightMatrix pw = g.prepare(wq);
-    std::vector<int32_t> ids{0, 5, 1535, 77};
-    std::vector<float> want(ids.size() * cols);
-    c.get_rows(wq, ids.data(), 4, want.data());
-    BackendBuffer out(g, want.size() * 4);
-    g.get_rows(pw, ids.data(), 4, out.as<float>());
-    check(to_host<float>(g, out, want.size()) == want, "get_rows (exact)");
-    const int32_t bad = 1536;
-    bool threw = false;
-    try {
-      g.get_rows(pw, &bad, 1, out.as<float>());
-    } catch (const Error& e) {
-      threw = e.code() == ErrorCode::kInvalidArgument;
+  // Fused forms on Q4_1 (the default model's type) and Q6_K: Q/K/V in one launch, SwiGLU,
+  // the residual add; decode sizes and a prefill size.
+  for (GgmlType t : {GgmlType::Q4_1, GgmlType::Q6_K}) {
+    const int64_t cols = 512, r1 = 512, r2 = 128;
+    const std::string name(ggml_type_name(t));
+    auto& bq = held(random_weights(t, r1, cols, rng));
+    auto& bk = held(random_weights(t, r2, cols, rng));
+    auto& bv = held(random_weights(t, r2, cols, rng));
+    const size_t rb = ggml_row_bytes(t, cols);
+    const WeightMatrix wq{t, r1, cols, rb, bq.data(), "q"}, wk{t, r2, cols, rb, bk.data(), "k"},
+        wv{t, r2, cols, rb, bv.data(), "v"};
+    const WeightMatrix pq = g.prepare(wq), pk = g.prepare(wk), pv = g.prepare(wv);
+    auto& bu = held(random_weights(t, r1, cols, rng));
+    const WeightMatrix wu{t, r1, cols, rb, bu.data(), "up"};
+    const WeightMatrix pu = g.prepare(wu);
+    for (int64_t m : {1, 5, 16, 40}) {
+      const std::string tag = name + " m=" + std::to_string(m);
+      auto x = randv(m * cols, rng);
+      auto dx = to_dev(g, x);
+      {
+        std::vector<float> q(m * r1), k(m * r2), v(m * r2);
+        const WeightMatrix* ws[3] = {&wq, &wk, &wv};
+        float* ys[3] = {q.data(), k.data(), v.data()};
+        c.matmul_n(ws, x.data(), m, ys);
+        BackendBuffer dq(g, q.size() * 4), dk(g, k.size() * 4), dv(g, v.size() * 4);
+        const WeightMatrix* pws[3] = {&pq, &pk, &pv};
+        float* dys[3] = {dq.as<float>(), dk.as<float>(), dv.as<float>()};
+        g.matmul_n(pws, dx.as<float>(), m, dys);
+        close(to_host<float>(g, dq, q.size()), q, 1e-5, "matmul_n q " + tag);
+        close(to_host<float>(g, dk, k.size()), k, 1e-5, "matmul_n k " + tag);
+        close(to_host<float>(g, dv, v.size()), v, 1e-5, "matmul_n v " + tag);
+      }
+      {
+        std::vector<float> gate(m * r1), up(m * r1);
+        c.matmul_swiglu(wq, wu, x.data(), m, gate.data(), up.data());
+        BackendBuffer dg(g, gate.size() * 4), du(g, up.size() * 4);
+        g.matmul_swiglu(pq, pu, dx.as<float>(), m, dg.as<float>(), du.as<float>());
+        close(to_host<float>(g, dg, gate.size()), gate, 1e-5, "matmul_swiglu " + tag);
+      }
+      {
+        auto y = randv(m * r1, rng);
+        std::vector<float> want = y, tmp(m * r1);
+        c.matmul_add(wq, x.data(), m, want.data(), tmp.data());
+        auto dy = to_dev(g, y);
+        BackendBuffer dt(g, tmp.size() * 4);
+        g.matmul_add(pq, dx.as<float>(), m, dy.as<float>(), dt.as<float>());
+        close(to_host<float>(g, dy, y.size()), want, 1e-6, "matmul_add " + tag);
+      }
     }
-    check(threw, "get_rows refuses an id outside the vocabulary");
+  }
+  {  // get_rows (the embedding, exact for every type), and a bad id is refused
+    for (GgmlType t : {GgmlType::Q4_1, GgmlType::Q8_0, GgmlType::Q6_K, GgmlType::F16}) {
+      auto& bytes = held(random_weights(t, 300, 512, rng));
+      const WeightMatrix w{t, 300, 512, ggml_row_bytes(t, 512), bytes.data(), "embd"};
+      const WeightMatrix pw = g.prepare(w);
+      std::vector<int32_t> ids{0, 5, 299, 77};
+      std::vector<float> want(ids.size() * 512);
+      c.get_rows(w, ids.data(), 4, want.data());
+      BackendBuffer out(g, want.size() * 4);
+      g.get_rows(pw, ids.data(), 4, out.as<float>());
+      check(to_host<float>(g, out, want.size()) == want, std::string("get_rows (exact) ") + std::string(ggml_type_name(t)));
+      const int32_t bad = 300;
+      bool threw = false;
+      try {
+        g.get_rows(pw, &bad, 1, out.as<float>());
+      } catch (const Error& e) {
+        threw = e.code() == ErrorCode::kInvalidArgument;
+      }
+      check(threw, "get_rows refuses an id outside the vocabulary");
+    }
   }
 }
 
@@ -234,17 +339,20 @@ void test_attention(CudaBackend& g, CpuBackend& c, std::mt19937& rng) {
         g.attention(p, dq.as<float>(), pos.data(), m, P.dref, out.as<float>(), lse.as<float>());
         const std::string tag = std::string(kv_type_name(t)) + " hd" + std::to_string(hd) + " page" +
                                 std::to_string(pt) + " m=" + std::to_string(m);
-        close(to_host<float>(g, out, q.size()), want, 2e-5, "attention " + tag);
-        close(to_host<float>(g, lse, want_lse.size()), want_lse, 1e-6, "attention lse " + tag);
+        // f16 KV with ≥ 64 rows: the tensor-core kernel (f16 queries and probabilities).
+        const bool mma = t == KvType::kF16 && m >= 64;
+        const double tol = mma ? 3e-3 : 2e-5, lse_tol = mma ? 1e-3 : 1e-6;
+        close(to_host<float>(g, out, q.size()), want, tol, "attention " + tag);
+        close(to_host<float>(g, lse, want_lse.size()), want_lse, lse_tol, "attention lse " + tag);
         // Split into two page sets and merged: the same result.
         const std::span<const KvPageRef> all(P.dref);
         BackendBuffer o2(g, q.size() * 4), l2(g, want_lse.size() * 4);
         g.attention(p, dq.as<float>(), pos.data(), m, all.subspan(0, 5), out.as<float>(), lse.as<float>());
         g.attention(p, dq.as<float>(), pos.data(), m, all.subspan(5), o2.as<float>(), l2.as<float>());
         g.merge_attention(m * p.n_heads, hd, out.as<float>(), lse.as<float>(), o2.as<float>(), l2.as<float>());
-        close(to_host<float>(g, out, q.size()), want, 2e-5, "attention split+merge " + tag);
+        close(to_host<float>(g, out, q.size()), want, tol, "attention split+merge " + tag);
       }
-      for (int64_t m : {1, 40}) {  // nothing visible: −inf and zeros (one warp each, tiled)
+      for (int64_t m : {1, 40, 70}) {  // nothing visible: −inf and zeros (one warp each, tiled, MMA)
         const std::vector<int32_t> early(static_cast<size_t>(m), 3);
         auto q = randv(m * p.n_heads * hd, rng);
         auto dq = to_dev(g, q);
@@ -258,6 +366,88 @@ void test_attention(CudaBackend& g, CpuBackend& c, std::mt19937& rng) {
               "attention with no visible key: lse −inf, output 0, m=" + std::to_string(m));
       }
     }
+  }
+}
+
+// A decode batch: rows of different lengths, each over its own pages (one with none, one whose
+// query sits before its last keys), in one attention_rows and one write_kv_rows, against the
+// CPU one row at a time; GQA groups of 3, 7 and 4, head_dim 64/128/256, pages of 64, 48 and 16.
+void test_decode_batch(CudaBackend& g, CpuBackend& c, std::mt19937& rng) {
+  struct Shape {
+    int heads, kv, hd, pt;
+  };
+  for (KvType t : {KvType::kF16, KvType::kF32, KvType::kQ8}) {
+    for (const Shape sh : {Shape{9, 3, 64, 64}, Shape{9, 3, 64, 16}, Shape{14, 2, 64, 64}, Shape{4, 1, 256, 64},
+                           Shape{8, 2, 128, 48}}) {
+      AttentionParams p;
+      p.n_heads = sh.heads;
+      p.n_kv_heads = sh.kv;
+      p.head_dim = sh.hd;
+      p.page_tokens = sh.pt;
+      p.head_stride = int64_t{sh.pt} * sh.hd;
+      p.kv_type = t;
+      p.scale = 1.0f / std::sqrt(static_cast<float>(sh.hd));
+      const std::vector<int> lens{1000, 0, 64, 5000, 130};
+      const int64_t m = static_cast<int64_t>(lens.size()), row = int64_t{sh.heads} * sh.hd;
+      std::vector<Pages> rows;
+      std::vector<int32_t> pos(m), page_begin{0};
+      std::vector<KvPageRef> dref;
+      for (int64_t i = 0; i < m; ++i) {
+        rows.push_back(make_pages(g, p, lens[i], rng));
+        pos[i] = std::max(0, lens[i] - (i == 2 ? 40 : 1));
+        dref.insert(dref.end(), rows.back().dref.begin(), rows.back().dref.end());
+        page_begin.push_back(static_cast<int32_t>(dref.size()));
+      }
+      auto q = randv(m * row, rng, -2.0f, 2.0f);
+      std::vector<float> want(q.size(), 7.0f);  // rows with no pages keep what they hold
+      for (int64_t i = 0; i < m; ++i)
+        if (lens[i] > 0) c.attention(p, q.data() + i * row, &pos[i], 1, rows[i].href, want.data() + i * row);
+      auto dq = to_dev(g, q);
+      auto out = to_dev(g, std::vector<float>(q.size(), 7.0f));
+      g.attention_rows(p, dq.as<float>(), pos.data(), m, page_begin, dref, out.as<float>());
+      const auto got = to_host<float>(g, out, q.size());
+      const std::string tag = std::string(kv_type_name(t)) + " heads " + std::to_string(sh.heads) + "/" +
+                              std::to_string(sh.kv) + " hd" + std::to_string(sh.hd) + " page" + std::to_string(sh.pt);
+      close(got, want, 2e-5, "attention_rows " + tag);
+      check(std::all_of(got.begin() + row, got.begin() + 2 * row, [](float x) { return x == 7.0f; }),
+            "attention_rows leaves a row with no pages alone, " + tag);
+      // Row 3 alone: bit for bit what it got in the batch.
+      const std::vector<int32_t> one{0, static_cast<int32_t>(rows[3].dref.size())};
+      auto out1 = to_dev(g, std::vector<float>(row, 0.0f));
+      g.attention_rows(p, dq.as<float>() + 3 * row, &pos[3], 1, one, rows[3].dref, out1.as<float>());
+      const auto alone = to_host<float>(g, out1, row);
+      check(std::equal(alone.begin(), alone.end(), got.begin() + 3 * row),
+            "attention_rows: a row alone equals the same row in a batch, " + tag);
+    }
+    // write_kv_rows: one token of each of four sequences (one skipped) into three pages.
+    AttentionParams p;
+    p.n_heads = 9;
+    p.n_kv_heads = 3;
+    p.head_dim = 64;
+    p.page_tokens = 64;
+    p.head_stride = 64 * 64;
+    p.kv_type = t;
+    const size_t half = kv_half_bytes(t, 3, 64, 64);
+    std::vector<std::vector<uint8_t>> want(3, std::vector<uint8_t>(2 * half, 0));
+    std::vector<BackendBuffer> pages;
+    for (int k = 0; k < 3; ++k) {
+      pages.emplace_back(g, 2 * half);
+      g.fill_zero(pages.back().get(), 2 * half);
+    }
+    auto k = randv(4 * 3 * 64, rng, -3.0f, 3.0f), v = randv(4 * 3 * 64, rng, -3.0f, 3.0f);
+    const int page_of[4] = {2, 0, -1, 0}, slot_of[4] = {63, 0, 5, 17};
+    std::vector<KvSlotRef> slots(4);
+    for (int i = 0; i < 4; ++i) {
+      if (page_of[i] < 0) continue;
+      slots[i] = KvSlotRef{pages[page_of[i]].get(), pages[page_of[i]].as<uint8_t>() + half, slot_of[i]};
+      cpu::write_kv(p, want[page_of[i]].data(), want[page_of[i]].data() + half, slot_of[i], 1, k.data() + i * 192,
+                    v.data() + i * 192);
+    }
+    auto dk = to_dev(g, k), dv = to_dev(g, v);
+    g.write_kv_rows(p, slots, dk.as<float>(), dv.as<float>());
+    bool same = true;
+    for (int j = 0; j < 3; ++j) same = same && to_host<uint8_t>(g, pages[j], 2 * half) == want[j];
+    check(same, std::string("write_kv_rows bit-identical to the CPU's write_kv (") + kv_type_name(t) + ")");
   }
 }
 
@@ -342,6 +532,10 @@ void test_write_kv_and_copies(CudaBackend& g, std::mt19937& rng) {
 
 // ---- end to end ---------------------------------------------------------------------------
 
+int32_t argmax(const float* x, int64_t n) {
+  return static_cast<int32_t>(std::max_element(x, x + n) - x);
+}
+
 std::vector<int32_t> long_prompt(Engine& e, int64_t tokens) {
   std::string text;
   for (int i = 0; static_cast<int64_t>(e.tokenizer().encode(text, true, false).size()) < tokens; ++i)
@@ -355,6 +549,7 @@ std::vector<int32_t> long_prompt(Engine& e, int64_t tokens) {
 void test_model(const std::string& path) {
   EngineOptions co, go;
   co.model_path = go.model_path = path;
+  co.cpu_dot = CpuDot::kF32;  // the exact reference: the CUDA path keeps activations in f32
   go.backend = "cuda";
   auto cpu = Engine::load(co);
   auto gpu = Engine::load(go);
@@ -465,6 +660,53 @@ void test_model(const std::string& path) {
     check(nonres > 0 && absent == nonres, "non-resident pages are absent from the device reserve");
     check(present_resident == res, "resident pages are in the device reserve");
   }
+  // Sequences decoded together on the GPU (one forward_batch per step, f16 KV): bit for bit what
+  // each gets alone (the GEMV and decode attention do not depend on the rest of the batch).
+  for (const int B : {3, 6}) {
+    const int64_t nv = gpu->info().n_vocab;
+    const int steps = 12;
+    std::vector<std::vector<int32_t>> prompts;
+    for (int s = 0; s < B; ++s) prompts.push_back(long_prompt(*gpu, 40 + 57 * s));
+    std::vector<std::vector<int32_t>> alone_tokens(B);
+    std::vector<std::vector<std::vector<float>>> alone(B);
+    const ResidencyOptions whole;  // full KV, every page resident on the device
+    for (int s = 0; s < B; ++s) {
+      auto p = gpu->prefill(prompts[s], whole, steps + 1);
+      std::vector<float> logits = p->logits;
+      for (int i = 0; i < steps; ++i) {
+        const int32_t t = argmax(logits.data(), nv);
+        alone_tokens[s].push_back(t);
+        gpu->model().forward(std::span<const int32_t>(&t, 1), *p->kv, logits.data());
+        alone[s].push_back(logits);
+      }
+    }
+    std::vector<std::unique_ptr<Prefilled>> kvs;
+    std::vector<std::vector<float>> logits(B);
+    for (int s = 0; s < B; ++s) {
+      kvs.push_back(gpu->prefill(prompts[s], whole, steps + 1));
+      logits[s] = kvs[s]->logits;
+    }
+    bool same_tokens = true, bitwise = true;
+    double worst = 0.0;
+    std::vector<int32_t> next(B);
+    for (int i = 0; i < steps; ++i) {
+      std::vector<SequenceInput> batch;
+      for (int s = 0; s < B; ++s) {
+        next[s] = argmax(logits[s].data(), nv);
+        same_tokens = same_tokens && next[s] == alone_tokens[s][i];
+        batch.push_back({std::span<const int32_t>(&next[s], 1), kvs[s]->kv.get(), logits[s].data()});
+      }
+      gpu->model().forward_batch(batch);
+      for (int s = 0; s < B; ++s) {
+        bitwise = bitwise && std::memcmp(logits[s].data(), alone[s][i].data(), nv * sizeof(float)) == 0;
+        worst = std::max(worst, rel_l2(logits[s].data(), alone[s][i].data(), nv));
+      }
+    }
+    std::printf("  %d sequences decoded together: greedy tokens equal %d, logits bitwise %d, worst rel L2 %.2g\n", B,
+                same_tokens, bitwise, worst);
+    check(same_tokens, "cuda: greedy tokens of " + std::to_string(B) + " sequences decoded together equal each alone");
+    check(bitwise, "cuda: " + std::to_string(B) + " sequences decoded together get bit for bit the logits of each alone");
+  }
 }
 
 }  // namespace
@@ -571,6 +813,8 @@ int main() {
     test_matmul(g, c, rng);
     section("attention");
     test_attention(g, c, rng);
+    section("decode_batch");
+    test_decode_batch(g, c, rng);
     section("write_kv_and_copies");
     test_write_kv_and_copies(g, rng);
     section("index_scores");

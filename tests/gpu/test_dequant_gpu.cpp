@@ -83,8 +83,10 @@ int main() {
     }
   }
   // Unsupported type and a partial block are refused without launching.
-  check(cuda::dequantize_rows(GgmlType::Q4_K, nullptr, 0, nullptr, 1, 256, nullptr) == cudaErrorInvalidValue,
-        "Q4_K refused");
+  check(cuda::dequantize_rows(GgmlType::Q5_1, nullptr, 0, nullptr, 1, 256, nullptr) == cudaErrorInvalidValue,
+        "Q5_1 (no dequantiser) refused");
+  check(cuda::dequantize_rows(GgmlType::Q4_K, nullptr, 0, nullptr, 1, 128, nullptr) == cudaErrorInvalidValue,
+        "a partial Q4_K super-block refused");
   check(cuda::dequantize_rows(GgmlType::Q8_0, nullptr, 0, nullptr, 1, 33, nullptr) == cudaErrorInvalidValue,
         "partial block refused");
   std::printf("%d passed, %d failed\n", passed, failed);

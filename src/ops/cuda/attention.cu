@@ -1,6 +1,6 @@
 #include "ops/cuda/attention.cuh"
 
-#include <cuda_fp16.h>
+#include "ops/cuda/kv_access.cuh"
 
 #include <algorithm>
 
@@ -13,23 +13,6 @@ constexpr int kWarps = 4;  // (query, head) items per block, one warp each
 constexpr int64_t kSplitWarps = 1024;
 // chunk_mass keeps one head's query in shared memory.
 constexpr int kMassMaxDim = 256;
-
-// Element `at` as stored (q8: before its scale).
-template <int KV>
-__device__ inline float kv_at(const void* base, int64_t at) {
-  if constexpr (KV == kDevF16) return __half2float(static_cast<const __half*>(base)[at]);
-  else if constexpr (KV == kDevQ8) return static_cast<float>(static_cast<const int8_t*>(base)[at]);
-  else return static_cast<const float*>(base)[at];
-}
-
-// The scale of token j of kv head g in a K or V half-page (1 unless q8).
-template <int KV>
-__device__ inline float kv_scale(const DevAttention& p, const void* half, int g, int j) {
-  if constexpr (KV == kDevQ8)
-    return reinterpret_cast<const float*>(static_cast<const uint8_t*>(half) + p.scale_offset)
-        [static_cast<int64_t>(g) * p.page_tokens + j];
-  else return 1.0f;
-}
 
 // One warp per (query row i, head h). Lane j takes keys j, j + 32, ... of each page and keeps
 // its own online-softmax state (max, sum, unnormalised output); the warp merges the 32 states
@@ -299,40 +282,7 @@ __global__ void write_kv_kernel(DevAttention p, void* k_page, void* v_page, int 
   const int c = static_cast<int>(idx % hd);
   const int h = static_cast<int>((idx / hd) % nh);
   const int64_t t = idx / (int64_t{hd} * nh);
-  const int64_t slot = slot0 + t;
-  const int64_t k_at = h * p.head_stride + int64_t{c} * p.page_tokens + slot;
-  const int64_t v_at = h * p.head_stride + slot * hd + c;
-  if constexpr (KV == kDevF16) {
-    static_cast<__half*>(k_page)[k_at] = __float2half_rn(k[idx]);
-    static_cast<__half*>(v_page)[v_at] = __float2half_rn(v[idx]);
-  } else if constexpr (KV == kDevQ8) {
-    // Each thread finds its vector's max|x| (the vector is in cache after the first lane);
-    // the arithmetic is the CPU's quantize_q8, so both backends store the same bytes.
-    int8_t* qs[2] = {static_cast<int8_t*>(k_page) + k_at, static_cast<int8_t*>(v_page) + v_at};
-    void* halves[2] = {k_page, v_page};
-    const float* srcs[2] = {k, v};
-    for (int w = 0; w < 2; ++w) {
-      const float* x = srcs[w] + (idx - c);
-      float amax = 0.0f;
-      bool finite = true;
-      for (int d = 0; d < hd; ++d) {
-        finite = finite && isfinite(x[d]);
-        amax = fmaxf(amax, fabsf(x[d]));
-      }
-      float q = 0.0f, scale = finite ? 0.0f : NAN;
-      if (finite && amax > 0.0f) {
-        const float inv = __fdiv_rn(127.0f, amax);
-        q = fminf(fmaxf(rintf(__fmul_rn(x[c], inv)), -127.0f), 127.0f);
-        scale = __fdiv_rn(amax, 127.0f);
-      }
-      *qs[w] = static_cast<int8_t>(q);
-      if (c == 0)
-        reinterpret_cast<float*>(static_cast<uint8_t*>(halves[w]) + p.scale_offset)[int64_t{h} * p.page_tokens + slot] = scale;
-    }
-  } else {
-    static_cast<float*>(k_page)[k_at] = k[idx];
-    static_cast<float*>(v_page)[v_at] = v[idx];
-  }
+  store_kv<KV>(p, k_page, v_page, slot0 + t, h, c, k + (idx - c), v + (idx - c));
 }
 
 // chunk_mass, step 1: the scaled score of every (head, page slot); −inf where the slot is empty
@@ -421,6 +371,8 @@ cudaError_t attention(const DevAttention& p, const float* q, const int32_t* pos,
   if (p.n_kv_heads <= 0 || p.n_heads % p.n_kv_heads != 0) return cudaErrorInvalidValue;
   const int n_chunks = attention_chunks(m, p.n_heads, n_pages);
   const int chunk_pages = n_chunks > 1 ? (n_pages + n_chunks - 1) / n_chunks : std::max(n_pages, 1);
+  if (n_chunks == 1 && attention_mma_supported(p, m))  // prefill on tensor cores
+    return attention_mma(p, q, pos, m, pages, n_pages, out, lse, s);
   if (n_chunks == 1 && m >= kTileQ) {  // prefill: the tiled kernel
     const dim3 grid(static_cast<unsigned>((m + kTileQ - 1) / kTileQ), static_cast<unsigned>(p.n_heads));
 #define FM_TILED(HD, KV) \

@@ -40,6 +40,12 @@ int attention_chunks(int64_t m, int n_heads, int n_pages);
 cudaError_t attention(const DevAttention& p, const float* q, const int32_t* pos, int64_t m,
                       const DevPage* pages, int n_pages, float* out, float* lse, float* part_o,
                       float* part_lse, cudaStream_t s);
+// Prefill attention on tensor cores (ops/cuda/attention_mma.cu): f16 KV, head_dim 64 or 128,
+// m ≥ 64 rows; queries rounded to f16 after scaling (outputs within ~1e-3 of the f32 kernels).
+// attention() uses it where supported.
+bool attention_mma_supported(const DevAttention& p, int64_t m);
+cudaError_t attention_mma(const DevAttention& p, const float* q, const int32_t* pos, int64_t m,
+                          const DevPage* pages, int n_pages, float* out, float* lse, cudaStream_t s);
 cudaError_t merge_attention(int64_t rows, int head_dim, float* out, float* lse, const float* out2,
                             const float* lse2, cudaStream_t s);
 // Backend::chunk_mass for one query q [n_heads × head_dim] (head_dim ≤ 256; page_tokens a

@@ -5,14 +5,19 @@
 
 #include <algorithm>
 #include <cstddef>
+#include <cstdlib>
 #include <cstring>
+#include <string>
 #include <type_traits>
 
 #include "core/error.h"
 #include "ops/cuda/attention.cuh"
+#include "ops/cuda/decode_attention.cuh"
 #include "ops/cuda/dequant.cuh"
 #include "ops/cuda/elementwise.cuh"
 #include "ops/cuda/indexer.cuh"
+#include "ops/cuda/matvec.cuh"
+#include "ops/cuda/page_copy.cuh"
 
 namespace flashmem {
 
@@ -32,10 +37,18 @@ namespace {
              " failed with status ", static_cast<int>(st_));                                 \
   } while (0)
 
+static_assert(sizeof(cuda::DevSlot) == sizeof(KvSlotRef) && offsetof(cuda::DevSlot, slot) == offsetof(KvSlotRef, slot) &&
+              sizeof(cuda::DevCopy) == sizeof(PageCopy) && offsetof(cuda::DevCopy, dst) == offsetof(PageCopy, dst) &&
+              std::is_trivially_copyable_v<KvSlotRef> && std::is_trivially_copyable_v<PageCopy>);
 static_assert(sizeof(cuda::DevPage) == sizeof(KvPageRef) &&
               offsetof(cuda::DevPage, pos0) == offsetof(KvPageRef, pos0) &&
               offsetof(cuda::DevPage, n_tokens) == offsetof(KvPageRef, n_tokens) &&
               std::is_trivially_copyable_v<KvPageRef>);
+
+// Rows of f32 gemm() dequantises at a time (128 MiB).
+constexpr size_t kTileFloats = size_t{32} << 20;
+
+bool aligned16(const void* p) { return reinterpret_cast<uintptr_t>(p) % 16 == 0; }
 
 cuda::DevAttention dev_params(const AttentionParams& p) {
   const int kv = p.kv_type == KvType::kF16 ? cuda::kDevF16 : p.kv_type == KvType::kQ8 ? cuda::kDevQ8 : cuda::kDevF32;
@@ -68,6 +81,7 @@ CudaBackend::CudaBackend() {
     FM_FAIL(ErrorCode::kUnsupported, "cuBLAS could not start (status ", static_cast<int>(st), ")");
   }
   cublas_ = h;
+  if (const char* v = std::getenv("FLASHMEM_CUDA_GEMV_ROWS"); v && *v) gemv_rows_ = std::atoi(v);
   cublasSetStream(h, s);
   cublasSetMathMode(h, CUBLAS_DEFAULT_MATH);  // full f32 products: no TF32
   try {
@@ -94,7 +108,11 @@ CudaBackend::~CudaBackend() {
   pages_dev_.reset();
   part_o_.reset();
   part_lse_.reset();
-  mass_scores_.reset();  // every scratch buffer before the stream its dealloc waits on
+  mass_scores_.reset();
+  wtile_.reset();
+  rows_dev_.reset();
+  slots_dev_.reset();
+  copies_dev_.reset();  // every scratch buffer before the stream its dealloc waits on
   for (void* p : owned_) cudaFree(p);
   for (void* e : slab_done_) cudaEventDestroy(static_cast<cudaEvent_t>(e));
   cudaFreeHost(staging_);
@@ -123,7 +141,7 @@ void CudaBackend::dealloc(void* p) noexcept {
 
 void* CudaBackend::alloc_host(size_t bytes) {
   void* p = nullptr;
-  const cudaError_t e = cudaHostAlloc(&p, bytes ? bytes : 1, cudaHostAllocDefault);
+  const cudaError_t e = cudaHostAlloc(&p, bytes ? bytes : 1, cudaHostAllocMapped);
   if (e != cudaSuccess) {
     cudaGetLastError();
     FM_FAIL(ErrorCode::kOutOfMemory, "cannot allocate ", static_cast<double>(bytes) / (1 << 20),
@@ -148,14 +166,8 @@ bool CudaBackend::page_locked(const void* p, size_t bytes) const {
   return a + bytes <= it->first + it->second;
 }
 
-void CudaBackend::upload(void* dst, const void* host_src, size_t bytes) {
-  if (!bytes) return;
-  if (bytes > kSlabBytes) {
-    // Large (weights, once): from pageable memory, staged by the driver before it returns.
-    FM_CUDA(cudaMemcpyAsync(dst, host_src, bytes, cudaMemcpyHostToDevice, STREAM));
-    return;
-  }
-  if (slab_used_ + bytes > kSlabBytes) {  // move to the next slab once its last copies are done
+uint8_t* CudaBackend::slab_space(size_t bytes) {
+  if (slab_used_ + bytes > kSlabBytes) {  // move to the next slab once the ops that read it are done
     FM_CUDA(cudaEventRecord(static_cast<cudaEvent_t>(slab_done_[slab_]), STREAM));
     slab_pending_[slab_] = true;
     slab_ = (slab_ + 1) % kSlabs;
@@ -164,9 +176,31 @@ void CudaBackend::upload(void* dst, const void* host_src, size_t bytes) {
     slab_used_ = 0;
   }
   uint8_t* at = staging_ + static_cast<size_t>(slab_) * kSlabBytes + slab_used_;
+  slab_used_ += (bytes + 255) & ~size_t{255};
+  return at;
+}
+
+void CudaBackend::upload(void* dst, const void* host_src, size_t bytes) {
+  if (!bytes) return;
+  if (bytes > kSlabBytes) {
+    // Large (weights, once): from pageable memory, staged by the driver before it returns.
+    FM_CUDA(cudaMemcpyAsync(dst, host_src, bytes, cudaMemcpyHostToDevice, STREAM));
+    return;
+  }
+  uint8_t* at = slab_space(bytes);
   std::memcpy(at, host_src, bytes);
   FM_CUDA(cudaMemcpyAsync(dst, at, bytes, cudaMemcpyHostToDevice, STREAM));
-  slab_used_ += (bytes + 255) & ~size_t{255};
+}
+
+const void* CudaBackend::stage(BackendBuffer& fallback, const void* host_src, size_t bytes) {
+  if (bytes > kSlabBytes) {
+    scratch(fallback, bytes);
+    upload(fallback.get(), host_src, bytes);
+    return fallback.get();
+  }
+  uint8_t* at = slab_space(bytes);
+  std::memcpy(at, host_src, bytes);
+  return at;  // page-locked and mapped: the kernels read it where it is
 }
 
 void CudaBackend::download(void* host_dst, const void* src, size_t bytes) {
@@ -181,12 +215,25 @@ void CudaBackend::fill_zero(void* p, size_t bytes) {
 
 void CudaBackend::copy_pages(CopyDir dir, std::span<const PageCopy> copies, size_t bytes) {
   if (copies.empty()) return;
+  // Host sides in page-locked memory (the KV mirror) or none: one gather kernel, stream-ordered,
+  // nothing to wait for here (the contract: synchronize() before the host reads or rewrites
+  // them). The GPU reads and writes page-locked memory directly.
+  bool gather = cuda::page_copy_supported(bytes);
+  for (size_t i = 0; gather && i < copies.size(); ++i) {
+    const PageCopy& c = copies[i];
+    gather = aligned16(c.src) && aligned16(c.dst) &&
+             (dir != CopyDir::kHostToBackend || page_locked(c.src, bytes)) &&
+             (dir != CopyDir::kBackendToHost || page_locked(c.dst, bytes));
+  }
+  if (gather) {
+    const auto* list = static_cast<const cuda::DevCopy*>(stage(copies_dev_, copies.data(), copies.size_bytes()));
+    FM_CUDA(cuda::copy_pages(list, static_cast<int64_t>(copies.size()), bytes, STREAM));
+    return;
+  }
   const cudaMemcpyKind kind = dir == CopyDir::kHostToBackend   ? cudaMemcpyHostToDevice
                               : dir == CopyDir::kBackendToHost ? cudaMemcpyDeviceToHost
                                                                : cudaMemcpyDeviceToDevice;
-  // Device-to-device copies and copies from or to page-locked memory are stream-ordered DMA:
-  // nothing to wait for here (the contract: synchronize() before the host reads or rewrites
-  // them). Pageable host memory must be done with when the call returns.
+  // One DMA copy each. Pageable host memory must be done with when the call returns.
   bool wait = false;
   for (const PageCopy& c : copies) {
     FM_CUDA(cudaMemcpyAsync(c.dst, c.src, bytes, kind, STREAM));
@@ -199,8 +246,8 @@ void CudaBackend::copy_pages(CopyDir dir, std::span<const PageCopy> copies, size
 void CudaBackend::synchronize() { FM_CUDA(cudaStreamSynchronize(STREAM)); }
 
 const cuda::DevPage* CudaBackend::device_pages(std::span<const KvPageRef> pages) {
-  const size_t bytes = pages.size() * sizeof(KvPageRef);
-  if (bytes) {
+  const size_t bytes = pages.size_bytes();
+  if (bytes) {  // in device memory: these kernels read every page's descriptor many times
     scratch(pages_dev_, bytes);
     upload(pages_dev_.get(), pages.data(), bytes);
   }
@@ -229,21 +276,16 @@ const int32_t* CudaBackend::device_positions(const int32_t* pos, int64_t m) {
 
 WeightMatrix CudaBackend::prepare(const WeightMatrix& w) {
   if (auto it = prepared_.find(w.data); it != prepared_.end()) return it->second;
+  // The GEMM path (dequantised tiles) takes every type the GEMV takes, and more widths.
+  FM_CHECK(cuda::dequant_supported(w.type, w.cols), ErrorCode::kUnsupported, "weight ", w.name, " (",
+           ggml_type_name(w.type), ", ", w.cols, " columns) cannot be used on the GPU");
   const size_t raw = static_cast<size_t>(w.rows) * w.row_bytes;
-  const size_t out = static_cast<size_t>(w.rows) * w.cols * sizeof(float);
-  BackendBuffer staged(*this, raw);
-  upload(staged.get(), w.data, raw);
-  float* dst = static_cast<float*>(alloc(out));
-  const cudaError_t e = cuda::dequantize_rows(w.type, staged.get(), w.row_bytes, dst, w.rows, w.cols, STREAM);
-  if (e != cudaSuccess) {
-    cudaFree(dst);
-    FM_FAIL(ErrorCode::kUnsupported, "weight ", w.name, " (", ggml_type_name(w.type),
-            ") cannot be used on the GPU: ", cudaGetErrorString(e));
-  }
+  void* dst = alloc(raw);
   owned_.push_back(dst);
-  weight_bytes_ += out;
-  WeightMatrix r{GgmlType::F32, w.rows, w.cols, static_cast<size_t>(w.cols) * sizeof(float),
-                 reinterpret_cast<const uint8_t*>(dst), w.name};
+  weight_bytes_ += raw;
+  upload(dst, w.data, raw);
+  WeightMatrix r = w;
+  r.data = static_cast<const uint8_t*>(dst);
   prepared_[w.data] = r;
   return r;
 }
@@ -261,29 +303,86 @@ const float* CudaBackend::prepare(const float* v, int64_t n) {
 
 // ---- ops -----------------------------------------------------------------------------------
 
-void CudaBackend::matmul(const WeightMatrix& w, const float* x, int64_t m, float* y) {
-  FM_ICHECK(w.type == GgmlType::F32 && w.row_bytes == static_cast<size_t>(w.cols) * sizeof(float),
-            "weight ", w.name, " was not prepared for the CUDA backend");
-  if (m <= 0) return;
+bool CudaBackend::use_matvec(const WeightMatrix& w, const float* x, int64_t m) const {
+  return m <= gemv_rows_ && aligned16(x) && w.cols % 4 == 0 &&
+         cuda::matvec_supported(w.type, w.cols, w.row_bytes);
+}
+
+void CudaBackend::gemm(const WeightMatrix& w, const float* x, int64_t m, float* y, bool accumulate) {
   // Row-major y[m × rows] = x[m × cols] · wᵀ is column-major yᵀ = w · xᵀ, with w read as the
-  // transpose of its column-major [cols × rows] self.
-  const float one = 1.0f, zero = 0.0f;
-  FM_CUBLAS(cublasSgemm(CUBLAS, CUBLAS_OP_T, CUBLAS_OP_N, static_cast<int>(w.rows), static_cast<int>(m),
-                        static_cast<int>(w.cols), &one, reinterpret_cast<const float*>(w.data),
-                        static_cast<int>(w.cols), x, static_cast<int>(w.cols), &zero, y,
-                        static_cast<int>(w.rows)));
+  // transpose of its column-major [cols × rows] self; a tile of rows r0 … writes the columns
+  // of yᵀ from r0 (leading dimension rows).
+  const float one = 1.0f, beta = accumulate ? 1.0f : 0.0f;
+  const int ldc = static_cast<int>(w.rows);
+  if (w.type == GgmlType::F32) {
+    FM_CUBLAS(cublasSgemm(CUBLAS, CUBLAS_OP_T, CUBLAS_OP_N, static_cast<int>(w.rows), static_cast<int>(m),
+                          static_cast<int>(w.cols), &one, reinterpret_cast<const float*>(w.data),
+                          static_cast<int>(w.cols), x, static_cast<int>(w.cols), &beta, y, ldc));
+    return;
+  }
+  const int64_t tile_rows = std::min<int64_t>(w.rows, std::max<int64_t>(1, kTileFloats / w.cols));
+  float* tile = static_cast<float*>(scratch(wtile_, static_cast<size_t>(tile_rows * w.cols) * sizeof(float)));
+  for (int64_t r0 = 0; r0 < w.rows; r0 += tile_rows) {
+    const int64_t n = std::min(tile_rows, w.rows - r0);
+    FM_CUDA(cuda::dequantize_rows(w.type, w.data + r0 * w.row_bytes, w.row_bytes, tile, n, w.cols, STREAM));
+    FM_CUBLAS(cublasSgemm(CUBLAS, CUBLAS_OP_T, CUBLAS_OP_N, static_cast<int>(n), static_cast<int>(m),
+                          static_cast<int>(w.cols), &one, tile, static_cast<int>(w.cols), x,
+                          static_cast<int>(w.cols), &beta, y + r0, ldc));
+  }
+}
+
+void CudaBackend::matmul(const WeightMatrix& w, const float* x, int64_t m, float* y) {
+  if (m <= 0) return;
+  if (use_matvec(w, x, m)) {
+    const cuda::MatvecSeg seg{w.data, w.row_bytes, w.rows, y};
+    FM_CUDA(cuda::matvec(w.type, &seg, 1, cuda::kMvStore, x, m, w.cols, STREAM));
+    return;
+  }
+  gemm(w, x, m, y, false);
+}
+
+void CudaBackend::matmul_n(std::span<const WeightMatrix* const> ws, const float* x, int64_t m,
+                           std::span<float* const> ys) {
+  bool one_launch = m > 0 && ws.size() >= 1 && ws.size() <= 3;
+  for (size_t k = 0; one_launch && k < ws.size(); ++k)
+    one_launch = use_matvec(*ws[k], x, m) && ws[k]->type == ws[0]->type && ws[k]->cols == ws[0]->cols;
+  if (!one_launch) return Backend::matmul_n(ws, x, m, ys);
+  cuda::MatvecSeg segs[3];
+  for (size_t k = 0; k < ws.size(); ++k) segs[k] = {ws[k]->data, ws[k]->row_bytes, ws[k]->rows, ys[k]};
+  FM_CUDA(cuda::matvec(ws[0]->type, segs, static_cast<int>(ws.size()), cuda::kMvStore, x, m, ws[0]->cols, STREAM));
+}
+
+void CudaBackend::matmul_add(const WeightMatrix& w, const float* x, int64_t m, float* y, float* tmp) {
+  if (m <= 0) return;
+  if (use_matvec(w, x, m)) {
+    const cuda::MatvecSeg seg{w.data, w.row_bytes, w.rows, y};
+    FM_CUDA(cuda::matvec(w.type, &seg, 1, cuda::kMvAdd, x, m, w.cols, STREAM));
+    return;
+  }
+  (void)tmp;
+  gemm(w, x, m, y, true);
+}
+
+void CudaBackend::matmul_swiglu(const WeightMatrix& gate, const WeightMatrix& up, const float* x, int64_t m,
+                                float* gate_out, float* up_tmp) {
+  if (m > 0 && use_matvec(gate, x, m) && use_matvec(up, x, m) && gate.type == up.type && gate.cols == up.cols &&
+      gate.rows == up.rows) {
+    const cuda::MatvecSeg segs[2] = {{gate.data, gate.row_bytes, gate.rows, gate_out},
+                                     {up.data, up.row_bytes, up.rows, up_tmp}};
+    FM_CUDA(cuda::matvec(gate.type, segs, 2, cuda::kMvSwiglu, x, m, gate.cols, STREAM));
+    return;
+  }
+  Backend::matmul_swiglu(gate, up, x, m, gate_out, up_tmp);
 }
 
 void CudaBackend::get_rows(const WeightMatrix& w, const int32_t* ids, int64_t m, float* out) {
-  FM_ICHECK(w.type == GgmlType::F32, "embedding ", w.name, " was not prepared for the CUDA backend");
   for (int64_t i = 0; i < m; ++i)
     FM_CHECK(ids[i] >= 0 && ids[i] < w.rows, ErrorCode::kInvalidArgument, "token id ", ids[i],
              " is outside the vocabulary [0, ", w.rows, ")");
   const size_t bytes = static_cast<size_t>(m) * sizeof(int32_t);
   scratch(ids_dev_, bytes);
   upload(ids_dev_.get(), ids, bytes);
-  FM_CUDA(cuda::get_rows(reinterpret_cast<const float*>(w.data), w.cols, ids_dev_.as<int32_t>(), m,
-                         out, STREAM));
+  FM_CUDA(cuda::dequantize_rows_by_id(w.type, w.data, w.row_bytes, ids_dev_.as<int32_t>(), m, w.cols, out, STREAM));
 }
 
 void CudaBackend::rms_norm(const float* x, const float* weight, int64_t m, int64_t n, float eps,
@@ -295,6 +394,12 @@ void CudaBackend::rope(float* x, int64_t m, int n_heads, int head_dim, const int
                        const RopeParams& p) {
   FM_CUDA(cuda::rope(x, m, n_heads, head_dim, device_positions(pos, m), p.n_rot, p.freq_base,
                      p.freq_scale, p.neox, STREAM));
+}
+
+void CudaBackend::rope_qk(float* q, float* k, int64_t m, int n_heads, int n_kv_heads, int head_dim,
+                          const int32_t* pos, const RopeParams& p) {
+  FM_CUDA(cuda::rope_qk(q, n_heads, k, n_kv_heads, m, head_dim, device_positions(pos, m), p.n_rot, p.freq_base,
+                        p.freq_scale, p.neox, STREAM));
 }
 
 void CudaBackend::swiglu(const float* gate, const float* up, int64_t n, float* out) {
@@ -355,6 +460,44 @@ void CudaBackend::write_kv(const AttentionParams& p, void* k_page, void* v_page,
                            int64_t n, const float* k, const float* v) {
   FM_ICHECK(slot0 >= 0 && slot0 + n <= p.page_tokens, "write_kv past the page");
   FM_CUDA(cuda::write_kv(dev_params(p), k_page, v_page, slot0, n, k, v, STREAM));
+}
+
+void CudaBackend::attention_rows(const AttentionParams& p, const float* q, const int32_t* pos, int64_t m,
+                                 std::span<const int32_t> page_begin, std::span<const KvPageRef> pages,
+                                 float* out) {
+  const cuda::DevAttention dp = dev_params(p);
+  static_assert(sizeof(cuda::DevPage) == sizeof(KvPageRef));
+  if (!cuda::decode_attention_supported(dp) || m > 65535 ||
+      !cuda::decode_attention_pages_aligned(reinterpret_cast<const cuda::DevPage*>(pages.data()),
+                                           static_cast<int>(pages.size())))
+    return Backend::attention_rows(p, q, pos, m, page_begin, pages, out);
+  FM_ICHECK(static_cast<int64_t>(page_begin.size()) == m + 1 && page_begin.back() == static_cast<int32_t>(pages.size()),
+            "attention_rows: page_begin does not describe the pages");
+  int max_pages = 0;
+  for (int64_t i = 0; i < m; ++i) max_pages = std::max(max_pages, page_begin[i + 1] - page_begin[i]);
+  if (max_pages == 0) return;
+  // Read once per block and tile (the kernel keeps a tile's descriptors in shared memory).
+  const auto* dev_pages = static_cast<const cuda::DevPage*>(stage(pages_dev_, pages.data(), pages.size_bytes()));
+  const auto* dev_begin = static_cast<const int32_t*>(stage(rows_dev_, page_begin.data(), page_begin.size_bytes()));
+  const int splits = cuda::decode_attention_splits(dp, max_pages);
+  float* part_o = nullptr;
+  float* part_lse = nullptr;
+  if (splits > 1) {
+    const size_t items = static_cast<size_t>(m) * p.n_heads * splits;
+    part_o = static_cast<float*>(scratch(part_o_, items * p.head_dim * sizeof(float)));
+    part_lse = static_cast<float*>(scratch(part_lse_, items * sizeof(float)));
+  }
+  FM_CUDA(cuda::decode_attention(dp, q, device_positions(pos, m), m, dev_begin, dev_pages, max_pages,
+                                 splits, out, part_o, part_lse, STREAM));
+}
+
+void CudaBackend::write_kv_rows(const AttentionParams& p, std::span<const KvSlotRef> slots, const float* k,
+                                const float* v) {
+  if (slots.empty()) return;
+  for (const KvSlotRef& s : slots)
+    FM_ICHECK(!s.k || (s.slot >= 0 && s.slot < p.page_tokens), "write_kv_rows past the page");
+  const auto* dev_slots = static_cast<const cuda::DevSlot*>(stage(slots_dev_, slots.data(), slots.size_bytes()));
+  FM_CUDA(cuda::write_kv_rows(dev_params(p), dev_slots, static_cast<int64_t>(slots.size()), k, v, STREAM));
 }
 
 }  // namespace flashmem

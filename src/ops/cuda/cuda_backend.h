@@ -1,10 +1,13 @@
 // flashmem/ops/cuda/cuda_backend.h — the CUDA implementation of Backend.
 //
 // Backend memory is device memory; every op runs on one stream in issue order, and download()
-// waits for it. Weights are dequantised to f32 on the device when the model prepares them
-// (prepare); matmuls are cuBLAS SGEMM with full f32 math (no TF32), attention and the rest are
-// flashmem's kernels (ops/cuda/*.cu). Checked against the CPU backend op by op and end to end by
-// the GPU tests (scripts/gpu-check).
+// waits for it. Weights stay on the device in their stored type (GGUF blocks, f16, bf16, f32).
+// Decode-sized products (a few activation rows: gemv_rows_) read them through flashmem's
+// dequantising GEMV (ops/cuda/matvec.cuh), fused with Q/K/V, SwiGLU and the residual add;
+// larger ones (prefill) dequantise tiles of rows into f32 and run cuBLAS SGEMM with full f32
+// math (no TF32). A decode batch writes its K/V in one launch and attends in one
+// (ops/cuda/decode_attention.cuh); page copies of a batch are one gather kernel. Checked against
+// the CPU backend op by op and end to end by the GPU tests (scripts/gpu-check).
 //
 // This header needs no CUDA headers: it is included where the backend is chosen.
 #pragma once
@@ -33,7 +36,7 @@ class CudaBackend final : public Backend {
 
   const char* name() const override { return "cuda"; }
   const std::string& device_name() const { return device_name_; }
-  // Device memory the backend holds for prepared weights.
+  // Device memory the backend holds for prepared weights (their stored bytes).
   size_t weight_bytes() const { return weight_bytes_; }
 
   bool host_memory() const override { return false; }
@@ -51,11 +54,18 @@ class CudaBackend final : public Backend {
   const float* prepare(const float* v, int64_t n) override;
 
   void matmul(const WeightMatrix& w, const float* x, int64_t m, float* y) override;
+  void matmul_n(std::span<const WeightMatrix* const> ws, const float* x, int64_t m,
+                std::span<float* const> ys) override;
+  void matmul_add(const WeightMatrix& w, const float* x, int64_t m, float* y, float* tmp) override;
+  void matmul_swiglu(const WeightMatrix& gate, const WeightMatrix& up, const float* x, int64_t m,
+                     float* gate_out, float* up_tmp) override;
   void get_rows(const WeightMatrix& w, const int32_t* ids, int64_t m, float* out) override;
   void rms_norm(const float* x, const float* weight, int64_t m, int64_t n, float eps,
                 float* y) override;
   void rope(float* x, int64_t m, int n_heads, int head_dim, const int32_t* pos,
             const RopeParams& p) override;
+  void rope_qk(float* q, float* k, int64_t m, int n_heads, int n_kv_heads, int head_dim, const int32_t* pos,
+               const RopeParams& p) override;
   void swiglu(const float* gate, const float* up, int64_t n, float* out) override;
   void add(float* x, const float* y, int64_t n) override;
   void add_rows(float* x, const float* b, int64_t m, int64_t n) override;
@@ -69,12 +79,28 @@ class CudaBackend final : public Backend {
                 const float* k, const float* v) override;
   void chunk_mass(const AttentionParams& p, const float* q, int32_t pos, std::span<const KvPageRef> pages,
                   int chunk_tokens, int64_t n_chunks, float* mass) override;
+  void attention_rows(const AttentionParams& p, const float* q, const int32_t* pos, int64_t m,
+                      std::span<const int32_t> page_begin, std::span<const KvPageRef> pages,
+                      float* out) override;
+  void write_kv_rows(const AttentionParams& p, std::span<const KvSlotRef> slots, const float* k,
+                     const float* v) override;
 
  private:
   // Uploads host positions unless the device copy already holds the same values.
   const int32_t* device_positions(const int32_t* pos, int64_t m);
   // The page list in device memory (DevPage has KvPageRef's layout), in a kept scratch buffer.
   const cuda::DevPage* device_pages(std::span<const KvPageRef> pages);
+  // Whether w goes through the GEMV for m rows of x.
+  bool use_matvec(const WeightMatrix& w, const float* x, int64_t m) const;
+  // y (=, or += when accumulate) x · wᵀ through cuBLAS: f32 weights directly, others a tile of
+  // rows at a time dequantised into wtile_.
+  void gemm(const WeightMatrix& w, const float* x, int64_t m, float* y, bool accumulate);
+  // `bytes` of the current staging slab (moving to the next once the ops that read it are done).
+  uint8_t* slab_space(size_t bytes);
+  // A device-readable copy of a small host array for the ops issued next (page lists, slots):
+  // page-locked staging memory the kernels read in place (one copy less in the stream than an
+  // upload: 9% more decode tok/s at depth 0), or, above a slab, `fallback` after an upload.
+  const void* stage(BackendBuffer& fallback, const void* host_src, size_t bytes);
   // A device scratch buffer of at least `bytes` (grown on demand, kept).
   void* scratch(BackendBuffer& b, size_t bytes);
   // True when [p, p + bytes) lies in one alloc_host() allocation.
@@ -90,6 +116,8 @@ class CudaBackend final : public Backend {
   BackendBuffer pos_dev_, ids_dev_, pages_dev_;
   BackendBuffer part_o_, part_lse_;  // split attention's partial results
   BackendBuffer mass_scores_;        // chunk_mass's scores
+  BackendBuffer wtile_;              // gemm's dequantised weight rows
+  BackendBuffer rows_dev_, slots_dev_, copies_dev_;  // attention_rows' page_begin, write_kv_rows' slots, copy lists
   std::vector<int32_t> pos_host_;  // what pos_dev_ holds
   std::map<uintptr_t, size_t> host_blocks_;  // alloc_host() allocations: start → bytes
   // upload() stages small host arrays (positions, page lists, token ids) in page-locked slabs,
@@ -101,6 +129,10 @@ class CudaBackend final : public Backend {
   std::array<void*, kSlabs> slab_done_{};  // cudaEvent_t per slab
   std::array<bool, kSlabs> slab_pending_{};
   int slab_ = 0;
+  // Products of at most this many activation rows go through the GEMV (so a sequence decoded in
+  // a batch of up to 16 gets bit for bit its logits alone), more through GEMM.
+  // FLASHMEM_CUDA_GEMV_ROWS overrides it, for measurements and the GPU checks.
+  int64_t gemv_rows_ = 16;
   size_t slab_used_ = 0;
 };
 

@@ -24,20 +24,21 @@ __global__ void rms_norm_kernel(const float* x, const float* w, int64_t n, float
   for (int64_t i = threadIdx.x; i < n; i += blockDim.x) yr[i] = __fmul_rn(__fmul_rn(xr[i], inv), w[i]);
 }
 
-// One thread per (row, head, rotated pair).
-__global__ void rope_kernel(float* x, int64_t m, int n_heads, int head_dim, const int32_t* pos,
+// One thread per (row, head, rotated pair); heads [0, nq) of a row are q's, [nq, nq + nk) k's.
+__global__ void rope_kernel(float* q, int nq, float* k, int nk, int64_t m, int head_dim, const int32_t* pos,
                             int n_rot, float freq_base, float freq_scale, bool neox) {
   const int half = n_rot / 2;
+  const int heads = nq + nk;
   const int64_t idx = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
-  if (idx >= m * n_heads * half) return;
+  if (idx >= m * heads * half) return;
   const int i = static_cast<int>(idx % half);
-  const int h = static_cast<int>((idx / half) % n_heads);
-  const int64_t row = idx / (int64_t{half} * n_heads);
+  const int h = static_cast<int>((idx / half) % heads);
+  const int64_t row = idx / (int64_t{half} * heads);
   const double position = static_cast<double>(pos[row]) * freq_scale;
   const double theta = position * pow(static_cast<double>(freq_base), -2.0 * i / static_cast<double>(n_rot));
   const float c = static_cast<float>(cos(theta));
   const float sn = static_cast<float>(sin(theta));
-  float* v = x + (row * n_heads + h) * head_dim;
+  float* v = h < nq ? q + (row * nq + h) * head_dim : k + (row * nk + (h - nq)) * head_dim;
   const int i0 = neox ? i : 2 * i;
   const int i1 = neox ? i + half : 2 * i + 1;
   const float a = v[i0], b = v[i1];
@@ -62,14 +63,6 @@ __global__ void add_rows_kernel(float* x, const float* b, int64_t total, int64_t
   if (i < total) x[i] = __fadd_rn(x[i], b[i % n]);
 }
 
-__global__ void get_rows_kernel(const float* table, int64_t cols, const int32_t* ids, int64_t m,
-                                float* out) {
-  const int64_t idx = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
-  if (idx >= m * cols) return;
-  const int64_t r = idx / cols, c = idx % cols;
-  out[idx] = table[static_cast<int64_t>(ids[r]) * cols + c];
-}
-
 }  // namespace
 
 cudaError_t rms_norm(const float* x, const float* weight, int64_t m, int64_t n, float eps,
@@ -81,9 +74,14 @@ cudaError_t rms_norm(const float* x, const float* weight, int64_t m, int64_t n, 
 
 cudaError_t rope(float* x, int64_t m, int n_heads, int head_dim, const int32_t* pos, int n_rot,
                  float freq_base, float freq_scale, bool neox, cudaStream_t s) {
-  const int64_t n = m * n_heads * (n_rot / 2);
+  return rope_qk(x, n_heads, nullptr, 0, m, head_dim, pos, n_rot, freq_base, freq_scale, neox, s);
+}
+
+cudaError_t rope_qk(float* q, int n_heads, float* k, int n_kv_heads, int64_t m, int head_dim, const int32_t* pos,
+                    int n_rot, float freq_base, float freq_scale, bool neox, cudaStream_t s) {
+  const int64_t n = m * (n_heads + n_kv_heads) * (n_rot / 2);
   if (n <= 0) return cudaSuccess;
-  rope_kernel<<<blocks_for(n), kThreads, 0, s>>>(x, m, n_heads, head_dim, pos, n_rot, freq_base,
+  rope_kernel<<<blocks_for(n), kThreads, 0, s>>>(q, n_heads, k, n_kv_heads, m, head_dim, pos, n_rot, freq_base,
                                                   freq_scale, neox);
   return cudaGetLastError();
 }
@@ -103,13 +101,6 @@ cudaError_t add(float* x, const float* y, int64_t n, cudaStream_t s) {
 cudaError_t add_rows(float* x, const float* b, int64_t m, int64_t n, cudaStream_t s) {
   if (m <= 0 || n <= 0) return cudaSuccess;
   add_rows_kernel<<<blocks_for(m * n), kThreads, 0, s>>>(x, b, m * n, n);
-  return cudaGetLastError();
-}
-
-cudaError_t get_rows(const float* table, int64_t cols, const int32_t* ids, int64_t m, float* out,
-                     cudaStream_t s) {
-  if (m * cols <= 0) return cudaSuccess;
-  get_rows_kernel<<<blocks_for(m * cols), kThreads, 0, s>>>(table, cols, ids, m, out);
   return cudaGetLastError();
 }
 

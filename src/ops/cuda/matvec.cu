@@ -1,0 +1,153 @@
+#include "ops/cuda/matvec.cuh"
+
+#include "ops/cuda/quant_blocks.cuh"
+
+namespace flashmem::cuda {
+
+namespace {
+
+constexpr int kWarps = 4;  // output rows per block
+
+struct Segs {
+  MatvecSeg s[3];
+  int n;
+};
+
+// Warp w of block b computes output row b·kWarps + w of the concatenated weights (for SwiGLU:
+// row r of gate and row r of up). Lane j takes units j, j + 32, ... of the row; each unit's 32
+// weights are dotted with the same 32 columns of each activation row; the warp sums its lanes.
+template <GgmlType T, int M, int EPI>
+__global__ void __launch_bounds__(32 * kWarps)
+matvec_kernel(Segs segs, int64_t total_rows, const float* x, int64_t m, int64_t cols) {
+  const int lane = threadIdx.x & 31;
+  int64_t r = static_cast<int64_t>(blockIdx.x) * kWarps + (threadIdx.x >> 5);
+  if (r >= total_rows) return;
+  int k = 0;
+  if constexpr (EPI == kMvStore)
+    while (k + 1 < segs.n && r >= segs.s[k].rows) r -= segs.s[k++].rows;
+  const MatvecSeg seg = segs.s[k];
+  constexpr int NW = EPI == kMvSwiglu ? 2 : 1;
+  const uint8_t* rows[NW];
+  rows[0] = static_cast<const uint8_t*>(seg.w) + r * seg.row_bytes;
+  if constexpr (NW == 2) rows[1] = static_cast<const uint8_t*>(segs.s[1].w) + r * segs.s[1].row_bytes;
+  float acc[NW][M];
+#pragma unroll
+  for (int t = 0; t < NW; ++t)
+#pragma unroll
+    for (int i = 0; i < M; ++i) acc[t][i] = 0.0f;
+  const int64_t units = cols / 32;
+  for (int64_t u = lane; u < units; u += 32) {
+#pragma unroll
+    for (int t = 0; t < NW; ++t) {
+      float w[32];
+      load_unit<T>(rows[t], u, w);
+#pragma unroll
+      for (int i = 0; i < M; ++i) {
+        if (i >= m) break;
+        const float4* xp = reinterpret_cast<const float4*>(x + i * cols + u * 32);
+        float a = acc[t][i];
+#pragma unroll
+        for (int j = 0; j < 8; ++j) {
+          const float4 v = __ldg(xp + j);
+          a = fmaf(w[4 * j], v.x, a);
+          a = fmaf(w[4 * j + 1], v.y, a);
+          a = fmaf(w[4 * j + 2], v.z, a);
+          a = fmaf(w[4 * j + 3], v.w, a);
+        }
+        acc[t][i] = a;
+      }
+    }
+  }
+#pragma unroll
+  for (int t = 0; t < NW; ++t)
+#pragma unroll
+    for (int i = 0; i < M; ++i)
+#pragma unroll
+      for (int o = 16; o > 0; o >>= 1) acc[t][i] += __shfl_xor_sync(0xffffffffu, acc[t][i], o);
+  // Every lane holds the sums; lane i writes row i.
+#pragma unroll
+  for (int i = 0; i < M; ++i) {
+    if (i >= m || lane != i) continue;
+    float* y = seg.y + i * seg.rows + r;
+    if constexpr (EPI == kMvStore) {
+      *y = acc[0][i];
+    } else if constexpr (EPI == kMvAdd) {
+      *y = __fadd_rn(*y, acc[0][i]);
+    } else {
+      const float g = acc[0][i];
+      *y = __fmul_rn(__fdiv_rn(g, __fadd_rn(1.0f, expf(-g))), acc[NW - 1][i]);
+    }
+  }
+}
+
+template <GgmlType T, int EPI>
+cudaError_t launch_rows(const Segs& segs, int64_t total_rows, const float* x, int64_t m, int64_t cols,
+                        cudaStream_t s) {
+  const int64_t blocks = (total_rows + kWarps - 1) / kWarps;
+  if (blocks > 0x7fffffff) return cudaErrorInvalidValue;
+  const dim3 grid(static_cast<unsigned>(blocks)), block(32 * kWarps);
+  if (m == 1) matvec_kernel<T, 1, EPI><<<grid, block, 0, s>>>(segs, total_rows, x, m, cols);
+  else if (m <= 4) matvec_kernel<T, 4, EPI><<<grid, block, 0, s>>>(segs, total_rows, x, m, cols);
+  else matvec_kernel<T, kMatvecRowsPerPass, EPI><<<grid, block, 0, s>>>(segs, total_rows, x, m, cols);
+  return cudaGetLastError();
+}
+
+template <GgmlType T>
+cudaError_t launch(const Segs& segs, int epi, const float* x, int64_t m, int64_t cols, cudaStream_t s) {
+  int64_t total = 0;
+  for (int k = 0; k < segs.n; ++k) total += segs.s[k].rows;
+  if (epi == kMvAdd) return launch_rows<T, kMvAdd>(segs, total, x, m, cols, s);
+  if (epi == kMvSwiglu) return launch_rows<T, kMvSwiglu>(segs, segs.s[0].rows, x, m, cols, s);
+  return launch_rows<T, kMvStore>(segs, total, x, m, cols, s);
+}
+
+}  // namespace
+
+bool matvec_supported(GgmlType type, int64_t cols, size_t row_bytes) {
+  switch (type) {
+    case GgmlType::F32: return cols % 32 == 0 && row_bytes % 16 == 0;
+    case GgmlType::F16: case GgmlType::BF16: case GgmlType::Q4_0: case GgmlType::Q4_1:
+    case GgmlType::Q5_0: case GgmlType::Q8_0:
+      return cols % 32 == 0;
+    case GgmlType::Q4_K: case GgmlType::Q6_K: return cols % 256 == 0;
+    default: return false;
+  }
+}
+
+cudaError_t matvec(GgmlType type, const MatvecSeg* segs, int n_segs, int epilogue, const float* x,
+                   int64_t m, int64_t cols, cudaStream_t s) {
+  if (n_segs < 1 || n_segs > 3 || (epilogue == kMvAdd && n_segs != 1) ||
+      (epilogue == kMvSwiglu && (n_segs != 2 || segs[0].rows != segs[1].rows)))
+    return cudaErrorInvalidValue;
+  for (int k = 0; k < n_segs; ++k)
+    if (!matvec_supported(type, cols, segs[k].row_bytes)) return cudaErrorInvalidValue;
+  if (m <= 0 || cols <= 0) return cudaSuccess;
+  // Passes of up to kMatvecRowsPerPass activation rows, each over every weight row.
+  for (int64_t i0 = 0; i0 < m; i0 += kMatvecRowsPerPass) {
+    const int64_t mi = m - i0 < kMatvecRowsPerPass ? m - i0 : kMatvecRowsPerPass;
+    Segs p{};
+    p.n = n_segs;
+    for (int k = 0; k < n_segs; ++k) {
+      p.s[k] = segs[k];
+      p.s[k].y = segs[k].y + i0 * segs[k].rows;
+    }
+    const float* xi = x + i0 * cols;
+    cudaError_t e = cudaErrorInvalidValue;
+    switch (type) {
+      case GgmlType::F32: e = launch<GgmlType::F32>(p, epilogue, xi, mi, cols, s); break;
+      case GgmlType::F16: e = launch<GgmlType::F16>(p, epilogue, xi, mi, cols, s); break;
+      case GgmlType::BF16: e = launch<GgmlType::BF16>(p, epilogue, xi, mi, cols, s); break;
+      case GgmlType::Q4_0: e = launch<GgmlType::Q4_0>(p, epilogue, xi, mi, cols, s); break;
+      case GgmlType::Q4_1: e = launch<GgmlType::Q4_1>(p, epilogue, xi, mi, cols, s); break;
+      case GgmlType::Q5_0: e = launch<GgmlType::Q5_0>(p, epilogue, xi, mi, cols, s); break;
+      case GgmlType::Q8_0: e = launch<GgmlType::Q8_0>(p, epilogue, xi, mi, cols, s); break;
+      case GgmlType::Q4_K: e = launch<GgmlType::Q4_K>(p, epilogue, xi, mi, cols, s); break;
+      case GgmlType::Q6_K: e = launch<GgmlType::Q6_K>(p, epilogue, xi, mi, cols, s); break;
+      default: break;
+    }
+    if (e != cudaSuccess) return e;
+  }
+  return cudaSuccess;
+}
+
+}  // namespace flashmem::cuda
