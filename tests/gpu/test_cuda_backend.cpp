@@ -369,6 +369,19 @@ void test_attention(CudaBackend& g, CpuBackend& c, std::mt19937& rng) {
   }
 }
 
+// The default model's attention shape: 9 query heads, 3 KV heads of 64 dims, 64-token pages.
+AttentionParams params_9_3_64(KvType t) {
+  AttentionParams p;
+  p.n_heads = 9;
+  p.n_kv_heads = 3;
+  p.head_dim = 64;
+  p.page_tokens = 64;
+  p.head_stride = 64 * 64;
+  p.kv_type = t;
+  p.scale = 0.125f;
+  return p;
+}
+
 // A decode batch: rows of different lengths, each over its own pages (one with none, one whose
 // query sits before its last keys), in one attention_rows and one write_kv_rows, against the
 // CPU one row at a time; GQA groups of 3, 7 and 4, head_dim 64/128/256, pages of 64, 48 and 16.
@@ -420,13 +433,7 @@ void test_decode_batch(CudaBackend& g, CpuBackend& c, std::mt19937& rng) {
             "attention_rows: a row alone equals the same row in a batch, " + tag);
     }
     // write_kv_rows: one token of each of four sequences (one skipped) into three pages.
-    AttentionParams p;
-    p.n_heads = 9;
-    p.n_kv_heads = 3;
-    p.head_dim = 64;
-    p.page_tokens = 64;
-    p.head_stride = 64 * 64;
-    p.kv_type = t;
+    const AttentionParams p = params_9_3_64(t);
     const size_t half = kv_half_bytes(t, 3, 64, 64);
     std::vector<std::vector<uint8_t>> want(3, std::vector<uint8_t>(2 * half, 0));
     std::vector<BackendBuffer> pages;
@@ -453,13 +460,7 @@ void test_decode_batch(CudaBackend& g, CpuBackend& c, std::mt19937& rng) {
 
 void test_write_kv_and_copies(CudaBackend& g, std::mt19937& rng) {
   for (KvType t : {KvType::kF16, KvType::kF32, KvType::kQ8}) {
-    AttentionParams p;
-    p.n_heads = 9;
-    p.n_kv_heads = 3;
-    p.head_dim = 64;
-    p.page_tokens = 64;
-    p.head_stride = 64 * 64;
-    p.kv_type = t;
+    const AttentionParams p = params_9_3_64(t);
     const size_t half = kv_half_bytes(t, 3, 64, 64);
     std::vector<uint8_t> want(2 * half, 0);
     BackendBuffer page(g, 2 * half);

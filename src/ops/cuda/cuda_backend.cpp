@@ -9,6 +9,7 @@
 #include <cstring>
 #include <string>
 #include <type_traits>
+#include <utility>
 
 #include "core/error.h"
 #include "ops/cuda/attention.cuh"
@@ -254,6 +255,13 @@ const cuda::DevPage* CudaBackend::device_pages(std::span<const KvPageRef> pages)
   return pages_dev_.as<const cuda::DevPage>();
 }
 
+std::pair<float*, float*> CudaBackend::partials(int64_t items, int parts, int head_dim) {
+  if (parts <= 1) return {nullptr, nullptr};
+  const size_t rows = static_cast<size_t>(items) * parts;
+  return {static_cast<float*>(scratch(part_o_, rows * head_dim * sizeof(float))),
+          static_cast<float*>(scratch(part_lse_, rows * sizeof(float)))};
+}
+
 void* CudaBackend::scratch(BackendBuffer& b, size_t bytes) {
   if (b.bytes() < bytes) {
     b.reset();
@@ -421,13 +429,7 @@ void CudaBackend::attention(const AttentionParams& p, const float* q, const int3
   const cuda::DevPage* dev_pages = device_pages(pages);
   const int n_pages = static_cast<int>(pages.size());
   const int chunks = cuda::attention_chunks(m, p.n_heads, n_pages);
-  float* part_o = nullptr;
-  float* part_lse = nullptr;
-  if (chunks > 1) {
-    const size_t rows = static_cast<size_t>(m) * p.n_heads * chunks;
-    part_o = static_cast<float*>(scratch(part_o_, rows * p.head_dim * sizeof(float)));
-    part_lse = static_cast<float*>(scratch(part_lse_, rows * sizeof(float)));
-  }
+  auto [part_o, part_lse] = partials(m * p.n_heads, chunks, p.head_dim);
   FM_CUDA(cuda::attention(dev_params(p), q, device_positions(pos, m), m,
                           dev_pages, n_pages, out, lse, part_o, part_lse,
                           STREAM));
@@ -480,13 +482,7 @@ void CudaBackend::attention_rows(const AttentionParams& p, const float* q, const
   const auto* dev_pages = static_cast<const cuda::DevPage*>(stage(pages_dev_, pages.data(), pages.size_bytes()));
   const auto* dev_begin = static_cast<const int32_t*>(stage(rows_dev_, page_begin.data(), page_begin.size_bytes()));
   const int splits = cuda::decode_attention_splits(dp, max_pages);
-  float* part_o = nullptr;
-  float* part_lse = nullptr;
-  if (splits > 1) {
-    const size_t items = static_cast<size_t>(m) * p.n_heads * splits;
-    part_o = static_cast<float*>(scratch(part_o_, items * p.head_dim * sizeof(float)));
-    part_lse = static_cast<float*>(scratch(part_lse_, items * sizeof(float)));
-  }
+  auto [part_o, part_lse] = partials(m * p.n_heads, splits, p.head_dim);
   FM_CUDA(cuda::decode_attention(dp, q, device_positions(pos, m), m, dev_begin, dev_pages, max_pages,
                                  splits, out, part_o, part_lse, STREAM));
 }

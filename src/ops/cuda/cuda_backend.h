@@ -16,6 +16,7 @@
 #include <cstdint>
 #include <map>
 #include <unordered_map>
+#include <utility>
 #include <vector>
 
 #include "ops/backend.h"
@@ -101,6 +102,9 @@ class CudaBackend final : public Backend {
   // page-locked staging memory the kernels read in place (one copy less in the stream than an
   // upload: 9% more decode tok/s at depth 0), or, above a slab, `fallback` after an upload.
   const void* stage(BackendBuffer& fallback, const void* host_src, size_t bytes);
+  // Scratch for the partial results of attention split `parts` ways over `items` (row, head)
+  // pairs: outputs and log-sum-exps (none when parts ≤ 1).
+  std::pair<float*, float*> partials(int64_t items, int parts, int head_dim);
   // A device scratch buffer of at least `bytes` (grown on demand, kept).
   void* scratch(BackendBuffer& b, size_t bytes);
   // True when [p, p + bytes) lies in one alloc_host() allocation.
