@@ -4,6 +4,8 @@
 
 #include <gtest/gtest.h>
 
+#include <unistd.h>
+
 #include <algorithm>
 #include <filesystem>
 #include <fstream>
@@ -41,8 +43,9 @@ Env& env() {
   return *e;
 }
 
+// Per process: ctest runs these tests in parallel processes, and each rebuilds its families.
 fs::path fresh_dir(const std::string& name) {
-  const fs::path d = fs::temp_directory_path() / "flashmem_needle" / name;
+  const fs::path d = fs::temp_directory_path() / ("flashmem_needle_" + std::to_string(getpid())) / name;
   fs::remove_all(d);
   fs::create_directories(d);
   return d;
