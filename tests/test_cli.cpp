@@ -174,6 +174,11 @@ TEST(Cli, BenchWithoutPrefillTimesDecodeOnly) {
   EXPECT_NE(batched.out.find("| tg2 @ d8 |"), std::string::npos) << batched.out;
   EXPECT_NE(batched.out.find("| tg2 @ d8 × 3 seqs |"), std::string::npos) << batched.out;
   EXPECT_EQ(run_cli("bench -m " + model + " -p 0 -b 0 -n 2 -r 1").code, 2);
+  // -b with -p: sequences prefilled in one forward pass, one row per batch size.
+  const CmdResult pp = run_cli("bench -m " + model + " -p 24 -d 0 -b 1,2 -n 1 -r 1 -t 1");
+  ASSERT_EQ(pp.code, 0) << pp.out;
+  EXPECT_NE(pp.out.find("| pp24 |"), std::string::npos) << pp.out;
+  EXPECT_NE(pp.out.find("| pp24 × 2 seqs |"), std::string::npos) << pp.out;
   const CmdResult bad = run_cli("bench -m " + model + " -p 0 -d 0 -n 4 -r 1 --cpu-dot q4");
   EXPECT_EQ(bad.code, 2) << bad.out;
   EXPECT_NE(bad.out.find("--cpu-dot"), std::string::npos) << bad.out;

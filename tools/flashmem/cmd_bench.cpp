@@ -1,14 +1,16 @@
 // flashmem bench — prefill and decode throughput on random tokens, in the manner of
 // llama-bench (pp: prompt processing of P tokens; tg: generating N tokens after D of context),
-// so the two engines can be compared on the same machine and model. With -b B the tg tests
-// decode B sequences together (Model::forward_batch, one token each per step) and report their
-// aggregate tok/s.
+// so the two engines can be compared on the same machine and model. With -b B the pp tests
+// prefill B prompts in one forward pass and the tg tests decode B sequences together
+// (Model::forward_batch, one token each per step), reporting aggregate tok/s, as
+// llama-batched-bench does.
 #include <algorithm>
 #include <chrono>
 #include <cmath>
 #include <cstdio>
 #include <memory>
 #include <random>
+#include <vector>
 
 #include "commands.h"
 #include "core/error.h"
@@ -22,7 +24,9 @@ CLI::App* add_bench_command(CLI::App& app, BenchArgs& a) {
   c->add_option("-p,--prefill", a.prefill, "Prompt lengths to time (comma list; 0: no prefill test, as llama-bench)")
       ->delimiter(',');
   c->add_option("-d,--depth", a.depth, "Context depths before decode (comma list)")->delimiter(',');
-  c->add_option("-b,--batch", a.batch, "Sequences decoded together in the tg tests (comma list; aggregate tok/s)")
+  c->add_option("-b,--batch", a.batch,
+                "Sequences together in each test (comma list; aggregate tok/s): prefilled in one forward "
+                "pass in the pp tests, decoded together in the tg tests")
       ->delimiter(',')
       ->check(CLI::Range(1, 1024));
   c->add_option("-n,--n-gen", a.n_gen, "Decode steps timed at each depth")->check(CLI::Range(1, 1 << 20));
@@ -101,28 +105,39 @@ int bench_command(const BenchArgs& a) {
              " exceeds the context ", eng->n_ctx());
   std::mt19937 rng(1);
   std::uniform_int_distribution<int32_t> tok(100, mi.n_vocab - 1);
-  std::vector<float> logits(mi.n_vocab);
   const std::string where = backend_label(*eng);
   std::printf("| model | kv | backend | test | tok/s |\n|---|---|---|---|---|\n");
-  for (size_t pi = 0; pi < prefill.size(); ++pi) {
-    const int64_t p = prefill[pi];
-    const int64_t budget_pages = budget_pages_of[pi];
-    std::vector<double> rates;
-    for (int r = 0; r < a.reps; ++r) {
-      std::vector<int32_t> toks(p);
-      for (auto& t : toks) t = tok(rng);
-      FullKv full(*eng, budget_pages);
-      TieredKvStore& kv = full.kv;
-      const double t0 = now_s();
-      eng->model().forward(toks, kv, logits.data());
-      rates.push_back(static_cast<double>(p) / (now_s() - t0));
+  for (size_t pi = 0; pi < prefill.size(); ++pi)
+    for (const int b : a.batch) {
+      const int64_t p = prefill[pi];
+      const int64_t budget_pages = budget_pages_of[pi];
+      std::vector<double> rates;
+      for (int r = 0; r < a.reps; ++r) {
+        // b prompts of p tokens, each into its own store, in one forward pass (its micro-batches
+        // share every matrix product; each sequence attends its own KV).
+        std::vector<std::vector<int32_t>> toks(static_cast<size_t>(b), std::vector<int32_t>(p));
+        for (auto& seq : toks)
+          for (auto& t : seq) t = tok(rng);
+        std::vector<std::unique_ptr<FullKv>> kvs;
+        std::vector<std::vector<float>> outs(static_cast<size_t>(b), std::vector<float>(mi.n_vocab));
+        std::vector<SequenceInput> batch;
+        for (int s = 0; s < b; ++s) {
+          kvs.push_back(std::make_unique<FullKv>(*eng, budget_pages));
+          batch.push_back({toks[s], &kvs[s]->kv, outs[s].data()});
+        }
+        const double t0 = now_s();
+        if (b == 1) eng->model().forward(toks[0], kvs[0]->kv, outs[0].data());
+        else eng->model().forward_batch(batch);
+        rates.push_back(static_cast<double>(b) * static_cast<double>(p) / (now_s() - t0));
+      }
+      const Stat s = stat(rates);
+      const std::string under =
+          budget_pages > 0 ? " @ " + budget.str() + " (" + std::to_string(budget_pages) + " pages)" : "";
+      const std::string seqs = b > 1 ? " × " + std::to_string(b) + " seqs" : "";
+      std::printf("| %s | %s | %s | pp%lld%s%s | %.2f ± %.2f |\n", mi.name.c_str(), a.kv_type.c_str(),
+                  where.c_str(), static_cast<long long>(p), under.c_str(), seqs.c_str(), s.mean, s.sd);
+      std::fflush(stdout);
     }
-    const Stat s = stat(rates);
-    const std::string under = budget_pages > 0 ? " @ " + budget.str() + " (" + std::to_string(budget_pages) + " pages)" : "";
-    std::printf("| %s | %s | %s | pp%lld%s | %.2f ± %.2f |\n", mi.name.c_str(), a.kv_type.c_str(),
-                where.c_str(), static_cast<long long>(p), under.c_str(), s.mean, s.sd);
-    std::fflush(stdout);
-  }
   // Each sequence's store holds its d + n_gen tokens, all resident.
   const int64_t pt = eng->kv_config().page_tokens;
   for (int64_t d : a.depth)
