@@ -228,26 +228,9 @@ __global__ void combine_kernel(int64_t items, int n_chunks, int head_dim, const 
   const int lane = threadIdx.x & 31;
   const int64_t item = static_cast<int64_t>(blockIdx.x) * kWarps + (threadIdx.x >> 5);
   if (item >= items) return;
-  const float* pl = part_lse + item * n_chunks;
-  float mx = -INFINITY;
-  for (int c = lane; c < n_chunks; c += 32) mx = fmaxf(mx, pl[c]);
-  for (int o = 16; o > 0; o >>= 1) mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, o));
-  float* oh = out + item * head_dim;
-  if (mx == -INFINITY) {  // no chunk saw a key
-    for (int d = lane; d < head_dim; d += 32) oh[d] = 0.0f;
-    if (lse && lane == 0) lse[item] = -INFINITY;
-    return;
-  }
-  float wsum = 0.0f;
-  for (int c = 0; c < n_chunks; ++c) wsum += pl[c] == -INFINITY ? 0.0f : expf(pl[c] - mx);
-  const float inv = 1.0f / wsum;
-  for (int d = lane; d < head_dim; d += 32) {
-    float a = 0.0f;
-    for (int c = 0; c < n_chunks; ++c)
-      if (pl[c] != -INFINITY) a = fmaf(expf(pl[c] - mx), part_o[(item * n_chunks + c) * head_dim + d], a);
-    oh[d] = a * inv;
-  }
-  if (lse && lane == 0) lse[item] = mx + logf(wsum);
+  const float l = fold_partials(part_lse + item * n_chunks, part_o + item * n_chunks * head_dim, n_chunks, head_dim,
+                                lane, out + item * head_dim);
+  if (lse && lane == 0) lse[item] = l;
 }
 
 // One block per row, one thread per dim.

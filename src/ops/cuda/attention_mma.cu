@@ -208,25 +208,20 @@ attention_mma_kernel(DevAttention p, const float* q, const int32_t* pos, int64_t
     l_a += __shfl_xor_sync(0xffffffffu, l_a, off);
     l_b += __shfl_xor_sync(0xffffffffu, l_b, off);
   }
-  const float inv_a = l_a > 0.0f ? 1.0f / l_a : 0.0f, inv_b = l_b > 0.0f ? 1.0f / l_b : 0.0f;
-  if (ra < m) {
-    float* oa = out + (ra * p.n_heads + h) * HD;
+  // Row r's output: the accumulator entries e, e + 1 of every n-tile (0 for row g, 2 for g + 8).
+  auto write_row = [&](int64_t r, int e, float l, float mx) {
+    if (r >= m) return;
+    const float inv = l > 0.0f ? 1.0f / l : 0.0f;
+    float* orow = out + (r * p.n_heads + h) * HD;
 #pragma unroll
     for (int n = 0; n < NT; ++n) {
-      oa[n * 8 + 2 * t] = o[n][0] * inv_a;
-      oa[n * 8 + 2 * t + 1] = o[n][1] * inv_a;
+      orow[n * 8 + 2 * t] = o[n][e] * inv;
+      orow[n * 8 + 2 * t + 1] = o[n][e + 1] * inv;
     }
-    if (lse && t == 0) lse[ra * p.n_heads + h] = l_a > 0.0f ? mx_a + logf(l_a) : -INFINITY;
-  }
-  if (rb < m) {
-    float* ob = out + (rb * p.n_heads + h) * HD;
-#pragma unroll
-    for (int n = 0; n < NT; ++n) {
-      ob[n * 8 + 2 * t] = o[n][2] * inv_b;
-      ob[n * 8 + 2 * t + 1] = o[n][3] * inv_b;
-    }
-    if (lse && t == 0) lse[rb * p.n_heads + h] = l_b > 0.0f ? mx_b + logf(l_b) : -INFINITY;
-  }
+    if (lse && t == 0) lse[r * p.n_heads + h] = l > 0.0f ? mx + logf(l) : -INFINITY;
+  };
+  write_row(ra, 0, l_a, mx_a);
+  write_row(rb, 2, l_b, mx_b);
 }
 
 }  // namespace

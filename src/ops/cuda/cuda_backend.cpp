@@ -468,10 +468,9 @@ void CudaBackend::attention_rows(const AttentionParams& p, const float* q, const
                                  std::span<const int32_t> page_begin, std::span<const KvPageRef> pages,
                                  float* out) {
   const cuda::DevAttention dp = dev_params(p);
-  static_assert(sizeof(cuda::DevPage) == sizeof(KvPageRef));
-  if (!cuda::decode_attention_supported(dp) || m > 65535 ||
-      !cuda::decode_attention_pages_aligned(reinterpret_cast<const cuda::DevPage*>(pages.data()),
-                                           static_cast<int>(pages.size())))
+  const bool aligned =
+      std::all_of(pages.begin(), pages.end(), [](const KvPageRef& r) { return aligned16(r.k) && aligned16(r.v); });
+  if (!cuda::decode_attention_supported(dp) || m > 65535 || !aligned)
     return Backend::attention_rows(p, q, pos, m, page_begin, pages, out);
   FM_ICHECK(static_cast<int64_t>(page_begin.size()) == m + 1 && page_begin.back() == static_cast<int32_t>(pages.size()),
             "attention_rows: page_begin does not describe the pages");

@@ -11,19 +11,8 @@ namespace {
 constexpr int kThreads = 128;  // key slots per tile: one per thread in the score phase
 constexpr int kMaxSplits = 64;  // a row's pages are cut into at most this many splits
 
-// Bytes of one stored K/V element.
-template <int KV>
-constexpr int kv_elem_bytes() {
-  return KV == kDevF32 ? 4 : KV == kDevF16 ? 2 : 1;
-}
-
-// Element `at` of a K or V head block copied into shared memory (q8: before its scale).
-template <int KV>
-__device__ inline float smem_kv(const uint8_t* base, int at) {
-  if constexpr (KV == kDevF16) return __half2float(reinterpret_cast<const __half*>(base)[at]);
-  else if constexpr (KV == kDevQ8) return static_cast<float>(reinterpret_cast<const int8_t*>(base)[at]);
-  else return reinterpret_cast<const float*>(base)[at];
-}
+// Bytes of one stored K/V element (DevKv).
+__host__ __device__ constexpr int kv_elem_bytes(int kv) { return kv == kDevF32 ? 4 : kv == kDevF16 ? 2 : 1; }
 
 // Pages per split of a row of n pages: a function of the row alone, so that a row's arithmetic
 // does not depend on the other rows of its batch (a sequence decoded in a batch gets bit for bit
@@ -53,7 +42,7 @@ decode_attention_kernel(DevAttention p, const float* q, const int32_t* pos, cons
   // The tile's K and V blocks of this kv head, copied as stored: page k of the tile at
   // k · HD · pt elements (K dim-major, V token-major, as in the page).
   extern __shared__ __align__(16) uint8_t kv_tile[];
-  constexpr int BPE = kv_elem_bytes<KV>();
+  constexpr int BPE = kv_elem_bytes(KV);
   const int s = blockIdx.x, g = blockIdx.y;
   const int64_t i = blockIdx.z;
   const int pt = p.page_tokens;
@@ -118,7 +107,7 @@ decode_attention_kernel(DevAttention p, const float* q, const int32_t* pos, cons
           const uint8_t* kt = k_tile + static_cast<size_t>(t / pt) * block_elems * BPE;
 #pragma unroll 16
           for (int c = 0; c < HD; ++c) {
-            const float kv = smem_kv<KV>(kt, c * pt + j);
+            const float kv = kv_at<KV>(kt, c * pt + j);
 #pragma unroll
             for (int h = 0; h < kMaxGroup; ++h)
               if (h < G) sh[h] = fmaf(qs[h][c], kv, sh[h]);
@@ -186,7 +175,7 @@ decode_attention_kernel(DevAttention p, const float* q, const int32_t* pos, cons
       const uint8_t* vb = v_tile + static_cast<size_t>(k / pt) * block_elems * BPE;
 #pragma unroll
       for (int d = 0; d < DPT; ++d) {
-        const float val = smem_kv<KV>(vb, j * HD + c0 + d * kThreads) * vs;
+        const float val = kv_at<KV>(vb, j * HD + c0 + d * kThreads) * vs;
 #pragma unroll
         for (int h = 0; h < kMaxGroup; ++h) acc[d][h] = fmaf(e[h], val, acc[d][h]);
       }
@@ -230,24 +219,8 @@ __global__ void decode_combine_kernel(int64_t items, int n_heads, int stride, in
   const int pps = split_pages(n, tile_pages);
   if (n <= pps) return;
   const int splits = (n + pps - 1) / pps;
-  const float* pl = part_lse + item * stride;
-  float mx = -INFINITY;
-  for (int c = lane; c < splits; c += 32) mx = fmaxf(mx, pl[c]);
-  for (int o = 16; o > 0; o >>= 1) mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, o));
-  float* oh = out + item * head_dim;
-  if (mx == -INFINITY) {
-    for (int d = lane; d < head_dim; d += 32) oh[d] = 0.0f;
-    return;
-  }
-  float wsum = 0.0f;
-  for (int c = 0; c < splits; ++c) wsum += pl[c] == -INFINITY ? 0.0f : expf(pl[c] - mx);
-  const float inv = 1.0f / wsum;
-  for (int d = lane; d < head_dim; d += 32) {
-    float a = 0.0f;
-    for (int c = 0; c < splits; ++c)
-      if (pl[c] != -INFINITY) a = fmaf(expf(pl[c] - mx), part_o[(item * stride + c) * head_dim + d], a);
-    oh[d] = a * inv;
-  }
+  fold_partials(part_lse + item * stride, part_o + item * stride * head_dim, splits, head_dim, lane,
+                out + item * head_dim);
 }
 
 // One thread per (row, kv head, dim).
@@ -264,13 +237,11 @@ __global__ void write_kv_rows_kernel(DevAttention p, const DevSlot* slots, int64
   store_kv<KV>(p, sl.k, sl.v, sl.slot, h, c, k + (idx - c), v + (idx - c));
 }
 
-int elem_bytes(int kv) { return kv == kDevF32 ? 4 : kv == kDevF16 ? 2 : 1; }
-
 constexpr size_t kMaxTileBytes = 160 << 10;  // dynamic shared memory of a block, at most
 
 // Bytes of one page's K and V blocks of one kv head.
 size_t page_block_bytes(const DevAttention& p) {
-  return 2 * static_cast<size_t>(p.page_tokens) * p.head_dim * elem_bytes(p.kv);
+  return 2 * static_cast<size_t>(p.page_tokens) * p.head_dim * kv_elem_bytes(p.kv);
 }
 // Pages a tile takes: up to kThreads key slots, within kMaxTileBytes.
 int tile_pages_of(const DevAttention& p) {
@@ -285,14 +256,7 @@ bool decode_attention_supported(const DevAttention& p) {
   return (p.head_dim == 64 || p.head_dim == 128 || p.head_dim == 256) && p.n_kv_heads > 0 &&
          p.n_heads % p.n_kv_heads == 0 && p.n_heads / p.n_kv_heads <= kMaxGroup && p.page_tokens >= 1 &&
          p.page_tokens <= kThreads && p.head_stride == int64_t{p.page_tokens} * p.head_dim &&
-         (static_cast<int64_t>(p.page_tokens) * p.head_dim * elem_bytes(p.kv)) % 16 == 0 && tile_pages_of(p) >= 1;
-}
-
-bool decode_attention_pages_aligned(const DevPage* pages, int n) {
-  for (int i = 0; i < n; ++i)
-    if (reinterpret_cast<uintptr_t>(pages[i].k) % 16 != 0 || reinterpret_cast<uintptr_t>(pages[i].v) % 16 != 0)
-      return false;
-  return true;
+         (static_cast<int64_t>(p.page_tokens) * p.head_dim * kv_elem_bytes(p.kv)) % 16 == 0 && tile_pages_of(p) >= 1;
 }
 
 int decode_attention_splits(const DevAttention& p, int max_pages) {

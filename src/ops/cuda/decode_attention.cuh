@@ -29,11 +29,9 @@ struct DevSlot {
   int32_t slot;
 };
 
-// Whether decode_attention takes these parameters.
+// Whether decode_attention takes these parameters (every page's K and V must also start 16-byte
+// aligned: the kernel copies them in 16-byte pieces).
 bool decode_attention_supported(const DevAttention& p);
-// Whether every page's K and V start 16-byte aligned (the kernel copies them in 16-byte pieces);
-// pages is host memory.
-bool decode_attention_pages_aligned(const DevPage* pages, int n);
 // How many splits the longest row (max_pages pages) is cut into. A row's splits depend on its own
 // page count only, so its result does not depend on the rest of the batch.
 int decode_attention_splits(const DevAttention& p, int max_pages);

@@ -1,5 +1,6 @@
-// flashmem/ops/cuda/kv_access.cuh — reading and writing one KV page's elements on the device
-// (device code: included by the .cu files only). The layout is KvPageRef's (ops/backend.h).
+// flashmem/ops/cuda/kv_access.cuh — device helpers of the attention kernels (device code:
+// included by the .cu files only): reading and writing one KV page's elements (KvPageRef's
+// layout, ops/backend.h), and folding the partial results of attention split over key ranges.
 #pragma once
 
 #include <cuda_fp16.h>
@@ -66,6 +67,29 @@ __device__ inline void store_kv(const DevAttention& p, void* k_page, void* v_pag
     static_cast<float*>(k_page)[k_at] = kvec[c];
     static_cast<float*>(v_page)[v_at] = vvec[c];
   }
+}
+
+// One warp folds the n partial results of one (row, head): outputs po[c·head_dim …] (normalised)
+// with log-sum-exps pl[c], into oh[head_dim]; returns the fold's log-sum-exp (−inf, and oh = 0,
+// when no part saw a key). Every lane returns it.
+__device__ inline float fold_partials(const float* pl, const float* po, int n, int head_dim, int lane, float* oh) {
+  float mx = -INFINITY;
+  for (int c = lane; c < n; c += 32) mx = fmaxf(mx, pl[c]);
+  for (int o = 16; o > 0; o >>= 1) mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, o));
+  if (mx == -INFINITY) {
+    for (int d = lane; d < head_dim; d += 32) oh[d] = 0.0f;
+    return -INFINITY;
+  }
+  float wsum = 0.0f;
+  for (int c = 0; c < n; ++c) wsum += pl[c] == -INFINITY ? 0.0f : expf(pl[c] - mx);
+  const float inv = 1.0f / wsum;
+  for (int d = lane; d < head_dim; d += 32) {
+    float a = 0.0f;
+    for (int c = 0; c < n; ++c)
+      if (pl[c] != -INFINITY) a = fmaf(expf(pl[c] - mx), po[static_cast<int64_t>(c) * head_dim + d], a);
+    oh[d] = a * inv;
+  }
+  return mx + logf(wsum);
 }
 
 }  // namespace flashmem::cuda
