@@ -383,7 +383,7 @@ AttentionParams params_9_3_64(KvType t) {
 }
 
 // A decode batch: rows of different lengths, each over its own pages (one with none, one whose
-// query sits before its last keys), in one attention_rows and one write_kv_rows, against the
+// query sits before its last keys, one long enough for the most splits), in one attention_rows and one write_kv_rows, against the
 // CPU one row at a time; GQA groups of 3, 7 and 4, head_dim 64/128/256, pages of 64, 48 and 16.
 void test_decode_batch(CudaBackend& g, CpuBackend& c, std::mt19937& rng) {
   struct Shape {
@@ -400,7 +400,7 @@ void test_decode_batch(CudaBackend& g, CpuBackend& c, std::mt19937& rng) {
       p.head_stride = int64_t{sh.pt} * sh.hd;
       p.kv_type = t;
       p.scale = 1.0f / std::sqrt(static_cast<float>(sh.hd));
-      const std::vector<int> lens{1000, 0, 64, 5000, 130};
+      const std::vector<int> lens{1000, 0, 64, 5000, 130, 20000};  // 20000: several chunks a warp
       const int64_t m = static_cast<int64_t>(lens.size()), row = int64_t{sh.heads} * sh.hd;
       std::vector<Pages> rows;
       std::vector<int32_t> pos(m), page_begin{0};

@@ -477,7 +477,7 @@ void CudaBackend::attention_rows(const AttentionParams& p, const float* q, const
   int max_pages = 0;
   for (int64_t i = 0; i < m; ++i) max_pages = std::max(max_pages, page_begin[i + 1] - page_begin[i]);
   if (max_pages == 0) return;
-  // Read once per block and tile (the kernel keeps a tile's descriptors in shared memory).
+  // Read in place from page-locked memory (each lane reads its slot's page descriptor).
   const auto* dev_pages = static_cast<const cuda::DevPage*>(stage(pages_dev_, pages.data(), pages.size_bytes()));
   const auto* dev_begin = static_cast<const int32_t*>(stage(rows_dev_, page_begin.data(), page_begin.size_bytes()));
   const int splits = cuda::decode_attention_splits(dp, max_pages);

@@ -8,207 +8,226 @@ namespace flashmem::cuda {
 
 namespace {
 
-constexpr int kThreads = 128;  // key slots per tile: one per thread in the score phase
-constexpr int kMaxSplits = 64;  // a row's pages are cut into at most this many splits
+constexpr int kWarps = 4;
+constexpr int kThreads = 32 * kWarps;
+constexpr int kMaxSplits = 256;   // a row's pages are cut into at most this many splits
+constexpr int kSplitTokens = 128;  // key slots a split takes at least (a chunk per warp)
 
 // Bytes of one stored K/V element (DevKv).
 __host__ __device__ constexpr int kv_elem_bytes(int kv) { return kv == kDevF32 ? 4 : kv == kDevF16 ? 2 : 1; }
 
-// Pages per split of a row of n pages: a function of the row alone, so that a row's arithmetic
-// does not depend on the other rows of its batch (a sequence decoded in a batch gets bit for bit
-// what it gets alone). At least a tile of pages a split.
-__host__ __device__ inline int split_pages(int n, int tile_pages) {
+// Pages per split of a row of n pages of pt tokens: a function of the row alone, so that a row's
+// arithmetic does not depend on the other rows of its batch (a sequence decoded in a batch gets
+// bit for bit what it gets alone).
+__host__ __device__ inline int split_pages(int n, int pt) {
   const int even = (n + kMaxSplits - 1) / kMaxSplits;
-  return even > tile_pages ? even : tile_pages;
+  const int least = (kSplitTokens + pt - 1) / pt;
+  return even > least ? even : least;
 }
 
-// Block (split s, kv head g, row i). Tiles of up to kThreads key slots (whole pages): thread t
-// scores slot t against the G queries of the group; a warp per head folds the tile into that
-// head's running max and sum; thread (part, c) accumulates output dim c of every head over the
-// slots part, part + KP, ... (KP = kThreads / head_dim key partitions; head_dim 256: two dims a
-// thread).
-template <int HD, int KV>
+__device__ inline float warp_max(float v) {
+#pragma unroll
+  for (int o = 16; o > 0; o >>= 1) v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, o));
+  return v;
+}
+__device__ inline float warp_sum(float v) {
+#pragma unroll
+  for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
+  return v;
+}
+
+// N consecutive stored elements of one K/V row, as loaded (one load where they fit 16 bytes).
+template <int KV, int N>
+struct alignas(N * kv_elem_bytes(KV) < 16 ? N * kv_elem_bytes(KV) : 16) Run {
+  uint8_t b[N * kv_elem_bytes(KV)];
+};
+
+// Block (split s, kv head g, row i), kWarps independent warps. The split's key slots are cut into
+// chunks of 32; warp w takes chunks w, w + kWarps, ... Per chunk, lane t scores slot t against
+// the GP query heads of the group (K is dim-major in a page: the warp reads 32 consecutive slots'
+// values of one dim at a time), the warp folds the chunk into each head's running max and sum,
+// then lane t accumulates output dims t·DPL … of every head over the chunk's slots (V is
+// token-major: the warp reads one slot's whole head row at a time). No block-wide barrier until
+// the warps' results are folded at the end. GP: the group size rounded up to 2, 4 or 8 (the
+// padded heads have zero queries and are never written).
+template <int HD, int KV, int GP>
 __global__ void __launch_bounds__(kThreads)
 decode_attention_kernel(DevAttention p, const float* q, const int32_t* pos, const int32_t* page_begin,
-                        const DevPage* pages, int tile_pages, int splits, float* out, float* part_o,
-                        float* part_lse) {
-  constexpr int KP = HD >= kThreads ? 1 : kThreads / HD;   // key partitions in the value phase
-  constexpr int DPT = HD >= kThreads ? HD / kThreads : 1;  // dims per thread
-  __shared__ float qs[kMaxGroup][HD];
-  __shared__ float sc[kMaxGroup][kThreads];
-  __shared__ float run_max[kMaxGroup], run_sum[kMaxGroup], corr[kMaxGroup];
-  __shared__ float red[KP][kMaxGroup][HD];
-  __shared__ DevPage tile_pg[kThreads];  // the tile's page descriptors (the list may be in host memory)
-  // The tile's K and V blocks of this kv head, copied as stored: page k of the tile at
-  // k · HD · pt elements (K dim-major, V token-major, as in the page).
-  extern __shared__ __align__(16) uint8_t kv_tile[];
+                        const DevPage* pages, int splits, float* out, float* part_o, float* part_lse) {
+  constexpr int DPL = HD / 32;  // output dims per lane
   constexpr int BPE = kv_elem_bytes(KV);
+  __shared__ __align__(16) float qs[GP][HD];
+  __shared__ float wm[kWarps][GP], wl[kWarps][GP];
+  __shared__ __align__(16) float wacc[kWarps][GP][HD];
   const int s = blockIdx.x, g = blockIdx.y;
   const int64_t i = blockIdx.z;
   const int pt = p.page_tokens;
   const int pb = page_begin[i], pe = page_begin[i + 1];
-  const int pps = split_pages(pe - pb, tile_pages);
+  const int pps = split_pages(pe - pb, pt);
   const int first = pb + s * pps;
   if (first >= pe) return;  // the row has fewer splits (or no pages: skipped)
   const int last = min(pe, first + pps);
   const bool alone = pe - pb <= pps;  // one split: straight to out
   const int G = p.n_heads / p.n_kv_heads;
-  const int t = threadIdx.x, lane = t & 31, wid = t >> 5;
+  const int t = threadIdx.x, lane = t & 31, w = t >> 5;
   const int32_t qpos = pos[i];
-  const int64_t head_off = static_cast<int64_t>(g) * p.head_stride;
-  for (int idx = t; idx < G * HD; idx += kThreads) {
+  const int64_t head_bytes = static_cast<int64_t>(g) * p.head_stride * BPE;
+  for (int idx = t; idx < GP * HD; idx += kThreads) {
     const int h = idx / HD, c = idx % HD;
-    qs[h][c] = q[(i * p.n_heads + g * G + h) * HD + c] * p.scale;
+    qs[h][c] = h < G ? q[(i * p.n_heads + g * G + h) * HD + c] * p.scale : 0.0f;
   }
-  if (t < kMaxGroup) {
-    run_max[t] = -INFINITY;
-    run_sum[t] = 0.0f;
-  }
-  float acc[DPT][kMaxGroup];
-#pragma unroll
-  for (int d = 0; d < DPT; ++d)
-#pragma unroll
-    for (int h = 0; h < kMaxGroup; ++h) acc[d][h] = 0.0f;
-  const int part = t / (HD < kThreads ? HD : kThreads);
-  const int c0 = t % (HD < kThreads ? HD : kThreads);
   __syncthreads();
-  const int block_elems = HD * pt;  // one page's K (or V) block of this head
-  uint8_t* k_tile = kv_tile;
-  uint8_t* v_tile = kv_tile + static_cast<size_t>(tile_pages) * block_elems * BPE;
-  const int vecs = block_elems * BPE / 16;  // 16-byte vectors of a block
-  for (int tp = first; tp < last; tp += tile_pages) {
-    if (t < tile_pages && tp + t < last) tile_pg[t] = pages[tp + t];
-    __syncthreads();
-    {  // every K and V block of the tile, 16 bytes a thread at a time, all loads in flight
-      const int n_tp = min(tile_pages, last - tp);
-      const int total = 2 * n_tp * vecs;
-#pragma unroll 8
-      for (int idx = t; idx < total; idx += kThreads) {
-        const int which = idx / (n_tp * vecs), r = idx % (n_tp * vecs);
-        const int pp = r / vecs, v = r % vecs;
-        const uint8_t* src = static_cast<const uint8_t*>(which ? tile_pg[pp].v : tile_pg[pp].k) + head_off * BPE;
-        reinterpret_cast<int4*>((which ? v_tile : k_tile) + static_cast<size_t>(pp) * block_elems * BPE)[v] =
-            reinterpret_cast<const int4*>(src)[v];
-      }
+  float m[GP], l[GP], acc[GP][DPL];
+#pragma unroll
+  for (int h = 0; h < GP; ++h) {
+    m[h] = -INFINITY;
+    l[h] = 0.0f;
+#pragma unroll
+    for (int d = 0; d < DPL; ++d) acc[h][d] = 0.0f;
+  }
+  const int n_slots = (last - first) * pt;
+  // V rows are read in batches of VB slots, all loads in flight together (in ≤ 64 registers; 16
+  // for head_dim 256, whose accumulators take more).
+  constexpr int kWords = (DPL * BPE + 3) / 4;
+  constexpr int kVRegs = HD >= 256 ? 16 : 64;
+  constexpr int VB = kVRegs / kWords < 32 ? kVRegs / kWords : 32;
+  using VRun = Run<KV, DPL>;
+  for (int base = w * 32; base < n_slots; base += kThreads) {
+    // This lane's slot: its page, its K column and V row of this head.
+    const int slot = base + lane;
+    const int n_k = min(32, n_slots - base);
+    const uint8_t* vrow = nullptr;
+    const uint8_t* kcol = nullptr;
+    const void* khalf = nullptr;  // the page's K and V halves (q8 scales)
+    const void* vhalf = nullptr;
+    bool valid = false;
+    int j = 0;
+    if (slot < n_slots) {
+      j = slot % pt;
+      const DevPage pg = pages[first + slot / pt];
+      khalf = pg.k;
+      vhalf = pg.v;
+      vrow = static_cast<const uint8_t*>(pg.v) + head_bytes + static_cast<int64_t>(j) * HD * BPE;
+      kcol = static_cast<const uint8_t*>(pg.k) + head_bytes + static_cast<int64_t>(j) * BPE;
+      valid = j < pg.n_tokens && pg.pos0 + j <= qpos;
     }
-    __syncthreads();
-    // Scores of slot t.
-    {
-      const int pi = tp + t / pt, j = t % pt;
-      float sh[kMaxGroup];
+    // The first batch of V rows goes out before the scores, so both reads are in flight at once.
+    VRun vr[VB];
 #pragma unroll
-      for (int h = 0; h < kMaxGroup; ++h) sh[h] = -INFINITY;
-      if (t < tile_pages * pt && pi < last) {  // pages that do not divide kThreads leave threads idle
-        const DevPage pg = tile_pg[t / pt];
-        if (j < pg.n_tokens && pg.pos0 + j <= qpos) {
+    for (int k = 0; k < VB; ++k) {
+      const auto* row = reinterpret_cast<const uint8_t*>(
+          __shfl_sync(0xffffffffu, reinterpret_cast<unsigned long long>(vrow), k));
+      if (k < n_k) vr[k] = *reinterpret_cast<const VRun*>(row + lane * DPL * BPE);
+    }
+    // Scores of this lane's slot.
+    float sc[GP];
 #pragma unroll
-          for (int h = 0; h < kMaxGroup; ++h) sh[h] = 0.0f;
-          const void* kb = pg.k;
-          const uint8_t* kt = k_tile + static_cast<size_t>(t / pt) * block_elems * BPE;
+    for (int h = 0; h < GP; ++h) sc[h] = -INFINITY;
+    float vscale = 1.0f;
+    if (valid) {
+      float a[GP];
+#pragma unroll
+      for (int h = 0; h < GP; ++h) a[h] = 0.0f;
 #pragma unroll 16
-          for (int c = 0; c < HD; ++c) {
-            const float kv = kv_at<KV>(kt, c * pt + j);
+      for (int c = 0; c < HD; c += 4) {
+        float kv[4];
 #pragma unroll
-            for (int h = 0; h < kMaxGroup; ++h)
-              if (h < G) sh[h] = fmaf(qs[h][c], kv, sh[h]);
-          }
-          const float ks = kv_scale<KV>(p, kb, g, j);
+        for (int u = 0; u < 4; ++u) kv[u] = kv_at<KV>(kcol, static_cast<int64_t>(c + u) * pt);
 #pragma unroll
-          for (int h = 0; h < kMaxGroup; ++h) sh[h] *= ks;
+        for (int h = 0; h < GP; ++h) {
+          const float4 qv = *reinterpret_cast<const float4*>(&qs[h][c]);
+          a[h] = fmaf(qv.x, kv[0], a[h]);
+          a[h] = fmaf(qv.y, kv[1], a[h]);
+          a[h] = fmaf(qv.z, kv[2], a[h]);
+          a[h] = fmaf(qv.w, kv[3], a[h]);
         }
       }
+      const float ks = kv_scale<KV>(p, khalf, g, j);
+      vscale = kv_scale<KV>(p, vhalf, g, j);
 #pragma unroll
-      for (int h = 0; h < kMaxGroup; ++h)
-        if (h < G) sc[h][t] = sh[h];
+      for (int h = 0; h < GP; ++h) sc[h] = a[h] * ks;
     }
-    __syncthreads();
-    // Online softmax: warp w folds heads w, w + 4, ...
-    for (int h = wid; h < G; h += kThreads / 32) {
-      float v[kThreads / 32];
-      float tmax = -INFINITY;
+    // Online softmax over the chunk; pr: this slot's weight per head (times its V scale).
+    float pr[GP];
+    bool use = false;
 #pragma unroll
-      for (int k = 0; k < kThreads / 32; ++k) {
-        v[k] = sc[h][lane + 32 * k];
-        tmax = fmaxf(tmax, v[k]);
-      }
+    for (int h = 0; h < GP; ++h) {
+      const float nm = fmaxf(m[h], warp_max(sc[h]));
+      const float corr = m[h] == -INFINITY ? 0.0f : expf(m[h] - nm);
+      const float e = sc[h] == -INFINITY ? 0.0f : expf(sc[h] - nm);
+      l[h] = l[h] * corr + warp_sum(e);
+      m[h] = nm;
 #pragma unroll
-      for (int o = 16; o > 0; o >>= 1) tmax = fmaxf(tmax, __shfl_xor_sync(0xffffffffu, tmax, o));
-      const float old = run_max[h];
-      const float nm = fmaxf(old, tmax);
-      float sum = 0.0f;
-#pragma unroll
-      for (int k = 0; k < kThreads / 32; ++k) {
-        const float e = v[k] == -INFINITY ? 0.0f : expf(v[k] - nm);
-        sc[h][lane + 32 * k] = e;
-        sum += e;
-      }
-#pragma unroll
-      for (int o = 16; o > 0; o >>= 1) sum += __shfl_xor_sync(0xffffffffu, sum, o);
-      __syncwarp();
-      if (lane == 0) {
-        const float cr = old == -INFINITY ? 0.0f : expf(old - nm);  // nm = −inf only with old
-        corr[h] = cr;
-        run_sum[h] = run_sum[h] * cr + sum;
-        run_max[h] = nm;
-      }
+      for (int d = 0; d < DPL; ++d) acc[h][d] *= corr;
+      pr[h] = e * vscale;
+      use = use || e != 0.0f;
     }
-    __syncthreads();
-    // Values.
+    // Values: slot k's row, this lane's dims; a masked slot's bytes may be anything (read, dropped).
+    const unsigned used = __ballot_sync(0xffffffffu, use);
+    for (int k0 = 0; k0 < n_k; k0 += VB) {
+      if (k0 > 0)
 #pragma unroll
-    for (int h = 0; h < kMaxGroup; ++h) {
-      const float cr = h < G ? corr[h] : 0.0f;
+        for (int k = 0; k < VB; ++k) {
+          const auto* row = reinterpret_cast<const uint8_t*>(
+              __shfl_sync(0xffffffffu, reinterpret_cast<unsigned long long>(vrow), (k0 + k) & 31));
+          if (k0 + k < n_k) vr[k] = *reinterpret_cast<const VRun*>(row + lane * DPL * BPE);
+        }
 #pragma unroll
-      for (int d = 0; d < DPT; ++d) acc[d][h] *= cr;
-    }
-    const int n_slots = min(tile_pages, last - tp) * pt;
-    for (int k = part; k < n_slots; k += KP) {
-      float e[kMaxGroup];
-      bool any = false;
+      for (int k = 0; k < VB; ++k) {
+        if (k0 + k >= n_k) break;
+        const bool keep = (used >> (k0 + k)) & 1u;
+        float val[DPL];
 #pragma unroll
-      for (int h = 0; h < kMaxGroup; ++h) {
-        e[h] = h < G ? sc[h][k] : 0.0f;
-        any = any || e[h] != 0.0f;
-      }
-      if (!any) continue;  // an empty or masked slot: its bytes may be anything
-      const int j = k % pt;
-      const float vs = kv_scale<KV>(p, tile_pg[k / pt].v, g, j);
-      const uint8_t* vb = v_tile + static_cast<size_t>(k / pt) * block_elems * BPE;
+        for (int d = 0; d < DPL; ++d) val[d] = keep ? kv_at<KV>(vr[k].b, d) : 0.0f;
 #pragma unroll
-      for (int d = 0; d < DPT; ++d) {
-        const float val = kv_at<KV>(vb, j * HD + c0 + d * kThreads) * vs;
+        for (int h = 0; h < GP; ++h) {
+          const float e = __shfl_sync(0xffffffffu, pr[h], k0 + k);
 #pragma unroll
-        for (int h = 0; h < kMaxGroup; ++h) acc[d][h] = fmaf(e[h], val, acc[d][h]);
+          for (int d = 0; d < DPL; ++d) acc[h][d] = fmaf(e, val[d], acc[h][d]);
+        }
       }
     }
-    __syncthreads();  // sc is rewritten by the next tile
   }
-  // Fold the key partitions, normalise, write.
+  // Fold the warps, normalise, write.
+  if (lane == 0)
 #pragma unroll
-  for (int d = 0; d < DPT; ++d)
+    for (int h = 0; h < GP; ++h) {
+      wm[w][h] = m[h];
+      wl[w][h] = l[h];
+    }
 #pragma unroll
-    for (int h = 0; h < kMaxGroup; ++h)
-      if (h < G) red[part][h][c0 + d * kThreads] = acc[d][h];
+  for (int h = 0; h < GP; ++h)
+#pragma unroll
+    for (int d = 0; d < DPL; ++d) wacc[w][h][lane * DPL + d] = acc[h][d];
   __syncthreads();
   for (int idx = t; idx < G * HD; idx += kThreads) {
     const int h = idx / HD, c = idx % HD;
-    float a = 0.0f;
+    float mx = -INFINITY;
 #pragma unroll
-    for (int k = 0; k < KP; ++k) a += red[k][h][c];
-    const float l = run_sum[h];
-    const float o = l > 0.0f ? a / l : 0.0f;
+    for (int v = 0; v < kWarps; ++v) mx = fmaxf(mx, wm[v][h]);
+    float sum = 0.0f, a = 0.0f;
+    if (mx != -INFINITY)
+#pragma unroll
+      for (int v = 0; v < kWarps; ++v)
+        if (wm[v][h] != -INFINITY) {
+          const float f = expf(wm[v][h] - mx);
+          sum = fmaf(wl[v][h], f, sum);
+          a = fmaf(wacc[v][h][c], f, a);
+        }
+    const float o = sum > 0.0f ? a / sum : 0.0f;
     const int64_t item = i * p.n_heads + g * G + h;
     if (alone) {
       out[item * HD + c] = o;
     } else {
       part_o[(item * splits + s) * HD + c] = o;
-      if (c == 0) part_lse[item * splits + s] = l > 0.0f ? run_max[h] + logf(l) : -INFINITY;
+      if (c == 0) part_lse[item * splits + s] = sum > 0.0f ? mx + logf(sum) : -INFINITY;
     }
   }
 }
 
 // One warp per (row, head): folds the row's splits by their lse (part rows are `stride` apart);
 // rows of one split (written directly) or no pages are skipped.
-__global__ void decode_combine_kernel(int64_t items, int n_heads, int stride, int head_dim, int tile_pages,
+__global__ void decode_combine_kernel(int64_t items, int n_heads, int stride, int head_dim, int page_tokens,
                                       const int32_t* page_begin, const float* part_o,
                                       const float* part_lse, float* out) {
   const int lane = threadIdx.x & 31;
@@ -216,7 +235,7 @@ __global__ void decode_combine_kernel(int64_t items, int n_heads, int stride, in
   if (item >= items) return;
   const int64_t i = item / n_heads;
   const int n = page_begin[i + 1] - page_begin[i];
-  const int pps = split_pages(n, tile_pages);
+  const int pps = split_pages(n, page_tokens);
   if (n <= pps) return;
   const int splits = (n + pps - 1) / pps;
   fold_partials(part_lse + item * stride, part_o + item * stride * head_dim, splits, head_dim, lane,
@@ -237,31 +256,17 @@ __global__ void write_kv_rows_kernel(DevAttention p, const DevSlot* slots, int64
   store_kv<KV>(p, sl.k, sl.v, sl.slot, h, c, k + (idx - c), v + (idx - c));
 }
 
-constexpr size_t kMaxTileBytes = 160 << 10;  // dynamic shared memory of a block, at most
-
-// Bytes of one page's K and V blocks of one kv head.
-size_t page_block_bytes(const DevAttention& p) {
-  return 2 * static_cast<size_t>(p.page_tokens) * p.head_dim * kv_elem_bytes(p.kv);
-}
-// Pages a tile takes: up to kThreads key slots, within kMaxTileBytes.
-int tile_pages_of(const DevAttention& p) {
-  const int by_slots = kThreads / p.page_tokens;
-  const int by_bytes = static_cast<int>(kMaxTileBytes / page_block_bytes(p));
-  return by_slots < by_bytes ? by_slots : by_bytes;
-}
-
 }  // namespace
 
 bool decode_attention_supported(const DevAttention& p) {
   return (p.head_dim == 64 || p.head_dim == 128 || p.head_dim == 256) && p.n_kv_heads > 0 &&
          p.n_heads % p.n_kv_heads == 0 && p.n_heads / p.n_kv_heads <= kMaxGroup && p.page_tokens >= 1 &&
-         p.page_tokens <= kThreads && p.head_stride == int64_t{p.page_tokens} * p.head_dim &&
-         (static_cast<int64_t>(p.page_tokens) * p.head_dim * kv_elem_bytes(p.kv)) % 16 == 0 && tile_pages_of(p) >= 1;
+         p.head_stride == int64_t{p.page_tokens} * p.head_dim;
 }
 
 int decode_attention_splits(const DevAttention& p, int max_pages) {
-  if (max_pages <= 0 || p.page_tokens < 1 || p.page_tokens > kThreads) return 1;
-  const int pps = split_pages(max_pages, tile_pages_of(p));
+  if (max_pages <= 0 || p.page_tokens < 1) return 1;
+  const int pps = split_pages(max_pages, p.page_tokens);
   return (max_pages + pps - 1) / pps;
 }
 
@@ -272,40 +277,33 @@ cudaError_t decode_attention(const DevAttention& p, const float* q, const int32_
     return cudaErrorInvalidValue;
   if (m <= 0 || max_pages <= 0) return cudaSuccess;
   const dim3 grid(static_cast<unsigned>(splits), static_cast<unsigned>(p.n_kv_heads), static_cast<unsigned>(m));
-  const int tile_pages = tile_pages_of(p);
-  const size_t smem = tile_pages * page_block_bytes(p);
-#define FM_DECODE(HD, KV)                                                                                  \
-  do {                                                                                                     \
-    static bool opted = false;                                                                             \
-    if (!opted) {                                                                                          \
-      const cudaError_t e_ = cudaFuncSetAttribute(decode_attention_kernel<HD, KV>,                         \
-                                                  cudaFuncAttributeMaxDynamicSharedMemorySize,             \
-                                                  static_cast<int>(kMaxTileBytes));                        \
-      if (e_ != cudaSuccess) return e_;                                                                    \
-      opted = true;                                                                                        \
-    }                                                                                                      \
-    decode_attention_kernel<HD, KV><<<grid, kThreads, smem, s>>>(p, q, pos, page_begin, pages, tile_pages,  \
-                                                                 splits, out, part_o, part_lse);           \
-  } while (0)
-#define FM_DECODE_KV(HD)                          \
-  if (p.kv == kDevF16) FM_DECODE(HD, kDevF16);    \
-  else if (p.kv == kDevQ8) FM_DECODE(HD, kDevQ8); \
-  else FM_DECODE(HD, kDevF32)
+  const int group = p.n_heads / p.n_kv_heads;
+#define FM_DECODE(HD, KV, GP) \
+  decode_attention_kernel<HD, KV, GP><<<grid, kThreads, 0, s>>>(p, q, pos, page_begin, pages, splits, out, part_o, part_lse)
+#define FM_DECODE_G(HD, KV)                 \
+  if (group <= 2) FM_DECODE(HD, KV, 2);      \
+  else if (group <= 4) FM_DECODE(HD, KV, 4); \
+  else FM_DECODE(HD, KV, 8)
+#define FM_DECODE_KV(HD)                            \
+  if (p.kv == kDevF16) { FM_DECODE_G(HD, kDevF16); } \
+  else if (p.kv == kDevQ8) { FM_DECODE_G(HD, kDevQ8); } \
+  else { FM_DECODE_G(HD, kDevF32); }
   if (p.head_dim == 64) {
-    FM_DECODE_KV(64);
+    FM_DECODE_KV(64)
   } else if (p.head_dim == 128) {
-    FM_DECODE_KV(128);
+    FM_DECODE_KV(128)
   } else {
-    FM_DECODE_KV(256);
+    FM_DECODE_KV(256)
   }
 #undef FM_DECODE_KV
+#undef FM_DECODE_G
 #undef FM_DECODE
   if (splits == 1) return cudaGetLastError();
   const cudaError_t e = cudaGetLastError();
   if (e != cudaSuccess) return e;
   const int64_t items = m * p.n_heads;
   decode_combine_kernel<<<static_cast<unsigned>((items + 3) / 4), 128, 0, s>>>(
-      items, p.n_heads, splits, p.head_dim, tile_pages, page_begin, part_o, part_lse, out);
+      items, p.n_heads, splits, p.head_dim, p.page_tokens, page_begin, part_o, part_lse, out);
   return cudaGetLastError();
 }
 

@@ -4,10 +4,12 @@
 //
 // Attention: a block takes one (sequence row, KV head) and a split of that row's pages; the
 // query heads of the GQA group share each K and V read (the group's queries sit in shared
-// memory, one thread per key slot scores all of them). Long contexts are split over blocks
-// (flash-decoding) and the splits folded by their log-sum-exp; how a row is split depends on its
-// own length only, so a row gets bit for bit the same result in any batch. Pages of up to 128 tokens, group
-// size up to kMaxGroup, head_dim 64/128/256.
+// memory; a lane scores one key slot against all of them, then accumulates a few output dims of
+// all of them). The block's warps work through 32-slot chunks independently and are folded once
+// at the end. Long contexts are split over blocks (flash-decoding: at least 128 slots and at most
+// 256 splits a row) and the splits folded by their log-sum-exp; how a row is split depends on
+// its own length only, so a row gets bit for bit the same result in any batch. Any page size,
+// group size up to kMaxGroup, head_dim 64/128/256.
 //
 // Launchers only: included by the C++20 backend. Every pointer is device memory.
 #pragma once
@@ -30,7 +32,7 @@ struct DevSlot {
 };
 
 // Whether decode_attention takes these parameters (every page's K and V must also start 16-byte
-// aligned: the kernel copies them in 16-byte pieces).
+// aligned: the kernel reads V rows in pieces of up to 16 bytes).
 bool decode_attention_supported(const DevAttention& p);
 // How many splits the longest row (max_pages pages) is cut into. A row's splits depend on its own
 // page count only, so its result does not depend on the rest of the batch.
