@@ -52,7 +52,7 @@ TEST(Cli, UsageErrorsExitWithTwo) {
       // Checked against the indexer's metadata before the model is loaded (issue #25).
       {"run -m " + model + " -p hi --policy lsa --kv-budget 50% --page-tokens 7",
        "--page-tokens 7 is not a multiple of the 16-token chunks of the indexer"},
-      {"run -m " + model + " -p hi --policy lsa --kv-budget 50% --lsa-layers 5", "no scorer for layer 5"},
+      {"run -m " + model + " -p hi --policy lsa --kv-budget 50% --lsa-layers 4", "--lsa-layers"},
   };
   for (const auto& c : cases) {
     const CmdResult r = run_cli(c.args);
@@ -92,6 +92,24 @@ TEST(Cli, LsaFindsTheShippedIndexerByTheModelNameWithoutItsWeightType) {
   EXPECT_EQ(none.code, 2) << none.out;
   EXPECT_NE(none.out.find("none shipped for 'Qwen2.5-Coder-0.5B-Instruct'"), std::string::npos) << none.out;
   fs::remove_all(dir);
+}
+
+// --policy lsa with no other flag is the configuration lsa was measured at: pages of the
+// indexer's chunk size (16 tokens for the shipped one); --page-tokens still wins, and the other
+// policies keep 64-token pages.
+TEST(Cli, LsaPagesDefaultToTheIndexersChunkSize) {
+  const std::string m = " -m " + test::require_default_model() + " -p hi -n 2 --kv-budget 50%";
+  const CmdResult lsa = run_cli("run" + m + " --policy lsa");
+  EXPECT_EQ(lsa.code, 0) << lsa.out;
+  EXPECT_NE(lsa.out.find("page 16 tok"), std::string::npos) << lsa.out;
+  const CmdResult given = run_cli("run" + m + " --policy lsa --page-tokens 32");
+  EXPECT_EQ(given.code, 0) << given.out;
+  EXPECT_NE(given.out.find("page 32 tok"), std::string::npos) << given.out;
+  const CmdResult recency = run_cli("run" + m + " --policy recency");
+  EXPECT_EQ(recency.code, 0) << recency.out;
+  EXPECT_NE(recency.out.find("page 64 tok"), std::string::npos) << recency.out;
+  const CmdResult help = run_cli("run --help");
+  EXPECT_NE(help.out.find("--page-tokens INT:INT in [1 - 4096]=auto"), std::string::npos) << help.out;
 }
 
 // A request whose host KV mirror would not fit is refused before it runs, with the arithmetic.

@@ -64,7 +64,7 @@ std::unique_ptr<Engine> Engine::load(const EngineOptions& opts) {
            " exceeds the model's training context ", mi.n_ctx_train);
   std::shared_ptr<IndexerModel> indexer;
   if (!opts.indexer_path.empty()) {
-    indexer = std::make_shared<IndexerModel>(select_targets(*load_indexer(opts.indexer_path), opts.indexer_layers));
+    indexer = std::make_shared<IndexerModel>(*load_indexer(opts.indexer_path));
     const IndexerModel& m = *indexer;
     FM_CHECK(m.shape.d_model == mi.d_model && m.shape.n_kv_heads == mi.n_kv_heads &&
                  m.shape.head_dim == mi.head_dim && m.keys.layers.back() < mi.n_layers &&

@@ -36,7 +36,6 @@ struct EngineOptions {
   KvType kv_type = KvType::kF16;
   int page_tokens = 64;
   std::string indexer_path;      // a trained Memory Indexer (safetensors) for policy lsa
-  std::vector<int> indexer_layers;  // score with these of its target layers only (empty: all)
   // Cap of the engine's device KV reserve, which every request's budget is admitted into
   // (0: the backend's memory is the cap).
   uint64_t device_kv_bytes = 0;

@@ -57,7 +57,10 @@ CLI::App* add_eval_command(CLI::App& app, EvalArgs& a) {
   c->add_option("--cycle", a.memory.cycle, "Decode steps between residency selections")->check(CLI::Range(1, 1 << 20));
   c->add_option("--sink", a.memory.sink, "First tokens always resident")->check(CLI::Range(int64_t{0}, int64_t{1} << 30));
   c->add_option("--tail", a.memory.tail, "Newest tokens always resident")->check(CLI::Range(int64_t{0}, int64_t{1} << 30));
-  c->add_option("--page-tokens", a.page_tokens, "Tokens per KV page (the unit of residency)")->check(CLI::Range(1, 4096));
+  c->add_option("--page-tokens", a.page_tokens,
+                "Tokens per KV page, the unit of residency (default 64; when --policy lists lsa, the indexer's chunk size)")
+      ->check(CLI::Range(1, 4096))
+      ->default_str("auto");
   c->add_option("--kv-type", a.kv_type, "KV cache precision (q8: int8 with one f32 scale per token and kv head)")
       ->check(CLI::IsMember({"f16", "f32", "q8"}));
   add_lsa_options(c, a.memory);
@@ -175,7 +178,7 @@ int eval_command(const EvalArgs& a) {
   // The indexer is checked (against the model, and the page size against its chunks) by the
   // first load, before the model's weights are prepared.
   eo.indexer_path = indexer_path(a.memory, a.model, lsa_wanted);
-  eo.indexer_layers = a.memory.lsa_layers;
+  eo.page_tokens = page_tokens_for(a.page_tokens, eo.indexer_path, lsa_wanted);
   auto probe = Engine::load(eo);  // for the trained context and the tokenizer
   const int64_t n_ctx_train = probe->info().n_ctx_train;
   int64_t need_ctx = 0;
@@ -315,7 +318,7 @@ int eval_command(const EvalArgs& a) {
       rec.synthetic_substitute = item.synthetic_substitute;
       // Sequences this run shared its decode passes with (itself included).
       const int64_t decoded_together = requests[k] && together.stats().decode_passes > 0 ? n_together : 1;
-      rec.extra = {{"budget_pages", g.kv.budget_pages}, {"page_tokens", a.page_tokens}, {"kv_type", a.kv_type},
+      rec.extra = {{"budget_pages", g.kv.budget_pages}, {"page_tokens", eo.page_tokens}, {"kv_type", a.kv_type},
                    {"full_kv_bytes_f16", full_f16(g.kv.final.full_kv)}, {"stop_reason", g.stop_reason},
                    {"recalled_pages", g.kv.recall.pages}, {"cycles", g.kv.cycles},
                    {"prefill_shared", todo.size() > 1}, {"decoded_together", decoded_together},
@@ -343,7 +346,7 @@ int eval_command(const EvalArgs& a) {
           for (int32_t t : prompt) pieces.push_back(eng->tokenizer().token_bytes(t));
           spans = eval::answer_spans(pieces, item.answers);
         }
-        trace << eval::trace_line(rec, a.page_tokens, eng->indexer()->keys_config().chunk_tokens, *spans, g.lsa_trace).dump()
+        trace << eval::trace_line(rec, eo.page_tokens, eng->indexer()->keys_config().chunk_tokens, *spans, g.lsa_trace).dump()
               << '\n';
         trace.flush();
         FM_CHECK(trace.good(), ErrorCode::kIo, "cannot write the lsa trace ", a.lsa_trace);

@@ -28,7 +28,9 @@ CLI::App* add_run_command(CLI::App& app, RunArgs& a) {
   add_backend_option(c, a.backend, a.cpu_dot);
   c->add_option("--kv-type", a.kv_type, "KV cache precision (q8: int8 with one f32 scale per token and kv head)")
       ->check(CLI::IsMember({"f16", "f32", "q8"}));
-  c->add_option("--page-tokens", a.page_tokens, "Tokens per KV page")->check(CLI::Range(1, 4096));
+  c->add_option("--page-tokens", a.page_tokens, "Tokens per KV page (default 64; with --policy lsa, the indexer's chunk size)")
+      ->check(CLI::Range(1, 4096))
+      ->default_str("auto");
   c->add_option("--report-json", a.report_json, "Also write the run report as JSON to this file");
   c->add_option("--host-memory", a.host_memory_gb,
                 "Cap in GB on the host KV mirror (every page, in host memory); 0: what the OS has available")
@@ -69,8 +71,8 @@ int run_command(const RunArgs& a) {
   const ResidencyOptions memory = residency_options(a.memory);  // bad flags fail before loading
   EngineOptions eo = engine_options(a);
   eo.n_ctx = a.n_ctx;
-  eo.indexer_layers = a.memory.lsa_layers;
   eo.indexer_path = indexer_path(a.memory, a.model, a.memory.policy == "lsa");
+  eo.page_tokens = page_tokens_for(a.page_tokens, eo.indexer_path, a.memory.policy == "lsa");
   eo.host_kv_bytes = static_cast<uint64_t>(a.host_memory_gb * 1e9);
   auto eng = Engine::load(eo);
 
@@ -142,12 +144,12 @@ int run_command(const RunArgs& a) {
                "page %d tok); host mirror %s\n",
                kv.policy.c_str(), kv.budget.c_str(), mib(kv.peak.device()).c_str(),
                mib(static_cast<size_t>(kv.mean_device_bytes)).c_str(), mib(kv.final.full_kv).c_str(),
-               r.kv_bytes_per_token, kv_type_name(eng->kv_type()), a.page_tokens,
+               r.kv_bytes_per_token, kv_type_name(eng->kv_type()), eo.page_tokens,
                mib(kv.final.mirror).c_str());
   // A budget below 100% that still holds every page this request will have (a short prompt:
   // the minimum of sink + tail + one cycle, or the rounding up) offloads nothing; say so.
   const int64_t final_tokens = std::min<int64_t>(eng->n_ctx(), r.n_prompt + std::max(go.max_new_tokens, 1));
-  const int64_t all_pages = (final_tokens + a.page_tokens - 1) / a.page_tokens;
+  const int64_t all_pages = (final_tokens + eo.page_tokens - 1) / eo.page_tokens;
   const bool covers_all = kv.policy != "full" && kv.budget_pages >= all_pages;
   if (covers_all)
     std::fprintf(stderr,

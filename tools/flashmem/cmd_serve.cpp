@@ -36,7 +36,9 @@ CLI::App* add_serve_command(CLI::App& app, ServeArgs& a) {
   c->add_option("-t,--threads", a.threads, "CPU threads (0: all cores)")->check(CLI::Range(0, 1024))->capture_default_str();
   add_backend_option(c, a.backend, a.cpu_dot);
   c->add_option("--kv-type", a.kv_type, "KV cache precision")->check(CLI::IsMember({"f16", "f32", "q8"}))->capture_default_str();
-  c->add_option("--page-tokens", a.page_tokens, "Tokens per KV page")->check(CLI::Range(1, 4096))->capture_default_str();
+  c->add_option("--page-tokens", a.page_tokens, "Tokens per KV page (default 64; with --policy lsa, the indexer's chunk size)")
+      ->check(CLI::Range(1, 4096))
+      ->default_str("auto");
   add_memory_options(c, a.memory);
   return c;
 }
@@ -55,7 +57,6 @@ int serve_command(const ServeArgs& a) {
 #else
   EngineOptions eo = engine_options(a);
   eo.n_ctx = a.n_ctx;
-  eo.indexer_layers = a.memory.lsa_layers;
   // Requests may ask for lsa themselves: load the shipped indexer when there is one.
   eo.indexer_path = a.memory.indexer;
   if (eo.indexer_path.empty()) {
@@ -65,6 +66,7 @@ int serve_command(const ServeArgs& a) {
       FM_CHECK(memory.policy != "lsa", ErrorCode::kInvalidArgument, "policy lsa needs a Memory Indexer (--indexer FILE)");
     }
   }
+  eo.page_tokens = page_tokens_for(a.page_tokens, eo.indexer_path, memory.policy == "lsa");
   eo.device_kv_bytes = static_cast<uint64_t>(a.kv_memory_gb * 1e9);  // the reserve never outgrows admission
   auto eng = Engine::load(eo);
   server::ServeOptions so;

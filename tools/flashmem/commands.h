@@ -38,7 +38,6 @@ struct MemoryArgs {
   float lsa_observe_top_p = LsaOptions{}.observe_top_p;
   int lsa_observe_spread = LsaOptions{}.observe_spread;
   float lsa_widen_absent = LsaOptions{}.widen_absent;
-  std::vector<int> lsa_layers;  // of the indexer's target layers (empty: all)
 };
 void add_memory_options(CLI::App* c, MemoryArgs& a);
 // The lsa flags alone (--indexer, --lsa-*); add_memory_options includes them.
@@ -49,6 +48,11 @@ ResidencyOptions residency_options(const MemoryArgs& a);
 // tree's indexers/ for the model file's name when a policy list includes lsa; "" when none is
 // needed. Error(kInvalidArgument) when lsa is asked for and no checkpoint is found.
 std::string indexer_path(const MemoryArgs& a, const std::string& model_path, bool lsa_wanted);
+// Tokens per KV page when --page-tokens is not given (0): with lsa, the indexer's chunk size
+// (the configuration lsa was measured at, docs/accuracy.md: pages and chunks align), otherwise
+// kDefaultPageTokens. Error(kInvalidArgument) for an indexer without a valid chunk size.
+constexpr int kDefaultPageTokens = 64;
+int page_tokens_for(int given, const std::string& indexer_file, bool lsa_wanted);
 // Human-readable footprint table (run --kv-report).
 void print_kv_report(std::FILE* out, const KvReport& r);
 // The same, machine-readable (bytes, by category, final and peak).
@@ -69,7 +73,7 @@ EngineOptions engine_options(const Args& a) {
   eo.backend = a.backend;
   eo.cpu_dot = parse_cpu_dot(a.cpu_dot);
   eo.kv_type = parse_kv_type(a.kv_type);
-  eo.page_tokens = a.page_tokens;
+  eo.page_tokens = a.page_tokens > 0 ? a.page_tokens : kDefaultPageTokens;  // lsa: page_tokens_for
   return eo;
 }
 
@@ -89,7 +93,7 @@ struct RunArgs {
   std::string cpu_dot = "q8";
   int threads = 0;
   std::string kv_type = "f16";
-  int page_tokens = 64;
+  int page_tokens = 0;  // 0: page_tokens_for
   std::string report_json;
   MemoryArgs memory;
   bool kv_report = false;
@@ -117,7 +121,7 @@ struct EvalArgs {
   std::string backend = "cpu";
   std::string cpu_dot = "q8";
   int threads = 0;
-  int page_tokens = 64;
+  int page_tokens = 0;  // 0: page_tokens_for
   std::string kv_type = "f16";
   std::vector<std::string> compare;
   std::string summarize;
@@ -188,7 +192,7 @@ struct ServeArgs {
   std::string cpu_dot = "q8";
   int threads = 0;
   std::string kv_type = "f16";
-  int page_tokens = 64;
+  int page_tokens = 0;  // 0: page_tokens_for
   MemoryArgs memory;
 };
 

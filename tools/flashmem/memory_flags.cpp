@@ -7,6 +7,7 @@
 #include "commands.h"
 #include "core/error.h"
 #include "engine/engine.h"
+#include "indexer/indexer_model.h"
 #include "memory/residency.h"
 
 namespace flashmem::cli {
@@ -29,9 +30,6 @@ void add_memory_options(CLI::App* c, MemoryArgs& a) {
 void add_lsa_options(CLI::App* c, MemoryArgs& a) {
   c->add_option("--indexer", a.indexer, "Memory Indexer checkpoint for --policy lsa (default: the shipped one)")
       ->check(CLI::ExistingFile);
-  c->add_option("--lsa-layers", a.lsa_layers,
-                "lsa: score with these of the indexer's target layers only, e.g. 4,8 (default: all)")
-      ->delimiter(',');
   c->add_option("--lsa-threshold", a.lsa_threshold, "lsa: chunk score threshold theta")->check(CLI::Range(0.001, 0.999));
   c->add_option("--lsa-widen-kept", a.lsa_widen_kept,
                 "lsa: kept fraction of the middle chunks above which the request widens to full KV")
@@ -80,6 +78,25 @@ std::string indexer_path(const MemoryArgs& a, const std::string& model_path, boo
   }
   FM_FAIL(ErrorCode::kInvalidArgument, "policy lsa needs a Memory Indexer: no --indexer given and none shipped for '",
           stem, "' in indexers/ (train one with flashmem dump + flashmem train-indexer)");
+}
+
+int page_tokens_for(int given, const std::string& indexer_file, bool lsa_wanted) {
+  if (given > 0) return given;
+  if (lsa_wanted && !indexer_file.empty()) {
+    const auto meta = indexer_metadata(indexer_file);
+    const auto it = meta.find("chunk_tokens");
+    FM_CHECK(it != meta.end(), ErrorCode::kInvalidArgument, "the indexer ", indexer_file,
+             " names no chunk_tokens in its metadata");
+    int chunk = 0;
+    try {
+      chunk = std::stoi(it->second);
+    } catch (const std::exception&) {
+    }
+    FM_CHECK(chunk >= 1 && chunk <= 4096, ErrorCode::kInvalidArgument, "the indexer ", indexer_file,
+             " has chunk_tokens '", it->second, "'");
+    return chunk;
+  }
+  return kDefaultPageTokens;
 }
 
 ResidencyOptions residency_options(const MemoryArgs& a) {
