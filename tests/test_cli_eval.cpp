@@ -8,6 +8,8 @@
 #include <iterator>
 #include <set>
 #include <string>
+#include <utility>
+#include <vector>
 
 #include <nlohmann/json.hpp>
 
@@ -225,6 +227,60 @@ std::string needle_families(const std::string& name) {
     rows << i << ",widget" << i % 17 << "," << (i * 37) % 1000 << "\n";
   }
   return root.string();
+}
+
+// A checkpoint settles lsa's knobs (train-indexer --select --set lsa.KEY=VALUE): --policy lsa
+// with no flag runs them, a given flag wins, and a bad setting is refused when it is written.
+TEST(CliEval, TheIndexerCheckpointSettlesLsaKnobs) {
+  const std::string shipped = std::string(FLASHMEM_SOURCE_DIR) + "/indexers/SmolLM2-135M-Instruct.safetensors";
+  const std::string ix = (fs::temp_directory_path() / "flashmem_ix_settled.safetensors").string();
+  fs::remove(ix);
+  const auto w = run_cli("train-indexer --select " + shipped + " --set lsa.spread=0 --set lsa.observe=0 "
+                         "--set lsa.contrast=8 --out " + ix);
+  ASSERT_EQ(w.code, 0) << w.out;
+  const std::string m = "-m " + test::require_default_model();
+  const std::string run = "eval " + m + " --suite ruler --lengths 1k --tasks niah_single_1 --samples 1 "
+                          "--policy lsa --kv-budget 50% --indexer " + ix;
+  const std::string dir = fresh_dir("settled");
+  const auto r = run_cli(run + " --out " + dir);
+  ASSERT_EQ(r.code, 0) << r.out;
+  auto recs = lines(dir);
+  ASSERT_EQ(recs.size(), 1u);
+  EXPECT_EQ(recs[0].at("extra").at("lsa_spread"), 0);
+  EXPECT_EQ(recs[0].at("extra").at("lsa_observe"), 0);
+  EXPECT_EQ(recs[0].at("extra").at("lsa_contrast"), 8);
+  EXPECT_EQ(recs[0].at("extra").at("lsa_observe_spread"), 1);  // not settled: the default
+  EXPECT_EQ(recs[0].at("extra").at("page_tokens"), 16);         // the indexer's chunks
+  const std::string dir2 = fresh_dir("settled_flag");
+  const auto r2 = run_cli(run + " --lsa-spread 2 --out " + dir2);
+  ASSERT_EQ(r2.code, 0) << r2.out;
+  recs = lines(dir2);
+  ASSERT_EQ(recs.size(), 1u);
+  EXPECT_EQ(recs[0].at("extra").at("lsa_spread"), 2);  // the flag wins
+  EXPECT_EQ(recs[0].at("extra").at("lsa_observe"), 0);
+  // The shipped checkpoint, no flags: the defaults it was measured with.
+  const std::string dir3 = fresh_dir("settled_shipped");
+  const auto r3 = run_cli("eval " + m + " --suite ruler --lengths 1k --tasks niah_single_1 --samples 1 "
+                          "--policy lsa --kv-budget 50% --out " + dir3);
+  ASSERT_EQ(r3.code, 0) << r3.out;
+  recs = lines(dir3);
+  ASSERT_EQ(recs.size(), 1u);
+  EXPECT_EQ(recs[0].at("extra").at("lsa_spread"), 1);
+  EXPECT_EQ(recs[0].at("extra").at("lsa_observe"), 32);
+  EXPECT_EQ(recs[0].at("extra").at("lsa_contrast"), 16);
+  for (const auto& [set, expect] : std::vector<std::pair<std::string, std::string>>{
+           {"lsa.bogus=1", "expected lsa.KEY=VALUE"},
+           {"lsa.threshold=abc", "lsa.threshold = 'abc' is not a number"},
+           {"lsa.threshold=1.5", "threshold"},
+           {"lsa.spread", "expected lsa.KEY=VALUE"}}) {
+    const std::string bad = (fs::temp_directory_path() / "flashmem_ix_bad_set.safetensors").string();
+    fs::remove(bad);
+    const auto e = run_cli("train-indexer --select " + shipped + " --set " + set + " --out " + bad);
+    EXPECT_EQ(e.code, 2) << set << "\n" << e.out;
+    EXPECT_NE(e.out.find(expect), std::string::npos) << set << "\n" << e.out;
+    EXPECT_FALSE(fs::exists(bad)) << set;
+  }
+  fs::remove(ix);
 }
 
 TEST(CliEval, NeedleUsageErrors) {

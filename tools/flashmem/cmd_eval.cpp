@@ -179,6 +179,7 @@ int eval_command(const EvalArgs& a) {
   // first load, before the model's weights are prepared.
   eo.indexer_path = indexer_path(a.memory, a.model, lsa_wanted);
   eo.page_tokens = page_tokens_for(a.page_tokens, eo.indexer_path, lsa_wanted);
+  for (Run& r : runs) apply_indexer_lsa(r.memory, a.memory, eo.indexer_path);
   auto probe = Engine::load(eo);  // for the trained context and the tokenizer
   const int64_t n_ctx_train = probe->info().n_ctx_train;
   int64_t need_ctx = 0;
@@ -329,12 +330,14 @@ int eval_command(const EvalArgs& a) {
         rec.extra["widen_reason"] = g.kv.widen_reason;
         rec.extra["lsa_kept_fraction"] = g.kv.lsa_kept_fraction;
         rec.extra["lsa_absent_mass"] = g.kv.lsa_absent_mass;
-        rec.extra["lsa_observe"] = a.memory.lsa_observe;
-        rec.extra["lsa_observe_top_p"] = a.memory.lsa_observe_top_p;
-        rec.extra["lsa_observe_spread"] = a.memory.lsa_observe_spread;
-        rec.extra["lsa_widen_absent"] = a.memory.lsa_widen_absent;
-        rec.extra["lsa_spread"] = a.memory.lsa_spread;
-        rec.extra["lsa_contrast"] = a.memory.lsa_contrast;
+        const LsaOptions& lo = r->memory.lsa;  // as run: flags, else the checkpoint's settings
+        rec.extra["lsa_threshold"] = lo.threshold;
+        rec.extra["lsa_observe"] = lo.observe;
+        rec.extra["lsa_observe_top_p"] = lo.observe_top_p;
+        rec.extra["lsa_observe_spread"] = lo.observe_spread;
+        rec.extra["lsa_widen_absent"] = lo.widen_absent;
+        rec.extra["lsa_spread"] = lo.spread;
+        rec.extra["lsa_contrast"] = lo.contrast;
         rec.extra["lsa_layers"] = eng->indexer()->keys_config().layers;
         rec.extra["indexer"] = indexer_id;
       }

@@ -68,11 +68,12 @@ std::string mib(size_t bytes) {
 int run_command(const RunArgs& a) {
   FM_CHECK(!a.prompt.empty() || !a.prompt_file.empty(), ErrorCode::kInvalidArgument,
            "give a prompt with -p TEXT or -f FILE");
-  const ResidencyOptions memory = residency_options(a.memory);  // bad flags fail before loading
+  ResidencyOptions memory = residency_options(a.memory);  // bad flags fail before loading
   EngineOptions eo = engine_options(a);
   eo.n_ctx = a.n_ctx;
   eo.indexer_path = indexer_path(a.memory, a.model, a.memory.policy == "lsa");
   eo.page_tokens = page_tokens_for(a.page_tokens, eo.indexer_path, a.memory.policy == "lsa");
+  apply_indexer_lsa(memory, a.memory, eo.indexer_path);
   eo.host_kv_bytes = static_cast<uint64_t>(a.host_memory_gb * 1e9);
   auto eng = Engine::load(eo);
 

@@ -49,7 +49,7 @@ void on_signal(int) { g_stop = 1; }
 }  // namespace
 
 int serve_command(const ServeArgs& a) {
-  const ResidencyOptions memory = residency_options(a.memory);  // bad flags fail before loading
+  ResidencyOptions memory = residency_options(a.memory);  // bad flags fail before loading
 #ifndef FLASHMEM_HAVE_HTTP
   (void)memory;
   FM_FAIL(ErrorCode::kUnsupported, "this flashmem was built without cpp-httplib, so it cannot serve: install "
@@ -67,6 +67,7 @@ int serve_command(const ServeArgs& a) {
     }
   }
   eo.page_tokens = page_tokens_for(a.page_tokens, eo.indexer_path, memory.policy == "lsa");
+  apply_indexer_lsa(memory, a.memory, eo.indexer_path);
   eo.device_kv_bytes = static_cast<uint64_t>(a.kv_memory_gb * 1e9);  // the reserve never outgrows admission
   auto eng = Engine::load(eo);
   server::ServeOptions so;

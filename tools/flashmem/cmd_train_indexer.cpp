@@ -23,8 +23,12 @@ CLI::App* add_train_indexer_command(CLI::App& app, TrainIndexerArgs& a) {
   CLI::App* c = app.add_subcommand("train-indexer", "Train the Memory Indexer from dump files (backbone-free)");
   c->add_option("--data", a.data, "Dump directory (train/ val/ test/ of .fmd files)")->check(CLI::ExistingDirectory);
   c->add_option("--select", a.select,
-                "Write this checkpoint restricted to --layers to --out, its training metadata kept (no data needed)")
+                "Write this checkpoint to --out, restricted to --layers if given, its metadata kept (no data needed)")
       ->check(CLI::ExistingFile);
+  c->add_option("--set", a.set,
+                "With --select: settle an lsa knob in the checkpoint, e.g. lsa.spread=1 (keys: lsa.threshold, "
+                "lsa.spread, lsa.contrast, lsa.observe, lsa.observe_top_p, lsa.observe_spread); --policy lsa then "
+                "uses it unless its flag is given");
   c->add_option("--out", a.out, "Checkpoint to write (.safetensors)");
   c->add_option("--evaluate", a.evaluate, "Score this checkpoint on the test split (no training)")->check(CLI::ExistingFile);
   c->add_option("--pooling", a.pooling, "Index-key pooling")->check(CLI::IsMember({"post_rope_mean", "pre_rope_mean"}));
@@ -81,17 +85,29 @@ nlohmann::json metrics_json(const train::IndexerMetrics& m) {
 
 int train_indexer_command(const TrainIndexerArgs& a) {
   namespace fs = std::filesystem;
+  FM_CHECK(a.set.empty() || !a.select.empty(), ErrorCode::kInvalidArgument,
+           "--set settles a knob of an existing checkpoint: give it with --select FILE --out FILE");
   if (!a.select.empty()) {
-    FM_CHECK(!a.out.empty() && !a.layers.empty(), ErrorCode::kInvalidArgument,
-             "--select needs --layers L,... and --out FILE");
+    FM_CHECK(!a.out.empty(), ErrorCode::kInvalidArgument, "--select needs --out FILE");
     auto md = indexer_metadata(a.select);
-    std::string ls;
-    for (int l : a.layers) ls += (ls.empty() ? "" : ",") + std::to_string(l);
-    md["train.selected_from"] = md.count("target_layers") ? md.at("target_layers") : "";
     const IndexerModel m = select_targets(*load_indexer(a.select), a.layers);
+    std::string ls;
+    for (int l : m.keys.layers) ls += (ls.empty() ? "" : ",") + std::to_string(l);
+    if (!a.layers.empty()) md["train.selected_from"] = md.count("target_layers") ? md.at("target_layers") : "";
+    const auto& keys = lsa_metadata_keys();
+    for (const std::string& kv : a.set) {
+      const size_t eq = kv.find('=');
+      const std::string key = kv.substr(0, eq);
+      FM_CHECK(eq != std::string::npos && std::find(keys.begin(), keys.end(), key) != keys.end(),
+               ErrorCode::kInvalidArgument, "--set ", kv, ": expected lsa.KEY=VALUE with KEY one of threshold, "
+               "spread, contrast, observe, observe_top_p, observe_spread");
+      md[key] = kv.substr(eq + 1);
+    }
+    LsaOptions check;
+    apply_lsa_metadata(md, {}, "--set", check);  // every settled value parses and is in range
     save_indexer(a.out, m, md);
-    std::fprintf(stderr, "[flashmem] %s: target layers %s of %s (%.2f MiB)\n", a.out.c_str(), ls.c_str(),
-                 md["train.selected_from"].c_str(), static_cast<double>(fs::file_size(a.out)) / (1 << 20));
+    std::fprintf(stderr, "[flashmem] %s: target layers %s (%.2f MiB)\n", a.out.c_str(), ls.c_str(),
+                 static_cast<double>(fs::file_size(a.out)) / (1 << 20));
     return 0;
   }
   FM_CHECK(!a.data.empty(), ErrorCode::kInvalidArgument, "train-indexer needs --data DIR (or --select FILE)");

@@ -6,6 +6,8 @@
 
 #include <cstdint>
 #include <cstdio>
+#include <map>
+#include <set>
 #include <string>
 #include <vector>
 
@@ -38,12 +40,25 @@ struct MemoryArgs {
   float lsa_observe_top_p = LsaOptions{}.observe_top_p;
   int lsa_observe_spread = LsaOptions{}.observe_spread;
   float lsa_widen_absent = LsaOptions{}.widen_absent;
+  // Which of the knobs a checkpoint may settle were given on the command line (threshold,
+  // spread, contrast, observe, observe_top_p, observe_spread): those keep the flag's value.
+  std::set<std::string> lsa_given;
 };
 void add_memory_options(CLI::App* c, MemoryArgs& a);
 // The lsa flags alone (--indexer, --lsa-*); add_memory_options includes them.
 void add_lsa_options(CLI::App* c, MemoryArgs& a);
 // Parsed and validated; Error(kInvalidArgument) with a clear message otherwise.
 ResidencyOptions residency_options(const MemoryArgs& a);
+// The lsa knobs a Memory Indexer checkpoint settles: metadata "lsa.threshold", "lsa.spread",
+// "lsa.contrast", "lsa.observe", "lsa.observe_top_p", "lsa.observe_spread" (written by
+// train-indexer --set), each taken unless its flag was given; so `--policy lsa` needs no tuning
+// flags for a checkpoint whose settings were measured. Error(kInvalidArgument) naming `where`
+// for a value that is not a number or out of range.
+const std::vector<std::string>& lsa_metadata_keys();
+void apply_lsa_metadata(const std::map<std::string, std::string>& md, const std::set<std::string>& given,
+                        const std::string& where, LsaOptions& o);
+// apply_lsa_metadata with indexer_file's metadata (nothing when the file is "").
+void apply_indexer_lsa(ResidencyOptions& o, const MemoryArgs& a, const std::string& indexer_file);
 // The indexer checkpoint to load for these flags: --indexer, or the one shipped in the source
 // tree's indexers/ for the model file's name when a policy list includes lsa; "" when none is
 // needed. Error(kInvalidArgument) when lsa is asked for and no checkpoint is found.
@@ -204,6 +219,7 @@ struct TrainIndexerArgs {
   std::string out;      // checkpoint (.safetensors)
   std::string evaluate; // score this checkpoint on the test split instead of training
   std::string select;   // write this checkpoint restricted to `layers` to `out` (no data)
+  std::vector<std::string> set;  // with select: lsa.KEY=VALUE settings for the lsa policy
   std::string pooling = "post_rope_mean";
   std::vector<int> layers;
   int min_hits = 0;     // 0: 30 when training, the checkpoint's own with --evaluate

@@ -3,6 +3,10 @@
 #include <cctype>
 #include <cstdio>
 #include <filesystem>
+#include <initializer_list>
+#include <map>
+#include <set>
+#include <utility>
 
 #include "commands.h"
 #include "core/error.h"
@@ -52,6 +56,14 @@ void add_lsa_options(CLI::App* c, MemoryArgs& a) {
                 "lsa: pages either side of an observed page that rank next to it, at 0.9^d of its mass (0: off)")
       ->check(CLI::Range(0, 64))
       ->capture_default_str();
+  // The knobs a checkpoint may settle (apply_indexer_lsa): remember which the user gave.
+  for (const auto& [flag, key] : std::initializer_list<std::pair<const char*, const char*>>{
+           {"--lsa-threshold", "threshold"}, {"--lsa-spread", "spread"}, {"--lsa-contrast", "contrast"},
+           {"--lsa-observe", "observe"}, {"--lsa-observe-top-p", "observe_top_p"},
+           {"--lsa-observe-spread", "observe_spread"}}) {
+    const std::string k = key;
+    c->get_option(flag)->each([&a, k](const std::string&) { a.lsa_given.insert(k); });
+  }
   c->add_option("--lsa-widen-absent", a.lsa_widen_absent,
                 "lsa: widen to full KV when the chosen pages miss more than this share of the observed attention (1: never)")
       ->check(CLI::Range(0.001, 1.0))
@@ -97,6 +109,45 @@ int page_tokens_for(int given, const std::string& indexer_file, bool lsa_wanted)
     return chunk;
   }
   return kDefaultPageTokens;
+}
+
+const std::vector<std::string>& lsa_metadata_keys() {
+  static const std::vector<std::string> keys{"lsa.threshold", "lsa.spread",         "lsa.contrast",
+                                             "lsa.observe",   "lsa.observe_top_p",  "lsa.observe_spread"};
+  return keys;
+}
+
+void apply_lsa_metadata(const std::map<std::string, std::string>& md, const std::set<std::string>& given,
+                        const std::string& where, LsaOptions& o) {
+  for (const std::string& key : lsa_metadata_keys()) {
+    const auto it = md.find(key);
+    const std::string name = key.substr(4);
+    if (it == md.end() || given.count(name)) continue;
+    const std::string& v = it->second;
+    size_t used = 0;
+    try {
+      if (name == "threshold") o.threshold = std::stof(v, &used);
+      else if (name == "spread") o.spread = std::stoi(v, &used);
+      else if (name == "contrast") o.contrast = std::stoi(v, &used);
+      else if (name == "observe") o.observe = std::stoi(v, &used);
+      else if (name == "observe_top_p") o.observe_top_p = std::stof(v, &used);
+      else o.observe_spread = std::stoi(v, &used);
+    } catch (const std::exception&) {
+      used = 0;
+    }
+    FM_CHECK(!v.empty() && used == v.size(), ErrorCode::kInvalidArgument, where, ": metadata ", key, " = '", v,
+             "' is not a number");
+  }
+  try {
+    o.validate();
+  } catch (const Error& e) {
+    FM_FAIL(ErrorCode::kInvalidArgument, where, ": ", e.what());
+  }
+}
+
+void apply_indexer_lsa(ResidencyOptions& o, const MemoryArgs& a, const std::string& indexer_file) {
+  if (indexer_file.empty()) return;
+  apply_lsa_metadata(indexer_metadata(indexer_file), a.lsa_given, indexer_file, o.lsa);
 }
 
 ResidencyOptions residency_options(const MemoryArgs& a) {
