@@ -117,10 +117,15 @@ inline __m256i nibbles(const uint8_t* qs) {
 }
 
 // Σ u_j·s_j over 32 byte pairs (u unsigned ≤ 128, s signed ≥ −127: the int16 pair sums cannot
-// saturate), as 8 int32 lanes converted to float.
+// saturate), as 8 int32 lanes converted to float. With AVX-512 VNNI one vpdpbusd does both
+// steps; each lane is the same sum of four products, so the result is the same.
 inline __m256 dot_u8s8(__m256i u, __m256i s) {
+#if defined(__AVX512VNNI__) && defined(__AVX512VL__)
+  return _mm256_cvtepi32_ps(_mm256_dpbusd_epi32(_mm256_setzero_si256(), u, s));
+#else
   const __m256i p16 = _mm256_maddubs_epi16(u, s);
   return _mm256_cvtepi32_ps(_mm256_madd_epi16(p16, _mm256_set1_epi16(1)));
+#endif
 }
 
 // [x.d, x.s, 0, 0]
