@@ -3,7 +3,8 @@
 // so the two engines can be compared on the same machine and model. With -b B the pp tests
 // prefill B prompts in one forward pass and the tg tests decode B sequences together
 // (Model::forward_batch, one token each per step), reporting aggregate tok/s, as
-// llama-batched-bench does.
+// llama-batched-bench does. Each test first runs once unmeasured (llama-bench's warm-up: first
+// touches of memory, lazy GPU set-up), then -r times; mean ± sd of the measured runs.
 #include <algorithm>
 #include <chrono>
 #include <cmath>
@@ -31,6 +32,8 @@ CLI::App* add_bench_command(CLI::App& app, BenchArgs& a) {
       ->check(CLI::Range(1, 1024));
   c->add_option("-n,--n-gen", a.n_gen, "Decode steps timed at each depth")->check(CLI::Range(1, 1 << 20));
   c->add_option("-r,--reps", a.reps, "Repetitions")->check(CLI::Range(1, 100));
+  c->add_flag("--no-warmup", a.no_warmup,
+              "Measure from the first run (by default each test runs once unmeasured first, as llama-bench does)");
   c->add_option("-t,--threads", a.threads, "CPU threads (0: all cores)")->check(CLI::Range(0, 1024));
   add_backend_option(c, a.backend, a.cpu_dot);
   c->add_option("--kv-type", a.kv_type, "KV cache precision (q8: int8 with one f32 scale per token and kv head)")
@@ -112,7 +115,7 @@ int bench_command(const BenchArgs& a) {
       const int64_t p = prefill[pi];
       const int64_t budget_pages = budget_pages_of[pi];
       std::vector<double> rates;
-      for (int r = 0; r < a.reps; ++r) {
+      for (int r = a.no_warmup ? 0 : -1; r < a.reps; ++r) {  // r = -1: the warm-up, not counted
         // b prompts of p tokens, each into its own store, in one forward pass (its micro-batches
         // share every matrix product; each sequence attends its own KV).
         std::vector<std::vector<int32_t>> toks(static_cast<size_t>(b), std::vector<int32_t>(p));
@@ -128,7 +131,7 @@ int bench_command(const BenchArgs& a) {
         const double t0 = now_s();
         if (b == 1) eng->model().forward(toks[0], kvs[0]->kv, outs[0].data());
         else eng->model().forward_batch(batch);
-        rates.push_back(static_cast<double>(b) * static_cast<double>(p) / (now_s() - t0));
+        if (r >= 0) rates.push_back(static_cast<double>(b) * static_cast<double>(p) / (now_s() - t0));
       }
       const Stat s = stat(rates);
       const std::string under =
@@ -143,7 +146,7 @@ int bench_command(const BenchArgs& a) {
   for (int64_t d : a.depth)
     for (const int b : a.batch) {
       std::vector<double> rates;
-      for (int r = 0; r < a.reps; ++r) {
+      for (int r = a.no_warmup ? 0 : -1; r < a.reps; ++r) {  // r = -1: the warm-up, not counted
         std::vector<std::unique_ptr<FullKv>> kvs;
         std::vector<std::vector<float>> outs(static_cast<size_t>(b), std::vector<float>(mi.n_vocab));
         std::vector<int32_t> next(static_cast<size_t>(b));
@@ -163,7 +166,7 @@ int bench_command(const BenchArgs& a) {
           eng->model().forward_batch(batch);
           for (int s = 0; s < b; ++s) next[s] = argmax(outs[s].data(), mi.n_vocab);
         }
-        rates.push_back(static_cast<double>(b) * a.n_gen / (now_s() - t0));
+        if (r >= 0) rates.push_back(static_cast<double>(b) * a.n_gen / (now_s() - t0));
       }
       const Stat s = stat(rates);
       const std::string seqs = b > 1 ? " × " + std::to_string(b) + " seqs" : "";

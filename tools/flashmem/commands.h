@@ -156,6 +156,7 @@ struct BenchArgs {
   std::vector<int> batch{1};
   int n_gen = 64;
   int reps = 3;
+  bool no_warmup = false;  // every test first runs once unmeasured, as llama-bench does
   std::string backend = "cpu";
   std::string cpu_dot = "q8";
   int threads = 0;
