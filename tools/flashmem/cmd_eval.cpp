@@ -178,8 +178,9 @@ int eval_command(const EvalArgs& a) {
   // The indexer is checked (against the model, and the page size against its chunks) by the
   // first load, before the model's weights are prepared.
   eo.indexer_path = indexer_path(a.memory, a.model, lsa_wanted);
-  eo.page_tokens = page_tokens_for(a.page_tokens, eo.indexer_path, lsa_wanted);
-  for (Run& r : runs) apply_indexer_lsa(r.memory, a.memory, eo.indexer_path);
+  const auto settings = indexer_settings(eo.indexer_path);
+  eo.page_tokens = page_tokens_for(a.page_tokens, settings, eo.indexer_path, lsa_wanted);
+  for (Run& r : runs) apply_lsa_metadata(settings, a.memory.lsa_given, eo.indexer_path, r.memory.lsa);
   auto probe = Engine::load(eo);  // for the trained context and the tokenizer
   const int64_t n_ctx_train = probe->info().n_ctx_train;
   int64_t need_ctx = 0;

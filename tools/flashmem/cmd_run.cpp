@@ -72,8 +72,9 @@ int run_command(const RunArgs& a) {
   EngineOptions eo = engine_options(a);
   eo.n_ctx = a.n_ctx;
   eo.indexer_path = indexer_path(a.memory, a.model, a.memory.policy == "lsa");
-  eo.page_tokens = page_tokens_for(a.page_tokens, eo.indexer_path, a.memory.policy == "lsa");
-  apply_indexer_lsa(memory, a.memory, eo.indexer_path);
+  const auto settings = indexer_settings(eo.indexer_path);
+  eo.page_tokens = page_tokens_for(a.page_tokens, settings, eo.indexer_path, a.memory.policy == "lsa");
+  apply_lsa_metadata(settings, a.memory.lsa_given, eo.indexer_path, memory.lsa);
   eo.host_kv_bytes = static_cast<uint64_t>(a.host_memory_gb * 1e9);
   auto eng = Engine::load(eo);
 

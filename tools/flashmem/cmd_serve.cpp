@@ -66,8 +66,9 @@ int serve_command(const ServeArgs& a) {
       FM_CHECK(memory.policy != "lsa", ErrorCode::kInvalidArgument, "policy lsa needs a Memory Indexer (--indexer FILE)");
     }
   }
-  eo.page_tokens = page_tokens_for(a.page_tokens, eo.indexer_path, memory.policy == "lsa");
-  apply_indexer_lsa(memory, a.memory, eo.indexer_path);
+  const auto settings = indexer_settings(eo.indexer_path);
+  eo.page_tokens = page_tokens_for(a.page_tokens, settings, eo.indexer_path, memory.policy == "lsa");
+  apply_lsa_metadata(settings, a.memory.lsa_given, eo.indexer_path, memory.lsa);
   eo.device_kv_bytes = static_cast<uint64_t>(a.kv_memory_gb * 1e9);  // the reserve never outgrows admission
   auto eng = Engine::load(eo);
   server::ServeOptions so;

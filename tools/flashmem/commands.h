@@ -57,17 +57,19 @@ ResidencyOptions residency_options(const MemoryArgs& a);
 const std::vector<std::string>& lsa_metadata_keys();
 void apply_lsa_metadata(const std::map<std::string, std::string>& md, const std::set<std::string>& given,
                         const std::string& where, LsaOptions& o);
-// apply_lsa_metadata with indexer_file's metadata (nothing when the file is "").
-void apply_indexer_lsa(ResidencyOptions& o, const MemoryArgs& a, const std::string& indexer_file);
 // The indexer checkpoint to load for these flags: --indexer, or the one shipped in the source
 // tree's indexers/ for the model file's name when a policy list includes lsa; "" when none is
 // needed. Error(kInvalidArgument) when lsa is asked for and no checkpoint is found.
 std::string indexer_path(const MemoryArgs& a, const std::string& model_path, bool lsa_wanted);
+// The metadata of the indexer checkpoint a command loads (empty when indexer_file is ""): read
+// once, for page_tokens_for and apply_lsa_metadata.
+std::map<std::string, std::string> indexer_settings(const std::string& indexer_file);
 // Tokens per KV page when --page-tokens is not given (0): with lsa, the indexer's chunk size
-// (the configuration lsa was measured at, docs/accuracy.md: pages and chunks align), otherwise
-// kDefaultPageTokens. Error(kInvalidArgument) for an indexer without a valid chunk size.
-constexpr int kDefaultPageTokens = 64;
-int page_tokens_for(int given, const std::string& indexer_file, bool lsa_wanted);
+// (md: its metadata; the configuration lsa was measured at, docs/accuracy.md: pages and chunks
+// align), otherwise EngineOptions' default. Error(kInvalidArgument) naming `where` for an indexer
+// without a valid chunk size.
+int page_tokens_for(int given, const std::map<std::string, std::string>& md, const std::string& where,
+                    bool lsa_wanted);
 // Human-readable footprint table (run --kv-report).
 void print_kv_report(std::FILE* out, const KvReport& r);
 // The same, machine-readable (bytes, by category, final and peak).
@@ -88,7 +90,7 @@ EngineOptions engine_options(const Args& a) {
   eo.backend = a.backend;
   eo.cpu_dot = parse_cpu_dot(a.cpu_dot);
   eo.kv_type = parse_kv_type(a.kv_type);
-  eo.page_tokens = a.page_tokens > 0 ? a.page_tokens : kDefaultPageTokens;  // lsa: page_tokens_for
+  if (a.page_tokens > 0) eo.page_tokens = a.page_tokens;  // else EngineOptions' default; lsa: page_tokens_for
   return eo;
 }
 

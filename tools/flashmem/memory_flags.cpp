@@ -56,7 +56,7 @@ void add_lsa_options(CLI::App* c, MemoryArgs& a) {
                 "lsa: pages either side of an observed page that rank next to it, at 0.9^d of its mass (0: off)")
       ->check(CLI::Range(0, 64))
       ->capture_default_str();
-  // The knobs a checkpoint may settle (apply_indexer_lsa): remember which the user gave.
+  // The knobs a checkpoint may settle (apply_lsa_metadata): remember which the user gave.
   for (const auto& [flag, key] : std::initializer_list<std::pair<const char*, const char*>>{
            {"--lsa-threshold", "threshold"}, {"--lsa-spread", "spread"}, {"--lsa-contrast", "contrast"},
            {"--lsa-observe", "observe"}, {"--lsa-observe-top-p", "observe_top_p"},
@@ -92,23 +92,28 @@ std::string indexer_path(const MemoryArgs& a, const std::string& model_path, boo
           stem, "' in indexers/ (train one with flashmem dump + flashmem train-indexer)");
 }
 
-int page_tokens_for(int given, const std::string& indexer_file, bool lsa_wanted) {
+std::map<std::string, std::string> indexer_settings(const std::string& indexer_file) {
+  if (indexer_file.empty()) return {};
+  return indexer_metadata(indexer_file);
+}
+
+int page_tokens_for(int given, const std::map<std::string, std::string>& md, const std::string& where,
+                    bool lsa_wanted) {
   if (given > 0) return given;
-  if (lsa_wanted && !indexer_file.empty()) {
-    const auto meta = indexer_metadata(indexer_file);
-    const auto it = meta.find("chunk_tokens");
-    FM_CHECK(it != meta.end(), ErrorCode::kInvalidArgument, "the indexer ", indexer_file,
+  if (lsa_wanted && !md.empty()) {
+    const auto it = md.find("chunk_tokens");
+    FM_CHECK(it != md.end(), ErrorCode::kInvalidArgument, "the indexer ", where,
              " names no chunk_tokens in its metadata");
     int chunk = 0;
     try {
       chunk = std::stoi(it->second);
     } catch (const std::exception&) {
     }
-    FM_CHECK(chunk >= 1 && chunk <= 4096, ErrorCode::kInvalidArgument, "the indexer ", indexer_file,
+    FM_CHECK(chunk >= 1 && chunk <= 4096, ErrorCode::kInvalidArgument, "the indexer ", where,
              " has chunk_tokens '", it->second, "'");
     return chunk;
   }
-  return kDefaultPageTokens;
+  return EngineOptions{}.page_tokens;
 }
 
 const std::vector<std::string>& lsa_metadata_keys() {
@@ -143,11 +148,6 @@ void apply_lsa_metadata(const std::map<std::string, std::string>& md, const std:
   } catch (const Error& e) {
     FM_FAIL(ErrorCode::kInvalidArgument, where, ": ", e.what());
   }
-}
-
-void apply_indexer_lsa(ResidencyOptions& o, const MemoryArgs& a, const std::string& indexer_file) {
-  if (indexer_file.empty()) return;
-  apply_lsa_metadata(indexer_metadata(indexer_file), a.lsa_given, indexer_file, o.lsa);
 }
 
 ResidencyOptions residency_options(const MemoryArgs& a) {
