@@ -70,20 +70,14 @@ __global__ void attention_kernel(DevAttention p, const float* q, const int32_t* 
     }
   }
   // Merge the lanes' states.
-  float gm = mx;
-#pragma unroll
-  for (int o = 16; o > 0; o >>= 1) gm = fmaxf(gm, __shfl_xor_sync(0xffffffffu, gm, o));
+  const float gm = warp_max(mx);
   const float w = mx == -INFINITY ? 0.0f : expf(mx - gm);
-  l *= w;
-#pragma unroll
-  for (int o = 16; o > 0; o >>= 1) l += __shfl_xor_sync(0xffffffffu, l, o);
+  l = warp_sum(l * w);
   float* oh = out + warp * HD;
   const float inv = l > 0.0f ? 1.0f / l : 0.0f;
 #pragma unroll
   for (int c = 0; c < HD; ++c) {
-    float a = acc[c] * w;
-#pragma unroll
-    for (int o = 16; o > 0; o >>= 1) a += __shfl_xor_sync(0xffffffffu, a, o);
+    const float a = warp_sum(acc[c] * w);
     if (lane == (c & 31)) oh[c] = a * inv;
   }
   if (lse && lane == 0) lse[warp] = l > 0.0f ? gm + logf(l) : -INFINITY;
@@ -175,9 +169,7 @@ attention_tiled_kernel(DevAttention p, const float* q, const int32_t* pos, int64
       for (int r = 0; r < kRowsPerWarp; ++r) {
         const bool ok = lane < nk && kpos <= qpos[r];
         float v = ok ? s[r] : -INFINITY;
-        float tmax = v;
-#pragma unroll
-        for (int o = 16; o > 0; o >>= 1) tmax = fmaxf(tmax, __shfl_xor_sync(0xffffffffu, tmax, o));
+        const float tmax = warp_max(v);
         float e = 0.0f;
         if (tmax != -INFINITY) {  // warp-uniform
           if (tmax > mx[r]) {
@@ -210,9 +202,7 @@ attention_tiled_kernel(DevAttention p, const float* q, const int32_t* pos, int64
 #pragma unroll
   for (int r = 0; r < kRowsPerWarp; ++r) {
     const int64_t i = row0 + wid * kRowsPerWarp + r;
-    float sum = l[r];
-#pragma unroll
-    for (int o = 16; o > 0; o >>= 1) sum += __shfl_xor_sync(0xffffffffu, sum, o);
+    const float sum = warp_sum(l[r]);
     if (i >= m) continue;
     const int64_t item = i * p.n_heads + h;
     const float inv = sum > 0.0f ? 1.0f / sum : 0.0f;

@@ -25,17 +25,6 @@ __host__ __device__ inline int split_pages(int n, int pt) {
   return even > least ? even : least;
 }
 
-__device__ inline float warp_max(float v) {
-#pragma unroll
-  for (int o = 16; o > 0; o >>= 1) v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, o));
-  return v;
-}
-__device__ inline float warp_sum(float v) {
-#pragma unroll
-  for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
-  return v;
-}
-
 // N consecutive stored elements of one K/V row, as loaded (one load where they fit 16 bytes).
 template <int KV, int N>
 struct alignas(N * kv_elem_bytes(KV) < 16 ? N * kv_elem_bytes(KV) : 16) Run {

@@ -69,13 +69,25 @@ __device__ inline void store_kv(const DevAttention& p, void* k_page, void* v_pag
   }
 }
 
+// The maximum and the sum of v over the 32 lanes of a warp (every lane gets it; xor butterfly).
+__device__ inline float warp_max(float v) {
+#pragma unroll
+  for (int o = 16; o > 0; o >>= 1) v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, o));
+  return v;
+}
+__device__ inline float warp_sum(float v) {
+#pragma unroll
+  for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
+  return v;
+}
+
 // One warp folds the n partial results of one (row, head): outputs po[c·head_dim …] (normalised)
 // with log-sum-exps pl[c], into oh[head_dim]; returns the fold's log-sum-exp (−inf, and oh = 0,
 // when no part saw a key). Every lane returns it.
 __device__ inline float fold_partials(const float* pl, const float* po, int n, int head_dim, int lane, float* oh) {
   float mx = -INFINITY;
   for (int c = lane; c < n; c += 32) mx = fmaxf(mx, pl[c]);
-  for (int o = 16; o > 0; o >>= 1) mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, o));
+  mx = warp_max(mx);
   if (mx == -INFINITY) {
     for (int d = lane; d < head_dim; d += 32) oh[d] = 0.0f;
     return -INFINITY;
