@@ -205,27 +205,24 @@ class LlamaModel final : public Model {
     for (int l = 0; l < info_.n_layers; ++l) {
       const LayerWeights& w = layers_[l];
       // Attention block.
-      be_.rms_norm(x_f(), w.attn_norm, m, d, info_.rms_eps, xn_f());
-      for (int64_t at = 0; const Piece& p : pieces) {
-        at += static_cast<int64_t>(p.tokens.size());
-        if (p.tap) observe(*p.tap, l, pos_[at - 1], xn_f() + (at - 1) * d);
-      }
       {
         const WeightMatrix* ws[3] = {&w.wq, &w.wk, &w.wv};
         float* ys[3] = {q_f(), k_f(), v_f()};
-        be_.matmul_n(ws, xn_f(), m, ys);
+        be_.rms_norm_matmul_n(x_f(), w.attn_norm, m, info_.rms_eps, xn_f(), ws, ys);
+        for (int64_t at = 0; const Piece& p : pieces) {
+          at += static_cast<int64_t>(p.tokens.size());
+          if (p.tap) observe(*p.tap, l, pos_[at - 1], xn_f() + (at - 1) * d);
+        }
         if (w.bq) {
           be_.add_rows(q_f(), w.bq, m, int64_t{info_.n_heads} * hd);
           be_.add_rows(k_f(), w.bk, m, int64_t{info_.n_kv_heads} * hd);
           be_.add_rows(v_f(), w.bv, m, int64_t{info_.n_kv_heads} * hd);
         }
       }
-      be_.rope_qk(q_f(), k_f(), m, info_.n_heads, info_.n_kv_heads, hd, pos_.data(), info_.rope);
       attend_layer(l, pieces, m);
       be_.matmul_add(w.wo, attn_f(), m, x_f(), tmp_f());
       // MLP block (SwiGLU).
-      be_.rms_norm(x_f(), w.ffn_norm, m, d, info_.rms_eps, xn_f());
-      be_.matmul_swiglu(w.w_gate, w.w_up, xn_f(), m, gate_f(), up_f());
+      be_.rms_norm_matmul_swiglu(x_f(), w.ffn_norm, m, info_.rms_eps, xn_f(), w.w_gate, w.w_up, gate_f(), up_f());
       be_.matmul_add(w.w_down, gate_f(), m, x_f(), tmp_f());
     }
     // Logits go to host memory: computed in place on the CPU, downloaded from a device. Every
@@ -271,9 +268,10 @@ class LlamaModel final : public Model {
     }
   }
 
-  // Each sequence writes its new K/V and attends its own KV. Decode rows (one token, a store that
-  // serves the batched path, the first such row's page layout) are written in one launch and
-  // attended in one; the others go through append / attend, one sequence at a time.
+  // RoPE, then each sequence writes its new K/V and attends its own KV. Decode rows (one token, a
+  // store that serves the batched path, the first such row's page layout) are written in one
+  // launch and attended in one (when every row is such a row, the RoPE is in the same launch as
+  // the write); the others go through append / attend, one sequence at a time.
   void attend_layer(int l, std::span<const Piece> pieces, int64_t m) {
     const int hd = info_.head_dim;
     const int64_t qd = int64_t{info_.n_heads} * hd, kvd = int64_t{info_.n_kv_heads} * hd;
@@ -290,7 +288,13 @@ class LlamaModel final : public Model {
       if (!any) ap0 = ap;
       any = true;
     }
-    if (any) be_.write_kv_rows(ap0, slots_, k_f(), v_f());
+    const bool all = any && std::all_of(batched_.begin(), batched_.end(), [](char b) { return b != 0; });
+    if (all) {
+      be_.rope_write_kv_rows(ap0, info_.rope, pos_.data(), slots_, q_f(), k_f(), v_f());
+    } else {
+      be_.rope_qk(q_f(), k_f(), m, info_.n_heads, info_.n_kv_heads, hd, pos_.data(), info_.rope);
+      if (any) be_.write_kv_rows(ap0, slots_, k_f(), v_f());
+    }
     for (size_t i = 0, at = 0; i < pieces.size(); at += pieces[i].tokens.size(), ++i) {
       const Piece& p = pieces[i];
       if (batched_[i]) p.kv->commit_token(l);

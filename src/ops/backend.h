@@ -213,6 +213,20 @@ class Backend {
     matmul_n(ws, x, m, ys);
     swiglu(gate_out, up_tmp, m * gate.rows, gate_out);
   }
+  // The pre-norm decoder's two products that follow an RMSNorm, the norm included: xn =
+  // rms_norm(x, norm_w) (as rms_norm writes it, [m × ws[0]->cols]), then matmul_n / matmul_swiglu
+  // of xn. A backend may run the norm inside the product's launch (xn is written all the same).
+  virtual void rms_norm_matmul_n(const float* x, const float* norm_w, int64_t m, float eps, float* xn,
+                                 std::span<const WeightMatrix* const> ws, std::span<float* const> ys) {
+    rms_norm(x, norm_w, m, ws[0]->cols, eps, xn);
+    matmul_n(ws, xn, m, ys);
+  }
+  virtual void rms_norm_matmul_swiglu(const float* x, const float* norm_w, int64_t m, float eps, float* xn,
+                                      const WeightMatrix& gate, const WeightMatrix& up, float* gate_out,
+                                      float* up_tmp) {
+    rms_norm(x, norm_w, m, gate.cols, eps, xn);
+    matmul_swiglu(gate, up, xn, m, gate_out, up_tmp);
+  }
   // out[i] = row ids[i] of the embedding table w (dequantised)
   virtual void get_rows(const WeightMatrix& w, const int32_t* ids, int64_t m, float* out) = 0;
   // y = x / rms(x) * weight, per row of n
@@ -278,6 +292,13 @@ class Backend {
       if (slots[i].k)
         write_kv(p, slots[i].k, slots[i].v, slots[i].slot, 1, k + static_cast<int64_t>(i) * row,
                v + static_cast<int64_t>(i) * row);
+  }
+  // rope_qk of q and k (m = slots.size() rows at pos), then write_kv_rows of the roped k and v
+  // (the decode step's K/V write with its rotary embedding): one launch where a backend can.
+  virtual void rope_write_kv_rows(const AttentionParams& p, const RopeParams& rp, const int32_t* pos,
+                                  std::span<const KvSlotRef> slots, float* q, float* k, const float* v) {
+    rope_qk(q, k, static_cast<int64_t>(slots.size()), p.n_heads, p.n_kv_heads, p.head_dim, pos, rp);
+    write_kv_rows(p, slots, k, v);
   }
   // Attention probabilities of one query token q [n_heads × head_dim] at position pos, summed
   // per chunk of chunk_tokens positions (chunk c = positions [c·chunk_tokens, (c+1)·chunk_tokens)):

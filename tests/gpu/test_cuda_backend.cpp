@@ -251,6 +251,36 @@ void test_matmul(CudaBackend& g, CpuBackend& c, std::mt19937& rng) {
         g.matmul_swiglu(pq, pu, dx.as<float>(), m, dg.as<float>(), du.as<float>());
         close(to_host<float>(g, dg, gate.size()), gate, 1e-5, "matmul_swiglu " + tag);
       }
+      {  // the RMSNorm inside the product's launch: xn as rms_norm writes it, products as from xn
+        auto nw = randv(cols, rng, 0.5f, 1.5f);
+        auto dnw = to_dev(g, nw);
+        std::vector<float> xn(m * cols), q(m * r1), k(m * r2), v(m * r2), gate(m * r1), up(m * r1);
+        const WeightMatrix* ws[3] = {&wq, &wk, &wv};
+        float* ys[3] = {q.data(), k.data(), v.data()};
+        c.rms_norm_matmul_n(x.data(), nw.data(), m, 1e-5f, xn.data(), ws, ys);
+        c.rms_norm_matmul_swiglu(x.data(), nw.data(), m, 1e-5f, xn.data(), wq, wu, gate.data(), up.data());
+        BackendBuffer dxn(g, xn.size() * 4), dxn2(g, xn.size() * 4), dq(g, q.size() * 4), dk(g, k.size() * 4),
+            dv(g, v.size() * 4), dg(g, gate.size() * 4), du(g, up.size() * 4);
+        const WeightMatrix* pws[3] = {&pq, &pk, &pv};
+        float* dys[3] = {dq.as<float>(), dk.as<float>(), dv.as<float>()};
+        g.rms_norm_matmul_n(dx.as<float>(), dnw.as<float>(), m, 1e-5f, dxn.as<float>(), pws, dys);
+        close(to_host<float>(g, dxn, xn.size()), xn, 1e-6, "rms_norm_matmul_n xn " + tag);
+        close(to_host<float>(g, dq, q.size()), q, 1e-5, "rms_norm_matmul_n q " + tag);
+        close(to_host<float>(g, dk, k.size()), k, 1e-5, "rms_norm_matmul_n k " + tag);
+        close(to_host<float>(g, dv, v.size()), v, 1e-5, "rms_norm_matmul_n v " + tag);
+        g.rms_norm_matmul_swiglu(dx.as<float>(), dnw.as<float>(), m, 1e-5f, dxn2.as<float>(), pq, pu, dg.as<float>(),
+                                 du.as<float>());
+        close(to_host<float>(g, dxn2, xn.size()), xn, 1e-6, "rms_norm_matmul_swiglu xn " + tag);
+        close(to_host<float>(g, dg, gate.size()), gate, 1e-5, "rms_norm_matmul_swiglu " + tag);
+        if (m == 5) {  // row 2 of the batch, alone: the same bits (the norm is the row's own)
+          BackendBuffer xn1(g, cols * 4), q1(g, r1 * 4), k1(g, r2 * 4), v1(g, r2 * 4);
+          float* ys1[3] = {q1.as<float>(), k1.as<float>(), v1.as<float>()};
+          g.rms_norm_matmul_n(dx.as<float>() + 2 * cols, dnw.as<float>(), 1, 1e-5f, xn1.as<float>(), pws, ys1);
+          const auto all = to_host<float>(g, dq, q.size()), one = to_host<float>(g, q1, r1);
+          check(std::equal(one.begin(), one.end(), all.begin() + 2 * r1),
+                "rms_norm_matmul_n: a row alone equals the same row in a batch of 5, " + name);
+        }
+      }
       {
         auto y = randv(m * r1, rng);
         std::vector<float> want = y, tmp(m * r1);
@@ -455,6 +485,41 @@ void test_decode_batch(CudaBackend& g, CpuBackend& c, std::mt19937& rng) {
     bool same = true;
     for (int j = 0; j < 3; ++j) same = same && to_host<uint8_t>(g, pages[j], 2 * half) == want[j];
     check(same, std::string("write_kv_rows bit-identical to the CPU's write_kv (") + kv_type_name(t) + ")");
+    // rope_write_kv_rows: the bits of rope_qk then write_kv_rows, the RoPE close to the CPU's.
+    for (const auto& [n_rot, neox] : {std::pair{64, false}, std::pair{64, true}, std::pair{32, false}}) {
+      RopeParams rp;
+      rp.n_rot = n_rot;
+      rp.freq_base = 10000.0f;
+      rp.neox = neox;
+      const std::string tag = std::string(kv_type_name(t)) + " n_rot " + std::to_string(n_rot) + (neox ? " neox" : "");
+      const std::vector<int32_t> pos{5, 100, 7, 4000};
+      auto q = randv(4 * 9 * 64, rng, -3.0f, 3.0f);
+      std::vector<BackendBuffer> pa, pb;
+      std::vector<KvSlotRef> sa(4), sb(4);
+      for (int j = 0; j < 3; ++j) {
+        pa.emplace_back(g, 2 * half);
+        pb.emplace_back(g, 2 * half);
+        g.fill_zero(pa.back().get(), 2 * half);
+        g.fill_zero(pb.back().get(), 2 * half);
+      }
+      for (int i = 0; i < 4; ++i) {
+        if (page_of[i] < 0) continue;
+        sa[i] = KvSlotRef{pa[page_of[i]].get(), pa[page_of[i]].as<uint8_t>() + half, slot_of[i]};
+        sb[i] = KvSlotRef{pb[page_of[i]].get(), pb[page_of[i]].as<uint8_t>() + half, slot_of[i]};
+      }
+      auto qa = to_dev(g, q), ka = to_dev(g, k), qb = to_dev(g, q), kb = to_dev(g, k);
+      g.rope_qk(qa.as<float>(), ka.as<float>(), 4, 9, 3, 64, pos.data(), rp);
+      g.write_kv_rows(p, sa, ka.as<float>(), dv.as<float>());
+      g.rope_write_kv_rows(p, rp, pos.data(), sb, qb.as<float>(), kb.as<float>(), dv.as<float>());
+      bool bits = to_host<float>(g, qa, q.size()) == to_host<float>(g, qb, q.size()) &&
+                  to_host<float>(g, ka, k.size()) == to_host<float>(g, kb, k.size());
+      for (int j = 0; j < 3; ++j) bits = bits && to_host<uint8_t>(g, pa[j], 2 * half) == to_host<uint8_t>(g, pb[j], 2 * half);
+      check(bits, "rope_write_kv_rows: the bits of rope_qk then write_kv_rows, " + tag);
+      std::vector<float> wq = q, wk = k;
+      c.rope_qk(wq.data(), wk.data(), 4, 9, 3, 64, pos.data(), rp);
+      close(to_host<float>(g, qb, q.size()), wq, 1e-6, "rope_write_kv_rows q against the CPU, " + tag);
+      close(to_host<float>(g, kb, k.size()), wk, 1e-6, "rope_write_kv_rows k against the CPU, " + tag);
+    }
   }
 }
 

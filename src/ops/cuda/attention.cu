@@ -212,15 +212,15 @@ attention_tiled_kernel(DevAttention p, const float* q, const int32_t* pos, int64
   }
 }
 
-// One warp per item: folds its n_chunks partial results (normalised, with lse) into out/lse.
-__global__ void combine_kernel(int64_t items, int n_chunks, int head_dim, const float* part_o,
-                               const float* part_lse, float* out, float* lse) {
-  const int lane = threadIdx.x & 31;
-  const int64_t item = static_cast<int64_t>(blockIdx.x) * kWarps + (threadIdx.x >> 5);
-  if (item >= items) return;
+// One block (kFoldThreads) per item: folds its n_chunks partial results (normalised, with lse)
+// into out/lse.
+static_assert(kSplitWarps <= kFoldMaxParts, "a row's chunks must fit the fold");
+__global__ void __launch_bounds__(kFoldThreads)
+combine_kernel(int n_chunks, int head_dim, const float* part_o, const float* part_lse, float* out, float* lse) {
+  const int64_t item = blockIdx.x;
   const float l = fold_partials(part_lse + item * n_chunks, part_o + item * n_chunks * head_dim, n_chunks, head_dim,
-                                lane, out + item * head_dim);
-  if (lse && lane == 0) lse[item] = l;
+                                out + item * head_dim);
+  if (lse && threadIdx.x == 0) lse[item] = l;
 }
 
 // One block per row, one thread per dim.
@@ -390,8 +390,8 @@ cudaError_t attention(const DevAttention& p, const float* q, const int32_t* pos,
   if (n_chunks > 1) {
     const cudaError_t e = cudaGetLastError();
     if (e != cudaSuccess) return e;
-    combine_kernel<<<static_cast<unsigned>((items + kWarps - 1) / kWarps), threads, 0, s>>>(
-        items, n_chunks, p.head_dim, part_o, part_lse, out, lse);
+    combine_kernel<<<static_cast<unsigned>(items), kFoldThreads, 0, s>>>(n_chunks, p.head_dim, part_o, part_lse,
+                                                                      out, lse);
   }
   return cudaGetLastError();
 }

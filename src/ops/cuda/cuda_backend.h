@@ -23,6 +23,8 @@
 
 namespace flashmem::cuda {
 struct DevPage;  // ops/cuda/attention.cuh
+struct DevSlot;  // ops/cuda/decode_attention.cuh
+struct DecodeSlots;
 }
 
 namespace flashmem {
@@ -60,6 +62,11 @@ class CudaBackend final : public Backend {
   void matmul_add(const WeightMatrix& w, const float* x, int64_t m, float* y, float* tmp) override;
   void matmul_swiglu(const WeightMatrix& gate, const WeightMatrix& up, const float* x, int64_t m,
                      float* gate_out, float* up_tmp) override;
+  void rms_norm_matmul_n(const float* x, const float* norm_w, int64_t m, float eps, float* xn,
+                         std::span<const WeightMatrix* const> ws, std::span<float* const> ys) override;
+  void rms_norm_matmul_swiglu(const float* x, const float* norm_w, int64_t m, float eps, float* xn,
+                              const WeightMatrix& gate, const WeightMatrix& up, float* gate_out,
+                              float* up_tmp) override;
   void get_rows(const WeightMatrix& w, const int32_t* ids, int64_t m, float* out) override;
   void rms_norm(const float* x, const float* weight, int64_t m, int64_t n, float eps,
                 float* y) override;
@@ -85,14 +92,23 @@ class CudaBackend final : public Backend {
                       float* out) override;
   void write_kv_rows(const AttentionParams& p, std::span<const KvSlotRef> slots, const float* k,
                      const float* v) override;
+  void rope_write_kv_rows(const AttentionParams& p, const RopeParams& rp, const int32_t* pos,
+                          std::span<const KvSlotRef> slots, float* q, float* k, const float* v) override;
 
  private:
   // Uploads host positions unless the device copy already holds the same values.
   const int32_t* device_positions(const int32_t* pos, int64_t m);
   // The page list in device memory (DevPage has KvPageRef's layout), in a kept scratch buffer.
   const cuda::DevPage* device_pages(std::span<const KvPageRef> pages);
+  // The slots of a K/V write (checked against the page size): into `inl`, returning nullptr,
+  // when they fit a launch's parameters, else staged in device-readable memory.
+  const cuda::DevSlot* device_slots(const AttentionParams& p, std::span<const KvSlotRef> slots,
+                                    cuda::DecodeSlots& inl);
   // Whether w goes through the GEMV for m rows of x.
   bool use_matvec(const WeightMatrix& w, const float* x, int64_t m) const;
+  // Whether the weights ws go through one GEMV launch for m rows of x (1 to 3 of one type and
+  // width, each taking the GEMV).
+  bool use_matvec_n(std::span<const WeightMatrix* const> ws, const float* x, int64_t m) const;
   // y (=, or += when accumulate) x · wᵀ through cuBLAS: f32 weights directly, others a tile of
   // rows at a time dequantised into wtile_.
   void gemm(const WeightMatrix& w, const float* x, int64_t m, float* y, bool accumulate);

@@ -3,6 +3,7 @@
 #include <algorithm>
 
 #include "ops/cuda/kv_access.cuh"
+#include "ops/cuda/rope.cuh"
 
 namespace flashmem::cuda {
 
@@ -39,10 +40,21 @@ struct alignas(N * kv_elem_bytes(KV) < 16 ? N * kv_elem_bytes(KV) : 16) Run {
 // token-major: the warp reads one slot's whole head row at a time). No block-wide barrier until
 // the warps' results are folded at the end. GP: the group size rounded up to 2, 4 or 8 (the
 // padded heads have zero queries and are never written).
+// The batch's row and page lists, from the launch's parameters or from memory (DecodeBatch).
+struct BatchPtrs {
+  const int32_t* pos;
+  const int32_t* page_begin;
+  const DevPage* pages;
+};
+
 template <int HD, int KV, int GP>
 __global__ void __launch_bounds__(kThreads)
-decode_attention_kernel(DevAttention p, const float* q, const int32_t* pos, const int32_t* page_begin,
-                        const DevPage* pages, int splits, float* out, float* part_o, float* part_lse) {
+decode_attention_kernel(DevAttention p, const float* q, const __grid_constant__ DecodeRows inl_rows,
+                        const __grid_constant__ DecodePages inl_pages, BatchPtrs b, int splits, float* out,
+                        float* part_o, float* part_lse) {
+  const int32_t* pos = b.pos ? b.pos : inl_rows.pos;
+  const int32_t* page_begin = b.page_begin ? b.page_begin : inl_rows.page_begin;
+  const DevPage* pages = b.pages ? b.pages : inl_pages.pages;
   constexpr int DPL = HD / 32;  // output dims per lane
   constexpr int BPE = kv_elem_bytes(KV);
   __shared__ __align__(16) float qs[GP][HD];
@@ -214,27 +226,27 @@ decode_attention_kernel(DevAttention p, const float* q, const int32_t* pos, cons
   }
 }
 
-// One warp per (row, head): folds the row's splits by their lse (part rows are `stride` apart);
-// rows of one split (written directly) or no pages are skipped.
-__global__ void decode_combine_kernel(int64_t items, int n_heads, int stride, int head_dim, int page_tokens,
-                                      const int32_t* page_begin, const float* part_o,
-                                      const float* part_lse, float* out) {
-  const int lane = threadIdx.x & 31;
-  const int64_t item = static_cast<int64_t>(blockIdx.x) * (blockDim.x / 32) + (threadIdx.x >> 5);
-  if (item >= items) return;
+// One block (kFoldThreads) per (row, head): folds the row's splits by their lse (part rows are
+// `stride` apart); rows of one split (written directly) or no pages are skipped.
+static_assert(kMaxSplits <= kFoldMaxParts, "a row's splits must fit the fold");
+__global__ void __launch_bounds__(kFoldThreads)
+decode_combine_kernel(int n_heads, int stride, int head_dim, int page_tokens, const __grid_constant__ DecodeRows inl,
+                      const int32_t* begin_ptr, const float* part_o, const float* part_lse, float* out) {
+  const int32_t* page_begin = begin_ptr ? begin_ptr : inl.page_begin;
+  const int64_t item = blockIdx.x;
   const int64_t i = item / n_heads;
   const int n = page_begin[i + 1] - page_begin[i];
   const int pps = split_pages(n, page_tokens);
   if (n <= pps) return;
   const int splits = (n + pps - 1) / pps;
-  fold_partials(part_lse + item * stride, part_o + item * stride * head_dim, splits, head_dim, lane,
-                out + item * head_dim);
+  fold_partials(part_lse + item * stride, part_o + item * stride * head_dim, splits, head_dim, out + item * head_dim);
 }
 
 // One thread per (row, kv head, dim).
 template <int KV>
-__global__ void write_kv_rows_kernel(DevAttention p, const DevSlot* slots, int64_t m, const float* k,
-                                     const float* v) {
+__global__ void write_kv_rows_kernel(DevAttention p, const __grid_constant__ DecodeSlots inl, const DevSlot* slot_ptr,
+                                     int64_t m, const float* k, const float* v) {
+  const DevSlot* slots = slot_ptr ? slot_ptr : inl.slots;
   const int hd = p.head_dim, nh = p.n_kv_heads;
   const int64_t idx = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
   if (idx >= m * nh * hd) return;
@@ -243,6 +255,48 @@ __global__ void write_kv_rows_kernel(DevAttention p, const DevSlot* slots, int64
   const DevSlot sl = slots[idx / (int64_t{hd} * nh)];
   if (!sl.k) return;
   store_kv<KV>(p, sl.k, sl.v, sl.slot, h, c, k + (idx - c), v + (idx - c));
+}
+
+// One thread per (row, head, dim); a row's heads are its n_heads q heads, then n_kv_heads k
+// heads, then n_kv_heads v heads. A rotated pair is done by the thread of its first dim (both
+// dims, in place, and for k into the slot); k's unrotated dims and v are copied into the slot.
+template <int KV>
+__global__ void rope_write_kv_rows_kernel(DevAttention p, DevRope r, const __grid_constant__ DecodeSlots inl,
+                                          const DevSlot* slot_ptr, const int32_t* pos_ptr, int64_t m, float* q,
+                                          float* k, const float* v) {
+  const DevSlot* slots = slot_ptr ? slot_ptr : inl.slots;
+  const int32_t* pos = slot_ptr ? pos_ptr : inl.pos;
+  const int hd = p.head_dim, nq = p.n_heads, nk = p.n_kv_heads, heads = nq + 2 * nk;
+  const int64_t idx = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
+  if (idx >= m * heads * hd) return;
+  const int c = static_cast<int>(idx % hd);
+  const int h = static_cast<int>((idx / hd) % heads);
+  const int64_t row = idx / (int64_t{hd} * heads);
+  const DevSlot sl = slots[row];
+  if (h >= nq + nk) {  // v
+    const int g = h - nq - nk;
+    if (sl.k) store_kv_elem<KV>(sl.v, g * p.head_stride + int64_t{sl.slot} * hd + c, v[(row * nk + g) * hd + c]);
+    return;
+  }
+  const bool is_k = h >= nq;
+  const int g = h - nq;
+  float* x = is_k ? k + (row * nk + g) * hd : q + (row * nq + h) * hd;
+  auto to_slot = [&](int d, float val) {
+    if (is_k && sl.k) store_kv_elem<KV>(sl.k, g * p.head_stride + int64_t{d} * p.page_tokens + sl.slot, val);
+  };
+  if (c >= r.n_rot) return to_slot(c, x[c]);
+  const int half = r.n_rot / 2;
+  const bool first = r.neox ? c < half : c % 2 == 0;
+  if (!first) return;
+  const int i = r.neox ? c : c / 2;
+  int i0, i1;
+  rope_pair_dims(i, r.n_rot, r.neox, i0, i1);
+  float a = x[i0], b = x[i1];
+  rope_rotate(pos[row], i, r.n_rot, r.freq_base, r.freq_scale, a, b);
+  x[i0] = a;
+  x[i1] = b;
+  to_slot(i0, a);
+  to_slot(i1, b);
 }
 
 }  // namespace
@@ -259,16 +313,21 @@ int decode_attention_splits(const DevAttention& p, int max_pages) {
   return (max_pages + pps - 1) / pps;
 }
 
-cudaError_t decode_attention(const DevAttention& p, const float* q, const int32_t* pos, int64_t m,
-                             const int32_t* page_begin, const DevPage* pages, int max_pages, int splits,
-                             float* out, float* part_o, float* part_lse, cudaStream_t s) {
-  if (!decode_attention_supported(p) || splits < 1 || m > 65535 || (splits > 1 && (!part_o || !part_lse)))
+cudaError_t decode_attention(const DevAttention& p, const float* q, int64_t m, const DecodeBatch& b, int max_pages,
+                             int splits, float* out, float* part_o, float* part_lse, cudaStream_t s) {
+  if (!decode_attention_supported(p) || splits < 1 || m > 65535 || (splits > 1 && (!part_o || !part_lse)) ||
+      (b.rows ? m > kInlineRows : !b.pos || !b.page_begin) || (!b.inline_pages && !b.pages))
     return cudaErrorInvalidValue;
   if (m <= 0 || max_pages <= 0) return cudaSuccess;
+  static const DecodeRows no_rows{};
+  static const DecodePages no_pages{};
+  const DecodeRows& rows = b.rows ? *b.rows : no_rows;
+  const DecodePages& pgs = b.inline_pages ? *b.inline_pages : no_pages;
+  const BatchPtrs ptrs{b.rows ? nullptr : b.pos, b.rows ? nullptr : b.page_begin, b.inline_pages ? nullptr : b.pages};
   const dim3 grid(static_cast<unsigned>(splits), static_cast<unsigned>(p.n_kv_heads), static_cast<unsigned>(m));
   const int group = p.n_heads / p.n_kv_heads;
 #define FM_DECODE(HD, KV, GP) \
-  decode_attention_kernel<HD, KV, GP><<<grid, kThreads, 0, s>>>(p, q, pos, page_begin, pages, splits, out, part_o, part_lse)
+  decode_attention_kernel<HD, KV, GP><<<grid, kThreads, 0, s>>>(p, q, rows, pgs, ptrs, splits, out, part_o, part_lse)
 #define FM_DECODE_G(HD, KV)                 \
   if (group <= 2) FM_DECODE(HD, KV, 2);      \
   else if (group <= 4) FM_DECODE(HD, KV, 4); \
@@ -291,19 +350,40 @@ cudaError_t decode_attention(const DevAttention& p, const float* q, const int32_
   const cudaError_t e = cudaGetLastError();
   if (e != cudaSuccess) return e;
   const int64_t items = m * p.n_heads;
-  decode_combine_kernel<<<static_cast<unsigned>((items + 3) / 4), 128, 0, s>>>(
-      items, p.n_heads, splits, p.head_dim, p.page_tokens, page_begin, part_o, part_lse, out);
+  if (items > 0x7fffffff) return cudaErrorInvalidValue;
+  decode_combine_kernel<<<static_cast<unsigned>(items), kFoldThreads, 0, s>>>(
+      p.n_heads, splits, p.head_dim, p.page_tokens, rows, ptrs.page_begin, part_o, part_lse, out);
   return cudaGetLastError();
 }
 
-cudaError_t write_kv_rows(const DevAttention& p, const DevSlot* slots, int64_t m, const float* k,
-                          const float* v, cudaStream_t s) {
+cudaError_t rope_write_kv_rows(const DevAttention& p, const DevRope& r, const DecodeSlots* inl, const DevSlot* slots,
+                               const int32_t* pos, int64_t m, float* q, float* k, const float* v, cudaStream_t s) {
+  if (p.kv == kDevQ8 || r.n_rot < 2 || r.n_rot % 2 != 0 || r.n_rot > p.head_dim ||
+      (inl ? m > kInlineRows : !slots || !pos))
+    return cudaErrorInvalidValue;
+  const int64_t total = m * (p.n_heads + 2 * p.n_kv_heads) * p.head_dim;
+  if (total <= 0) return cudaSuccess;
+  static const DecodeSlots none{};
+  const DecodeSlots& sl = inl ? *inl : none;
+  const DevSlot* sp = inl ? nullptr : slots;
+  const unsigned blocks = static_cast<unsigned>((total + 255) / 256);
+  if (p.kv == kDevF16) rope_write_kv_rows_kernel<kDevF16><<<blocks, 256, 0, s>>>(p, r, sl, sp, pos, m, q, k, v);
+  else rope_write_kv_rows_kernel<kDevF32><<<blocks, 256, 0, s>>>(p, r, sl, sp, pos, m, q, k, v);
+  return cudaGetLastError();
+}
+
+cudaError_t write_kv_rows(const DevAttention& p, const DecodeSlots* inl, const DevSlot* slots, int64_t m,
+                          const float* k, const float* v, cudaStream_t s) {
+  if (inl ? m > kInlineRows : !slots) return cudaErrorInvalidValue;
   const int64_t total = m * p.n_kv_heads * p.head_dim;
   if (total <= 0) return cudaSuccess;
+  static const DecodeSlots none{};
+  const DecodeSlots& sl = inl ? *inl : none;
+  const DevSlot* sp = inl ? nullptr : slots;
   const unsigned blocks = static_cast<unsigned>((total + 255) / 256);
-  if (p.kv == kDevF16) write_kv_rows_kernel<kDevF16><<<blocks, 256, 0, s>>>(p, slots, m, k, v);
-  else if (p.kv == kDevQ8) write_kv_rows_kernel<kDevQ8><<<blocks, 256, 0, s>>>(p, slots, m, k, v);
-  else write_kv_rows_kernel<kDevF32><<<blocks, 256, 0, s>>>(p, slots, m, k, v);
+  if (p.kv == kDevF16) write_kv_rows_kernel<kDevF16><<<blocks, 256, 0, s>>>(p, sl, sp, m, k, v);
+  else if (p.kv == kDevQ8) write_kv_rows_kernel<kDevQ8><<<blocks, 256, 0, s>>>(p, sl, sp, m, k, v);
+  else write_kv_rows_kernel<kDevF32><<<blocks, 256, 0, s>>>(p, sl, sp, m, k, v);
   return cudaGetLastError();
 }
 

@@ -31,6 +31,24 @@ struct DevSlot {
   int32_t slot;
 };
 
+// A small batch's row data travel in the launch's parameters, so that no kernel reads host
+// memory (a round trip over PCIe, several µs) before its first key: DecodeRows when m ≤
+// kInlineRows, DecodePages when the batch has ≤ kInlinePages pages, DecodeSlots for the K/V
+// write of ≤ kInlineRows rows. Larger batches pass pointers (read in place).
+constexpr int kInlineRows = 16;
+constexpr int kInlinePages = 144;
+struct DecodeRows {
+  int32_t page_begin[kInlineRows + 1];
+  int32_t pos[kInlineRows];
+};
+struct DecodePages {
+  DevPage pages[kInlinePages];
+};
+struct DecodeSlots {
+  DevSlot slots[kInlineRows];
+  int32_t pos[kInlineRows];
+};
+
 // Whether decode_attention takes these parameters (every page's K and V must also start 16-byte
 // aligned: the kernel reads V rows in pieces of up to 16 bytes).
 bool decode_attention_supported(const DevAttention& p);
@@ -40,12 +58,36 @@ int decode_attention_splits(const DevAttention& p, int max_pages);
 // out row i (m rows of n_heads × head_dim) = attention of q row i at pos[i] over
 // pages[page_begin[i] … page_begin[i + 1]); rows with no pages are left untouched. With
 // splits > 1, part_o (m·n_heads·splits·head_dim floats) and part_lse (m·n_heads·splits) are
-// scratch. pos, page_begin (m + 1 entries) and pages are device memory.
-cudaError_t decode_attention(const DevAttention& p, const float* q, const int32_t* pos, int64_t m,
-                             const int32_t* page_begin, const DevPage* pages, int max_pages, int splits,
-                             float* out, float* part_o, float* part_lse, cudaStream_t s);
-// Token i of k/v ([m × n_kv_heads × head_dim] f32) into slots[i] (skipped where k is null).
-cudaError_t write_kv_rows(const DevAttention& p, const DevSlot* slots, int64_t m, const float* k,
-                          const float* v, cudaStream_t s);
+// scratch. The rows' pos and page_begin (m + 1 entries) come from `rows` when it is given (m ≤
+// kInlineRows), else from the pointers; the pages from `inline_pages` when given, else `pages`.
+// Pointers are device-readable memory.
+struct DecodeBatch {
+  const DecodeRows* rows = nullptr;
+  const int32_t* pos = nullptr;
+  const int32_t* page_begin = nullptr;
+  const DecodePages* inline_pages = nullptr;
+  const DevPage* pages = nullptr;
+};
+cudaError_t decode_attention(const DevAttention& p, const float* q, int64_t m, const DecodeBatch& b, int max_pages,
+                             int splits, float* out, float* part_o, float* part_lse, cudaStream_t s);
+// The rotary embedding's parameters (RopeParams).
+struct DevRope {
+  int n_rot;
+  float freq_base;
+  float freq_scale;
+  bool neox;
+};
+
+// rope_qk of q [m × n_heads × head_dim] and k [m × n_kv_heads × head_dim] at pos (device
+// memory), in place, and token i of the roped k and of v into slots[i] (skipped where k is
+// null), in one launch: the bits of rope_qk then write_kv_rows. f16 and f32 KV only
+// (cudaErrorInvalidValue for q8, whose scale needs the whole roped vector).
+// The slots and positions come from `inl` when given (m ≤ kInlineRows), else the pointers.
+cudaError_t rope_write_kv_rows(const DevAttention& p, const DevRope& r, const DecodeSlots* inl, const DevSlot* slots,
+                               const int32_t* pos, int64_t m, float* q, float* k, const float* v, cudaStream_t s);
+// Token i of k/v ([m × n_kv_heads × head_dim] f32) into slots[i] (skipped where k is null); the
+// slots from `inl` when given (m ≤ kInlineRows), else `slots`.
+cudaError_t write_kv_rows(const DevAttention& p, const DecodeSlots* inl, const DevSlot* slots, int64_t m,
+                          const float* k, const float* v, cudaStream_t s);
 
 }  // namespace flashmem::cuda

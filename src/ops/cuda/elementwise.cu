@@ -1,5 +1,8 @@
 #include "ops/cuda/elementwise.cuh"
 
+#include "ops/cuda/norm.cuh"
+#include "ops/cuda/rope.cuh"
+
 namespace flashmem::cuda {
 
 namespace {
@@ -8,20 +11,13 @@ constexpr int kThreads = 256;
 
 unsigned blocks_for(int64_t n) { return static_cast<unsigned>((n + kThreads - 1) / kThreads); }
 
-__global__ void rms_norm_kernel(const float* x, const float* w, int64_t n, float eps, float* y) {
+// One block (kNormThreads) per row.
+__global__ void __launch_bounds__(kNormThreads)
+rms_norm_kernel(const float* x, const float* w, int64_t n, float eps, float* y) {
   const float* xr = x + blockIdx.x * n;
   float* yr = y + blockIdx.x * n;
-  double ss = 0.0;
-  for (int64_t i = threadIdx.x; i < n; i += blockDim.x) ss += static_cast<double>(xr[i]) * xr[i];
-  __shared__ double part[kThreads];
-  part[threadIdx.x] = ss;
-  __syncthreads();
-  for (int step = kThreads / 2; step > 0; step /= 2) {
-    if (threadIdx.x < step) part[threadIdx.x] += part[threadIdx.x + step];
-    __syncthreads();
-  }
-  const float inv = static_cast<float>(1.0 / sqrt(part[0] / static_cast<double>(n) + eps));
-  for (int64_t i = threadIdx.x; i < n; i += blockDim.x) yr[i] = __fmul_rn(__fmul_rn(xr[i], inv), w[i]);
+  const float inv = block_inv_rms(xr, n, eps);
+  for (int64_t i = threadIdx.x; i < n; i += kNormThreads) yr[i] = __fmul_rn(__fmul_rn(xr[i], inv), w[i]);
 }
 
 // One thread per (row, head, rotated pair); heads [0, nq) of a row are q's, [nq, nq + nk) k's.
@@ -34,16 +30,10 @@ __global__ void rope_kernel(float* q, int nq, float* k, int nk, int64_t m, int h
   const int i = static_cast<int>(idx % half);
   const int h = static_cast<int>((idx / half) % heads);
   const int64_t row = idx / (int64_t{half} * heads);
-  const double position = static_cast<double>(pos[row]) * freq_scale;
-  const double theta = position * pow(static_cast<double>(freq_base), -2.0 * i / static_cast<double>(n_rot));
-  const float c = static_cast<float>(cos(theta));
-  const float sn = static_cast<float>(sin(theta));
   float* v = h < nq ? q + (row * nq + h) * head_dim : k + (row * nk + (h - nq)) * head_dim;
-  const int i0 = neox ? i : 2 * i;
-  const int i1 = neox ? i + half : 2 * i + 1;
-  const float a = v[i0], b = v[i1];
-  v[i0] = __fsub_rn(__fmul_rn(a, c), __fmul_rn(b, sn));
-  v[i1] = __fadd_rn(__fmul_rn(a, sn), __fmul_rn(b, c));
+  int i0, i1;
+  rope_pair_dims(i, n_rot, neox, i0, i1);
+  rope_rotate(pos[row], i, n_rot, freq_base, freq_scale, v[i0], v[i1]);
 }
 
 __global__ void swiglu_kernel(const float* gate, const float* up, int64_t n, float* out) {
@@ -68,7 +58,7 @@ __global__ void add_rows_kernel(float* x, const float* b, int64_t total, int64_t
 cudaError_t rms_norm(const float* x, const float* weight, int64_t m, int64_t n, float eps,
                      float* y, cudaStream_t s) {
   if (m <= 0) return cudaSuccess;
-  rms_norm_kernel<<<static_cast<unsigned>(m), kThreads, 0, s>>>(x, weight, n, eps, y);
+  rms_norm_kernel<<<static_cast<unsigned>(m), kNormThreads, 0, s>>>(x, weight, n, eps, y);
   return cudaGetLastError();
 }
 

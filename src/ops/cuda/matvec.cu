@@ -1,5 +1,6 @@
 #include "ops/cuda/matvec.cuh"
 
+#include "ops/cuda/norm.cuh"
 #include "ops/cuda/quant_blocks.cuh"
 
 namespace flashmem::cuda {
@@ -16,11 +17,24 @@ struct Segs {
 // Warp w of block b computes output row b·kWarps + w of the concatenated weights (for SwiGLU:
 // row r of gate and row r of up). Lane j takes units j, j + 32, ... of the row; each unit's 32
 // weights are dotted with the same 32 columns of each activation row; the warp sums its lanes.
-template <GgmlType T, int M, int EPI>
+// NORM: x goes through the RMSNorm `nrm` first (MatvecNorm).
+template <GgmlType T, int M, int EPI, bool NORM>
 __global__ void __launch_bounds__(32 * kWarps)
-matvec_kernel(Segs segs, int64_t total_rows, const float* x, int64_t m, int64_t cols) {
+matvec_kernel(Segs segs, int64_t total_rows, const float* x, int64_t m, int64_t cols, MatvecNorm nrm) {
   const int lane = threadIdx.x & 31;
   int64_t r = static_cast<int64_t>(blockIdx.x) * kWarps + (threadIdx.x >> 5);
+  __shared__ float inv_rms[NORM ? M : 1];
+  if constexpr (NORM) {
+    static_assert(32 * kWarps == kNormThreads, "the norm's block is the GEMV's");
+    for (int i = 0; i < M && i < m; ++i) {
+      const float inv = block_inv_rms(x + i * cols, cols, nrm.eps);
+      if (threadIdx.x == 0) inv_rms[i] = inv;
+    }
+    __syncthreads();
+    if (blockIdx.x == 0 && nrm.xn)
+      for (int64_t e = threadIdx.x; e < m * cols; e += 32 * kWarps)
+        nrm.xn[e] = __fmul_rn(__fmul_rn(x[e], inv_rms[e / cols]), nrm.w[e % cols]);
+  }
   if (r >= total_rows) return;
   int k = 0;
   if constexpr (EPI == kMvStore)
@@ -48,7 +62,13 @@ matvec_kernel(Segs segs, int64_t total_rows, const float* x, int64_t m, int64_t 
         float a = acc[t][i];
 #pragma unroll
         for (int j = 0; j < 8; ++j) {
-          const float4 v = __ldg(xp + j);
+          float4 v = __ldg(xp + j);
+          if constexpr (NORM) {
+            const float4 nw = __ldg(reinterpret_cast<const float4*>(nrm.w + u * 32) + j);
+            const float inv = inv_rms[i];
+            v = make_float4(__fmul_rn(__fmul_rn(v.x, inv), nw.x), __fmul_rn(__fmul_rn(v.y, inv), nw.y),
+                            __fmul_rn(__fmul_rn(v.z, inv), nw.z), __fmul_rn(__fmul_rn(v.w, inv), nw.w));
+          }
           a = fmaf(w[4 * j], v.x, a);
           a = fmaf(w[4 * j + 1], v.y, a);
           a = fmaf(w[4 * j + 2], v.z, a);
@@ -80,25 +100,35 @@ matvec_kernel(Segs segs, int64_t total_rows, const float* x, int64_t m, int64_t 
   }
 }
 
-template <GgmlType T, int EPI>
+template <GgmlType T, int EPI, bool NORM>
 cudaError_t launch_rows(const Segs& segs, int64_t total_rows, const float* x, int64_t m, int64_t cols,
-                        cudaStream_t s) {
+                        const MatvecNorm& nrm, cudaStream_t s) {
   const int64_t blocks = (total_rows + kWarps - 1) / kWarps;
   if (blocks > 0x7fffffff) return cudaErrorInvalidValue;
   const dim3 grid(static_cast<unsigned>(blocks)), block(32 * kWarps);
-  if (m == 1) matvec_kernel<T, 1, EPI><<<grid, block, 0, s>>>(segs, total_rows, x, m, cols);
-  else if (m <= 4) matvec_kernel<T, 4, EPI><<<grid, block, 0, s>>>(segs, total_rows, x, m, cols);
-  else matvec_kernel<T, kMatvecRowsPerPass, EPI><<<grid, block, 0, s>>>(segs, total_rows, x, m, cols);
+  if constexpr (NORM) {  // one row only (MatvecNorm)
+    if (m != 1) return cudaErrorInvalidValue;
+    matvec_kernel<T, 1, EPI, true><<<grid, block, 0, s>>>(segs, total_rows, x, m, cols, nrm);
+  } else {
+    if (m == 1) matvec_kernel<T, 1, EPI, false><<<grid, block, 0, s>>>(segs, total_rows, x, m, cols, nrm);
+    else if (m <= 4) matvec_kernel<T, 4, EPI, false><<<grid, block, 0, s>>>(segs, total_rows, x, m, cols, nrm);
+    else matvec_kernel<T, kMatvecRowsPerPass, EPI, false><<<grid, block, 0, s>>>(segs, total_rows, x, m, cols, nrm);
+  }
   return cudaGetLastError();
 }
 
 template <GgmlType T>
-cudaError_t launch(const Segs& segs, int epi, const float* x, int64_t m, int64_t cols, cudaStream_t s) {
+cudaError_t launch(const Segs& segs, int epi, const float* x, int64_t m, int64_t cols, const MatvecNorm& nrm,
+                   cudaStream_t s) {
   int64_t total = 0;
   for (int k = 0; k < segs.n; ++k) total += segs.s[k].rows;
-  if (epi == kMvAdd) return launch_rows<T, kMvAdd>(segs, total, x, m, cols, s);
-  if (epi == kMvSwiglu) return launch_rows<T, kMvSwiglu>(segs, segs.s[0].rows, x, m, cols, s);
-  return launch_rows<T, kMvStore>(segs, total, x, m, cols, s);
+  const bool norm = nrm.w != nullptr;
+  if (epi == kMvAdd) return launch_rows<T, kMvAdd, false>(segs, total, x, m, cols, nrm, s);
+  if (epi == kMvSwiglu)
+    return norm ? launch_rows<T, kMvSwiglu, true>(segs, segs.s[0].rows, x, m, cols, nrm, s)
+                : launch_rows<T, kMvSwiglu, false>(segs, segs.s[0].rows, x, m, cols, nrm, s);
+  return norm ? launch_rows<T, kMvStore, true>(segs, total, x, m, cols, nrm, s)
+              : launch_rows<T, kMvStore, false>(segs, total, x, m, cols, nrm, s);
 }
 
 }  // namespace
@@ -115,8 +145,9 @@ bool matvec_supported(GgmlType type, int64_t cols, size_t row_bytes) {
 }
 
 cudaError_t matvec(GgmlType type, const MatvecSeg* segs, int n_segs, int epilogue, const float* x,
-                   int64_t m, int64_t cols, cudaStream_t s) {
+                   int64_t m, int64_t cols, cudaStream_t s, const MatvecNorm& norm) {
   if (n_segs < 1 || n_segs > 3 || (epilogue == kMvAdd && n_segs != 1) ||
+      (norm.w && (epilogue == kMvAdd || m != 1)) ||
       (epilogue == kMvSwiglu && (n_segs != 2 || segs[0].rows != segs[1].rows)))
     return cudaErrorInvalidValue;
   for (int k = 0; k < n_segs; ++k)
@@ -132,17 +163,19 @@ cudaError_t matvec(GgmlType type, const MatvecSeg* segs, int n_segs, int epilogu
       p.s[k].y = segs[k].y + i0 * segs[k].rows;
     }
     const float* xi = x + i0 * cols;
+    MatvecNorm ni = norm;
+    if (ni.xn) ni.xn += i0 * cols;
     cudaError_t e = cudaErrorInvalidValue;
     switch (type) {
-      case GgmlType::F32: e = launch<GgmlType::F32>(p, epilogue, xi, mi, cols, s); break;
-      case GgmlType::F16: e = launch<GgmlType::F16>(p, epilogue, xi, mi, cols, s); break;
-      case GgmlType::BF16: e = launch<GgmlType::BF16>(p, epilogue, xi, mi, cols, s); break;
-      case GgmlType::Q4_0: e = launch<GgmlType::Q4_0>(p, epilogue, xi, mi, cols, s); break;
-      case GgmlType::Q4_1: e = launch<GgmlType::Q4_1>(p, epilogue, xi, mi, cols, s); break;
-      case GgmlType::Q5_0: e = launch<GgmlType::Q5_0>(p, epilogue, xi, mi, cols, s); break;
-      case GgmlType::Q8_0: e = launch<GgmlType::Q8_0>(p, epilogue, xi, mi, cols, s); break;
-      case GgmlType::Q4_K: e = launch<GgmlType::Q4_K>(p, epilogue, xi, mi, cols, s); break;
-      case GgmlType::Q6_K: e = launch<GgmlType::Q6_K>(p, epilogue, xi, mi, cols, s); break;
+      case GgmlType::F32: e = launch<GgmlType::F32>(p, epilogue, xi, mi, cols, ni, s); break;
+      case GgmlType::F16: e = launch<GgmlType::F16>(p, epilogue, xi, mi, cols, ni, s); break;
+      case GgmlType::BF16: e = launch<GgmlType::BF16>(p, epilogue, xi, mi, cols, ni, s); break;
+      case GgmlType::Q4_0: e = launch<GgmlType::Q4_0>(p, epilogue, xi, mi, cols, ni, s); break;
+      case GgmlType::Q4_1: e = launch<GgmlType::Q4_1>(p, epilogue, xi, mi, cols, ni, s); break;
+      case GgmlType::Q5_0: e = launch<GgmlType::Q5_0>(p, epilogue, xi, mi, cols, ni, s); break;
+      case GgmlType::Q8_0: e = launch<GgmlType::Q8_0>(p, epilogue, xi, mi, cols, ni, s); break;
+      case GgmlType::Q4_K: e = launch<GgmlType::Q4_K>(p, epilogue, xi, mi, cols, ni, s); break;
+      case GgmlType::Q6_K: e = launch<GgmlType::Q6_K>(p, epilogue, xi, mi, cols, ni, s); break;
       default: break;
     }
     if (e != cudaSuccess) return e;

@@ -35,6 +35,16 @@ enum MatvecEpilogue : int {
   kMvSwiglu = 2,  // segs[0].y = silu(x · gateᵀ) ⊙ (x · upᵀ); segs = {gate, up}, equal rows
 };
 
+// An RMSNorm applied to one row x on the way in (x is then the norm's input; m = 1): every block
+// finds the row's 1/rms itself (norm.cuh, the rms_norm kernel's arithmetic), the product reads
+// fmul(fmul(x, inv), w) in place of x, and the first block writes those values to xn, so the
+// normalised row exists after the launch, the same bits as rms_norm writes. w == nullptr: no norm.
+struct MatvecNorm {
+  const float* w = nullptr;
+  float eps = 0.0f;
+  float* xn = nullptr;
+};
+
 // Up to this many rows share one pass over the weights.
 constexpr int kMatvecRowsPerPass = 16;
 
@@ -43,7 +53,8 @@ constexpr int kMatvecRowsPerPass = 16;
 bool matvec_supported(GgmlType type, int64_t cols, size_t row_bytes);
 // x [m × cols]; all weights of `type` and `cols` columns. cudaErrorInvalidValue when the
 // combination is not supported (then nothing ran).
+// norm: see MatvecNorm (kMvStore and kMvSwiglu, m = 1 only).
 cudaError_t matvec(GgmlType type, const MatvecSeg* segs, int n_segs, int epilogue, const float* x,
-                   int64_t m, int64_t cols, cudaStream_t s);
+                   int64_t m, int64_t cols, cudaStream_t s, const MatvecNorm& norm = {});
 
 }  // namespace flashmem::cuda
