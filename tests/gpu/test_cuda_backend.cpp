@@ -414,14 +414,14 @@ AttentionParams params_9_3_64(KvType t) {
 
 // A decode batch: rows of different lengths, each over its own pages (one with none, one whose
 // query sits before its last keys, one long enough for the most splits), in one attention_rows and one write_kv_rows, against the
-// CPU one row at a time; GQA groups of 3, 7 and 4, head_dim 64/128/256, pages of 64, 48 and 16.
+// CPU one row at a time; GQA groups of 3, 7 and 4, head_dim 64/128/256, pages of 64, 48, 20 and 16.
 void test_decode_batch(CudaBackend& g, CpuBackend& c, std::mt19937& rng) {
   struct Shape {
     int heads, kv, hd, pt;
   };
   for (KvType t : {KvType::kF16, KvType::kF32, KvType::kQ8}) {
     for (const Shape sh : {Shape{9, 3, 64, 64}, Shape{9, 3, 64, 16}, Shape{14, 2, 64, 64}, Shape{4, 1, 256, 64},
-                           Shape{8, 2, 128, 48}}) {
+                           Shape{8, 2, 128, 48}, Shape{9, 3, 64, 20}}) {  // 20: K staged slot by slot (f16, q8)
       AttentionParams p;
       p.n_heads = sh.heads;
       p.n_kv_heads = sh.kv;

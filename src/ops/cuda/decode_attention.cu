@@ -26,20 +26,27 @@ __host__ __device__ inline int split_pages(int n, int pt) {
   return even > least ? even : least;
 }
 
+// 16 bytes global → shared without passing through registers (sm_80+), and the wait for them.
+__device__ inline void cp_async16(void* smem, const void* gmem) {
+  const unsigned dst = static_cast<unsigned>(__cvta_generic_to_shared(smem));
+  asm volatile("cp.async.cg.shared.global [%0], [%1], 16;\n" ::"r"(dst), "l"(gmem));
+}
+__device__ inline void cp_async_wait_all() { asm volatile("cp.async.wait_all;\n" ::: "memory"); }
+
+// Dims of K a warp stages at a time (its tile: KD dims × 32 slots in shared memory).
+template <int HD, int KV>
+constexpr int k_tile_dims() {
+  const int budget = HD >= 256 ? 4096 : 16384;  // bytes of K tiles a block (HD 256: its accumulators take the rest)
+  const int kd = budget / (kWarps * 32 * kv_elem_bytes(KV));
+  return kd < HD ? kd : HD;
+}
+
 // N consecutive stored elements of one K/V row, as loaded (one load where they fit 16 bytes).
 template <int KV, int N>
 struct alignas(N * kv_elem_bytes(KV) < 16 ? N * kv_elem_bytes(KV) : 16) Run {
   uint8_t b[N * kv_elem_bytes(KV)];
 };
 
-// Block (split s, kv head g, row i), kWarps independent warps. The split's key slots are cut into
-// chunks of 32; warp w takes chunks w, w + kWarps, ... Per chunk, lane t scores slot t against
-// the GP query heads of the group (K is dim-major in a page: the warp reads 32 consecutive slots'
-// values of one dim at a time), the warp folds the chunk into each head's running max and sum,
-// then lane t accumulates output dims t·DPL … of every head over the chunk's slots (V is
-// token-major: the warp reads one slot's whole head row at a time). No block-wide barrier until
-// the warps' results are folded at the end. GP: the group size rounded up to 2, 4 or 8 (the
-// padded heads have zero queries and are never written).
 // The batch's row and page lists, from the launch's parameters or from memory (DecodeBatch).
 struct BatchPtrs {
   const int32_t* pos;
@@ -47,6 +54,16 @@ struct BatchPtrs {
   const DevPage* pages;
 };
 
+// Block (split s, kv head g, row i), kWarps independent warps. The split's key slots are cut into
+// chunks of 32; warp w takes chunks w, w + kWarps, ... Per chunk, the warp first sends out every
+// load: the chunk's V rows into registers (V is token-major: one slot's head row at a time) and
+// its K into a shared tile with 16-byte asynchronous copies (K is dim-major: 32 consecutive
+// slots of one dim are contiguous), so the chunk waits for memory about once (ncu, H100: the
+// former per-dim loads left warps stalled on memory for half their cycles). Then lane t scores
+// slot t against the GP query heads of the group from the tile, the warp folds the chunk into
+// each head's running max and sum, and lane t accumulates output dims t·DPL … of every head over
+// the chunk's slots. No block-wide barrier until the warps' results are folded at the end. GP:
+// the group size rounded up to 2, 4 or 8 (the padded heads have zero queries, never written).
 template <int HD, int KV, int GP>
 __global__ void __launch_bounds__(kThreads)
 decode_attention_kernel(DevAttention p, const float* q, const __grid_constant__ DecodeRows inl_rows,
@@ -94,11 +111,10 @@ decode_attention_kernel(DevAttention p, const float* q, const __grid_constant__ 
   constexpr int VB = kVRegs / kWords < 32 ? kVRegs / kWords : 32;
   using VRun = Run<KV, DPL>;
   for (int base = w * 32; base < n_slots; base += kThreads) {
-    // This lane's slot: its page, its K column and V row of this head.
+    // This lane's slot: its page and its V row of this head.
     const int slot = base + lane;
     const int n_k = min(32, n_slots - base);
     const uint8_t* vrow = nullptr;
-    const uint8_t* kcol = nullptr;
     const void* khalf = nullptr;  // the page's K and V halves (q8 scales)
     const void* vhalf = nullptr;
     bool valid = false;
@@ -109,7 +125,6 @@ decode_attention_kernel(DevAttention p, const float* q, const __grid_constant__ 
       khalf = pg.k;
       vhalf = pg.v;
       vrow = static_cast<const uint8_t*>(pg.v) + head_bytes + static_cast<int64_t>(j) * HD * BPE;
-      kcol = static_cast<const uint8_t*>(pg.k) + head_bytes + static_cast<int64_t>(j) * BPE;
       valid = j < pg.n_tokens && pg.pos0 + j <= qpos;
     }
     // The first batch of V rows goes out before the scores, so both reads are in flight at once.
@@ -125,28 +140,66 @@ decode_attention_kernel(DevAttention p, const float* q, const __grid_constant__ 
 #pragma unroll
     for (int h = 0; h < GP; ++h) sc[h] = -INFINITY;
     float vscale = 1.0f;
-    if (valid) {
+    {
+      // The chunk's K, KD dims at a time, staged in the warp's tile with 16-byte copies of EPV
+      // slots of one dim (all in flight together), then read down the lane's own slot column.
+      constexpr int KD = k_tile_dims<HD, KV>();
+      constexpr int EPV = 16 / BPE, GPR = 32 / EPV, R = KD * GPR / 32;
+      static_assert(KD * GPR % 32 == 0 && HD % KD == 0, "whole rounds of pieces");
+      __shared__ __align__(16) uint8_t kt[kWarps][KD][32 * BPE];
+      const bool vec = pt % EPV == 0;  // a piece's slots share a page and its alignment
       float a[GP];
 #pragma unroll
       for (int h = 0; h < GP; ++h) a[h] = 0.0f;
-#pragma unroll 16
-      for (int c = 0; c < HD; c += 4) {
-        float kv[4];
+      for (int c0 = 0; c0 < HD; c0 += KD) {
 #pragma unroll
-        for (int u = 0; u < 4; ++u) kv[u] = kv_at<KV>(kcol, static_cast<int64_t>(c + u) * pt);
-#pragma unroll
-        for (int h = 0; h < GP; ++h) {
-          const float4 qv = *reinterpret_cast<const float4*>(&qs[h][c]);
-          a[h] = fmaf(qv.x, kv[0], a[h]);
-          a[h] = fmaf(qv.y, kv[1], a[h]);
-          a[h] = fmaf(qv.z, kv[2], a[h]);
-          a[h] = fmaf(qv.w, kv[3], a[h]);
+        for (int r = 0; r < R; ++r) {
+          const int pi = lane + 32 * r, c = pi / GPR, grp = pi % GPR, s0 = base + grp * EPV;
+          if (vec) {
+            const auto* kb = reinterpret_cast<const uint8_t*>(
+                __shfl_sync(0xffffffffu, reinterpret_cast<unsigned long long>(khalf), grp * EPV));
+            if (s0 < n_slots)
+              cp_async16(&kt[w][c][grp * EPV * BPE],
+                         kb + head_bytes + (static_cast<int64_t>(c0 + c) * pt + s0 % pt) * BPE);
+          } else {
+            for (int e = 0; e < EPV; ++e) {
+              const auto* kb = reinterpret_cast<const uint8_t*>(
+                  __shfl_sync(0xffffffffu, reinterpret_cast<unsigned long long>(khalf), grp * EPV + e));
+              if (s0 + e < n_slots) {
+                const uint8_t* src = kb + head_bytes + (static_cast<int64_t>(c0 + c) * pt + (s0 + e) % pt) * BPE;
+                uint8_t* dst = &kt[w][c][(grp * EPV + e) * BPE];
+                if constexpr (BPE == 4) *reinterpret_cast<uint32_t*>(dst) = *reinterpret_cast<const uint32_t*>(src);
+                else if constexpr (BPE == 2) *reinterpret_cast<uint16_t*>(dst) = *reinterpret_cast<const uint16_t*>(src);
+                else *dst = *src;
+              }
+            }
+          }
         }
-      }
-      const float ks = kv_scale<KV>(p, khalf, g, j);
-      vscale = kv_scale<KV>(p, vhalf, g, j);
+        cp_async_wait_all();
+        __syncwarp();
+        if (valid)
 #pragma unroll
-      for (int h = 0; h < GP; ++h) sc[h] = a[h] * ks;
+          for (int c = 0; c < KD; c += 4) {
+            float kv[4];
+#pragma unroll
+            for (int u = 0; u < 4; ++u) kv[u] = kv_at<KV>(kt[w][c + u], lane);
+#pragma unroll
+            for (int h = 0; h < GP; ++h) {
+              const float4 qv = *reinterpret_cast<const float4*>(&qs[h][c0 + c]);
+              a[h] = fmaf(qv.x, kv[0], a[h]);
+              a[h] = fmaf(qv.y, kv[1], a[h]);
+              a[h] = fmaf(qv.z, kv[2], a[h]);
+              a[h] = fmaf(qv.w, kv[3], a[h]);
+            }
+          }
+        __syncwarp();  // the tile is read before the next dims overwrite it
+      }
+      if (valid) {
+        const float ks = kv_scale<KV>(p, khalf, g, j);
+        vscale = kv_scale<KV>(p, vhalf, g, j);
+#pragma unroll
+        for (int h = 0; h < GP; ++h) sc[h] = a[h] * ks;
+      }
     }
     // Online softmax over the chunk; pr: this slot's weight per head (times its V scale).
     float pr[GP];
