@@ -1,6 +1,7 @@
 // GPU kernel figures (runs on a machine with an NVIDIA GPU, next to scripts/gpu-check): each
 // CUDA kernel's achieved bandwidth against the limits measured on the same device in the same
-// run — the device-to-device copy (HBM) and a large page-locked host-to-device copy (PCIe).
+// run — the device-to-device copy (HBM: bytes read plus bytes written per second, the rate a
+// kernel that only reads can approach) and a large page-locked host-to-device copy (PCIe).
 //   flashmem_gpu_bench            # prints one markdown table
 // Plain main (the device image has no Google Benchmark). Times are wall-clock over repeated
 // launches after a warm-up, with the stream drained before and after.
@@ -125,7 +126,7 @@ int main() {
         const double s = time_per_call(g, [&] { g.attention_rows(p, q.as<float>(), pos.data(), m, begin, pages, out.as<float>()); });
         row("decode attention " + std::to_string(heads) + "/" + std::to_string(kv) + " heads × " + std::to_string(hd) +
                 ", " + std::to_string(m) + " × " + std::to_string(ctx) + " tok f16",
-            static_cast<double>(need), s, hbm / 2, "HBM read (copy ÷ 2)");
+            static_cast<double>(need), s, hbm, "the HBM limit");
       }
 
   // Decode GEMV: weight bytes read once.
@@ -147,8 +148,8 @@ int main() {
       BackendBuffer x(g, static_cast<size_t>(m) * w.cols * 4), y(g, static_cast<size_t>(m) * w.rows * 4);
       g.fill_zero(x.get(), x.bytes());
       const double s = time_per_call(g, [&] { g.matmul(pw, x.as<float>(), m, y.as<float>()); });
-      row(std::string("product ") + w.what + ", m=" + std::to_string(m), static_cast<double>(bytes.size()), s, hbm / 2,
-          "HBM read (copy ÷ 2)");
+      row(std::string("product ") + w.what + ", m=" + std::to_string(m), static_cast<double>(bytes.size()), s, hbm,
+          "the HBM limit");
     }
   }
   g.free_host(host);

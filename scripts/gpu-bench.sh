@@ -9,10 +9,15 @@
 #                                            # with its tensor data zeroed: speed only) and its
 #                                            # tensor table, DIR/hdr (the JSON and CLI headers the
 #                                            # bare GPU image lacks)
-#   scripts/gpu-bench.sh run DIR             # there: builds llama.cpp (sm_90, in the background
-#                                            # while flashmem builds and its benches run), then
-#                                            # prints both engines' tables. DIR must be inside the
-#                                            # tree (ignored, e.g. out/gpu) and carried.
+#   scripts/gpu-bench.sh build-peer DIR      # here, optional (nvcc, ~20 min on 2 cores): builds
+#                                            # llama.cpp from DIR/lcpp.txz for sm_90 (SASS only,
+#                                            # shared libraries) into DIR/lcpp-bin.txz, so that the
+#                                            # GPU machine's time is not spent compiling it
+#   scripts/gpu-bench.sh run DIR             # there: uses DIR/lcpp-bin.txz, or else builds
+#                                            # llama.cpp (sm_90, in the background while flashmem
+#                                            # builds and its benches run), then prints both
+#                                            # engines' tables. DIR must be inside the tree
+#                                            # (ignored, e.g. out/gpu) and carried.
 #
 # llama.cpp is a measuring stick only: it is built outside the tree and never committed.
 # Environment for run: BUILD_DIR (default build-gpu), TESTS ("prefill decode batch": which rows).
@@ -51,6 +56,27 @@ case "${1:-}" in
     done
     du -sh "$dir"/* >&2
     ;;
+  build-peer)
+    [ $# -eq 2 ] || die "usage: build-peer DIR"
+    dir="$(cd "$2" && pwd)"
+    [ -f "$dir/lcpp.txz" ] || die "no $dir/lcpp.txz (prepare first)"
+    command -v nvcc > /dev/null || die "needs nvcc (the CUDA toolkit)"
+    tmp=$(mktemp -d)
+    trap 'rm -rf "$tmp"' EXIT
+    tar xJf "$dir/lcpp.txz" -C "$tmp"
+    # libcuda is the GPU machine's: the executables may leave its symbols to the loader there.
+    cmake -S "$tmp/llama.cpp" -B "$tmp/build" -DGGML_CUDA=ON -DCMAKE_CUDA_ARCHITECTURES=90-real \
+      -DBUILD_SHARED_LIBS=ON -DGGML_NATIVE=OFF -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF \
+      -DLLAMA_BUILD_SERVER=OFF -DLLAMA_CURL=OFF -DLLAMA_OPENSSL=OFF -DCMAKE_BUILD_TYPE=Release \
+      -DCMAKE_EXE_LINKER_FLAGS=-Wl,--allow-shlib-undefined > "$tmp/cmake.log" 2>&1 || { tail -n 30 "$tmp/cmake.log"; exit 1; }
+    cmake --build "$tmp/build" -j "$(nproc)" --target llama-bench llama-batched-bench > "$tmp/build.log" 2>&1 \
+      || { grep -E -A5 "error" "$tmp/build.log" | head -n 40; exit 1; }
+    mkdir "$tmp/lcppbin"
+    cp -a "$tmp/build/bin/"* "$tmp/lcppbin/"
+    strip --strip-unneeded "$tmp/lcppbin/"*.so* "$tmp/lcppbin/llama-bench" "$tmp/lcppbin/llama-batched-bench" 2> /dev/null || true
+    tar cJf "$dir/lcpp-bin.txz" -C "$tmp" lcppbin
+    du -sh "$dir/lcpp-bin.txz" >&2
+    ;;
   run)
     [ $# -eq 2 ] || die "usage: run DIR"
     dir="$(cd "$2" && pwd)"
@@ -59,6 +85,11 @@ case "${1:-}" in
     mkdir -p "$work"
     model="$work/model.gguf"
     [ -f "$model" ] || xz -dc "$dir/model.gguf.xz" > "$model"
+    if [ -f "$dir/lcpp-bin.txz" ] && [ ! -x "$work/lcppbin/llama-bench" ]; then  # built by build-peer
+      tar xJf "$dir/lcpp-bin.txz" -C "$work"
+      echo rc=0 > "$work/lcpp.log"
+      touch "$work/lcpp.started"
+    fi
     if [ ! -f "$work/lcpp.started" ]; then  # kept across calls while the machine stays warm
       touch "$work/lcpp.started"
       tar xJf "$dir/lcpp.txz" -C "$work"
@@ -88,6 +119,10 @@ case "${1:-}" in
     for _ in $(seq 1 120); do grep -q '^rc=' "$work/lcpp.log" && break; sleep 5; done
     grep -q '^rc=0' "$work/lcpp.log" || { tail -n 20 "$work/lcpp.log"; die "llama.cpp did not build"; }
     bin="$work/lcpp-build/bin"
+    if [ -x "$work/lcppbin/llama-bench" ]; then
+      bin="$work/lcppbin"
+      export LD_LIBRARY_PATH="$bin${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
+    fi
     for t in $tests; do
       case "$t" in
         prefill) echo "\$ llama-bench -ngl 99 -fa 1 -p 8000 -n 128 -r 3"
@@ -102,6 +137,6 @@ case "${1:-}" in
     "$b/flashmem_gpu_bench"
     ;;
   *)
-    die "usage: prepare MODEL DIR | run DIR"
+    die "usage: prepare MODEL DIR | build-peer DIR | run DIR"
     ;;
 esac

@@ -312,7 +312,7 @@ const float* CudaBackend::prepare(const float* v, int64_t n) {
 // ---- ops -----------------------------------------------------------------------------------
 
 bool CudaBackend::use_matvec(const WeightMatrix& w, const float* x, int64_t m) const {
-  return m <= gemv_rows_ && aligned16(x) && w.cols % 4 == 0 &&
+  return m <= gemv_rows_ && aligned16(x) && aligned16(w.data) && w.cols % 4 == 0 &&
          cuda::matvec_supported(w.type, w.cols, w.row_bytes);
 }
 

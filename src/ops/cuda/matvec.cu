@@ -23,9 +23,23 @@ __global__ void __launch_bounds__(32 * kWarps)
 matvec_kernel(Segs segs, int64_t total_rows, const float* x, int64_t m, int64_t cols, MatvecNorm nrm) {
   const int lane = threadIdx.x & 31;
   int64_t r = static_cast<int64_t>(blockIdx.x) * kWarps + (threadIdx.x >> 5);
+  const bool active = r < total_rows;
+  int k = 0;
+  if constexpr (EPI == kMvStore)
+    while (k + 1 < segs.n && r >= segs.s[k].rows) r -= segs.s[k++].rows;
+  const MatvecSeg seg = segs.s[k];
+  constexpr int NW = EPI == kMvSwiglu ? 2 : 1;
+  const uint8_t* rows[NW];
+  rows[0] = static_cast<const uint8_t*>(seg.w) + r * seg.row_bytes;
+  if constexpr (NW == 2) rows[1] = static_cast<const uint8_t*>(segs.s[1].w) + r * segs.s[1].row_bytes;
+  const int64_t units = cols / 32;
   __shared__ float inv_rms[NORM ? M : 1];
+  float w0[NORM ? NW : 1][32];  // NORM: the lane's first unit, read while the block finds the norm
   if constexpr (NORM) {
     static_assert(32 * kWarps == kNormThreads, "the norm's block is the GEMV's");
+    if (active && lane < units)
+#pragma unroll
+      for (int t = 0; t < NW; ++t) load_unit<T>(rows[t], lane, w0[t]);
     for (int i = 0; i < M && i < m; ++i) {
       const float inv = block_inv_rms(x + i * cols, cols, nrm.eps);
       if (threadIdx.x == 0) inv_rms[i] = inv;
@@ -35,26 +49,22 @@ matvec_kernel(Segs segs, int64_t total_rows, const float* x, int64_t m, int64_t 
       for (int64_t e = threadIdx.x; e < m * cols; e += 32 * kWarps)
         nrm.xn[e] = __fmul_rn(__fmul_rn(x[e], inv_rms[e / cols]), nrm.w[e % cols]);
   }
-  if (r >= total_rows) return;
-  int k = 0;
-  if constexpr (EPI == kMvStore)
-    while (k + 1 < segs.n && r >= segs.s[k].rows) r -= segs.s[k++].rows;
-  const MatvecSeg seg = segs.s[k];
-  constexpr int NW = EPI == kMvSwiglu ? 2 : 1;
-  const uint8_t* rows[NW];
-  rows[0] = static_cast<const uint8_t*>(seg.w) + r * seg.row_bytes;
-  if constexpr (NW == 2) rows[1] = static_cast<const uint8_t*>(segs.s[1].w) + r * segs.s[1].row_bytes;
+  if (!active) return;
   float acc[NW][M];
 #pragma unroll
   for (int t = 0; t < NW; ++t)
 #pragma unroll
     for (int i = 0; i < M; ++i) acc[t][i] = 0.0f;
-  const int64_t units = cols / 32;
   for (int64_t u = lane; u < units; u += 32) {
 #pragma unroll
     for (int t = 0; t < NW; ++t) {
       float w[32];
-      load_unit<T>(rows[t], u, w);
+      if (NORM && u == lane) {
+#pragma unroll
+        for (int j = 0; j < 32; ++j) w[j] = w0[NORM ? t : 0][j];
+      } else {
+        load_unit<T>(rows[t], u, w);
+      }
 #pragma unroll
       for (int i = 0; i < M; ++i) {
         if (i >= m) break;
@@ -150,8 +160,9 @@ cudaError_t matvec(GgmlType type, const MatvecSeg* segs, int n_segs, int epilogu
       (norm.w && (epilogue == kMvAdd || m != 1)) ||
       (epilogue == kMvSwiglu && (n_segs != 2 || segs[0].rows != segs[1].rows)))
     return cudaErrorInvalidValue;
-  for (int k = 0; k < n_segs; ++k)
-    if (!matvec_supported(type, cols, segs[k].row_bytes)) return cudaErrorInvalidValue;
+  for (int k = 0; k < n_segs; ++k)  // the block loads (quant_blocks.cuh) rely on 16-byte aligned weights
+    if (!matvec_supported(type, cols, segs[k].row_bytes) || reinterpret_cast<uintptr_t>(segs[k].w) % 16 != 0)
+      return cudaErrorInvalidValue;
   if (m <= 0 || cols <= 0) return cudaSuccess;
   // Passes of up to kMatvecRowsPerPass activation rows, each over every weight row.
   for (int64_t i0 = 0; i0 < m; i0 += kMatvecRowsPerPass) {

@@ -51,8 +51,8 @@ constexpr int kMatvecRowsPerPass = 16;
 // Whether matvec takes weights of this type and width (F32, F16, BF16, Q4_0, Q4_1, Q5_0, Q8_0:
 // cols % 32 == 0; Q4_K, Q6_K: cols % 256 == 0; F32 rows 16-byte aligned).
 bool matvec_supported(GgmlType type, int64_t cols, size_t row_bytes);
-// x [m × cols]; all weights of `type` and `cols` columns. cudaErrorInvalidValue when the
-// combination is not supported (then nothing ran).
+// x [m × cols]; all weights of `type` and `cols` columns, each starting 16-byte aligned.
+// cudaErrorInvalidValue when the combination is not supported (then nothing ran).
 // norm: see MatvecNorm (kMvStore and kMvSwiglu, m = 1 only).
 cudaError_t matvec(GgmlType type, const MatvecSeg* segs, int n_segs, int epilogue, const float* x,
                    int64_t m, int64_t cols, cudaStream_t s, const MatvecNorm& norm = {});

@@ -98,6 +98,26 @@ __device__ inline float dequant_value(GgmlType type, const uint8_t* row, int64_t
   }
 }
 
+// A block of a 16-bit scale then 4·NW quant bytes (Q4_0: NW = 4, Q8_0: NW = 8), 2-byte aligned:
+// the quants into q as NW little-endian words, in NW + 1 aligned loads; returns the scale's bits.
+template <int NW>
+__device__ inline uint16_t load_block_quants(const uint8_t* b, uint32_t (&q)[NW]) {
+  if (reinterpret_cast<uintptr_t>(b) & 2) {  // the quants start 4-byte aligned
+    const uint32_t* p = reinterpret_cast<const uint32_t*>(b + 2);
+#pragma unroll
+    for (int i = 0; i < NW; ++i) q[i] = p[i];
+    return *reinterpret_cast<const uint16_t*>(b);
+  }
+  const uint32_t* p = reinterpret_cast<const uint32_t*>(b);  // words straddle the quants by 2 bytes
+  uint32_t wd[NW + 1];
+#pragma unroll
+  for (int i = 0; i < NW; ++i) wd[i] = p[i];
+  wd[NW] = *reinterpret_cast<const uint16_t*>(b + 4 * NW);  // the last 2 bytes (no read past the block)
+#pragma unroll
+  for (int i = 0; i < NW; ++i) q[i] = __funnelshift_r(wd[i], wd[i + 1], 16);
+  return static_cast<uint16_t>(wd[0]);
+}
+
 // Values [32u, 32u + 32) of a row into w.
 template <GgmlType T>
 __device__ inline void load_unit(const uint8_t* row, int64_t u, float (&w)[32]) {
@@ -112,32 +132,47 @@ __device__ inline void load_unit(const uint8_t* row, int64_t u, float (&w)[32]) 
       w[4 * i + 3] = v.w;
     }
   } else if constexpr (T == GgmlType::F16 || T == GgmlType::BF16) {
-    const uint8_t* p = row + u * 64;
+    const uint4* p = reinterpret_cast<const uint4*>(row + u * 64);  // rows of 32k halves: 64-byte units
+    uint32_t h2[16];
+#pragma unroll
+    for (int i = 0; i < 4; ++i) {
+      const uint4 v = p[i];
+      h2[4 * i] = v.x;
+      h2[4 * i + 1] = v.y;
+      h2[4 * i + 2] = v.z;
+      h2[4 * i + 3] = v.w;
+    }
 #pragma unroll
     for (int j = 0; j < 32; ++j) {
-      const uint16_t h = load_u16(p + 2 * j);
+      const uint16_t h = static_cast<uint16_t>(h2[j / 2] >> (16 * (j % 2)));
       w[j] = T == GgmlType::F16 ? half_bits_to_float(h) : __uint_as_float(static_cast<uint32_t>(h) << 16);
     }
   } else if constexpr (T == GgmlType::Q8_0) {
     const uint8_t* b = row + u * 34;
-    const float d = half_bits_to_float(load_u16(b));
+    uint32_t q[8];
+    const float d = half_bits_to_float(load_block_quants<8>(b, q));
 #pragma unroll
-    for (int j = 0; j < 32; ++j) w[j] = d * static_cast<float>(static_cast<int8_t>(b[2 + j]));
+    for (int j = 0; j < 32; ++j) w[j] = d * static_cast<float>(static_cast<int8_t>(q[j / 4] >> (8 * (j % 4))));
   } else if constexpr (T == GgmlType::Q4_0) {
     const uint8_t* b = row + u * 18;
-    const float d = half_bits_to_float(load_u16(b));
+    uint32_t q4[4];
+    const float d = half_bits_to_float(load_block_quants<4>(b, q4));
 #pragma unroll
     for (int j = 0; j < 16; ++j) {
-      const int q = b[2 + j];
+      const int q = (q4[j / 4] >> (8 * (j % 4))) & 0xFF;
       w[j] = d * static_cast<float>((q & 0xF) - 8);
       w[j + 16] = d * static_cast<float>((q >> 4) - 8);
     }
   } else if constexpr (T == GgmlType::Q4_1) {
-    const uint8_t* b = row + u * 20;
-    const float d = half_bits_to_float(load_u16(b)), m = half_bits_to_float(load_u16(b + 2));
+    const uint32_t* b = reinterpret_cast<const uint32_t*>(row + u * 20);  // 20-byte blocks: 4-byte aligned
+    const uint32_t dm = b[0];
+    uint32_t q4[4];
+#pragma unroll
+    for (int i = 0; i < 4; ++i) q4[i] = b[1 + i];
+    const float d = half_bits_to_float(static_cast<uint16_t>(dm)), m = half_bits_to_float(static_cast<uint16_t>(dm >> 16));
 #pragma unroll
     for (int j = 0; j < 16; ++j) {
-      const int q = b[4 + j];
+      const int q = (q4[j / 4] >> (8 * (j % 4))) & 0xFF;
       w[j] = fmaf(d, static_cast<float>(q & 0xF), m);
       w[j + 16] = fmaf(d, static_cast<float>(q >> 4), m);
     }
