@@ -774,6 +774,25 @@ TEST(Policies, RecencyRandomAndFullChooseFromTheMiddle) {
   for (int32_t p : a) EXPECT_TRUE(p >= 1 && p < 99);
 }
 
+// What a request must do for a policy comes from its traits, which every caller asks instead of
+// comparing names: only full keeps every page, only oracle replays a trace, only lsa needs the
+// indexer and may widen; an unknown name is refused.
+TEST(Policies, TraitsSayWhatEachPolicyAsksOfItsRequest) {
+  int keeps_all = 0, replays = 0, indexer = 0;
+  for (const std::string& n : policy_names()) {
+    const PolicyTraits t = policy_traits(n);
+    keeps_all += t.keeps_all;
+    replays += t.replays_trace;
+    indexer += t.needs_indexer;
+    EXPECT_EQ(t.keeps_all, n == "full") << n;
+    EXPECT_EQ(t.replays_trace, n == "oracle") << n;
+    EXPECT_EQ(t.needs_indexer, n == "lsa") << n;
+    EXPECT_EQ(t.may_widen, n == "lsa") << n;
+  }
+  EXPECT_EQ(keeps_all + replays + indexer, 3);
+  EXPECT_THROW(policy_traits("lru"), Error);
+}
+
 TEST(Policies, QuestFindsThePageWhoseKeysAlignWithTheQuery) {
   KvCacheConfig c = small_config(KvType::kF16, 1);
   c.n_kv_heads = 1;

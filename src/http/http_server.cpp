@@ -11,6 +11,7 @@
 #include <thread>
 
 #include "core/error.h"
+#include "memory/policy.h"
 #include "server/openai.h"
 
 namespace flashmem::server {
@@ -92,7 +93,7 @@ struct HttpServer::Impl {
       go.memory = o.memory;
       if (q.policy) {
         go.memory.policy = *q.policy;
-        if (*q.policy == "full") go.memory.budget = KvBudget{};
+        if (policy_traits(*q.policy).keeps_all) go.memory.budget = KvBudget{};
       }
       if (q.kv_budget) go.memory.budget = KvBudget::parse(*q.kv_budget);
       go.sampling = q.sampling;

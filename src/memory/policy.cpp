@@ -182,6 +182,7 @@ PolicyTraits policy_traits(const std::string& name) {
   FM_CHECK(std::find(names.begin(), names.end(), name) != names.end(), ErrorCode::kInvalidArgument,
            "unknown policy '", name, "' (known: full, recency, random, quest, oracle, lsa)");
   PolicyTraits t;
+  t.keeps_all = name == "full";
   t.replays_trace = name == "oracle";
   t.needs_indexer = t.may_widen = name == "lsa";
   return t;

@@ -94,6 +94,7 @@ const std::vector<std::string>& policy_names();
 // What running a policy asks of the request that runs it (the engine asks these, never the
 // policy's name).
 struct PolicyTraits {
+  bool keeps_all = false;      // full: every page resident, whatever budget is asked (it is 100%)
   bool replays_trace = false;  // oracle: a recorded full-attention pass of the same request first
   bool needs_indexer = false;  // lsa: a Memory Indexer, fed each decode step's hidden state
   bool may_widen = false;      // lsa: may move the request to a full budget part-way (a new store)

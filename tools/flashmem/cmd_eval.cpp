@@ -30,6 +30,7 @@
 #include "eval/ruler.h"
 #include "eval/selection_trace.h"
 #include "eval/word_filter.h"
+#include "memory/policy.h"
 #include "eval_suites.h"
 
 namespace flashmem::cli {
@@ -52,7 +53,7 @@ CLI::App* add_eval_command(CLI::App& app, EvalArgs& a) {
       ->check(CLI::Range(1, 1 << 20));
   c->add_option("--seed", a.seed, "Seed of sample generation");
   c->add_option("--policy", a.policies, "Residency policies, comma-separated")->delimiter(',')
-      ->check(CLI::IsMember({"full", "recency", "random", "quest", "oracle", "lsa"}));
+      ->check(CLI::IsMember(policy_names()));
   c->add_option("--kv-budget", a.budgets, "Device KV budgets, comma-separated (10%, 32pages)")->delimiter(',');
   c->add_option("--cycle", a.memory.cycle, "Decode steps between residency selections")->check(CLI::Range(1, 1 << 20));
   c->add_option("--sink", a.memory.sink, "First tokens always resident")->check(CLI::Range(int64_t{0}, int64_t{1} << 30));
@@ -159,7 +160,7 @@ int eval_command(const EvalArgs& a) {
   // Everything that can be wrong with the request is checked before anything is written.
   std::vector<Run> runs;
   for (const auto& p : a.policies) {
-    const std::vector<std::string> budgets = p == "full" ? std::vector<std::string>{"100%"} : a.budgets;
+    const std::vector<std::string> budgets = policy_traits(p).keeps_all ? std::vector<std::string>{"100%"} : a.budgets;
     for (const auto& b : budgets) {
       MemoryArgs m = a.memory;
       m.policy = p;
@@ -172,7 +173,8 @@ int eval_command(const EvalArgs& a) {
   for (const auto& l : a.lengths) lengths.push_back(parse_length(l));
 
   EngineOptions eo = engine_options(a);
-  const bool lsa_wanted = std::find(a.policies.begin(), a.policies.end(), "lsa") != a.policies.end();
+  const bool lsa_wanted =
+      std::any_of(a.policies.begin(), a.policies.end(), [](const std::string& p) { return policy_traits(p).needs_indexer; });
   FM_CHECK(a.lsa_trace.empty() || lsa_wanted, ErrorCode::kInvalidArgument,
            "--lsa-trace records lsa's selections: add lsa to --policy");
   // The indexer is checked (against the model, and the page size against its chunks) by the
@@ -278,7 +280,7 @@ int eval_command(const EvalArgs& a) {
       go.max_new_tokens = item.max_new_tokens;
       go.memory = todo[k]->memory;
       go.stop_strings = item.stop_strings;
-      go.lsa_trace = trace.is_open() && todo[k]->policy == "lsa";
+      go.lsa_trace = trace.is_open() && policy_traits(todo[k]->policy).needs_indexer;
       if (policy_traits(go.memory.policy).replays_trace) {
         results[k] = eng->decode(*pre, go);
         continue;
@@ -326,7 +328,7 @@ int eval_command(const EvalArgs& a) {
                    {"prefill_shared", todo.size() > 1}, {"decoded_together", decoded_together},
                    {"backend", where}};
       for (const auto& [key, v] : item.extra.items()) rec.extra[key] = v;
-      if (r->policy == "lsa") {
+      if (policy_traits(r->policy).needs_indexer) {
         rec.extra["widened_at_step"] = g.kv.widened_at_step;
         rec.extra["widen_reason"] = g.kv.widen_reason;
         rec.extra["lsa_kept_fraction"] = g.kv.lsa_kept_fraction;

@@ -7,6 +7,7 @@
 #include "commands.h"
 #include "core/error.h"
 #include "engine/engine.h"
+#include "memory/policy.h"
 
 namespace flashmem::cli {
 
@@ -71,9 +72,10 @@ int run_command(const RunArgs& a) {
   ResidencyOptions memory = residency_options(a.memory);  // bad flags fail before loading
   EngineOptions eo = engine_options(a);
   eo.n_ctx = a.n_ctx;
-  eo.indexer_path = indexer_path(a.memory, a.model, a.memory.policy == "lsa");
+  const bool lsa = policy_traits(a.memory.policy).needs_indexer;
+  eo.indexer_path = indexer_path(a.memory, a.model, lsa);
   const auto settings = indexer_settings(eo.indexer_path);
-  eo.page_tokens = page_tokens_for(a.page_tokens, settings, eo.indexer_path, a.memory.policy == "lsa");
+  eo.page_tokens = page_tokens_for(a.page_tokens, settings, eo.indexer_path, lsa);
   apply_lsa_metadata(settings, a.memory.lsa_given, eo.indexer_path, memory.lsa);
   eo.host_kv_bytes = static_cast<uint64_t>(a.host_memory_gb * 1e9);
   auto eng = Engine::load(eo);
@@ -152,7 +154,7 @@ int run_command(const RunArgs& a) {
   // the minimum of sink + tail + one cycle, or the rounding up) offloads nothing; say so.
   const int64_t final_tokens = std::min<int64_t>(eng->n_ctx(), r.n_prompt + std::max(go.max_new_tokens, 1));
   const int64_t all_pages = (final_tokens + eo.page_tokens - 1) / eo.page_tokens;
-  const bool covers_all = kv.policy != "full" && kv.budget_pages >= all_pages;
+  const bool covers_all = !policy_traits(kv.policy).keeps_all && kv.budget_pages >= all_pages;
   if (covers_all)
     std::fprintf(stderr,
                  "[flashmem] note: --kv-budget %s rounds up to %lld pages per layer, all %lld pages this request "

@@ -7,6 +7,7 @@
 #include "commands.h"
 #include "core/error.h"
 #include "engine/engine.h"
+#include "memory/policy.h"
 #ifdef FLASHMEM_HAVE_HTTP
 #include "http/http_server.h"
 #endif
@@ -63,11 +64,12 @@ int serve_command(const ServeArgs& a) {
     try {
       eo.indexer_path = indexer_path(a.memory, a.model, true);
     } catch (const Error&) {
-      FM_CHECK(memory.policy != "lsa", ErrorCode::kInvalidArgument, "policy lsa needs a Memory Indexer (--indexer FILE)");
+      FM_CHECK(!policy_traits(memory.policy).needs_indexer, ErrorCode::kInvalidArgument, "policy ", memory.policy,
+               " needs a Memory Indexer (--indexer FILE)");
     }
   }
   const auto settings = indexer_settings(eo.indexer_path);
-  eo.page_tokens = page_tokens_for(a.page_tokens, settings, eo.indexer_path, memory.policy == "lsa");
+  eo.page_tokens = page_tokens_for(a.page_tokens, settings, eo.indexer_path, policy_traits(memory.policy).needs_indexer);
   apply_lsa_metadata(settings, a.memory.lsa_given, eo.indexer_path, memory.lsa);
   eo.device_kv_bytes = static_cast<uint64_t>(a.kv_memory_gb * 1e9);  // the reserve never outgrows admission
   auto eng = Engine::load(eo);

@@ -13,12 +13,13 @@
 #include "engine/engine.h"
 #include "indexer/indexer_model.h"
 #include "memory/residency.h"
+#include "memory/policy.h"
 
 namespace flashmem::cli {
 
 void add_memory_options(CLI::App* c, MemoryArgs& a) {
   c->add_option("--policy", a.policy, "KV residency policy")
-      ->check(CLI::IsMember({"full", "recency", "random", "quest", "oracle", "lsa"}));
+      ->check(CLI::IsMember(policy_names()));
   c->add_option("--kv-budget", a.kv_budget,
                 "Device KV budget: percent of the request's full KV (10%) or pages per layer (32pages)");
   c->add_option("--cycle", a.cycle, "Decode steps between residency selections (tau)")
@@ -197,7 +198,7 @@ void print_kv_report(std::FILE* out, const KvReport& r) {
   std::fprintf(out, "  host mirror %.3f MiB; recalled %lld pages (%.3f MiB) in %lld batches, %.3f s\n",
                mib(r.final.mirror), static_cast<long long>(r.recall.pages), mib(r.recall.bytes),
                static_cast<long long>(r.recall.batches), r.recall.seconds);
-  if (r.policy == "lsa") {
+  if (policy_traits(r.policy).needs_indexer) {
     std::fprintf(out, "  lsa: %.1f%% of the middle chunks above the threshold", 100.0 * r.lsa_kept_fraction);
     if (r.lsa_absent_mass >= 0)
       std::fprintf(out, "; the chosen pages miss %.1f%% of the prompt's observed attention", 100.0 * r.lsa_absent_mass);
