@@ -85,7 +85,16 @@ void TieredKvStore::grow_mirror(int32_t page) {
   }
 }
 
+void TieredKvStore::flush_write_backs() const {
+  if (pending_wb_.empty()) return;
+  // In flight until sync_mirror(); issued before anything can reuse the slots (stream order).
+  recall_.write_back(pending_wb_, cfg_.page_bytes());
+  pending_wb_.clear();
+  mirror_pending_ = true;
+}
+
 void TieredKvStore::sync_mirror() const {
+  flush_write_backs();
   if (!mirror_pending_) return;
   be_.synchronize();
   mirror_pending_ = false;
@@ -114,6 +123,7 @@ int64_t TieredKvStore::take_slot() {
   } else {
     FM_ICHECK(!lru_.empty(), "every reserve slot of the request is pinned (budget ", budget_,
               " pages per layer)");
+    flush_write_backs();  // the victim may be a page whose copy to the mirror is not issued yet
     const auto [tick, layer, page] = *lru_.begin();
     lru_.erase(lru_.begin());
     PageState& victim = layers_[layer].pages[page];
@@ -185,10 +195,7 @@ double TieredKvStore::mean_device_bytes() const {
 void TieredKvStore::complete_page(int layer, int32_t page) {
   grow_mirror(page);
   PageState& s = layers_[layer].pages[page];
-  const PageCopy wb{reserve_.slot(s.slot), mirror_ptr(layer, page)};
-  // In flight until sync_mirror(); issued before anything can reuse the slot (stream order).
-  recall_.write_back({&wb, 1}, cfg_.page_bytes());
-  mirror_pending_ = true;
+  pending_wb_.push_back(PageCopy{reserve_.slot(s.slot), mirror_ptr(layer, page)});
   --open_slots_;
   ++mirror_pages_;
   if (decode_mode_) {
@@ -236,6 +243,7 @@ void TieredKvStore::append(int layer, int64_t n, const float* k, const float* v)
     L.tokens += take;
     if (slot_in_page + take == pt) complete_page(layer, page);
   }
+  flush_write_backs();
   announce_pages(layer, first_done);
 }
 
@@ -255,6 +263,7 @@ void TieredKvStore::commit_token(int layer) {
   const int32_t first_done = static_cast<int32_t>(completed_pages(layer));
   ++L.tokens;
   if (L.tokens % cfg_.page_tokens == 0) complete_page(layer, static_cast<int32_t>(L.pages.size()) - 1);
+  flush_write_backs();
   announce_pages(layer, first_done);
 }
 

@@ -162,6 +162,8 @@ class TieredKvStore final : public KvStore {
   void grow_mirror(int32_t page);
   // Waits for write-backs still in flight before the host reads the mirror.
   void sync_mirror() const;
+  // Issues the write-backs of the pages completed since the last call, as one batch.
+  void flush_write_backs() const;
   int64_t take_slot();
   void pin(int layer, int32_t page);
   void unpin(int layer, int32_t page);
@@ -197,6 +199,10 @@ class TieredKvStore final : public KvStore {
   std::vector<uint8_t*> mirror_;
   int64_t seg_pages_ = 1;
   mutable bool mirror_pending_ = false;
+  // Completed pages' copies to the mirror not yet issued: a prefill chunk's pages go out as one
+  // batch at the end of append() (one launch a layer, not one a page), and before anything that
+  // could overwrite their slots (take_slot's eviction) or read the mirror (sync_mirror).
+  mutable std::vector<PageCopy> pending_wb_;
   std::vector<Layer> layers_;
   std::set<LruKey> lru_;  // cached (resident, unpinned) pages, oldest first
   uint64_t clock_ = 0;
