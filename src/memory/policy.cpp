@@ -177,10 +177,16 @@ const std::vector<std::string>& policy_names() {
   return names;
 }
 
-PolicyTraits policy_traits(const std::string& name) {
+void check_policy_name(const std::string& name) {
   const auto& names = policy_names();
-  FM_CHECK(std::find(names.begin(), names.end(), name) != names.end(), ErrorCode::kInvalidArgument,
-           "unknown policy '", name, "' (known: full, recency, random, quest, oracle, lsa)");
+  if (std::find(names.begin(), names.end(), name) != names.end()) return;
+  std::string known;
+  for (const std::string& n : names) known += (known.empty() ? "" : ", ") + n;
+  FM_FAIL(ErrorCode::kInvalidArgument, "unknown policy '", name, "' (known: ", known, ")");
+}
+
+PolicyTraits policy_traits(const std::string& name) {
+  check_policy_name(name);
   PolicyTraits t;
   t.keeps_all = name == "full";
   t.replays_trace = name == "oracle";
@@ -213,8 +219,8 @@ std::unique_ptr<ResidencyPolicy> make_policy(const std::string& name, const KvCa
     return std::make_unique<LsaPolicy>(kv, deps.lsa, *deps.query, deps.device,
                                        deps.lsa_options ? *deps.lsa_options : LsaOptions{});
   }
-  FM_FAIL(ErrorCode::kInvalidArgument, "unknown policy '", name,
-          "' (known: full, recency, random, quest, oracle, lsa)");
+  check_policy_name(name);
+  FM_FAIL(ErrorCode::kInternal, "policy '", name, "' has no constructor");
 }
 
 }  // namespace flashmem

@@ -90,6 +90,8 @@ void top_pages(const SelectContext& c, int64_t n, const std::vector<float>& scor
 
 // Names make_policy accepts.
 const std::vector<std::string>& policy_names();
+// Error(kInvalidArgument) naming the known policies unless `name` is one of them.
+void check_policy_name(const std::string& name);
 
 // What running a policy asks of the request that runs it (the engine asks these, never the
 // policy's name).

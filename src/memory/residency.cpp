@@ -41,9 +41,7 @@ std::string KvBudget::str() const {
 }
 
 void ResidencyOptions::validate() const {
-  const auto& names = policy_names();
-  FM_CHECK(std::find(names.begin(), names.end(), policy) != names.end(), ErrorCode::kInvalidArgument,
-           "unknown policy '", policy, "' (known: full, recency, random, quest, oracle, lsa)");
+  check_policy_name(policy);
   lsa.validate();
   FM_CHECK(cycle >= 1 && cycle <= (1 << 20), ErrorCode::kInvalidArgument, "cycle must be ≥ 1 step, got ", cycle);
   FM_CHECK(sink_tokens >= 0 && tail_tokens >= 0, ErrorCode::kInvalidArgument,
