@@ -10,6 +10,7 @@
 #include <cstdint>
 
 #include "ops/cuda/attention.cuh"
+#include "ops/cuda/mma.cuh"
 
 namespace flashmem::cuda {
 
@@ -18,20 +19,6 @@ namespace {
 constexpr int kRows = 64;   // query rows per block
 constexpr int kKeys = 64;   // keys per tile
 constexpr int kWarpsMma = kRows / 16;
-
-__device__ inline uint32_t pack_half2(float lo, float hi) {
-  const __half2 h = __floats2half2_rn(lo, hi);
-  return *reinterpret_cast<const uint32_t*>(&h);
-}
-
-__device__ inline void mma_f16(float (&d)[4], uint32_t a0, uint32_t a1, uint32_t a2, uint32_t a3, uint32_t b0,
-                               uint32_t b1) {
-  asm volatile(
-      "mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
-      "{%0,%1,%2,%3};\n"
-      : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
-      : "r"(a0), "r"(a1), "r"(a2), "r"(a3), "r"(b0), "r"(b1));
-}
 
 template <int HD>
 __global__ void __launch_bounds__(32 * kWarpsMma)

@@ -114,12 +114,13 @@ class CudaBackend final : public Backend {
   void gemm(const WeightMatrix& w, const float* x, int64_t m, float* y, bool accumulate);
   // `bytes` of the current staging slab (moving to the next once the ops that read it are done).
   uint8_t* slab_space(size_t bytes);
-  // A device-readable copy of a small host array for the ops issued next (page lists, slots):
-  // page-locked staging memory the kernels read in place (one copy less in the stream than an
-  // upload: 9% more decode tok/s at depth 0; on the H100 of 2026-12-05 a copy into a device
-  // mirror per op gave 472 against 532 tok/s at depth 0 and the same at 8000), or, above a
-  // slab, `fallback` after an upload.
+  // A device-readable copy of a small host array for the ops issued next that read it about
+  // once (slots, copy lists): page-locked staging memory the kernels read in place (one copy
+  // less in the stream than an upload), or, above a slab, `fallback` after an upload.
   const void* stage(BackendBuffer& fallback, const void* host_src, size_t bytes);
+  // A device-memory copy of a host array in `b` (grown on demand), stream-ordered: for lists that
+  // many warps read.
+  const void* device_copy(BackendBuffer& b, const void* host_src, size_t bytes);
   // Scratch for the partial results of attention split `parts` ways over `items` (row, head)
   // pairs: outputs and log-sum-exps (none when parts ≤ 1).
   std::pair<float*, float*> partials(int64_t items, int parts, int head_dim);

@@ -1,8 +1,10 @@
 #include "ops/cuda/decode_attention.cuh"
 
 #include <algorithm>
+#include <cstdlib>
 
 #include "ops/cuda/kv_access.cuh"
+#include "ops/cuda/mma.cuh"
 #include "ops/cuda/rope.cuh"
 
 namespace flashmem::cuda {
@@ -26,13 +28,6 @@ __host__ __device__ inline int split_pages(int n, int pt) {
   return even > least ? even : least;
 }
 
-// 16 bytes global → shared without passing through registers (sm_80+), and the wait for them.
-__device__ inline void cp_async16(void* smem, const void* gmem) {
-  const unsigned dst = static_cast<unsigned>(__cvta_generic_to_shared(smem));
-  asm volatile("cp.async.cg.shared.global [%0], [%1], 16;\n" ::"r"(dst), "l"(gmem));
-}
-__device__ inline void cp_async_wait_all() { asm volatile("cp.async.wait_all;\n" ::: "memory"); }
-
 // Dims of K a warp stages at a time (its tile: KD dims × 32 slots in shared memory).
 template <int HD, int KV>
 constexpr int k_tile_dims() {
@@ -53,6 +48,38 @@ struct BatchPtrs {
   const int32_t* page_begin;
   const DevPage* pages;
 };
+
+// The end of a split: the block's warps, each with its heads' running max wm, sum wl and
+// unnormalised output wacc ([kWarps][GP][HD], shared), folded by their maxima, normalised, and
+// written to out (the row's only split) or to the split's partial result.
+template <int HD, int GP>
+__device__ inline void fold_warps(const DevAttention& p, const float (*wm)[GP], const float (*wl)[GP],
+                                  const float* wacc, int G, int64_t i, int g, int s, int splits, bool alone,
+                                  float* out, float* part_o, float* part_lse) {
+  for (int idx = threadIdx.x; idx < G * HD; idx += kThreads) {
+    const int h = idx / HD, c = idx % HD;
+    float mx = -INFINITY;
+#pragma unroll
+    for (int v = 0; v < kWarps; ++v) mx = fmaxf(mx, wm[v][h]);
+    float sum = 0.0f, a = 0.0f;
+    if (mx != -INFINITY)
+#pragma unroll
+      for (int v = 0; v < kWarps; ++v)
+        if (wm[v][h] != -INFINITY) {
+          const float f = expf(wm[v][h] - mx);
+          sum = fmaf(wl[v][h], f, sum);
+          a = fmaf(wacc[(v * GP + h) * HD + c], f, a);
+        }
+    const float o = sum > 0.0f ? a / sum : 0.0f;
+    const int64_t item = i * p.n_heads + g * G + h;
+    if (alone) {
+      out[item * HD + c] = o;
+    } else {
+      part_o[(item * splits + s) * HD + c] = o;
+      if (c == 0) part_lse[item * splits + s] = sum > 0.0f ? mx + logf(sum) : -INFINITY;
+    }
+  }
+}
 
 // Block (split s, kv head g, row i), kWarps independent warps. The split's key slots are cut into
 // chunks of 32; warp w takes chunks w, w + kWarps, ... Per chunk, the warp first sends out every
@@ -254,29 +281,203 @@ decode_attention_kernel(DevAttention p, const float* q, const __grid_constant__ 
 #pragma unroll
     for (int d = 0; d < DPL; ++d) wacc[w][h][lane * DPL + d] = acc[h][d];
   __syncthreads();
-  for (int idx = t; idx < G * HD; idx += kThreads) {
-    const int h = idx / HD, c = idx % HD;
-    float mx = -INFINITY;
+  fold_warps<HD, GP>(p, wm, wl, &wacc[0][0][0], G, i, g, s, splits, alone, out, part_o, part_lse);
+}
+
+// f16 KV, head_dim 64 or 128, pages of a multiple of 8 tokens: the blocks, splits, warps and
+// 32-slot chunks of decode_attention_kernel, with each chunk's products on tensor cores. The
+// group's query heads are the 16 rows of an m16n8k16 MMA (rows past the group are zero); per
+// chunk the warp copies K (dim-major, as stored) and V (slot-major) into its shared tiles with
+// 16-byte asynchronous copies, then S = Q·Kᵀ and O += P·V read their operands with transposing
+// ldmatrix. Q and P go in as two f16 parts each (hi + lo), so a product keeps ~22 bits of them
+// against the f16 K and V: the result stays within ~1e-6 of f32 arithmetic. V rows of masked
+// slots are zero-filled (a masked slot's bytes may be anything, and 0 · NaN is NaN).
+constexpr int kMmaKRow = 32 + 8;  // halves in a K tile row (one dim's 32 slots; padded: no bank conflicts)
+template <int HD>
+constexpr int mma_tile_halves() {
+  return HD * kMmaKRow + 32 * (HD + 8);  // a warp's K tile, then its V tile (rows of HD + 8 halves)
+}
+template <int HD>
+constexpr int mma_smem_bytes() {
+  return kWarps * mma_tile_halves<HD>() * 2;
+}
+
+template <int HD>
+__global__ void __launch_bounds__(kThreads)
+decode_attention_mma_kernel(DevAttention p, const float* q, const __grid_constant__ DecodeRows inl_rows,
+                            const __grid_constant__ DecodePages inl_pages, BatchPtrs b, int splits, float* out,
+                            float* part_o, float* part_lse) {
+  constexpr int VROW = HD + 8;  // halves in a V tile row
+  constexpr int KC = HD / 16;   // k-chunks of the scores
+  constexpr int NT = HD / 8;    // n-tiles of the output
+  constexpr int GP = 8;         // rows of the fold (the MMA's first 8 rows)
+  static_assert(kWarps * GP * HD * 4 <= mma_smem_bytes<HD>(), "the fold fits where the tiles were");
+  extern __shared__ __align__(16) uint8_t dyn_smem[];
+  __shared__ float wm[kWarps][GP], wl[kWarps][GP];
+  const int32_t* pos = b.pos ? b.pos : inl_rows.pos;
+  const int32_t* page_begin = b.page_begin ? b.page_begin : inl_rows.page_begin;
+  const DevPage* pages = b.pages ? b.pages : inl_pages.pages;
+  const int s = blockIdx.x, g = blockIdx.y;
+  const int64_t i = blockIdx.z;
+  const int pt = p.page_tokens;
+  const int pb = page_begin[i], pe = page_begin[i + 1];
+  const int pps = split_pages(pe - pb, pt);
+  const int first = pb + s * pps;
+  if (first >= pe) return;  // the row has fewer splits (or no pages: skipped)
+  const int last = min(pe, first + pps);
+  const bool alone = pe - pb <= pps;
+  const int G = p.n_heads / p.n_kv_heads;
+  const int lane = threadIdx.x & 31, w = threadIdx.x >> 5;
+  const int gr = lane >> 2, t = lane & 3;  // the fragments' row (query head) and column pair
+  const int32_t qpos = pos[i];
+  const int64_t head_off = static_cast<int64_t>(g) * p.head_stride;  // in halves
+  // Q fragments, rows = the group's heads: dims kc·16 + 2t (+1) and + 8, as hi and lo parts.
+  uint32_t qh[KC][2], ql[KC][2];
+  {
+    const float* qrow = gr < G ? q + (i * p.n_heads + g * G + gr) * HD : nullptr;
 #pragma unroll
-    for (int v = 0; v < kWarps; ++v) mx = fmaxf(mx, wm[v][h]);
-    float sum = 0.0f, a = 0.0f;
-    if (mx != -INFINITY)
+    for (int kc = 0; kc < KC; ++kc)
 #pragma unroll
-      for (int v = 0; v < kWarps; ++v)
-        if (wm[v][h] != -INFINITY) {
-          const float f = expf(wm[v][h] - mx);
-          sum = fmaf(wl[v][h], f, sum);
-          a = fmaf(wacc[v][h][c], f, a);
-        }
-    const float o = sum > 0.0f ? a / sum : 0.0f;
-    const int64_t item = i * p.n_heads + g * G + h;
-    if (alone) {
-      out[item * HD + c] = o;
-    } else {
-      part_o[(item * splits + s) * HD + c] = o;
-      if (c == 0) part_lse[item * splits + s] = sum > 0.0f ? mx + logf(sum) : -INFINITY;
-    }
+      for (int e = 0; e < 2; ++e) {
+        const int c = kc * 16 + 8 * e + 2 * t;
+        const float x0 = qrow ? qrow[c] * p.scale : 0.0f, x1 = qrow ? qrow[c + 1] * p.scale : 0.0f;
+        split_half2(x0, x1, qh[kc][e], ql[kc][e]);
+      }
   }
+  __half* kt = reinterpret_cast<__half*>(dyn_smem) + w * mma_tile_halves<HD>();
+  __half* vt = kt + HD * kMmaKRow;
+  float o[NT][4];
+#pragma unroll
+  for (int n = 0; n < NT; ++n) o[n][0] = o[n][1] = o[n][2] = o[n][3] = 0.0f;
+  float mx = -INFINITY, lsum = 0.0f;  // head gr's running max; this thread's share of its sum
+  const int n_slots = (last - first) * pt;
+  const int j8 = lane >> 3, r8 = lane & 7;  // ldmatrix: the matrix and the row this lane addresses
+  for (int base = w * 32; base < n_slots; base += kThreads) {
+    const int slot = base + lane;
+    const __half* kslot = nullptr;  // this lane's slot: its K (dim 0) and its V row
+    const __half* vslot = nullptr;
+    bool valid = false;
+    if (slot < n_slots) {
+      const int j = slot % pt;
+      const DevPage pg = pages[first + slot / pt];
+      kslot = static_cast<const __half*>(pg.k) + head_off + j;
+      vslot = static_cast<const __half*>(pg.v) + head_off + static_cast<int64_t>(j) * HD;
+      valid = j < pg.n_tokens && pg.pos0 + j <= qpos;
+    }
+    const unsigned vmask = __ballot_sync(0xffffffffu, valid);
+    {
+      // K: lane takes the 8-slot group lane % 4 of dims lane / 4 + 8r (a group shares its page).
+      const int grp = lane & 3;
+      const auto* kg = reinterpret_cast<const __half*>(
+          __shfl_sync(0xffffffffu, reinterpret_cast<unsigned long long>(kslot), grp * 8));
+      const bool in = base + grp * 8 < n_slots;
+      // a valid address for the zero-filling copies (lane 0's slot is in the split: base < n_slots)
+      const void* any = reinterpret_cast<const void*>(
+          __shfl_sync(0xffffffffu, reinterpret_cast<unsigned long long>(kslot), 0));
+#pragma unroll
+      for (int r = 0; r < HD / 8; ++r) {
+        const int c = (lane >> 2) + 8 * r;
+        cp_async16(kt + c * kMmaKRow + grp * 8, in ? static_cast<const void*>(kg + static_cast<int64_t>(c) * pt) : any, in);
+      }
+      // V: 32 rows of HD / 8 pieces; a masked slot's row is zeros.
+      constexpr int PPR = HD / 8;
+#pragma unroll
+      for (int r = 0; r < PPR; ++r) {
+        const int pi = lane + 32 * r, row = pi / PPR, pc = pi % PPR;
+        const auto* vr = reinterpret_cast<const __half*>(
+            __shfl_sync(0xffffffffu, reinterpret_cast<unsigned long long>(vslot), row));
+        const bool use = (vmask >> row) & 1u;
+        cp_async16(vt + row * VROW + pc * 8, use ? static_cast<const void*>(vr + pc * 8) : any, use);
+      }
+    }
+    cp_async_wait_all();
+    __syncwarp();
+    // S = Q·Kᵀ: 4 n-tiles of 8 slots; per k-chunk one ldmatrix gives two n-tiles' B fragments.
+    float sc[4][4];
+#pragma unroll
+    for (int n = 0; n < 4; ++n) sc[n][0] = sc[n][1] = sc[n][2] = sc[n][3] = 0.0f;
+#pragma unroll
+    for (int kc = 0; kc < KC; ++kc)
+#pragma unroll
+      for (int np = 0; np < 2; ++np) {
+        uint32_t bb[4];
+        ldmatrix_x4_trans(bb, kt + (kc * 16 + (j8 & 1) * 8 + r8) * kMmaKRow + (2 * np + (j8 >> 1)) * 8);
+        mma_f16(sc[2 * np], qh[kc][0], 0u, qh[kc][1], 0u, bb[0], bb[1]);
+        mma_f16(sc[2 * np], ql[kc][0], 0u, ql[kc][1], 0u, bb[0], bb[1]);
+        mma_f16(sc[2 * np + 1], qh[kc][0], 0u, qh[kc][1], 0u, bb[2], bb[3]);
+        mma_f16(sc[2 * np + 1], ql[kc][0], 0u, ql[kc][1], 0u, bb[2], bb[3]);
+      }
+    // Online softmax of head gr over the chunk (the quad of lanes 4gr … 4gr + 3 shares the head).
+    float cm = -INFINITY;
+#pragma unroll
+    for (int n = 0; n < 4; ++n)
+#pragma unroll
+      for (int e = 0; e < 2; ++e) {
+        if (!((vmask >> (n * 8 + 2 * t + e)) & 1u)) sc[n][e] = -INFINITY;
+        cm = fmaxf(cm, sc[n][e]);
+      }
+    cm = fmaxf(cm, __shfl_xor_sync(0xffffffffu, cm, 1));
+    cm = fmaxf(cm, __shfl_xor_sync(0xffffffffu, cm, 2));
+    const float nm = fmaxf(mx, cm);
+    const float corr = mx == -INFINITY ? 0.0f : expf(mx - nm);
+    float ps = 0.0f;
+#pragma unroll
+    for (int n = 0; n < 4; ++n)
+#pragma unroll
+      for (int e = 0; e < 2; ++e) {
+        sc[n][e] = sc[n][e] == -INFINITY ? 0.0f : expf(sc[n][e] - nm);
+        ps += sc[n][e];
+      }
+    lsum = lsum * corr + ps;
+    mx = nm;
+#pragma unroll
+    for (int n = 0; n < NT; ++n) {
+      o[n][0] *= corr;
+      o[n][1] *= corr;
+    }
+    // O += P·V: k-chunks of 16 slots (n-tiles 2kc, 2kc + 1 of the scores); per dim pair of
+    // n-tiles one ldmatrix.
+#pragma unroll
+    for (int kc = 0; kc < 2; ++kc) {
+      uint32_t ah0, al0, ah2, al2;
+      split_half2(sc[2 * kc][0], sc[2 * kc][1], ah0, al0);
+      split_half2(sc[2 * kc + 1][0], sc[2 * kc + 1][1], ah2, al2);
+#pragma unroll
+      for (int np = 0; np < NT / 2; ++np) {
+        uint32_t bb[4];
+        ldmatrix_x4_trans(bb, vt + (kc * 16 + (j8 & 1) * 8 + r8) * VROW + (2 * np + (j8 >> 1)) * 8);
+        mma_f16(o[2 * np], ah0, 0u, ah2, 0u, bb[0], bb[1]);
+        mma_f16(o[2 * np], al0, 0u, al2, 0u, bb[0], bb[1]);
+        mma_f16(o[2 * np + 1], ah0, 0u, ah2, 0u, bb[2], bb[3]);
+        mma_f16(o[2 * np + 1], al0, 0u, al2, 0u, bb[2], bb[3]);
+      }
+    }
+    __syncwarp();  // the tiles are read before the next chunk's copies land
+  }
+  lsum += __shfl_xor_sync(0xffffffffu, lsum, 1);
+  lsum += __shfl_xor_sync(0xffffffffu, lsum, 2);
+  __syncthreads();  // every warp is done with its tiles: the fold's outputs take their place
+  float* wacc = reinterpret_cast<float*>(dyn_smem);  // [kWarps][GP][HD]
+  if (t == 0) {
+    wm[w][gr] = mx;
+    wl[w][gr] = lsum;
+  }
+#pragma unroll
+  for (int n = 0; n < NT; ++n) {
+    wacc[(w * GP + gr) * HD + n * 8 + 2 * t] = o[n][0];
+    wacc[(w * GP + gr) * HD + n * 8 + 2 * t + 1] = o[n][1];
+  }
+  __syncthreads();
+  fold_warps<HD, GP>(p, wm, wl, wacc, G, i, g, s, splits, alone, out, part_o, part_lse);
+}
+
+// Whether the tensor-core kernel takes these parameters (FLASHMEM_CUDA_DECODE_MMA=0: never).
+bool use_mma(const DevAttention& p) {
+  static const bool off = [] {
+    const char* v = std::getenv("FLASHMEM_CUDA_DECODE_MMA");
+    return v && v[0] == '0';
+  }();
+  return !off && p.kv == kDevF16 && (p.head_dim == 64 || p.head_dim == 128) && p.page_tokens % 8 == 0;
 }
 
 // One block (kFoldThreads) per (row, head): folds the row's splits by their lse (part rows are
@@ -376,9 +577,22 @@ cudaError_t decode_attention(const DevAttention& p, const float* q, int64_t m, c
   static const DecodePages no_pages{};
   const DecodeRows& rows = b.rows ? *b.rows : no_rows;
   const DecodePages& pgs = b.inline_pages ? *b.inline_pages : no_pages;
+  const bool mma = use_mma(p);
   const BatchPtrs ptrs{b.rows ? nullptr : b.pos, b.rows ? nullptr : b.page_begin, b.inline_pages ? nullptr : b.pages};
   const dim3 grid(static_cast<unsigned>(splits), static_cast<unsigned>(p.n_kv_heads), static_cast<unsigned>(m));
   const int group = p.n_heads / p.n_kv_heads;
+  if (mma) {
+    if (p.head_dim == 64) {
+      decode_attention_mma_kernel<64>
+          <<<grid, kThreads, mma_smem_bytes<64>(), s>>>(p, q, rows, pgs, ptrs, splits, out, part_o, part_lse);
+    } else {
+      static const cudaError_t attr = cudaFuncSetAttribute(
+          decode_attention_mma_kernel<128>, cudaFuncAttributeMaxDynamicSharedMemorySize, mma_smem_bytes<128>());
+      if (attr != cudaSuccess) return attr;
+      decode_attention_mma_kernel<128>
+          <<<grid, kThreads, mma_smem_bytes<128>(), s>>>(p, q, rows, pgs, ptrs, splits, out, part_o, part_lse);
+    }
+  } else {
 #define FM_DECODE(HD, KV, GP) \
   decode_attention_kernel<HD, KV, GP><<<grid, kThreads, 0, s>>>(p, q, rows, pgs, ptrs, splits, out, part_o, part_lse)
 #define FM_DECODE_G(HD, KV)                 \
@@ -399,6 +613,7 @@ cudaError_t decode_attention(const DevAttention& p, const float* q, int64_t m, c
 #undef FM_DECODE_KV
 #undef FM_DECODE_G
 #undef FM_DECODE
+  }
   if (splits == 1) return cudaGetLastError();
   const cudaError_t e = cudaGetLastError();
   if (e != cudaSuccess) return e;

@@ -9,7 +9,10 @@
 // at the end. Long contexts are split over blocks (flash-decoding: at least 128 slots and at most
 // 256 splits a row) and the splits folded by their log-sum-exp; how a row is split depends on
 // its own length only, so a row gets bit for bit the same result in any batch. Any page size,
-// group size up to kMaxGroup, head_dim 64/128/256.
+// group size up to kMaxGroup, head_dim 64/128/256. With f16 KV, head_dim 64 or 128 and pages of
+// a multiple of 8 tokens, a chunk's products run on tensor cores (m16n8k16, the group's heads as
+// the rows, Q and P as hi + lo f16 parts: within ~1e-6 of f32); FLASHMEM_CUDA_DECODE_MMA=0 turns
+// that off, for comparisons.
 //
 // Launchers only: included by the C++20 backend. Every pointer is device memory.
 #pragma once
