@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <chrono>
+#include <thread>
 
 #include "core/clock.h"
 #include "core/error.h"
@@ -9,6 +10,7 @@
 #include "memory/indexer_scorer.h"
 #include "engine/request.h"
 #include "memory/observation.h"
+#include "models/synthetic.h"
 
 namespace flashmem {
 
@@ -50,12 +52,31 @@ Engine::Engine(const EngineOptions& opts, GgufFile file, std::shared_ptr<Indexer
   if (indexer) indexer_ = make_indexer_scorer(std::move(indexer), *backend_);
 }
 
+namespace {
+
+// The GGUF image of opts.synthetic, refused with the arithmetic when the host cannot hold it.
+GgufFile synthetic_model(const EngineOptions& opts) {
+  const SyntheticSpec spec = parse_synthetic(opts.synthetic);
+  const uint64_t need = synthetic_image_bytes(spec);
+  const std::optional<uint64_t> avail = host_memory_available();
+  const auto gib = [](uint64_t b) { return static_cast<double>(b) / (uint64_t{1} << 30); };
+  FM_CHECK(!avail || need <= *avail, ErrorCode::kOutOfMemory, "the synthetic ", opts.synthetic, " model takes ",
+           gib(need), " GiB of host memory to build, but the OS has ", gib(avail.value_or(0)),
+           " GiB available; try a smaller shape or a quantised type (NAME:q4_k)");
+  const int threads = opts.n_threads > 0 ? opts.n_threads : static_cast<int>(std::thread::hardware_concurrency());
+  return make_synthetic(spec, opts.synthetic_seed, threads);
+}
+
+}  // namespace
+
 std::unique_ptr<Engine> Engine::load(const EngineOptions& opts) {
-  FM_CHECK(!opts.model_path.empty(), ErrorCode::kInvalidArgument, "no model path given");
+  FM_CHECK(!opts.model_path.empty() || !opts.synthetic.empty(), ErrorCode::kInvalidArgument, "no model path given");
+  FM_CHECK(opts.model_path.empty() || opts.synthetic.empty(), ErrorCode::kInvalidArgument,
+           "give a model file or a synthetic model, not both");
   FM_CHECK(opts.n_ctx >= 0, ErrorCode::kInvalidArgument, "context must be ≥ 0");
   FM_CHECK(opts.page_tokens >= 1 && opts.page_tokens <= 4096, ErrorCode::kInvalidArgument,
            "page tokens must be in [1, 4096], got ", opts.page_tokens);
-  GgufFile file = GgufFile::open(opts.model_path);
+  GgufFile file = opts.synthetic.empty() ? GgufFile::open(opts.model_path) : synthetic_model(opts);
   // Everything the model's metadata and the indexer's decide is checked here, before the
   // backend prepares any weight (a CUDA backend uploads them all) and long before a prefill.
   const ModelInfo mi = read_model_info(file);

@@ -29,6 +29,10 @@ struct IndexerModel;
 
 struct EngineOptions {
   std::string model_path;
+  // Instead of a file: a model of a known shape with generated weights, "NAME[:TYPE]"
+  // (models/synthetic.h; for speed and memory measurements), drawn from synthetic_seed.
+  std::string synthetic;
+  uint64_t synthetic_seed = 0;
   std::string backend = "cpu";   // "cpu" or "cuda" (see make_backend)
   int n_threads = 0;             // CPU threads; 0: ThreadPool::default_threads()
   CpuDot cpu_dot = CpuDot::kQ8;  // CPU decode dot products (ops/backend.h)

@@ -664,6 +664,22 @@ GgufFile GgufFile::from_bytes(const void* data, size_t size) {
   return GgufFile(std::move(impl));
 }
 
+GgufFile GgufFile::from_writer(uint64_t size, const std::function<void(uint8_t*)>& write, std::string_view source) {
+  FM_CHECK(size < (uint64_t{1} << 62), ErrorCode::kInvalidArgument, source, ": an image of ", size, " bytes");
+  auto impl = std::make_unique<Impl>();
+  impl->source = std::string(source);
+  try {
+    impl->owned = ::operator new(size == 0 ? 1 : static_cast<size_t>(size), std::align_val_t(kOwnedBufferAlignment));
+  } catch (const std::bad_alloc&) {
+    FM_FAIL(ErrorCode::kOutOfMemory, source, " needs ", size, " bytes of host memory, which could not be allocated");
+  }
+  impl->data = static_cast<const uint8_t*>(impl->owned);
+  impl->size = size;
+  write(static_cast<uint8_t*>(impl->owned));
+  impl->parse();
+  return GgufFile(std::move(impl));
+}
+
 uint32_t GgufFile::version() const { return impl_->version; }
 uint64_t GgufFile::alignment() const { return impl_->alignment; }
 const std::string& GgufFile::path() const { return impl_->path; }

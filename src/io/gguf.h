@@ -12,6 +12,7 @@
 
 #include <cstddef>
 #include <cstdint>
+#include <functional>
 #include <memory>
 #include <optional>
 #include <string>
@@ -79,6 +80,9 @@ class GgufFile {
   static GgufFile open(const std::string& path);
   // Parses an in-memory image (the bytes are copied and owned). For tests and the fuzzer.
   static GgufFile from_bytes(const void* data, size_t size);
+  // Parses an image of `size` bytes that write(dst) lays out in a buffer the file then owns (no
+  // copy; GgufImage builds models this way). `source` names the image in errors.
+  static GgufFile from_writer(uint64_t size, const std::function<void(uint8_t*)>& write, std::string_view source);
 
   GgufFile(GgufFile&&) noexcept;
   GgufFile& operator=(GgufFile&&) noexcept;

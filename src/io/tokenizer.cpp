@@ -93,6 +93,16 @@ const ByteLevelMap& byte_level_map() {
   return map;
 }
 
+}  // namespace
+
+std::string byte_level_token(uint8_t b) {
+  std::string s;
+  unicode::append_utf8(s, byte_level_map().byte_to_cp[b]);
+  return s;
+}
+
+namespace {
+
 // Vocabulary string -> raw bytes (undoing the byte-level mapping). Code points outside the
 // mapping (not expected in a byte-level vocabulary) are kept as their UTF-8.
 std::string byte_level_decode(std::string_view text) {

@@ -41,6 +41,10 @@ struct VocabData {
   SpecialTokens special;
 };
 
+// The vocabulary string of byte b in a byte-level BPE vocabulary (GPT-2's reversible mapping:
+// printable Latin-1 bytes stand for themselves, the others for U+0100 …).
+std::string byte_level_token(uint8_t b);
+
 class Tokenizer {
  public:
   static Tokenizer from_gguf(const GgufFile& file);

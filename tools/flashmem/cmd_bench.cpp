@@ -16,12 +16,32 @@
 #include "commands.h"
 #include "core/error.h"
 #include "engine/engine.h"
+#include "models/synthetic.h"
 
 namespace flashmem::cli {
 
+namespace {
+std::string synthetic_names() {
+  std::string s;
+  for (const SyntheticShape& sh : synthetic_shapes()) s += (s.empty() ? "" : ", ") + sh.name;
+  return s;
+}
+std::string synthetic_types() {
+  std::string s;
+  for (const std::string& t : synthetic_weight_types()) s += (s.empty() ? "" : ", ") + t;
+  return s;
+}
+}  // namespace
+
 CLI::App* add_bench_command(CLI::App& app, BenchArgs& a) {
   CLI::App* c = app.add_subcommand("bench", "Measure prefill and decode tok/s on random tokens");
-  c->add_option("-m,--model", a.model, "GGUF model file")->required();
+  CLI::Option* model = c->add_option("-m,--model", a.model, "GGUF model file");
+  CLI::Option* synth =
+      c->add_option("--synthetic", a.synthetic,
+                    "Instead of a file, a model of a known shape with random weights, NAME[:TYPE] (" +
+                        synthetic_names() + "; TYPE " + synthetic_types() + ", default bf16): for speed "
+                        "and memory, never accuracy");
+  model->excludes(synth);
   c->add_option("-p,--prefill", a.prefill, "Prompt lengths to time (comma list; 0: no prefill test, as llama-bench)")
       ->delimiter(',');
   c->add_option("-d,--depth", a.depth, "Context depths before decode (comma list)")->delimiter(',');
@@ -77,6 +97,8 @@ struct FullKv {
 }  // namespace
 
 int bench_command(const BenchArgs& a) {
+  FM_CHECK(!a.model.empty() || !a.synthetic.empty(), ErrorCode::kInvalidArgument,
+           "bench needs --model FILE or --synthetic NAME");
   EngineOptions eo = engine_options(a);
   const KvBudget budget = KvBudget::parse(a.prefill_budget);
   std::vector<int64_t> prefill;  // -p 0: decode tests only

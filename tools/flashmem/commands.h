@@ -86,6 +86,7 @@ template <typename Args>
 EngineOptions engine_options(const Args& a) {
   EngineOptions eo;
   eo.model_path = a.model;
+  if constexpr (requires { a.synthetic; }) eo.synthetic = a.synthetic;
   eo.n_threads = a.threads;
   eo.backend = a.backend;
   eo.cpu_dot = parse_cpu_dot(a.cpu_dot);
@@ -153,6 +154,7 @@ struct InfoArgs {
 
 struct BenchArgs {
   std::string model;
+  std::string synthetic;  // NAME[:TYPE], instead of --model
   std::vector<int64_t> prefill{1024};
   std::vector<int64_t> depth{0};
   std::vector<int> batch{1};

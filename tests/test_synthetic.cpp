@@ -1,0 +1,169 @@
+// Models built from a shape alone (models/synthetic.h) and the in-memory GGUF image they are
+// made of (io/gguf_image.h): the image reads back as written, the weights are a function of the
+// seed only, every offered type decodes to finite values of the intended spread, and the tiny
+// shape runs through the engine's real path with finite logits.
+#include <gtest/gtest.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstring>
+#include <vector>
+
+#include "core/dtype.h"
+#include "core/error.h"
+#include "engine/engine.h"
+#include "io/gguf_image.h"
+#include "models/synthetic.h"
+#include "test_util.h"
+
+namespace flashmem {
+namespace {
+
+TEST(GgufImage, ReadsBackWhatWasWritten) {
+  GgufImage img;
+  img.add_string("general.architecture", "demo");
+  img.add_u32("demo.count", 7);
+  img.add_f32("demo.eps", 0.25f);
+  img.add_bool("demo.flag", true);
+  img.add_strings("demo.words", {"a", "", "ccc"});
+  img.add_i32s("demo.ids", {-1, 0, 5});
+  img.add_tensor("v", GgmlType::F32, {3});
+  img.add_tensor("m", GgmlType::Q8_0, {64, 2});
+  std::vector<size_t> order;
+  const GgufFile f = img.build([&](size_t i, uint8_t* dst, uint64_t n) {
+    order.push_back(i);
+    for (uint64_t k = 0; k < n; ++k) dst[k] = static_cast<uint8_t>(i * 31 + k);
+  });
+  EXPECT_EQ(order, (std::vector<size_t>{0, 1}));
+  EXPECT_EQ(f.get_string("general.architecture"), "demo");
+  EXPECT_EQ(f.get_u32("demo.count"), 7u);
+  EXPECT_EQ(f.get_f32("demo.eps"), 0.25f);
+  EXPECT_TRUE(f.get_bool("demo.flag"));
+  EXPECT_EQ(f.get_array("demo.words").strings("demo.words"), (std::vector<std::string>{"a", "", "ccc"}));
+  EXPECT_EQ(f.get_array("demo.ids").ints("demo.ids"), (std::vector<int64_t>{-1, 0, 5}));
+  ASSERT_EQ(f.tensors().size(), 2u);
+  const GgufTensor& m = f.tensor("m");
+  EXPECT_EQ(m.type, GgmlType::Q8_0);
+  EXPECT_EQ(m.ne, (std::vector<uint64_t>{64, 2}));
+  EXPECT_EQ(m.n_bytes, 2u * 2 * 34);
+  EXPECT_EQ(reinterpret_cast<uintptr_t>(m.data) % 32, 0u);
+  for (uint64_t k = 0; k < m.n_bytes; ++k) ASSERT_EQ(m.data[k], static_cast<uint8_t>(31 + k)) << k;
+  EXPECT_EQ(f.file_size(), img.image_bytes());
+  // A row that is not whole blocks is refused when declared.
+  EXPECT_THROW(img.add_tensor("bad", GgmlType::Q4_K, {100, 2}), Error);
+}
+
+TEST(Dtype, Bf16RoundsToNearestEven) {
+  const auto up = [](uint32_t bits) {
+    float f;
+    std::memcpy(&f, &bits, 4);
+    return fp32_to_bf16(f);
+  };
+  EXPECT_EQ(fp32_to_bf16(1.0f), 0x3f80);
+  EXPECT_EQ(up(0x3f808000u), 0x3f80);  // a tie, to even (down)
+  EXPECT_EQ(up(0x3f818000u), 0x3f82);  // a tie, to even (up)
+  EXPECT_EQ(up(0x3f808001u), 0x3f81);  // above the tie
+  EXPECT_EQ(bf16_to_fp32(fp32_to_bf16(-2.5f)), -2.5f);
+  EXPECT_TRUE(std::isnan(bf16_to_fp32(fp32_to_bf16(NAN))));
+  EXPECT_TRUE(std::isinf(bf16_to_fp32(fp32_to_bf16(INFINITY))));
+}
+
+TEST(Synthetic, SpecsAreCheckedAndNamed) {
+  EXPECT_EQ(parse_synthetic("llama-3.1-8b").weights, GgmlType::BF16);
+  EXPECT_EQ(parse_synthetic("qwen2.5-7b:Q4_K").weights, GgmlType::Q4_K);
+  EXPECT_EQ(parse_synthetic("llama-3.2-1b").shape.n_layers, 16);
+  try {
+    parse_synthetic("llama-9");
+    FAIL() << "no error";
+  } catch (const Error& e) {
+    EXPECT_EQ(e.code(), ErrorCode::kInvalidArgument);
+    EXPECT_NE(std::string(e.what()).find("llama-3.1-8b"), std::string::npos) << e.what();
+  }
+  EXPECT_THROW(parse_synthetic("tiny:q5_1"), Error);
+  // 8B bf16: 8.0e9 weights of 2 bytes (the embedding and output included).
+  const double gb = static_cast<double>(synthetic_image_bytes(parse_synthetic("llama-3.1-8b"))) / 1e9;
+  EXPECT_GT(gb, 15.5);
+  EXPECT_LT(gb, 16.5);
+}
+
+// Every offered type, decoded: finite, mean near 0, variance near 1/fan-in; the same bytes
+// for a seed whatever the threads, other bytes for another seed.
+TEST(Synthetic, WeightsAreSeededAndWellScaled) {
+  for (const std::string& t : synthetic_weight_types()) {
+    const SyntheticSpec spec = parse_synthetic("tiny:" + t);
+    const GgufFile a = make_synthetic(spec, 7, 1), b = make_synthetic(spec, 7, 3), c = make_synthetic(spec, 8, 2);
+    const GgufTensor& wa = a.tensor("blk.0.ffn_down.weight");  // fan-in n_ff = 512
+    const GgufTensor& wb = b.tensor("blk.0.ffn_down.weight");
+    const GgufTensor& wc = c.tensor("blk.0.ffn_down.weight");
+    ASSERT_EQ(wa.type, spec.weights);
+    EXPECT_EQ(std::memcmp(wa.data, wb.data, wa.n_bytes), 0) << t << ": depends on the thread count";
+    EXPECT_NE(std::memcmp(wa.data, wc.data, wa.n_bytes), 0) << t << ": does not depend on the seed";
+    std::vector<float> x(wa.n_elements);
+    const size_t rb = wa.row_bytes();
+    for (uint64_t r = 0; r < wa.rows(); ++r) dequantize_row_ref(wa.type, wa.data + r * rb, x.data() + r * wa.ne[0], wa.ne[0]);
+    double sum = 0, sq = 0;
+    for (float v : x) {
+      ASSERT_TRUE(std::isfinite(v)) << t;
+      sum += v;
+      sq += double{v} * v;
+    }
+    const double n = static_cast<double>(x.size()), mean = sum / n, var = sq / n - mean * mean;
+    const double want = 1.0 / 512;
+    EXPECT_LT(std::fabs(mean), 0.25 * std::sqrt(want)) << t;
+    EXPECT_GT(var, want / 1.5) << t;
+    EXPECT_LT(var, want * 1.5) << t;
+    const GgufTensor& norm = a.tensor("blk.1.attn_norm.weight");
+    EXPECT_EQ(reinterpret_cast<const float*>(norm.data)[5], 1.0f);
+  }
+}
+
+// The tiny shape through the engine: text round-trips through its byte-level vocabulary, and a
+// prefill plus decode steps give finite logits (the real path; the words are noise).
+TEST(Synthetic, TinyRunsThroughTheEngine) {
+  EngineOptions eo;
+  eo.synthetic = "tiny:q4_k";
+  eo.n_threads = 2;
+  auto eng = Engine::load(eo);
+  EXPECT_EQ(eng->info().n_layers, 2);
+  EXPECT_EQ(eng->info().n_vocab, 384);
+  const std::string text = "héllo, wörld 123";
+  const std::vector<int32_t> ids = eng->tokenizer().encode(text, false, false);
+  EXPECT_EQ(ids.size(), text.size());  // one token a byte
+  EXPECT_EQ(eng->tokenizer().decode(ids), text);
+  const auto pre = eng->prefill(eng->tokenizer().encode(text, true, false), ResidencyOptions{}, 8);
+  ASSERT_EQ(pre->logits.size(), 384u);
+  float lo = INFINITY, hi = -INFINITY;
+  for (float v : pre->logits) {
+    ASSERT_TRUE(std::isfinite(v));
+    lo = std::min(lo, v);
+    hi = std::max(hi, v);
+  }
+  EXPECT_GT(hi - lo, 1e-3f);  // not a constant: the weights reach the logits
+  GenerateOptions go;
+  go.max_new_tokens = 8;
+  go.stop_at_eos = false;
+  const GenerateResult r = eng->generate(eng->tokenizer().encode(text, true, false), go);
+  EXPECT_EQ(r.tokens.size(), 8u);
+  eo.model_path = "model.gguf";
+  EXPECT_THROW(Engine::load(eo), Error);  // a file and a shape
+}
+
+// `flashmem bench --synthetic`: the shape's table rows, and one line for a bad name, for a file
+// and a shape together, and for neither.
+TEST(Synthetic, BenchTakesAShape) {
+  const test::CmdResult ok = test::run_cli("bench --synthetic tiny:q8_0 -p 32 -d 0 -b 1,2 -n 4 -r 1 -t 2");
+  EXPECT_EQ(ok.code, 0) << ok.out;
+  EXPECT_NE(ok.out.find("synthetic tiny (q8_0, random weights)"), std::string::npos) << ok.out;
+  EXPECT_NE(ok.out.find("tg4 @ d0 × 2 seqs"), std::string::npos) << ok.out;
+  const test::CmdResult bad = test::run_cli("bench --synthetic llama-9b -p 32");
+  EXPECT_EQ(bad.code, 2) << bad.out;  // bad usage, as for any other bad argument
+  EXPECT_NE(bad.out.find("known: llama-3.1-8b"), std::string::npos) << bad.out;
+  EXPECT_EQ(std::count(bad.out.begin(), bad.out.end(), '\n'), 1) << bad.out;
+  EXPECT_EQ(test::run_cli("bench --synthetic tiny -m x.gguf").code, 2);
+  const test::CmdResult none = test::run_cli("bench -p 32");
+  EXPECT_EQ(none.code, 2);
+  EXPECT_NE(none.out.find("--model FILE or --synthetic NAME"), std::string::npos) << none.out;
+}
+
+}  // namespace
+}  // namespace flashmem
