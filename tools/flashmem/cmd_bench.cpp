@@ -79,12 +79,12 @@ Stat stat(const std::vector<double>& v) {
 double now_s() {
   return std::chrono::duration<double>(std::chrono::steady_clock::now().time_since_epoch()).count();
 }
-// The whole context resident on the backend (the full-KV path every backend runs), or
-// `budget_pages` per layer of it.
+// A sequence's KV resident on the backend (the full-KV path every backend runs): `pages` per
+// layer, its whole length or a budget of it.
 struct FullKv {
-  explicit FullKv(Engine& e, int64_t budget_pages = 0)
+  FullKv(Engine& e, int64_t pages_per_layer)
       : cfg(e.kv_config()),
-        pages(budget_pages > 0 ? budget_pages : (cfg.max_tokens + cfg.page_tokens - 1) / cfg.page_tokens),
+        pages(pages_per_layer),
         reserve(e.backend(), cfg.page_bytes(), pages * cfg.n_layers),
         recall(e.backend()),
         kv(cfg, pages, reserve, recall) {}
@@ -147,7 +147,10 @@ int bench_command(const BenchArgs& a) {
         std::vector<std::vector<float>> outs(static_cast<size_t>(b), std::vector<float>(mi.n_vocab));
         std::vector<SequenceInput> batch;
         for (int s = 0; s < b; ++s) {
-          kvs.push_back(std::make_unique<FullKv>(*eng, budget_pages));
+          // the p tokens (+ the open page), or the budget: never the whole context (a 128K
+          // context of an 8B shape is 16 GiB a sequence)
+          const int64_t pt = eng->kv_config().page_tokens;
+          kvs.push_back(std::make_unique<FullKv>(*eng, budget_pages > 0 ? budget_pages : (p + pt - 1) / pt + 1));
           batch.push_back({toks[s], &kvs[s]->kv, outs[s].data()});
         }
         const double t0 = now_s();
