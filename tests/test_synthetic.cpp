@@ -14,6 +14,7 @@
 #include "engine/engine.h"
 #include "io/gguf_image.h"
 #include "models/synthetic.h"
+#include "ops/backend.h"
 #include "test_util.h"
 
 namespace flashmem {
@@ -146,6 +147,58 @@ TEST(Synthetic, TinyRunsThroughTheEngine) {
   EXPECT_EQ(r.tokens.size(), 8u);
   eo.model_path = "model.gguf";
   EXPECT_THROW(Engine::load(eo), Error);  // a file and a shape
+}
+
+// The backend's memory cap: allocations past it are refused with the arithmetic, freed memory
+// is given back to it, and a refused allocation holds nothing.
+TEST(GpuMemory, BackendCapCountsWhatIsHeld) {
+  auto be = make_backend("cpu", 1, CpuDot::kQ8);
+  be->set_memory_cap(1000);
+  void* a = be->alloc(600);
+  EXPECT_EQ(be->memory_held(), 600u);
+  try {
+    be->alloc(500);
+    FAIL() << "no error";
+  } catch (const Error& e) {
+    EXPECT_EQ(e.code(), ErrorCode::kOutOfMemory);
+    EXPECT_NE(std::string(e.what()).find("cap"), std::string::npos) << e.what();
+  }
+  EXPECT_EQ(be->memory_held(), 600u);
+  be->dealloc(a);
+  EXPECT_EQ(be->memory_held(), 0u);
+  void* b = be->alloc(1000);
+  be->dealloc(b);
+  be->set_memory_cap(0);
+  void* c = be->alloc(5000);  // no cap
+  EXPECT_EQ(be->memory_held(), 5000u);
+  be->dealloc(c);
+}
+
+// --gpu-memory in the engine: the KV reserve gets what the weights and the working memory
+// leave (the CPU backend keeps the weights in the model file, so they hold nothing here), never
+// more than --kv-memory; a cap that leaves nothing is refused before any request.
+TEST(GpuMemory, TheReserveGetsWhatIsLeft) {
+  EngineOptions eo;
+  eo.synthetic = "tiny";
+  eo.n_threads = 1;
+  {
+    auto eng = Engine::load(eo);
+    EXPECT_EQ(eng->device_kv_cap(), 0u);  // no cap
+    eo.gpu_memory_bytes = eng->working_memory() + (uint64_t{8} << 20);
+  }
+  auto eng = Engine::load(eo);
+  EXPECT_EQ(eng->device_kv_cap(), eo.gpu_memory_bytes - eng->backend().memory_held() - eng->working_memory());
+  EXPECT_EQ(eng->kv_reserve().max_slots(), static_cast<int64_t>(eng->device_kv_cap() / eng->kv_config().page_bytes()));
+  eo.device_kv_bytes = 1 << 20;
+  EXPECT_EQ(Engine::load(eo)->device_kv_cap(), uint64_t{1} << 20);
+  eo.gpu_memory_bytes = 1 << 20;
+  try {
+    Engine::load(eo);
+    FAIL() << "no error";
+  } catch (const Error& e) {
+    EXPECT_EQ(e.code(), ErrorCode::kOutOfMemory);
+    EXPECT_NE(std::string(e.what()).find("--gpu-memory"), std::string::npos) << e.what();
+  }
 }
 
 // `flashmem bench --synthetic`: the shape's table rows, and one line for a bad name, for a file

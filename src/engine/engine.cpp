@@ -33,7 +33,11 @@ void check_page_tokens(int page_tokens, int chunk_tokens, const std::string& ind
 Engine::Engine(const EngineOptions& opts, GgufFile file, std::shared_ptr<IndexerModel> indexer)
     : opts_(opts),
       file_(std::move(file)),
-      backend_(make_backend(opts.backend, opts.n_threads, opts.cpu_dot)),
+      backend_([&] {
+        auto be = make_backend(opts.backend, opts.n_threads, opts.cpu_dot);
+        be->set_memory_cap(opts.gpu_memory_bytes);  // before the weights: they count
+        return be;
+      }()),
       model_(load_model(file_, *backend_)),
       tokenizer_(Tokenizer::from_gguf(file_)) {
   try {
@@ -46,9 +50,19 @@ Engine::Engine(const EngineOptions& opts, GgufFile file, std::shared_ptr<Indexer
            tokenizer_.vocab_size(), " tokens but the model has ", mi.n_vocab, " logits");
   n_ctx_ = opts.n_ctx > 0 ? opts.n_ctx : mi.n_ctx_train;
   const size_t page_bytes = kv_config().page_bytes();
-  reserve_ = KvReserve::growable(*backend_, page_bytes, static_cast<int64_t>(opts.device_kv_bytes / page_bytes));
-  FM_CHECK(opts.device_kv_bytes == 0 || reserve_->max_slots() > 0, ErrorCode::kInvalidArgument,
-           "a device KV cap of ", opts.device_kv_bytes, " B holds no page of ", page_bytes, " B");
+  device_kv_cap_ = opts.device_kv_bytes;
+  if (opts.gpu_memory_bytes) {
+    const uint64_t held = backend_->memory_held(), work = working_memory();
+    const auto gib = [](uint64_t b) { return static_cast<double>(b) / (uint64_t{1} << 30); };
+    FM_CHECK(held + work + page_bytes <= opts.gpu_memory_bytes, ErrorCode::kOutOfMemory, "the weights take ", gib(held),
+             " GiB of the ", gib(opts.gpu_memory_bytes), " GiB --gpu-memory cap, leaving less than the ", gib(work),
+             " GiB of working memory and one KV page");
+    const uint64_t left = opts.gpu_memory_bytes - held - work;
+    device_kv_cap_ = device_kv_cap_ ? std::min(device_kv_cap_, left) : left;
+  }
+  reserve_ = KvReserve::growable(*backend_, page_bytes, static_cast<int64_t>(device_kv_cap_ / page_bytes));
+  FM_CHECK(device_kv_cap_ == 0 || reserve_->max_slots() > 0, ErrorCode::kInvalidArgument,
+           "a device KV cap of ", device_kv_cap_, " B holds no page of ", page_bytes, " B");
   if (indexer) indexer_ = make_indexer_scorer(std::move(indexer), *backend_);
 }
 
@@ -68,6 +82,16 @@ GgufFile synthetic_model(const EngineOptions& opts) {
 }
 
 }  // namespace
+
+uint64_t Engine::working_memory() const {
+  const ModelInfo& m = model_->info();
+  const uint64_t ubatch = 512, rows = 64;
+  const uint64_t acts = ubatch * (3 * uint64_t(m.d_model) + 2 * uint64_t(m.n_heads) * m.head_dim +
+                                  2 * uint64_t(m.n_kv_heads) * m.head_dim + 2 * uint64_t(m.n_ff));
+  const uint64_t logits = rows * uint64_t(m.n_vocab);
+  const uint64_t partials = rows * uint64_t(m.n_heads) * 256 * (uint64_t(m.head_dim) + 1);  // ≤ 256 splits
+  return 4 * (acts + logits + partials) + (uint64_t{256} << 20);
+}
 
 std::unique_ptr<Engine> Engine::load(const EngineOptions& opts) {
   FM_CHECK(!opts.model_path.empty() || !opts.synthetic.empty(), ErrorCode::kInvalidArgument, "no model path given");

@@ -46,6 +46,10 @@ struct EngineOptions {
   // Host memory a request's KV mirror may take (0: what the OS reports available when the
   // request starts). A request whose mirror would not fit is refused before it runs.
   uint64_t host_kv_bytes = 0;
+  // Cap on everything the engine allocates on its backend: weights, working memory and the KV
+  // reserve (0: none; `--gpu-memory`, to show what a smaller device would serve). The reserve's
+  // cap is then what the weights and Engine::working_memory() leave (or device_kv_bytes if lower).
+  uint64_t gpu_memory_bytes = 0;
 };
 
 struct GenerateOptions {
@@ -152,8 +156,13 @@ class Engine {
   void set_indexer(std::shared_ptr<LsaScorer> s);
   Model& model() { return *model_; }
   // The device reserve every request's KV store takes its page slots from: one per engine,
-  // growing at admission up to EngineOptions::device_kv_bytes, shrinking as requests end.
+  // growing at admission up to device_kv_cap(), shrinking as requests end.
   KvReserve& kv_reserve() { return *reserve_; }
+  // The KV reserve's cap in bytes (0: none, it grows until the backend runs out).
+  uint64_t device_kv_cap() const { return device_kv_cap_; }
+  // Working memory set aside under --gpu-memory for the forward pass (activations of a 512-token
+  // micro-batch, 64 rows of logits, split-attention partials and library workspaces).
+  uint64_t working_memory() const;
 
   // Shape of this engine's KV (layers, heads, page size, context, precision).
   KvCacheConfig kv_config() const;
@@ -202,6 +211,7 @@ class Engine {
   std::unique_ptr<Backend> backend_;
   std::unique_ptr<Model> model_;
   std::unique_ptr<KvReserve> reserve_;
+  uint64_t device_kv_cap_ = 0;
   std::shared_ptr<LsaScorer> indexer_;
   Tokenizer tokenizer_;
   std::optional<ChatTemplate> chat_;

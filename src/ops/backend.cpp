@@ -54,6 +54,39 @@ bool cuda_compiled() {
 #endif
 }
 
+void* Backend::alloc(size_t bytes) {
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    const auto mib = [](uint64_t b) { return static_cast<double>(b) / (1 << 20); };
+    FM_CHECK(cap_ == 0 || held_ + bytes <= cap_, ErrorCode::kOutOfMemory, "cannot allocate ", mib(bytes), " MiB on the ",
+             name(), " backend: ", mib(held_), " MiB of its cap of ", mib(cap_), " MiB are held");
+    held_ += bytes;  // claimed before the allocation, so two threads cannot both pass the cap
+  }
+  void* p = nullptr;
+  try {
+    p = alloc_raw(bytes);
+  } catch (...) {
+    std::lock_guard<std::mutex> lock(mu_);
+    held_ -= bytes;
+    throw;
+  }
+  std::lock_guard<std::mutex> lock(mu_);
+  sizes_[p] = bytes;
+  return p;
+}
+
+void Backend::dealloc(void* p) noexcept {
+  if (!p) return;
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    if (const auto it = sizes_.find(p); it != sizes_.end()) {
+      held_ -= it->second;
+      sizes_.erase(it);
+    }
+  }
+  dealloc_raw(p);
+}
+
 std::unique_ptr<Backend> make_backend(const std::string& name, int n_threads, CpuDot cpu_dot) {
   if (name == "cpu")
     return std::make_unique<CpuBackend>(n_threads > 0 ? n_threads : ThreadPool::default_threads(), cpu_dot);

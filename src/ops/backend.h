@@ -14,7 +14,9 @@
 #include <cstddef>
 #include <cstdint>
 #include <memory>
+#include <mutex>
 #include <span>
+#include <unordered_map>
 #include <string>
 
 #include "core/dtype.h"
@@ -161,9 +163,15 @@ class Backend {
   // ---- memory -----------------------------------------------------------------------------
   // True when backend memory is host memory (the CPU backend): callers may then read it.
   virtual bool host_memory() const = 0;
-  // `bytes` of backend memory, 256-byte aligned, uninitialised. Throws Error(kOutOfMemory).
-  virtual void* alloc(size_t bytes) = 0;
-  virtual void dealloc(void* p) noexcept = 0;
+  // `bytes` of backend memory, 256-byte aligned, uninitialised. Throws Error(kOutOfMemory) when
+  // the backend has no more, or when the cap (set_memory_cap) would be passed.
+  void* alloc(size_t bytes);
+  void dealloc(void* p) noexcept;
+  // At most `bytes` of backend memory held through alloc() at once (0: no cap; `--gpu-memory`
+  // shows what a smaller device would serve). What is held already stays.
+  void set_memory_cap(uint64_t bytes) { cap_ = bytes; }
+  uint64_t memory_cap() const { return cap_; }
+  uint64_t memory_held() const { return held_; }
   virtual void upload(void* dst, const void* host_src, size_t bytes) = 0;
   // Returns when the bytes are in host_dst (after every op issued before it).
   virtual void download(void* host_dst, const void* src, size_t bytes) = 0;
@@ -316,6 +324,16 @@ class Backend {
   // q [n_heads × head_dim], w [n_heads], keys, scales and logits [n] are backend memory.
   virtual void index_scores(const IndexScoreParams& p, const float* q, const float* w,
                             const uint8_t* keys, const float* scales, int64_t n, float* logits) = 0;
+
+ protected:
+  // The backend's own allocation, without the cap's accounting.
+  virtual void* alloc_raw(size_t bytes) = 0;
+  virtual void dealloc_raw(void* p) noexcept = 0;
+
+ private:
+  uint64_t cap_ = 0, held_ = 0;
+  std::unordered_map<const void*, size_t> sizes_;  // what alloc() handed out
+  std::mutex mu_;                                  // alloc() and dealloc() from any thread
 };
 
 // An owned allocation of backend memory (move-only).

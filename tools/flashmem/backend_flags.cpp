@@ -8,6 +8,14 @@
 
 namespace flashmem::cli {
 
+void add_gpu_memory_option(CLI::App* c, double& gb) {
+  c->add_option("--gpu-memory", gb,
+                "Cap in GB on everything the engine allocates on its backend (weights, working memory, KV "
+                "reserve), to see what a smaller device would serve; 0: none")
+      ->check(CLI::Range(0.0, 1e6))
+      ->capture_default_str();
+}
+
 void add_backend_option(CLI::App* c, std::string& backend, std::string& cpu_dot) {
   c->add_option("--backend", backend,
                 cuda_compiled() ? "compute on: cpu or cuda (the first visible GPU)"

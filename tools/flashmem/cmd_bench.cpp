@@ -59,6 +59,7 @@ CLI::App* add_bench_command(CLI::App& app, BenchArgs& a) {
   c->add_option("--kv-type", a.kv_type, "KV cache precision (q8: int8 with one f32 scale per token and kv head)")
       ->check(CLI::IsMember({"f16", "f32", "q8"}));
   c->add_option("--page-tokens", a.page_tokens, "Tokens per KV page")->check(CLI::Range(1, 4096));
+  add_gpu_memory_option(c, a.gpu_memory_gb);
   c->add_option("--prefill-budget", a.prefill_budget,
                 "Device KV budget for the pp tests (e.g. 14.5%): pages beyond it stream through the "
                 "reserve as in `eval` and `run` under --kv-budget; tg tests keep the whole context");

@@ -36,6 +36,7 @@ CLI::App* add_run_command(CLI::App& app, RunArgs& a) {
   c->add_option("--host-memory", a.host_memory_gb,
                 "Cap in GB on the host KV mirror (every page, in host memory); 0: what the OS has available")
       ->check(CLI::Range(0.0, 1e6));
+  add_gpu_memory_option(c, a.gpu_memory_gb);
   add_memory_options(c, a.memory);
   c->add_option("--prompt-tokens", a.prompt_tokens,
                 "Cut the tokenized prompt to this many tokens, from the middle (0: keep all)")

@@ -28,6 +28,7 @@ CLI::App* add_serve_command(CLI::App& app, ServeArgs& a) {
       ->check(CLI::Range(0.0, 1e6))->capture_default_str();
   c->add_option("--host-memory", a.host_memory_gb, "Cap in GB on the running requests' host KV mirrors (0: none)")
       ->check(CLI::Range(0.0, 1e6))->capture_default_str();
+  add_gpu_memory_option(c, a.gpu_memory_gb);
   c->add_option("-n,--n-predict", a.n_predict, "max_tokens of a request that gives none")
       ->check(CLI::Range(1, 1 << 24))->capture_default_str();
   c->add_option("--prefill-chunk", a.prefill_chunk, "Prompt tokens per prefill pass between decode steps")
@@ -76,7 +77,7 @@ int serve_command(const ServeArgs& a) {
   server::ServeOptions so;
   so.max_running = a.max_requests;
   so.max_queue = a.max_queue;
-  so.device_kv_bytes = static_cast<uint64_t>(a.kv_memory_gb * 1e9);
+  so.device_kv_bytes = eng->device_kv_cap();  // --kv-memory, or what --gpu-memory leaves
   so.host_kv_bytes = static_cast<uint64_t>(a.host_memory_gb * 1e9);
   so.prefill_chunk = a.prefill_chunk;
   server::ServingLoop loop(*eng, so);

@@ -75,6 +75,8 @@ void print_kv_report(std::FILE* out, const KvReport& r);
 // The same, machine-readable (bytes, by category, final and peak).
 nlohmann::json kv_report_json(const KvReport& r);
 
+// --gpu-memory GB: the cap on everything the engine allocates on its backend (run, serve, bench).
+void add_gpu_memory_option(CLI::App* c, double& gb);
 // --backend cpu|cuda and --cpu-dot q8|f32, shared by run, eval, dump and bench.
 void add_backend_option(CLI::App* c, std::string& backend, std::string& cpu_dot);
 // What computes: "cpu, 16 threads" or "cuda, NVIDIA H100 80GB HBM3".
@@ -87,6 +89,7 @@ EngineOptions engine_options(const Args& a) {
   EngineOptions eo;
   eo.model_path = a.model;
   if constexpr (requires { a.synthetic; }) eo.synthetic = a.synthetic;
+  if constexpr (requires { a.gpu_memory_gb; }) eo.gpu_memory_bytes = static_cast<uint64_t>(a.gpu_memory_gb * 1e9);
   eo.n_threads = a.threads;
   eo.backend = a.backend;
   eo.cpu_dot = parse_cpu_dot(a.cpu_dot);
@@ -119,6 +122,7 @@ struct RunArgs {
   std::string force_tokens;
   bool ignore_eos = false;
   double host_memory_gb = 0;  // cap on the request's host KV mirror (0: what the OS has available)
+  double gpu_memory_gb = 0;   // cap on the engine's backend memory (0: none)
 };
 
 struct EvalArgs {
@@ -155,6 +159,7 @@ struct InfoArgs {
 struct BenchArgs {
   std::string model;
   std::string synthetic;  // NAME[:TYPE], instead of --model
+  double gpu_memory_gb = 0;  // cap on the engine's backend memory (0: none)
   std::vector<int64_t> prefill{1024};
   std::vector<int64_t> depth{0};
   std::vector<int> batch{1};
@@ -205,6 +210,7 @@ struct ServeArgs {
   int max_queue = 64;
   double kv_memory_gb = 0;    // cap on the running requests' device KV reserves (0: none)
   double host_memory_gb = 0;  // cap on their host mirrors (0: none)
+  double gpu_memory_gb = 0;   // cap on the engine's backend memory (0: none)
   int n_predict = 512;        // max_tokens when a request gives none
   int64_t prefill_chunk = 512;
   int64_t n_ctx = 0;

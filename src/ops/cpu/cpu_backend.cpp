@@ -23,14 +23,14 @@ CpuBackend::CpuBackend(int n_threads, CpuDot dot) : pool_(n_threads), dot_(dot) 
 #endif
 }
 
-void* CpuBackend::alloc(size_t bytes) {
+void* CpuBackend::alloc_raw(size_t bytes) {
   void* p = ::operator new(bytes ? bytes : 1, std::align_val_t{256}, std::nothrow);
   FM_CHECK(p != nullptr, ErrorCode::kOutOfMemory, "cannot allocate ",
            static_cast<double>(bytes) / (1 << 20), " MiB of host memory");
   return p;
 }
 
-void CpuBackend::dealloc(void* p) noexcept { ::operator delete(p, std::align_val_t{256}); }
+void CpuBackend::dealloc_raw(void* p) noexcept { ::operator delete(p, std::align_val_t{256}); }
 
 void CpuBackend::upload(void* dst, const void* host_src, size_t bytes) {
   if (bytes) std::memcpy(dst, host_src, bytes);

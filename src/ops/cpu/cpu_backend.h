@@ -16,8 +16,6 @@ class CpuBackend : public Backend {
   ThreadPool& pool() { return pool_; }
 
   bool host_memory() const override { return true; }
-  void* alloc(size_t bytes) override;
-  void dealloc(void* p) noexcept override;
   void upload(void* dst, const void* host_src, size_t bytes) override;
   void download(void* host_dst, const void* src, size_t bytes) override;
   void fill_zero(void* p, size_t bytes) override;
@@ -43,6 +41,10 @@ class CpuBackend : public Backend {
                 const float* k, const float* v) override;
   void chunk_mass(const AttentionParams& p, const float* q, int32_t pos, std::span<const KvPageRef> pages,
                   int chunk_tokens, int64_t n_chunks, float* mass) override;
+
+ protected:
+  void* alloc_raw(size_t bytes) override;
+  void dealloc_raw(void* p) noexcept override;
 
  private:
   ThreadPool pool_;

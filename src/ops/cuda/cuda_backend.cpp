@@ -123,7 +123,7 @@ CudaBackend::~CudaBackend() {
 
 // ---- memory --------------------------------------------------------------------------------
 
-void* CudaBackend::alloc(size_t bytes) {
+void* CudaBackend::alloc_raw(size_t bytes) {
   void* p = nullptr;
   const cudaError_t e = cudaMalloc(&p, bytes ? bytes : 1);
   if (e != cudaSuccess) {
@@ -134,7 +134,7 @@ void* CudaBackend::alloc(size_t bytes) {
   return p;
 }
 
-void CudaBackend::dealloc(void* p) noexcept {
+void CudaBackend::dealloc_raw(void* p) noexcept {
   if (!p) return;
   cudaStreamSynchronize(STREAM);  // no op in flight may still use it
   cudaFree(p);

@@ -43,8 +43,6 @@ class CudaBackend final : public Backend {
   size_t weight_bytes() const { return weight_bytes_; }
 
   bool host_memory() const override { return false; }
-  void* alloc(size_t bytes) override;
-  void dealloc(void* p) noexcept override;
   void* alloc_host(size_t bytes) override;  // page-locked (cudaHostAlloc)
   void free_host(void* p) noexcept override;
   void upload(void* dst, const void* host_src, size_t bytes) override;
@@ -94,6 +92,10 @@ class CudaBackend final : public Backend {
                      const float* v) override;
   void rope_write_kv_rows(const AttentionParams& p, const RopeParams& rp, const int32_t* pos,
                           std::span<const KvSlotRef> slots, float* q, float* k, const float* v) override;
+
+ protected:
+  void* alloc_raw(size_t bytes) override;
+  void dealloc_raw(void* p) noexcept override;
 
  private:
   // Uploads host positions unless the device copy already holds the same values.
