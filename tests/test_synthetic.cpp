@@ -7,6 +7,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstring>
+#include <sstream>
 #include <vector>
 
 #include "core/dtype.h"
@@ -216,6 +217,48 @@ TEST(Synthetic, BenchTakesAShape) {
   const test::CmdResult none = test::run_cli("bench -p 32");
   EXPECT_EQ(none.code, 2);
   EXPECT_NE(none.out.find("--model FILE or --synthetic NAME"), std::string::npos) << none.out;
+}
+
+// bench --concurrency: the memory arithmetic decides how many requests run, a quarter budget
+// fits about four times as many as the full KV under the same cap, and they decode together.
+TEST(Synthetic, ConcurrencyBenchFitsRequestsToTheCap) {
+  // The cells of the table's data rows (after its header and rule).
+  const auto rows = [](const std::string& out) {
+    std::vector<std::vector<std::string>> cells;
+    std::istringstream in(out);
+    std::string line;
+    int seen = 0;
+    while (std::getline(in, line)) {
+      if (line.rfind("|", 0) != 0 || ++seen <= 2) continue;
+      std::vector<std::string> c;
+      std::istringstream ls(line.substr(1));
+      std::string cell;
+      while (std::getline(ls, cell, '|')) c.push_back(cell.substr(1, cell.size() - 2));
+      cells.push_back(c);
+    }
+    return cells;
+  };
+  const std::string base = "bench --synthetic tiny --concurrency -d 1000 -n 8 -t 2 --gpu-memory 0.3";
+  const test::CmdResult q = test::run_cli(base + " --policy recency --kv-budget 25%");
+  const test::CmdResult f = test::run_cli(base);
+  ASSERT_EQ(q.code, 0) << q.out;
+  ASSERT_EQ(f.code, 0) << f.out;
+  const auto rq = rows(q.out), rf = rows(f.out);
+  ASSERT_EQ(rq.size(), 1u) << q.out;
+  ASSERT_EQ(rf.size(), 1u) << f.out;
+  const int nq = std::stoi(rq[0][5]), nf = std::stoi(rf[0][5]);
+  EXPECT_EQ(rq[0][6], "device");
+  EXPECT_EQ(rf[0][6], "device");
+  EXPECT_GE(nf, 1);
+  EXPECT_GE(nq, 3 * nf) << q.out << f.out;
+  EXPECT_GT(std::stod(rq[0][9]), 0.0);  // decode tok/s
+  const test::CmdResult two = test::run_cli(base + " --max-requests 2");
+  ASSERT_EQ(two.code, 0) << two.out;
+  EXPECT_EQ(rows(two.out)[0][5], "2");
+  EXPECT_EQ(rows(two.out)[0][6], "--max-requests");
+  const test::CmdResult none = test::run_cli("bench --synthetic tiny --concurrency -d 4000 -n 8 -t 2 --host-memory 0.0001");
+  EXPECT_EQ(none.code, 1) << none.out;
+  EXPECT_NE(none.out.find("not one request"), std::string::npos) << none.out;
 }
 
 }  // namespace

@@ -81,6 +81,7 @@ struct KvReport {
   KvFootprint peak;              // when device() was largest (prefill included)
   double mean_device_bytes = 0;  // device bytes averaged over decode steps
   RecallStats recall;
+  RecallStats decode_recall;     // the decode steps' share of `recall` (the prefill's streaming left out)
   int64_t cycles = 0;
   double oracle_pass_seconds = 0; // the oracle's recording pass (not in prefill/decode times)
   // lsa's needle fallback: the request moved to a full budget at this decode step (−1: never).

@@ -79,6 +79,7 @@ void Request::start_decode() {
     kvp_ = own_->kv.get();
     recallp_ = own_->recall.get();
   }
+  prefill_recall_ = fork_ ? p.recall->stats() : recallp_->stats();  // what decode recalls comes on top
   query_ = p.query;  // lsa: updated by every decode forward
   const PolicyTraits traits = policy_traits(opts_.memory.policy);
   PolicyDeps deps;
@@ -277,6 +278,12 @@ void Request::finish(const std::string& reason) {
     k.recall = recallp_->stats();
     add_recall(k.recall, narrow_recall_);
     if (fork_) add_recall(k.recall, p_->recall->stats());  // the prefill's streaming too
+    k.decode_recall = k.recall;
+    k.decode_recall.batches -= prefill_recall_.batches;
+    k.decode_recall.pages -= prefill_recall_.pages;
+    k.decode_recall.written -= prefill_recall_.written;
+    k.decode_recall.bytes -= prefill_recall_.bytes;
+    k.decode_recall.seconds -= prefill_recall_.seconds;
     k.cycles = residency_->cycles();
   }
   phase_ = Phase::kDone;

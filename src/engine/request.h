@@ -75,6 +75,7 @@ class Request {
   Engine& eng_;
   GenerateOptions opts_;
   TextCallback on_text_;
+  RecallStats prefill_recall_;  // the prefill's recalls (KvReport::decode_recall leaves them out)
   int64_t prefill_chunk_ = 0;
   Phase phase_ = Phase::kPrefill;
   int64_t in_flight_ = 0;  // tokens of the pass next_input gave, until consume()

@@ -62,8 +62,9 @@ std::vector<std::unique_ptr<Request>> Scheduler::step() {
   ++stats_.steps;
   std::vector<SequenceInput> batch;
   std::vector<Request*> rows;
+  const bool hold = o_.decodes_wait_for_prefills && prefilling() > 0;
   for (auto& r : running_) {
-    if (static_cast<int>(batch.size()) >= o_.max_decode) break;
+    if (hold || static_cast<int>(batch.size()) >= o_.max_decode) break;
     if (r->finished() || r->prefilling()) continue;
     if (auto in = next_of(*r, stats_.failed)) {
       batch.push_back(*in);

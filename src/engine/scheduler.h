@@ -25,6 +25,9 @@ namespace flashmem {
 struct SchedulerOptions {
   int max_decode = 16;          // decode rows per pass (on the CPU, kDecodeMaxRows keeps them exact)
   int64_t prefill_chunk = 512;  // prompt tokens per prefill pass (≤ 0: a whole prompt at once)
+  // No decode pass while any request is still prefilling: they then all decode together from
+  // the same step (bench --concurrency measures that steady state).
+  bool decodes_wait_for_prefills = false;
 };
 
 struct SchedulerStats {

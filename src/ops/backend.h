@@ -15,6 +15,7 @@
 #include <cstdint>
 #include <memory>
 #include <mutex>
+#include <optional>
 #include <span>
 #include <unordered_map>
 #include <string>
@@ -172,6 +173,9 @@ class Backend {
   void set_memory_cap(uint64_t bytes) { cap_ = bytes; }
   uint64_t memory_cap() const { return cap_; }
   uint64_t memory_held() const { return held_; }
+  // Memory the backend could still allocate (the device's free memory; host memory for the
+  // CPU), not counting the cap; std::nullopt when unknown.
+  virtual std::optional<uint64_t> memory_free() const = 0;
   virtual void upload(void* dst, const void* host_src, size_t bytes) = 0;
   // Returns when the bytes are in host_dst (after every op issued before it).
   virtual void download(void* host_dst, const void* src, size_t bytes) = 0;

@@ -15,7 +15,9 @@
 
 #include "commands.h"
 #include "core/error.h"
+#include "core/host_memory.h"
 #include "engine/engine.h"
+#include "engine/scheduler.h"
 #include "models/synthetic.h"
 
 namespace flashmem::cli {
@@ -63,6 +65,17 @@ CLI::App* add_bench_command(CLI::App& app, BenchArgs& a) {
   c->add_option("--prefill-budget", a.prefill_budget,
                 "Device KV budget for the pp tests (e.g. 14.5%): pages beyond it stream through the "
                 "reserve as in `eval` and `run` under --kv-budget; tg tests keep the whole context");
+  c->add_flag("--concurrency", a.concurrency,
+              "For each depth D: the most requests of D prompt tokens and -n new ones whose KV reserves fit the "
+              "device (--gpu-memory, else its free memory) and whose host mirrors fit the host (--host-memory, "
+              "else what the OS has), prefilled, then decoded together under --policy/--kv-budget; reports "
+              "aggregate and per-request tok/s, bytes and recalls");
+  c->add_option("--host-memory", a.host_memory_gb, "--concurrency: cap in GB on all the requests' host mirrors")
+      ->check(CLI::Range(0.0, 1e6));
+  c->add_option("--max-requests", a.max_requests, "--concurrency: at most this many requests")
+      ->check(CLI::Range(1, 4096))
+      ->capture_default_str();
+  add_memory_options(c, a.memory);
   return c;
 }
 
@@ -97,6 +110,84 @@ struct FullKv {
 };
 }  // namespace
 
+namespace {
+
+// bench --concurrency: per depth, the request count the memory arithmetic admits (the serve
+// admission's: budget pages × layers × page bytes on the device, the whole mirror on the host),
+// run through the scheduler: all prefilled, then decoded together.
+int concurrency_bench(Engine& eng, const BenchArgs& a, const ResidencyOptions& ro) {
+  const KvCacheConfig kc = eng.kv_config();
+  const ModelInfo& mi = eng.info();
+  const auto gib = [](double b) { return b / double(uint64_t{1} << 30); };
+  std::mt19937 rng(1);
+  std::uniform_int_distribution<int32_t> tok(100, mi.n_vocab - 1);
+  std::printf("| model | backend | ctx | policy | budget | requests | limited by | device KV GiB | host GiB | "
+              "decode tok/s | per request | recall GB/s | recall share |\n"
+              "|---|---|---:|---|---|---:|---|---:|---:|---:|---:|---:|---:|\n");
+  for (const int64_t d : a.depth) {
+    FM_CHECK(d >= 1, ErrorCode::kInvalidArgument, "--concurrency needs a depth ≥ 1 (the prompt), not ", d);
+    const int64_t final_tokens = d + a.n_gen;
+    FM_CHECK(final_tokens <= eng.n_ctx(), ErrorCode::kInvalidArgument, "depth ", d, " + ", a.n_gen, " exceeds the context ",
+             eng.n_ctx());
+    const int64_t pages = resolve_budget_pages(ro, kc, final_tokens);
+    const uint64_t dev_share = static_cast<uint64_t>(pages) * kc.n_layers * kc.page_bytes();
+    const uint64_t host_share = kc.mirror_bytes(final_tokens);
+    uint64_t dev_room = eng.device_kv_cap();
+    if (dev_room == 0) {
+      const uint64_t free = eng.backend().memory_free().value_or(0), work = eng.working_memory();
+      dev_room = free > work ? free - work : 0;
+    }
+    const uint64_t host_room = a.host_memory_gb > 0 ? static_cast<uint64_t>(a.host_memory_gb * 1e9)
+                                                    : host_memory_available().value_or(0) / 10 * 9;
+    const int64_t by_dev = static_cast<int64_t>(dev_room / dev_share);
+    const int64_t by_host = static_cast<int64_t>(host_room / host_share);
+    const int64_t n = std::min<int64_t>({by_dev, by_host, a.max_requests});
+    const char* limit = n == by_dev ? "device" : n == by_host ? "host" : "--max-requests";
+    FM_CHECK(n >= 1, ErrorCode::kOutOfMemory, "not one request of ", final_tokens, " tokens fits: its KV reserve takes ",
+             gib(double(dev_share)), " GiB (", pages, " pages × ", kc.n_layers, " layers × ", kc.page_bytes(),
+             " B) of ", gib(double(dev_room)), " GiB, its host mirror ", gib(double(host_share)), " GiB of ",
+             gib(double(host_room)), " GiB");
+    SchedulerOptions so;
+    so.max_decode = static_cast<int>(n);
+    so.decodes_wait_for_prefills = true;
+    Scheduler s(eng, so);
+    GenerateOptions go;
+    go.max_new_tokens = a.n_gen;
+    go.stop_at_eos = false;
+    go.memory = ro;
+    for (int64_t i = 0; i < n; ++i) {
+      std::vector<int32_t> prompt(static_cast<size_t>(d));
+      for (auto& t : prompt) t = tok(rng);
+      s.add(std::make_unique<Request>(eng, prompt, go));
+    }
+    while (s.prefilling() > 0) s.step();
+    const double t0 = now_s();
+    const auto done = s.run();
+    const double secs = now_s() - t0;
+    int64_t tokens = 0;
+    uint64_t rbytes = 0, dev_bytes = 0, host_bytes = 0;
+    double rsecs = 0;
+    for (const auto& r : done) {
+      const GenerateResult& g = r->result();
+      FM_CHECK(g.stop_reason != "error", ErrorCode::kInternal, "a request failed: ", g.error);
+      tokens += static_cast<int64_t>(g.tokens.size());
+      rbytes += g.kv.decode_recall.bytes;
+      rsecs += g.kv.decode_recall.seconds;
+      dev_bytes += g.kv.peak.device();
+      host_bytes += g.kv.final.mirror;
+    }
+    std::printf("| %s | %s | %lld | %s | %s | %lld | %s | %.3f | %.3f | %.1f | %.2f | %.1f | %.1f%% |\n", mi.name.c_str(),
+                backend_label(eng).c_str(), static_cast<long long>(final_tokens), ro.policy.c_str(),
+                ro.budget.str().c_str(), static_cast<long long>(n), limit, gib(double(dev_bytes)),
+                gib(double(host_bytes)), double(tokens) / secs, double(a.n_gen) / secs,
+                rsecs > 0 ? double(rbytes) / rsecs / 1e9 : 0.0, 100.0 * rsecs / secs);
+    std::fflush(stdout);
+  }
+  return 0;
+}
+
+}  // namespace
+
 int bench_command(const BenchArgs& a) {
   FM_CHECK(!a.model.empty() || !a.synthetic.empty(), ErrorCode::kInvalidArgument,
            "bench needs --model FILE or --synthetic NAME");
@@ -108,6 +199,12 @@ int bench_command(const BenchArgs& a) {
     if (p > 0) prefill.push_back(p);
   }
   for (int64_t d : a.depth) FM_CHECK(d >= 0, ErrorCode::kInvalidArgument, "depth ", d, " must be ≥ 0");
+  if (a.concurrency) {
+    const ResidencyOptions ro = residency_options(a.memory);  // bad flags fail before loading
+    eo.indexer_path = indexer_path(a.memory, a.model, policy_traits(ro.policy).needs_indexer);
+    auto eng = Engine::load(eo);
+    return concurrency_bench(*eng, a, ro);
+  }
   auto eng = Engine::load(eo);
   const ModelInfo& mi = eng->info();
   FM_CHECK(mi.n_vocab > 100, ErrorCode::kUnsupported, "bench draws token ids from [100, n_vocab); the vocabulary has ",

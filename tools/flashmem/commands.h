@@ -160,6 +160,11 @@ struct BenchArgs {
   std::string model;
   std::string synthetic;  // NAME[:TYPE], instead of --model
   double gpu_memory_gb = 0;  // cap on the engine's backend memory (0: none)
+  // --concurrency: the most requests of each depth that fit, decoded together
+  bool concurrency = false;
+  MemoryArgs memory;          // their policy and budget
+  double host_memory_gb = 0;  // cap on all their host mirrors (0: what the OS has available)
+  int max_requests = 256;
   std::vector<int64_t> prefill{1024};
   std::vector<int64_t> depth{0};
   std::vector<int> batch{1};

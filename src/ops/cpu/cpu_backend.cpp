@@ -4,6 +4,7 @@
 #include <new>
 
 #include "core/error.h"
+#include "core/host_memory.h"
 #include "ops/cpu/attention.h"
 #include "ops/cpu/elementwise.h"
 #include "ops/cpu/indexer.h"
@@ -29,6 +30,8 @@ void* CpuBackend::alloc_raw(size_t bytes) {
            static_cast<double>(bytes) / (1 << 20), " MiB of host memory");
   return p;
 }
+
+std::optional<uint64_t> CpuBackend::memory_free() const { return host_memory_available(); }
 
 void CpuBackend::dealloc_raw(void* p) noexcept { ::operator delete(p, std::align_val_t{256}); }
 

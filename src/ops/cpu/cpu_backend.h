@@ -16,6 +16,7 @@ class CpuBackend : public Backend {
   ThreadPool& pool() { return pool_; }
 
   bool host_memory() const override { return true; }
+  std::optional<uint64_t> memory_free() const override;
   void upload(void* dst, const void* host_src, size_t bytes) override;
   void download(void* host_dst, const void* src, size_t bytes) override;
   void fill_zero(void* p, size_t bytes) override;

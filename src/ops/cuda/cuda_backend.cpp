@@ -134,6 +134,15 @@ void* CudaBackend::alloc_raw(size_t bytes) {
   return p;
 }
 
+std::optional<uint64_t> CudaBackend::memory_free() const {
+  size_t free = 0, total = 0;
+  if (cudaMemGetInfo(&free, &total) != cudaSuccess) {
+    cudaGetLastError();
+    return std::nullopt;
+  }
+  return free;
+}
+
 void CudaBackend::dealloc_raw(void* p) noexcept {
   if (!p) return;
   cudaStreamSynchronize(STREAM);  // no op in flight may still use it

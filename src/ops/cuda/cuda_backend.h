@@ -43,6 +43,7 @@ class CudaBackend final : public Backend {
   size_t weight_bytes() const { return weight_bytes_; }
 
   bool host_memory() const override { return false; }
+  std::optional<uint64_t> memory_free() const override;
   void* alloc_host(size_t bytes) override;  // page-locked (cudaHostAlloc)
   void free_host(void* p) noexcept override;
   void upload(void* dst, const void* host_src, size_t bytes) override;
