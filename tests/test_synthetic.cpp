@@ -13,6 +13,7 @@
 #include "core/dtype.h"
 #include "core/error.h"
 #include "engine/engine.h"
+#include "indexer/indexer_model.h"
 #include "io/gguf_image.h"
 #include "models/synthetic.h"
 #include "ops/backend.h"
@@ -202,6 +203,28 @@ TEST(GpuMemory, TheReserveGetsWhatIsLeft) {
   }
 }
 
+// A random indexer has the shape's sizes, and its weights follow the seed.
+TEST(Synthetic, RandomIndexerFollowsShapeAndSeed) {
+  IndexerShape sh;
+  sh.d_model = 256;
+  sh.n_heads = 12;
+  sh.n_kv_heads = 2;
+  sh.head_dim = 64;
+  sh.rank = 32;
+  IndexerKeys k;
+  k.layers = {0, 1};
+  const IndexerModel a = random_indexer(sh, k, 5), b = random_indexer(sh, k, 5), c = random_indexer(sh, k, 6);
+  ASSERT_EQ(a.layers.size(), 2u);
+  EXPECT_EQ(a.layers[1].wq_b.size(), size_t{12} * 64 * 32);
+  EXPECT_EQ(a.layers[0].wq_a, b.layers[0].wq_a);
+  EXPECT_NE(a.layers[0].wq_a, c.layers[0].wq_a);
+  EXPECT_EQ(a.layers[0].q_norm, std::vector<float>(32, 1.0f));
+  float hi = 0.0f;
+  for (float x : a.layers[0].wq_a) hi = std::max(hi, std::fabs(x));
+  EXPECT_LE(hi, std::sqrt(3.0f / 256.0f));
+  EXPECT_GT(hi, 0.5f * std::sqrt(3.0f / 256.0f));
+}
+
 // `flashmem bench --synthetic`: the shape's table rows, and one line for a bad name, for a file
 // and a shape together, and for neither.
 TEST(Synthetic, BenchTakesAShape) {
@@ -238,9 +261,9 @@ TEST(Synthetic, ConcurrencyBenchFitsRequestsToTheCap) {
     }
     return cells;
   };
-  const std::string base = "bench --synthetic tiny --concurrency -d 1000 -n 8 -t 2 --gpu-memory 0.3";
-  const test::CmdResult q = test::run_cli(base + " --policy recency --kv-budget 25%");
-  const test::CmdResult f = test::run_cli(base);
+  const std::string base = "bench --synthetic tiny --concurrency -d 1000 -t 2 --gpu-memory 0.3";
+  const test::CmdResult q = test::run_cli(base + " -n 8 --policy recency --kv-budget 25%");
+  const test::CmdResult f = test::run_cli(base + " -n 8");
   ASSERT_EQ(q.code, 0) << q.out;
   ASSERT_EQ(f.code, 0) << f.out;
   const auto rq = rows(q.out), rf = rows(f.out);
@@ -252,7 +275,13 @@ TEST(Synthetic, ConcurrencyBenchFitsRequestsToTheCap) {
   EXPECT_GE(nf, 1);
   EXPECT_GE(nq, 3 * nf) << q.out << f.out;
   EXPECT_GT(std::stod(rq[0][9]), 0.0);  // decode tok/s
-  const test::CmdResult two = test::run_cli(base + " --max-requests 2");
+  // lsa on a synthetic model: a random indexer of its shape (what lsa costs, not what it picks).
+  const test::CmdResult l = test::run_cli(base + " -n 70 --policy lsa --kv-budget 25%");
+  ASSERT_EQ(l.code, 0) << l.out;
+  ASSERT_EQ(rows(l.out).size(), 1u) << l.out;
+  EXPECT_EQ(rows(l.out)[0][3], "lsa");
+  EXPECT_GE(std::stoi(rows(l.out)[0][5]), 3 * nf) << l.out;
+  const test::CmdResult two = test::run_cli(base + " -n 8 --max-requests 2");
   ASSERT_EQ(two.code, 0) << two.out;
   EXPECT_EQ(rows(two.out)[0][5], "2");
   EXPECT_EQ(rows(two.out)[0][6], "--max-requests");

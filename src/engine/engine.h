@@ -33,6 +33,9 @@ struct EngineOptions {
   // (models/synthetic.h; for speed and memory measurements), drawn from synthetic_seed.
   std::string synthetic;
   uint64_t synthetic_seed = 0;
+  // With a synthetic model and no indexer_path: a Memory Indexer of random weights for its shape
+  // (≥ 12 heads, rank 128, three target layers), so lsa's costs can be measured.
+  bool synthetic_indexer = false;
   std::string backend = "cpu";   // "cpu" or "cuda" (see make_backend)
   int n_threads = 0;             // CPU threads; 0: ThreadPool::default_threads()
   CpuDot cpu_dot = CpuDot::kQ8;  // CPU decode dot products (ops/backend.h)

@@ -4,6 +4,7 @@
 #include <cmath>
 #include <cstdio>
 #include <cstring>
+#include <random>
 
 #include "core/error.h"
 #include "core/fp8.h"
@@ -12,6 +13,30 @@
 #include "ops/cpu/elementwise.h"
 
 namespace flashmem {
+
+IndexerModel random_indexer(const IndexerShape& shape, const IndexerKeys& keys, uint64_t seed) {
+  IndexerModel m;
+  m.shape = shape;
+  m.keys = keys;
+  std::mt19937_64 rng(seed);
+  const auto fill = [&](std::vector<float>& v, size_t n, int fan_in) {
+    std::uniform_real_distribution<float> u(-1.0f, 1.0f);
+    const float a = std::sqrt(3.0f / static_cast<float>(fan_in));
+    v.resize(n);
+    for (float& x : v) x = a * u(rng);
+  };
+  const size_t qd = static_cast<size_t>(shape.n_heads) * shape.head_dim;
+  for (size_t t = 0; t < keys.layers.size(); ++t) {
+    IndexerLayer l;
+    fill(l.wq_a, static_cast<size_t>(shape.rank) * shape.d_model, shape.d_model);
+    l.q_norm.assign(static_cast<size_t>(shape.rank), 1.0f);
+    fill(l.wq_b, qd * shape.rank, shape.rank);
+    fill(l.weights_proj, static_cast<size_t>(shape.n_heads) * shape.d_model, shape.d_model);
+    m.layers.push_back(std::move(l));
+  }
+  m.check();
+  return m;
+}
 
 void IndexerModel::check() const {
   const IndexerShape& s = shape;

@@ -72,6 +72,10 @@ std::shared_ptr<IndexerModel> indexer_from_safetensors(const SafeTensorsFile& f,
 // them): the same weights, fewer scorers and fewer index keys. Error(kInvalidArgument) for a
 // layer the indexer has no scorer for, or a repeated one.
 IndexerModel select_targets(const IndexerModel& m, std::vector<int> layers);
+// An indexer of this shape and these keys with weights drawn from `seed` (uniform, variance
+// 1/fan-in; q_norm 1, bias 0): what lsa costs on a model built from its shape alone (bench
+// --synthetic), not what it would choose.
+IndexerModel random_indexer(const IndexerShape& shape, const IndexerKeys& keys, uint64_t seed);
 // The metadata of a checkpoint (for reports).
 std::map<std::string, std::string> indexer_metadata(const std::string& path);
 

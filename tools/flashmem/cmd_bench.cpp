@@ -155,6 +155,7 @@ int concurrency_bench(Engine& eng, const BenchArgs& a, const ResidencyOptions& r
     go.max_new_tokens = a.n_gen;
     go.stop_at_eos = false;
     go.memory = ro;
+    go.memory.lsa.widen = false;  // a fixed device share, as serve admits requests
     for (int64_t i = 0; i < n; ++i) {
       std::vector<int32_t> prompt(static_cast<size_t>(d));
       for (auto& t : prompt) t = tok(rng);
@@ -201,7 +202,9 @@ int bench_command(const BenchArgs& a) {
   for (int64_t d : a.depth) FM_CHECK(d >= 0, ErrorCode::kInvalidArgument, "depth ", d, " must be ≥ 0");
   if (a.concurrency) {
     const ResidencyOptions ro = residency_options(a.memory);  // bad flags fail before loading
-    eo.indexer_path = indexer_path(a.memory, a.model, policy_traits(ro.policy).needs_indexer);
+    const bool lsa = policy_traits(ro.policy).needs_indexer;
+    if (lsa && !a.synthetic.empty() && a.memory.indexer.empty()) eo.synthetic_indexer = true;  // costs only
+    else eo.indexer_path = indexer_path(a.memory, a.model, lsa);
     auto eng = Engine::load(eo);
     return concurrency_bench(*eng, a, ro);
   }
