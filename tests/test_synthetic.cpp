@@ -147,6 +147,19 @@ TEST(Synthetic, TinyRunsThroughTheEngine) {
   go.stop_at_eos = false;
   const GenerateResult r = eng->generate(eng->tokenizer().encode(text, true, false), go);
   EXPECT_EQ(r.tokens.size(), 8u);
+  // A synthetic context: the store holds n tokens' K/V, the rest of the prompt prefills on top.
+  const std::vector<int32_t> long_prompt(600, 65);
+  auto sp = eng->begin_prefill(long_prompt, ResidencyOptions{}, 4);
+  EXPECT_THROW(eng->fill_synthetic(*sp, 600), Error);  // nothing left to prefill
+  eng->fill_synthetic(*sp, 530);
+  EXPECT_EQ(sp->kv->n_tokens(), 530);
+  EXPECT_EQ(sp->done, 530);
+  const SequenceInput rest = sp->next_chunk(0);
+  EXPECT_EQ(rest.tokens.size(), 70u);
+  eng->model().forward_batch(std::span<const SequenceInput>(&rest, 1));
+  sp->advance(70, 0.0);
+  EXPECT_EQ(sp->kv->n_tokens(), 600);
+  for (float v : sp->logits) ASSERT_TRUE(std::isfinite(v));
   eo.model_path = "model.gguf";
   EXPECT_THROW(Engine::load(eo), Error);  // a file and a shape
 }
@@ -269,22 +282,32 @@ TEST(Synthetic, ConcurrencyBenchFitsRequestsToTheCap) {
   const auto rq = rows(q.out), rf = rows(f.out);
   ASSERT_EQ(rq.size(), 1u) << q.out;
   ASSERT_EQ(rf.size(), 1u) << f.out;
-  const int nq = std::stoi(rq[0][5]), nf = std::stoi(rf[0][5]);
-  EXPECT_EQ(rq[0][6], "device");
-  EXPECT_EQ(rf[0][6], "device");
+  const int nq = std::stoi(rq[0][6]), nf = std::stoi(rf[0][6]);
+  EXPECT_EQ(rq[0][3], "prefilled");
+  EXPECT_EQ(rq[0][7], "device");
+  EXPECT_EQ(rf[0][7], "device");
   EXPECT_GE(nf, 1);
   EXPECT_GE(nq, 3 * nf) << q.out << f.out;
-  EXPECT_GT(std::stod(rq[0][9]), 0.0);  // decode tok/s
+  EXPECT_GT(std::stod(rq[0][10]), 0.0);  // decode tok/s
   // lsa on a synthetic model: a random indexer of its shape (what lsa costs, not what it picks).
   const test::CmdResult l = test::run_cli(base + " -n 70 --policy lsa --kv-budget 25%");
   ASSERT_EQ(l.code, 0) << l.out;
   ASSERT_EQ(rows(l.out).size(), 1u) << l.out;
-  EXPECT_EQ(rows(l.out)[0][3], "lsa");
-  EXPECT_GE(std::stoi(rows(l.out)[0][5]), 3 * nf) << l.out;
+  EXPECT_EQ(rows(l.out)[0][4], "lsa");
+  EXPECT_GE(std::stoi(rows(l.out)[0][6]), 3 * nf) << l.out;
+  // --synthetic-context: all but the last 128 prompt tokens get random K/V through the store: the
+  // same requests, the same mirror bytes as prefilled ones.
+  const test::CmdResult sc = test::run_cli(base + " -n 8 --policy recency --kv-budget 25% --synthetic-context");
+  ASSERT_EQ(sc.code, 0) << sc.out;
+  const auto rs = rows(sc.out);
+  ASSERT_EQ(rs.size(), 1u) << sc.out;
+  EXPECT_EQ(rs[0][3], "random 872 + prefilled 128");
+  EXPECT_EQ(rs[0][6], rq[0][6]);  // requests
+  EXPECT_EQ(rs[0][9], rq[0][9]);  // host GiB
   const test::CmdResult two = test::run_cli(base + " -n 8 --max-requests 2");
   ASSERT_EQ(two.code, 0) << two.out;
-  EXPECT_EQ(rows(two.out)[0][5], "2");
-  EXPECT_EQ(rows(two.out)[0][6], "--max-requests");
+  EXPECT_EQ(rows(two.out)[0][6], "2");
+  EXPECT_EQ(rows(two.out)[0][7], "--max-requests");
   const test::CmdResult none = test::run_cli("bench --synthetic tiny --concurrency -d 4000 -n 8 -t 2 --host-memory 0.0001");
   EXPECT_EQ(none.code, 1) << none.out;
   EXPECT_NE(none.out.find("not one request"), std::string::npos) << none.out;

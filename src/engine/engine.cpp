@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <chrono>
+#include <random>
 #include <thread>
 
 #include "core/clock.h"
@@ -227,6 +228,30 @@ std::unique_ptr<Prefilled> Engine::prefill(const std::vector<int32_t>& prompt, c
   model_->forward_batch(std::span<const SequenceInput>(&in, 1));
   p->advance(static_cast<int64_t>(in.tokens.size()), seconds_since(t0));
   return p;
+}
+
+void Engine::fill_synthetic(Prefilled& p, int64_t n) {
+  FM_CHECK(p.done == 0 && n >= 1 && n < static_cast<int64_t>(p.prompt.size()), ErrorCode::kInvalidArgument,
+           "a synthetic context of ", n, " tokens must leave part of the ", p.prompt.size(), "-token prompt to prefill");
+  const KvCacheConfig kc = kv_config();
+  const int64_t row = int64_t{kc.n_kv_heads} * kc.head_dim, chunk = 512;
+  // One random chunk, written again and again: attention's cost does not depend on the values.
+  std::mt19937 rng(7);
+  std::uniform_real_distribution<float> u(-1.0f, 1.0f);
+  std::vector<float> host(static_cast<size_t>(2 * chunk * row));
+  for (float& x : host) x = u(rng);
+  BackendBuffer kv(*backend_, host.size() * sizeof(float));
+  backend_->upload(kv.get(), host.data(), host.size() * sizeof(float));
+  const float* k = kv.as<float>();
+  const float* v = k + chunk * row;
+  const auto t0 = std::chrono::steady_clock::now();
+  for (int64_t at = 0; at < n; at += chunk) {
+    const int64_t len = std::min(chunk, n - at);
+    for (int l = 0; l < kc.n_layers; ++l) p.kv->append(l, len, k, v);
+  }
+  backend_->synchronize();
+  p.done = n;
+  p.seconds += seconds_since(t0);
 }
 
 SequenceInput Prefilled::next_chunk(int64_t max_tokens) {

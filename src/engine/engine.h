@@ -64,6 +64,10 @@ struct GenerateOptions {
   // Teacher forcing: when given, step i feeds forced_tokens[i] (instead of the sampled token)
   // and counts whether the model's argmax agreed (GenerateResult::forced_agree).
   std::vector<int32_t> forced_tokens;
+  // Benchmarks at contexts too long to prefill: the first N prompt tokens' K/V are random
+  // values written through the store (pages, mirror, index keys) without running the model;
+  // the rest of the prompt is prefilled as usual. What such a request generates is noise.
+  int64_t synthetic_context = 0;
   // Observers (flashmem dump): a hook around every decode-mode attention, a call before each
   // decode forward pass with its step number (0 = the first token after the prompt), and a tap
   // on each decode token's layer inputs (Engine::prefill takes one for the prompt's last token).
@@ -188,6 +192,10 @@ class Engine {
   std::unique_ptr<Prefilled> prefill(const std::vector<int32_t>& prompt,
                                      const ResidencyOptions& memory, int max_new_tokens,
                                      ActivationTap* tap = nullptr);
+  // Writes random K/V for the first n prompt tokens of p through its store (Prefilled::done
+  // becomes n), in place of their prefill (GenerateOptions::synthetic_context). n must leave
+  // at least one prompt token to prefill.
+  void fill_synthetic(Prefilled& p, int64_t n);
   // The same with nothing run yet: the checks done and the store allocated (its device reserve
   // is the request's admission); Prefilled::next_chunk/advance run it.
   std::unique_ptr<Prefilled> begin_prefill(const std::vector<int32_t>& prompt,

@@ -39,6 +39,7 @@ Request::Request(Engine& eng, const std::vector<int32_t>& prompt, const Generate
            opts_.memory.policy, " replays a recorded full-attention pass of the same request, which a "
            "request decoded step by step among others cannot have (flashmem run and eval run it)");
   own_ = eng_.begin_prefill(prompt, opts_.memory, opts_.max_new_tokens, opts_.tap);
+  if (opts_.synthetic_context > 0) eng_.fill_synthetic(*own_, opts_.synthetic_context);
   p_ = own_.get();
   r_.n_prompt = static_cast<int64_t>(prompt.size());
 }

@@ -75,6 +75,10 @@ CLI::App* add_bench_command(CLI::App& app, BenchArgs& a) {
   c->add_option("--max-requests", a.max_requests, "--concurrency: at most this many requests")
       ->check(CLI::Range(1, 4096))
       ->capture_default_str();
+  c->add_flag("--synthetic-context", a.synthetic_context,
+              "--concurrency: every prompt token but the last 128 gets random K/V written through the store "
+              "(pages, host mirror, index keys) instead of a prefill, for contexts too long to prefill; "
+              "speed and memory only");
   add_memory_options(c, a.memory);
   return c;
 }
@@ -121,9 +125,9 @@ int concurrency_bench(Engine& eng, const BenchArgs& a, const ResidencyOptions& r
   const auto gib = [](double b) { return b / double(uint64_t{1} << 30); };
   std::mt19937 rng(1);
   std::uniform_int_distribution<int32_t> tok(100, mi.n_vocab - 1);
-  std::printf("| model | backend | ctx | policy | budget | requests | limited by | device KV GiB | host GiB | "
-              "decode tok/s | per request | recall GB/s | recall share |\n"
-              "|---|---|---:|---|---|---:|---|---:|---:|---:|---:|---:|---:|\n");
+  std::printf("| model | backend | ctx | prompt KV | policy | budget | requests | limited by | device KV GiB | "
+              "host GiB | decode tok/s | per request | recall GB/s | recall share |\n"
+              "|---|---|---:|---|---|---|---:|---|---:|---:|---:|---:|---:|---:|\n");
   for (const int64_t d : a.depth) {
     FM_CHECK(d >= 1, ErrorCode::kInvalidArgument, "--concurrency needs a depth ≥ 1 (the prompt), not ", d);
     const int64_t final_tokens = d + a.n_gen;
@@ -156,6 +160,8 @@ int concurrency_bench(Engine& eng, const BenchArgs& a, const ResidencyOptions& r
     go.stop_at_eos = false;
     go.memory = ro;
     go.memory.lsa.widen = false;  // a fixed device share, as serve admits requests
+    constexpr int64_t kRealTail = 128;  // prefilled for real under --synthetic-context
+    go.synthetic_context = a.synthetic_context && d > kRealTail ? d - kRealTail : 0;
     for (int64_t i = 0; i < n; ++i) {
       std::vector<int32_t> prompt(static_cast<size_t>(d));
       for (auto& t : prompt) t = tok(rng);
@@ -177,8 +183,13 @@ int concurrency_bench(Engine& eng, const BenchArgs& a, const ResidencyOptions& r
       dev_bytes += g.kv.peak.device();
       host_bytes += g.kv.final.mirror;
     }
-    std::printf("| %s | %s | %lld | %s | %s | %lld | %s | %.3f | %.3f | %.1f | %.2f | %.1f | %.1f%% |\n", mi.name.c_str(),
-                backend_label(eng).c_str(), static_cast<long long>(final_tokens), ro.policy.c_str(),
+    const std::string prompt_kv =
+        go.synthetic_context ? "random " + std::to_string(go.synthetic_context) + " + prefilled " +
+                                   std::to_string(d - go.synthetic_context)
+                             : "prefilled";
+    std::printf("| %s | %s | %lld | %s | %s | %s | %lld | %s | %.3f | %.3f | %.1f | %.2f | %.1f | %.1f%% |\n",
+                mi.name.c_str(), backend_label(eng).c_str(), static_cast<long long>(final_tokens), prompt_kv.c_str(),
+                ro.policy.c_str(),
                 ro.budget.str().c_str(), static_cast<long long>(n), limit, gib(double(dev_bytes)),
                 gib(double(host_bytes)), double(tokens) / secs, double(a.n_gen) / secs,
                 rsecs > 0 ? double(rbytes) / rsecs / 1e9 : 0.0, 100.0 * rsecs / secs);
