@@ -245,6 +245,9 @@ TEST(Synthetic, BenchTakesAShape) {
   EXPECT_EQ(ok.code, 0) << ok.out;
   EXPECT_NE(ok.out.find("synthetic tiny (q8_0, random weights)"), std::string::npos) << ok.out;
   EXPECT_NE(ok.out.find("tg4 @ d0 × 2 seqs"), std::string::npos) << ok.out;
+  const test::CmdResult lone = test::run_cli("bench --synthetic tiny -p 32 --policy recency --kv-budget 50%");
+  EXPECT_EQ(lone.code, 2) << lone.out;  // the flags of --concurrency, without it
+  EXPECT_NE(lone.out.find("apply to --concurrency"), std::string::npos) << lone.out;
   const test::CmdResult bad = test::run_cli("bench --synthetic llama-9b -p 32");
   EXPECT_EQ(bad.code, 2) << bad.out;  // bad usage, as for any other bad argument
   EXPECT_NE(bad.out.find("known: llama-3.1-8b"), std::string::npos) << bad.out;

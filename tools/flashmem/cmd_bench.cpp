@@ -203,6 +203,10 @@ int concurrency_bench(Engine& eng, const BenchArgs& a, const ResidencyOptions& r
 int bench_command(const BenchArgs& a) {
   FM_CHECK(!a.model.empty() || !a.synthetic.empty(), ErrorCode::kInvalidArgument,
            "bench needs --model FILE or --synthetic NAME");
+  FM_CHECK(a.concurrency || (a.memory.policy == "full" && a.memory.kv_budget == "100%" && !a.synthetic_context &&
+                             a.host_memory_gb == 0),
+           ErrorCode::kInvalidArgument, "--policy, --kv-budget, --synthetic-context and --host-memory apply to "
+           "--concurrency (the pp and tg tests keep the whole context; --prefill-budget streams a prefill)");
   EngineOptions eo = engine_options(a);
   const KvBudget budget = KvBudget::parse(a.prefill_budget);
   std::vector<int64_t> prefill;  // -p 0: decode tests only
