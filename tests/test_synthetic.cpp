@@ -160,6 +160,20 @@ TEST(Synthetic, TinyRunsThroughTheEngine) {
   sp->advance(70, 0.0);
   EXPECT_EQ(sp->kv->n_tokens(), 600);
   for (float v : sp->logits) ASSERT_TRUE(std::isfinite(v));
+  // Decode steps that waited for recalled pages are counted (quest recalls what each cycle picks).
+  GenerateOptions qo;
+  qo.max_new_tokens = 40;
+  qo.stop_at_eos = false;
+  qo.memory.policy = "quest";
+  qo.memory.budget = KvBudget::parse("40%");
+  qo.memory.cycle = 8;
+  const GenerateResult qr = eng->generate(long_prompt, qo);
+  EXPECT_EQ(qr.tokens.size(), 40u);  // the first from the prefill's logits, 39 decode steps
+  EXPECT_GT(qr.kv.decode_recall.pages, 0);
+  EXPECT_GE(qr.kv.recall_steps, 1);
+  EXPECT_LE(qr.kv.recall_steps, qr.decode_steps);
+  EXPECT_GT(qr.kv.recall_wait_seconds, 0.0);
+  EXPECT_LE(qr.kv.recall_wait_seconds, qr.kv.decode_recall.seconds + 1e-9);
   eo.model_path = "model.gguf";
   EXPECT_THROW(Engine::load(eo), Error);  // a file and a shape
 }

@@ -89,6 +89,8 @@ struct KvReport {
   double mean_device_bytes = 0;  // device bytes averaged over decode steps
   RecallStats recall;
   RecallStats decode_recall;     // the decode steps' share of `recall` (the prefill's streaming left out)
+  int64_t recall_steps = 0;      // decode steps that recalled pages (and so waited for them) …
+  double recall_wait_seconds = 0;  // … and the time those recalls took
   int64_t cycles = 0;
   double oracle_pass_seconds = 0; // the oracle's recording pass (not in prefill/decode times)
   // lsa's needle fallback: the request moved to a full budget at this decode step (−1: never).

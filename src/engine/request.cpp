@@ -119,6 +119,8 @@ std::optional<SequenceInput> Request::next_input() {
     return in;
   }
   if (!take_token()) return std::nullopt;
+  step_engine_ = recallp_;
+  step_recall_ = recallp_->stats();
   const int64_t tokens_left =
       std::min<int64_t>(opts_.max_new_tokens - step_, eng_.n_ctx() - kvp_->n_tokens());
   residency_->before_step(r_.decode_steps, tokens_left);
@@ -143,6 +145,11 @@ void Request::consume() {
   } else if (phase_ == Phase::kDecode) {
     kvp_->sample();
     ++r_.decode_steps;
+    // Did this step wait for pages (its selection's recall, or a policy's per-step one)?
+    if (recallp_ == step_engine_ && recallp_->stats().pages > step_recall_.pages) {
+      ++r_.kv.recall_steps;
+      r_.kv.recall_wait_seconds += recallp_->stats().seconds - step_recall_.seconds;
+    }
   }
 }
 

@@ -75,6 +75,8 @@ class Request {
   Engine& eng_;
   GenerateOptions opts_;
   TextCallback on_text_;
+  RecallStats step_recall_;       // recalls before this decode step (KvReport::recall_steps)
+  const RecallEngine* step_engine_ = nullptr;  // whose they were (a widen changes the engine)
   RecallStats prefill_recall_;  // the prefill's recalls (KvReport::decode_recall leaves them out)
   int64_t prefill_chunk_ = 0;
   Phase phase_ = Phase::kPrefill;

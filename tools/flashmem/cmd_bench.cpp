@@ -126,8 +126,8 @@ int concurrency_bench(Engine& eng, const BenchArgs& a, const ResidencyOptions& r
   std::mt19937 rng(1);
   std::uniform_int_distribution<int32_t> tok(100, mi.n_vocab - 1);
   std::printf("| model | backend | ctx | prompt KV | policy | budget | requests | limited by | device KV GiB | "
-              "host GiB | decode tok/s | per request | recall GB/s | recall share |\n"
-              "|---|---|---:|---|---|---|---:|---|---:|---:|---:|---:|---:|---:|\n");
+              "host GiB | decode tok/s | per request | recall GB/s | recall share | steps recalling |\n"
+              "|---|---|---:|---|---|---|---:|---|---:|---:|---:|---:|---:|---:|---:|\n");
   for (const int64_t d : a.depth) {
     FM_CHECK(d >= 1, ErrorCode::kInvalidArgument, "--concurrency needs a depth ≥ 1 (the prompt), not ", d);
     const int64_t final_tokens = d + a.n_gen;
@@ -174,12 +174,15 @@ int concurrency_bench(Engine& eng, const BenchArgs& a, const ResidencyOptions& r
     int64_t tokens = 0;
     uint64_t rbytes = 0, dev_bytes = 0, host_bytes = 0;
     double rsecs = 0;
+    int64_t rsteps = 0, steps = 0;
     for (const auto& r : done) {
       const GenerateResult& g = r->result();
       FM_CHECK(g.stop_reason != "error", ErrorCode::kInternal, "a request failed: ", g.error);
       tokens += static_cast<int64_t>(g.tokens.size());
       rbytes += g.kv.decode_recall.bytes;
       rsecs += g.kv.decode_recall.seconds;
+      rsteps += g.kv.recall_steps;
+      steps += g.decode_steps;
       dev_bytes += g.kv.peak.device();
       host_bytes += g.kv.final.mirror;
     }
@@ -187,12 +190,13 @@ int concurrency_bench(Engine& eng, const BenchArgs& a, const ResidencyOptions& r
         go.synthetic_context ? "random " + std::to_string(go.synthetic_context) + " + prefilled " +
                                    std::to_string(d - go.synthetic_context)
                              : "prefilled";
-    std::printf("| %s | %s | %lld | %s | %s | %s | %lld | %s | %.3f | %.3f | %.1f | %.2f | %.1f | %.1f%% |\n",
+    std::printf("| %s | %s | %lld | %s | %s | %s | %lld | %s | %.3f | %.3f | %.1f | %.2f | %.1f | %.1f%% | %lld of %lld |\n",
                 mi.name.c_str(), backend_label(eng).c_str(), static_cast<long long>(final_tokens), prompt_kv.c_str(),
                 ro.policy.c_str(),
                 ro.budget.str().c_str(), static_cast<long long>(n), limit, gib(double(dev_bytes)),
                 gib(double(host_bytes)), double(tokens) / secs, double(a.n_gen) / secs,
-                rsecs > 0 ? double(rbytes) / rsecs / 1e9 : 0.0, 100.0 * rsecs / secs);
+                rsecs > 0 ? double(rbytes) / rsecs / 1e9 : 0.0, 100.0 * rsecs / secs, static_cast<long long>(rsteps),
+                static_cast<long long>(steps));
     std::fflush(stdout);
   }
   return 0;

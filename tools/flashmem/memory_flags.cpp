@@ -198,6 +198,8 @@ void print_kv_report(std::FILE* out, const KvReport& r) {
   std::fprintf(out, "  host mirror %.3f MiB; recalled %lld pages (%.3f MiB) in %lld batches, %.3f s\n",
                mib(r.final.mirror), static_cast<long long>(r.recall.pages), mib(r.recall.bytes),
                static_cast<long long>(r.recall.batches), r.recall.seconds);
+  std::fprintf(out, "  decode steps that waited for a recall: %lld, %.3f s in all\n",
+               static_cast<long long>(r.recall_steps), r.recall_wait_seconds);
   if (policy_traits(r.policy).needs_indexer) {
     std::fprintf(out, "  lsa: %.1f%% of the middle chunks above the threshold", 100.0 * r.lsa_kept_fraction);
     if (r.lsa_absent_mass >= 0)
@@ -229,6 +231,8 @@ nlohmann::json kv_report_json(const KvReport& r) {
           {"recall", {{"batches", r.recall.batches}, {"pages", r.recall.pages},
                       {"bytes", r.recall.bytes}, {"written_pages", r.recall.written},
                       {"seconds", r.recall.seconds}}},
+          {"recall_steps", r.recall_steps},
+          {"recall_wait_seconds", r.recall_wait_seconds},
           {"oracle_pass_seconds", r.oracle_pass_seconds},
           {"lsa_kept_fraction", r.lsa_kept_fraction},
           {"lsa_absent_mass", r.lsa_absent_mass},
