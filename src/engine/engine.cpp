@@ -184,6 +184,15 @@ void Engine::check_host_mirror(int64_t final_tokens) const {
            opts_.host_kv_bytes ? " MiB" : " MiB available", "; shorten the prompt or -n, or use --kv-type q8");
 }
 
+RequestMemory Engine::request_memory(const ResidencyOptions& memory, int64_t final_tokens) const {
+  const KvCacheConfig kc = kv_config();
+  RequestMemory r;
+  r.budget_pages = resolve_budget_pages(memory, kc, final_tokens);
+  r.device_bytes = static_cast<uint64_t>(r.budget_pages) * kc.n_layers * kc.page_bytes();
+  r.host_bytes = kc.mirror_bytes(final_tokens);
+  return r;
+}
+
 std::unique_ptr<Prefilled> Engine::begin_prefill(const std::vector<int32_t>& prompt,
                                                  const ResidencyOptions& memory, int max_new_tokens,
                                                  ActivationTap* tap) {

@@ -145,6 +145,15 @@ struct Prefilled {
   void advance(int64_t n, double secs);
 };
 
+// What a request holds at most, decided before it runs: device pages per layer under its
+// budget, its KV reserve (those pages × layers × page bytes) and its host mirror at its longest.
+// serve admits by it; bench --concurrency counts how many fit.
+struct RequestMemory {
+  int64_t budget_pages = 0;
+  uint64_t device_bytes = 0;
+  uint64_t host_bytes = 0;
+};
+
 class Engine {
  public:
   // Loads and checks everything; throws flashmem::Error on any problem. What the file's
@@ -216,6 +225,9 @@ class Engine {
   // page of every layer, in host memory) does not fit EngineOptions::host_kv_bytes or what the
   // OS has available: refused up front rather than swapped or killed part-way.
   void check_host_mirror(int64_t final_tokens) const;
+  // RequestMemory of a request whose KV reaches final_tokens under `memory` (Error as
+  // resolve_budget_pages for a budget too small).
+  RequestMemory request_memory(const ResidencyOptions& memory, int64_t final_tokens) const;
 
  private:
   Engine(const EngineOptions& opts, GgufFile file, std::shared_ptr<IndexerModel> indexer);

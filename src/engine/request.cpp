@@ -22,12 +22,6 @@ size_t held_back(const std::string& text, const std::vector<std::string>& stops)
   return hold;
 }
 
-void add_recall(RecallStats& to, const RecallStats& s) {
-  to.pages += s.pages;
-  to.bytes += s.bytes;
-  to.batches += s.batches;
-  to.seconds += s.seconds;
-}
 
 }  // namespace
 
@@ -146,9 +140,10 @@ void Request::consume() {
     kvp_->sample();
     ++r_.decode_steps;
     // Did this step wait for pages (its selection's recall, or a policy's per-step one)?
-    if (recallp_ == step_engine_ && recallp_->stats().pages > step_recall_.pages) {
+    const RecallStats step = recallp_->stats().since(step_recall_);
+    if (recallp_ == step_engine_ && step.pages > 0) {
       ++r_.kv.recall_steps;
-      r_.kv.recall_wait_seconds += recallp_->stats().seconds - step_recall_.seconds;
+      r_.kv.recall_wait_seconds += step.seconds;
     }
   }
 }
@@ -284,14 +279,9 @@ void Request::finish(const std::string& reason) {
       k.mean_device_bytes = (narrow_sum_ + kvp_->mean_device_bytes() * static_cast<double>(kvp_->samples())) /
                             static_cast<double>(narrow_samples_ + kvp_->samples());
     k.recall = recallp_->stats();
-    add_recall(k.recall, narrow_recall_);
-    if (fork_) add_recall(k.recall, p_->recall->stats());  // the prefill's streaming too
-    k.decode_recall = k.recall;
-    k.decode_recall.batches -= prefill_recall_.batches;
-    k.decode_recall.pages -= prefill_recall_.pages;
-    k.decode_recall.written -= prefill_recall_.written;
-    k.decode_recall.bytes -= prefill_recall_.bytes;
-    k.decode_recall.seconds -= prefill_recall_.seconds;
+    k.recall += narrow_recall_;
+    if (fork_) k.recall += p_->recall->stats();  // the prefill's streaming too
+    k.decode_recall = k.recall.since(prefill_recall_);
     k.cycles = residency_->cycles();
   }
   phase_ = Phase::kDone;

@@ -19,6 +19,20 @@ struct RecallStats {
   int64_t written = 0;    // pages written through device → host
   uint64_t bytes = 0;     // recalled bytes
   double seconds = 0.0;   // time spent in gathers
+
+  RecallStats& operator+=(const RecallStats& o) {
+    batches += o.batches;
+    pages += o.pages;
+    written += o.written;
+    bytes += o.bytes;
+    seconds += o.seconds;
+    return *this;
+  }
+  // What happened since `earlier` (a snapshot of the same counters).
+  RecallStats since(const RecallStats& earlier) const {
+    return {batches - earlier.batches, pages - earlier.pages, written - earlier.written, bytes - earlier.bytes,
+            seconds - earlier.seconds};
+  }
 };
 
 class RecallEngine {

@@ -77,14 +77,9 @@ Admission ServingLoop::admission(const std::vector<int32_t>& prompt, const Gener
            " needs a recorded pass of the same request and is not served (it is an evaluation bound)");
   FM_CHECK(!t.needs_indexer || eng_.indexer() != nullptr, ErrorCode::kInvalidArgument, "policy ",
            opts.memory.policy, " needs a Memory Indexer, and this server has none loaded");
-  const KvCacheConfig kc = eng_.kv_config();
   const int64_t n_prompt = static_cast<int64_t>(prompt.size());
   const int64_t final_tokens = std::min<int64_t>(eng_.n_ctx(), n_prompt + std::max(opts.max_new_tokens, 1));
-  Admission a;
-  a.budget_pages = resolve_budget_pages(opts.memory, kc, final_tokens);
-  a.device_bytes = static_cast<uint64_t>(a.budget_pages) * kc.n_layers * kc.page_bytes();
-  a.host_bytes = kc.mirror_bytes(final_tokens);
-  return a;
+  return eng_.request_memory(opts.memory, final_tokens);
 }
 
 bool ServingLoop::fits(const Admission& a) const {

@@ -42,11 +42,7 @@ struct ServeOptions {
 };
 
 // What a request needs, decided before it runs.
-struct Admission {
-  int64_t budget_pages = 0;  // device pages per layer
-  uint64_t device_bytes = 0; // its KV reserve
-  uint64_t host_bytes = 0;   // its host mirror at its longest
-};
+using Admission = RequestMemory;
 
 // One submitted request as its client sees it. Thread-safe.
 class Job {

@@ -133,9 +133,8 @@ int concurrency_bench(Engine& eng, const BenchArgs& a, const ResidencyOptions& r
     const int64_t final_tokens = d + a.n_gen;
     FM_CHECK(final_tokens <= eng.n_ctx(), ErrorCode::kInvalidArgument, "depth ", d, " + ", a.n_gen, " exceeds the context ",
              eng.n_ctx());
-    const int64_t pages = resolve_budget_pages(ro, kc, final_tokens);
-    const uint64_t dev_share = static_cast<uint64_t>(pages) * kc.n_layers * kc.page_bytes();
-    const uint64_t host_share = kc.mirror_bytes(final_tokens);
+    const RequestMemory need = eng.request_memory(ro, final_tokens);  // as serve admits a request
+    const uint64_t dev_share = need.device_bytes, host_share = need.host_bytes;
     uint64_t dev_room = eng.device_kv_cap();
     if (dev_room == 0) {
       const uint64_t free = eng.backend().memory_free().value_or(0), work = eng.working_memory();
@@ -148,7 +147,7 @@ int concurrency_bench(Engine& eng, const BenchArgs& a, const ResidencyOptions& r
     const int64_t n = std::min<int64_t>({by_dev, by_host, a.max_requests});
     const char* limit = n == by_dev ? "device" : n == by_host ? "host" : "--max-requests";
     FM_CHECK(n >= 1, ErrorCode::kOutOfMemory, "not one request of ", final_tokens, " tokens fits: its KV reserve takes ",
-             gib(double(dev_share)), " GiB (", pages, " pages × ", kc.n_layers, " layers × ", kc.page_bytes(),
+             gib(double(dev_share)), " GiB (", need.budget_pages, " pages × ", kc.n_layers, " layers × ", kc.page_bytes(),
              " B) of ", gib(double(dev_room)), " GiB, its host mirror ", gib(double(host_share)), " GiB of ",
              gib(double(host_room)), " GiB");
     SchedulerOptions so;
