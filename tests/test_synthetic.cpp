@@ -174,6 +174,13 @@ TEST(Synthetic, TinyRunsThroughTheEngine) {
   EXPECT_LE(qr.kv.recall_steps, qr.decode_steps);
   EXPECT_GT(qr.kv.recall_wait_seconds, 0.0);
   EXPECT_LE(qr.kv.recall_wait_seconds, qr.kv.decode_recall.seconds + 1e-9);
+  // A context longer than the shape's is built into a synthetic model (its training context).
+  EXPECT_EQ(eng->n_ctx(), 4096);
+  EngineOptions wide = eo;
+  wide.n_ctx = 10000;
+  auto longer = Engine::load(wide);
+  EXPECT_EQ(longer->n_ctx(), 10000);
+  EXPECT_EQ(longer->info().n_ctx_train, 10000);
   eo.model_path = "model.gguf";
   EXPECT_THROW(Engine::load(eo), Error);  // a file and a shape
 }
@@ -259,6 +266,11 @@ TEST(Synthetic, BenchTakesAShape) {
   EXPECT_EQ(ok.code, 0) << ok.out;
   EXPECT_NE(ok.out.find("synthetic tiny (q8_0, random weights)"), std::string::npos) << ok.out;
   EXPECT_NE(ok.out.find("tg4 @ d0 × 2 seqs"), std::string::npos) << ok.out;
+  // -c builds a synthetic model with a longer context than its shape's (tiny: 4096).
+  const test::CmdResult longer = test::run_cli("bench --synthetic tiny -c 6000 -p 0 -d 4500 -n 2 -r 1 -t 2 --no-warmup");
+  EXPECT_EQ(longer.code, 0) << longer.out;
+  EXPECT_NE(longer.out.find("tg2 @ d4500"), std::string::npos) << longer.out;
+  EXPECT_EQ(test::run_cli("bench --synthetic tiny -p 0 -d 4500 -n 2 -r 1 -t 2").code, 2);  // past 4096
   const test::CmdResult lone = test::run_cli("bench --synthetic tiny -p 32 --policy recency --kv-budget 50%");
   EXPECT_EQ(lone.code, 2) << lone.out;  // the flags of --concurrency, without it
   EXPECT_NE(lone.out.find("apply to --concurrency"), std::string::npos) << lone.out;

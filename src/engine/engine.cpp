@@ -69,9 +69,12 @@ Engine::Engine(const EngineOptions& opts, GgufFile file, std::shared_ptr<Indexer
 
 namespace {
 
-// The GGUF image of opts.synthetic, refused with the arithmetic when the host cannot hold it.
+// The GGUF image of opts.synthetic, refused with the arithmetic when the host cannot hold it. A
+// context longer than the shape's is built in (its training context becomes opts.n_ctx): random
+// weights have no trained length to exceed, and 1M-token runs need the room.
 GgufFile synthetic_model(const EngineOptions& opts) {
-  const SyntheticSpec spec = parse_synthetic(opts.synthetic);
+  SyntheticSpec spec = parse_synthetic(opts.synthetic);
+  spec.shape.n_ctx = std::max(spec.shape.n_ctx, opts.n_ctx);
   const uint64_t need = synthetic_image_bytes(spec);
   const std::optional<uint64_t> avail = host_memory_available();
   const auto gib = [](uint64_t b) { return static_cast<double>(b) / (uint64_t{1} << 30); };

@@ -52,6 +52,10 @@ CLI::App* add_bench_command(CLI::App& app, BenchArgs& a) {
                 "pass in the pp tests, decoded together in the tg tests")
       ->delimiter(',')
       ->check(CLI::Range(1, 1024));
+  c->add_option("-c,--ctx", a.n_ctx,
+                "Context length in tokens (0: the model's; a --synthetic model is built with this one when "
+                "it is longer, e.g. -c 1048576)")
+      ->check(CLI::Range(int64_t{0}, int64_t{1} << 30));
   c->add_option("-n,--n-gen", a.n_gen, "Decode steps timed at each depth")->check(CLI::Range(1, 1 << 20));
   c->add_option("-r,--reps", a.reps, "Repetitions")->check(CLI::Range(1, 100));
   c->add_flag("--no-warmup", a.no_warmup,
@@ -211,6 +215,7 @@ int bench_command(const BenchArgs& a) {
            ErrorCode::kInvalidArgument, "--policy, --kv-budget, --synthetic-context and --host-memory apply to "
            "--concurrency (the pp and tg tests keep the whole context; --prefill-budget streams a prefill)");
   EngineOptions eo = engine_options(a);
+  eo.n_ctx = a.n_ctx;
   const KvBudget budget = KvBudget::parse(a.prefill_budget);
   std::vector<int64_t> prefill;  // -p 0: decode tests only
   for (int64_t p : a.prefill) {

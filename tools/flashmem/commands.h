@@ -165,6 +165,7 @@ struct BenchArgs {
   MemoryArgs memory;          // their policy and budget
   double host_memory_gb = 0;  // cap on all their host mirrors (0: what the OS has available)
   int max_requests = 256;
+  int64_t n_ctx = 0;  // 0: the model's training context (a synthetic model is built with a longer one)
   bool synthetic_context = false;  // --concurrency: random KV for all but the prompt's last 128 tokens
   std::vector<int64_t> prefill{1024};
   std::vector<int64_t> depth{0};

@@ -303,17 +303,29 @@ void matvec_rows(const WeightMatrix& w, const float* x, int64_t m, float* y, int
     for (int64_t i = 0; i < m; ++i)
       y[i * w.rows + r] = dot_row(w.type, w.data + r * w.row_bytes, x + i * cols, cols);
 }
-// The same against activations quantised to 8 bits (m vectors of nb blocks each).
+// The same against activations quantised to 8 bits (m vectors of nb blocks each). Several
+// vectors take the rows in blocks of kCacheRows, each block read from memory once for all.
 void matvec_rows_q8(const WeightMatrix& w, const ActQ8Block* xq, int64_t m, float* y, int64_t r0,
                     int64_t r1) {
+  constexpr int64_t kCacheRows = 128;
   const int64_t nb = w.cols / 32;
-  for (int64_t i = 0; i < m; ++i) {
-    float* yi = y + i * w.rows + r0;
-    dot_q8_rows(w.type, w.data + r0 * w.row_bytes, w.row_bytes, static_cast<int>(r1 - r0), xq + i * nb,
-                nb, yi);
+  const int64_t step = m == 1 ? r1 - r0 : kCacheRows;
+  for (int64_t b0 = r0; b0 < r1; b0 += step) {
+    const int64_t b1 = std::min(r1, b0 + step);
+    for (int64_t i = 0; i < m; ++i)
+      dot_q8_rows(w.type, w.data + b0 * w.row_bytes, w.row_bytes, static_cast<int>(b1 - b0), xq + i * nb, nb,
+                  y + i * w.rows + b0);
   }
 }
-constexpr int64_t kRowChunk = 128;      // rows per decode task
+// Rows per decode task: one contiguous range per thread and matrix (in groups of four rows, the
+// kernel's), at least kMinTaskRows. Each thread then streams one region with its prefetches
+// running ahead; 128-row tasks handed out dynamically ran 10% slower on a 2-core Xeon
+// (docs/benchmarks.md), the restart of every task's prefetch costing more than balance gains.
+constexpr int64_t kMinTaskRows = 64;
+int64_t decode_task_rows(int64_t rows, int threads) {
+  const int64_t per = (rows + threads - 1) / threads;
+  return std::max(kMinTaskRows, (per + 3) / 4 * 4);
+}
 thread_local std::vector<ActQ8Block> t_act_q8;  // the caller's quantised activations
 }  // namespace
 
@@ -337,13 +349,16 @@ void matmul_n(ThreadPool& pool, std::span<const WeightMatrix* const> ws, const f
   }
   // One task list over the row chunks of all matrices.
   std::vector<int64_t> first_task(ws.size() + 1, 0);
-  for (size_t k = 0; k < ws.size(); ++k)
-    first_task[k + 1] = first_task[k] + (ws[k]->rows + kRowChunk - 1) / kRowChunk;
+  std::vector<int64_t> task_rows(ws.size());
+  for (size_t k = 0; k < ws.size(); ++k) {
+    task_rows[k] = decode_task_rows(ws[k]->rows, pool.size());
+    first_task[k + 1] = first_task[k] + (ws[k]->rows + task_rows[k] - 1) / task_rows[k];
+  }
   pool.run(first_task.back(), [&](int64_t t, int) {
     const size_t k = static_cast<size_t>(
         std::upper_bound(first_task.begin(), first_task.end(), t) - first_task.begin() - 1);
-    const int64_t r0 = (t - first_task[k]) * kRowChunk;
-    const int64_t r1 = std::min(ws[k]->rows, r0 + kRowChunk);
+    const int64_t r0 = (t - first_task[k]) * task_rows[k];
+    const int64_t r1 = std::min(ws[k]->rows, r0 + task_rows[k]);
     if (xq) matvec_rows_q8(*ws[k], xq, m, ys[k], r0, r1);
     else matvec_rows(*ws[k], x, m, ys[k], r0, r1);
   });
