@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <vector>
 
 namespace flashmem::cpu {
 
@@ -15,13 +16,30 @@ void rms_norm(const float* x, const float* weight, int64_t n, float eps, float* 
 
 void rope(float* x, int n_heads, int head_dim, int32_t pos, const RopeParams& p) {
   const int half = p.n_rot / 2;
-  const double position = static_cast<double>(pos) * p.freq_scale;
+  // The angles of one position, kept for the next call: a decode step rotates q and k of every
+  // layer at the same position, so they are computed once a token, not twice a layer.
+  struct Angles {
+    int32_t pos = -1;
+    RopeParams p{};
+    std::vector<float> c, s;
+  };
+  thread_local Angles t;
+  if (t.pos != pos || t.p.n_rot != p.n_rot || t.p.freq_base != p.freq_base || t.p.freq_scale != p.freq_scale) {
+    t.pos = pos;
+    t.p = p;
+    t.c.resize(static_cast<size_t>(half));
+    t.s.resize(static_cast<size_t>(half));
+    const double position = static_cast<double>(pos) * p.freq_scale;
+    for (int i = 0; i < half; ++i) {
+      // theta_i = pos · base^(−2i / n_rot); computed in double so long positions keep precision.
+      const double theta = position * std::pow(static_cast<double>(p.freq_base),
+                                               -2.0 * i / static_cast<double>(p.n_rot));
+      t.c[i] = static_cast<float>(std::cos(theta));
+      t.s[i] = static_cast<float>(std::sin(theta));
+    }
+  }
   for (int i = 0; i < half; ++i) {
-    // theta_i = pos · base^(−2i / n_rot); computed in double so long positions keep precision.
-    const double theta = position * std::pow(static_cast<double>(p.freq_base),
-                                             -2.0 * i / static_cast<double>(p.n_rot));
-    const float c = static_cast<float>(std::cos(theta));
-    const float s = static_cast<float>(std::sin(theta));
+    const float c = t.c[i], s = t.s[i];
     for (int h = 0; h < n_heads; ++h) {
       float* v = x + static_cast<int64_t>(h) * head_dim;
       const int i0 = p.neox ? i : 2 * i;
