@@ -3,6 +3,8 @@
 
 #include <cmath>
 #include <map>
+#include <random>
+#include <vector>
 
 #include "core/error.h"
 #include "engine/sampler.h"
@@ -15,6 +17,36 @@ TEST(Sampler, GreedyIsArgmaxWithLowestIndexOnTies) {
   Sampler s(SamplerParams{});
   EXPECT_EQ(s.sample(l, 5), 1);
   EXPECT_EQ(argmax(l, 5), 1);
+}
+
+// argmax's vector path against the plain loop: ties (the first index wins), NaNs (never chosen
+// over a number; one at 0 is kept), ±0, infinities, and lengths around the vector width.
+TEST(Sampler, ArgmaxEqualsThePlainLoop) {
+  const auto plain = [](const std::vector<float>& v) {
+    int64_t best = 0;
+    for (int64_t i = 1; i < static_cast<int64_t>(v.size()); ++i)
+      if (v[i] > v[best]) best = i;
+    return static_cast<int32_t>(best);
+  };
+  std::mt19937 rng(5);
+  std::uniform_int_distribution<int> level(-3, 3), special(0, 9);
+  for (int trial = 0; trial < 4000; ++trial) {
+    std::vector<float> v(1 + trial % 41);
+    for (float& x : v) {
+      x = static_cast<float>(level(rng));  // few levels: many ties
+      const int sp = special(rng);
+      if (trial % 3 == 0 && sp == 0) x = NAN;
+      if (trial % 5 == 0 && sp == 1) x = -0.0f;
+      if (trial % 7 == 0 && sp == 2) x = trial % 2 ? INFINITY : -INFINITY;
+    }
+    ASSERT_EQ(argmax(v.data(), static_cast<int64_t>(v.size())), plain(v)) << "trial " << trial;
+  }
+  std::vector<float> all_nan(20, NAN);
+  EXPECT_EQ(argmax(all_nan.data(), 20), 0);
+  std::vector<float> big(49152, -1.0f);
+  big[40000] = 2.0f;
+  big[45000] = 2.0f;
+  EXPECT_EQ(argmax(big.data(), 49152), 40000);
 }
 
 TEST(Sampler, SameSeedSameTokensDifferentSeedDifferentTokens) {

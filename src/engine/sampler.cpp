@@ -4,6 +4,7 @@
 #include <cmath>
 
 #include "core/error.h"
+#include "core/simd.h"
 
 namespace flashmem {
 
@@ -20,6 +21,29 @@ Sampler::Sampler(const SamplerParams& params) : params_(params), rng_(params.see
 }
 
 int32_t argmax(const float* logits, int64_t n) {
+  // The first index holding the largest value; NaNs are never chosen over a number (a NaN at 0
+  // is kept, as no value compares greater).
+#if defined(__AVX2__)
+  if (n >= 8 && !std::isnan(logits[0])) {
+    // The largest non-NaN value (max_ps yields its second operand when the first is NaN), then
+    // the first index holding it: the scalar loop's answer, found with vector compares.
+    __m256 mx8 = _mm256_set1_ps(logits[0]);
+    int64_t i = 0;
+    for (; i + 8 <= n; i += 8) mx8 = _mm256_max_ps(_mm256_loadu_ps(logits + i), mx8);
+    float mx = -INFINITY;
+    alignas(32) float lanes[8];
+    _mm256_store_ps(lanes, mx8);
+    for (float v : lanes) mx = std::max(mx, v);
+    for (; i < n; ++i) mx = logits[i] > mx ? logits[i] : mx;
+    const __m256 want = _mm256_set1_ps(mx);
+    for (i = 0; i + 8 <= n; i += 8) {
+      const int hit = _mm256_movemask_ps(_mm256_cmp_ps(_mm256_loadu_ps(logits + i), want, _CMP_EQ_OQ));
+      if (hit) return static_cast<int32_t>(i + __builtin_ctz(static_cast<unsigned>(hit)));
+    }
+    for (; i < n; ++i)
+      if (logits[i] == mx) return static_cast<int32_t>(i);
+  }
+#endif
   int64_t best = 0;
   for (int64_t i = 1; i < n; ++i)
     if (logits[i] > logits[best]) best = i;

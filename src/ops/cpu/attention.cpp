@@ -572,7 +572,19 @@ void write_kv(const AttentionParams& p, void* k_page, void* v_page, int slot0, i
       } else {
         uint16_t* kd = static_cast<uint16_t*>(k_page) + k_at;
         uint16_t* vd = static_cast<uint16_t*>(v_page) + v_at;
-        for (int d = 0; d < hd; ++d) {
+        int d = 0;
+#if defined(__F16C__)
+        // vcvtps2ph rounds to nearest even as fp32_to_fp16 does (NaNs quieted the same way).
+        alignas(16) uint16_t kh[8];
+        for (; d + 8 <= hd; d += 8) {
+          _mm_storeu_si128(reinterpret_cast<__m128i*>(vd + d),
+                           _mm256_cvtps_ph(_mm256_loadu_ps(vs + d), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC));
+          _mm_store_si128(reinterpret_cast<__m128i*>(kh),
+                          _mm256_cvtps_ph(_mm256_loadu_ps(ks + d), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC));
+          for (int e = 0; e < 8; ++e) kd[static_cast<size_t>(d + e) * pt] = kh[e];
+        }
+#endif
+        for (; d < hd; ++d) {
           kd[static_cast<size_t>(d) * pt] = fp32_to_fp16(ks[d]);
           vd[d] = fp32_to_fp16(vs[d]);
         }

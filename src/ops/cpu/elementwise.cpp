@@ -4,14 +4,28 @@
 #include <cmath>
 #include <vector>
 
+#include "core/simd.h"
+
 namespace flashmem::cpu {
 
 void rms_norm(const float* x, const float* weight, int64_t n, float eps, float* y) {
   // Sum of squares in double: the row is short and this keeps the norm exact to f32 rounding.
   double ss = 0.0;
-  for (int64_t i = 0; i < n; ++i) ss += static_cast<double>(x[i]) * x[i];
+  int64_t i = 0;
+#if defined(__AVX2__)
+  __m256d acc[2] = {_mm256_setzero_pd(), _mm256_setzero_pd()};
+  for (; i + 8 <= n; i += 8)
+    for (int h = 0; h < 2; ++h) {
+      const __m256d v = _mm256_cvtps_pd(_mm_loadu_ps(x + i + 4 * h));
+      acc[h] = _mm256_fmadd_pd(v, v, acc[h]);  // exact: an f32 square fits a double
+    }
+  alignas(32) double part[4];
+  _mm256_store_pd(part, _mm256_add_pd(acc[0], acc[1]));
+  ss = (part[0] + part[1]) + (part[2] + part[3]);
+#endif
+  for (; i < n; ++i) ss += static_cast<double>(x[i]) * x[i];
   const float inv = static_cast<float>(1.0 / std::sqrt(ss / static_cast<double>(n) + eps));
-  for (int64_t i = 0; i < n; ++i) y[i] = x[i] * inv * weight[i];
+  for (i = 0; i < n; ++i) y[i] = x[i] * inv * weight[i];
 }
 
 void rope(float* x, int n_heads, int head_dim, int32_t pos, const RopeParams& p) {
