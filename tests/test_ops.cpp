@@ -3,6 +3,7 @@
 #include <gtest/gtest.h>
 
 #include <algorithm>
+#include <atomic>
 #include <cmath>
 #include <cstring>
 #include <random>
@@ -209,6 +210,38 @@ TEST(ActQ8, DecodeMatmulUsesQ8KernelsOnlyWhereTheyExist) {
       EXPECT_LT(test::rel_l2(y.data(), f32.data(), y.size()), 5e-2);
     }
   }
+}
+
+// matmul_ranges (the CPU's decode SwiGLU and residual add, done in the products' tasks): the
+// same bits as the products by matmul_n followed by the elementwise step over everything, for
+// 1 to 4 threads (other task ranges), both dot kinds and decode row counts.
+TEST(Matmul, RangesWithTheirEpilogueEqualProductsThenElementwise) {
+  std::mt19937 rng(7);
+  const int64_t rows = 1536, cols = 576;
+  auto gd = random_weights(GgmlType::Q4_1, rows, cols, rng), ud = random_weights(GgmlType::Q4_1, rows, cols, rng);
+  const WeightMatrix gate{GgmlType::Q4_1, rows, cols, ggml_row_bytes(GgmlType::Q4_1, cols), gd.data(), "gate"};
+  const WeightMatrix up{GgmlType::Q4_1, rows, cols, gate.row_bytes, ud.data(), "up"};
+  for (int threads : {1, 2, 3, 4})
+    for (CpuDot dot : {CpuDot::kQ8, CpuDot::kF32})
+      for (int64_t m : {1, 3, 16}) {
+        ThreadPool pool(threads);
+        const auto x = random_vec(m * cols, rng);
+        const WeightMatrix* ws[2] = {&gate, &up};
+        std::vector<float> g0(m * rows), u0(m * rows), g1(m * rows), u1(m * rows);
+        float* ys0[2] = {g0.data(), u0.data()};
+        float* ys1[2] = {g1.data(), u1.data()};
+        cpu::matmul_n(pool, ws, x.data(), m, ys0, dot);
+        cpu::swiglu(g0.data(), u0.data(), m * rows, g0.data());
+        std::atomic<int64_t> covered{0};
+        cpu::matmul_ranges(pool, ws, x.data(), m, ys1, dot, [&](int64_t r0, int64_t r1) {
+          for (int64_t i = 0; i < m; ++i) cpu::swiglu(&g1[i * rows + r0], &u1[i * rows + r0], r1 - r0, &g1[i * rows + r0]);
+          covered += r1 - r0;
+        });
+        ASSERT_TRUE(test::all_finite(g1.data(), g1.size()));
+        EXPECT_EQ(std::memcmp(g0.data(), g1.data(), g0.size() * 4), 0) << threads << " threads, m " << m;
+        EXPECT_EQ(std::memcmp(u0.data(), u1.data(), u0.size() * 4), 0) << threads << " threads, m " << m;
+        EXPECT_EQ(covered.load(), rows);  // every row's epilogue ran once
+      }
 }
 
 struct AttnCase {

@@ -66,6 +66,29 @@ void CpuBackend::matmul_n(std::span<const WeightMatrix* const> ws, const float* 
   cpu::matmul_n(pool_, ws, x, m, ys, dot_);
 }
 
+void CpuBackend::matmul_add(const WeightMatrix& w, const float* x, int64_t m, float* y, float* tmp) {
+  if (m > cpu::kDecodeMaxRows) return Backend::matmul_add(w, x, m, y, tmp);
+  const WeightMatrix* ws[1] = {&w};
+  float* ys[1] = {tmp};
+  cpu::matmul_ranges(pool_, ws, x, m, ys, dot_, [&](int64_t r0, int64_t r1) {
+    for (int64_t i = 0; i < m; ++i) cpu::add(y + i * w.rows + r0, tmp + i * w.rows + r0, r1 - r0);
+  });
+}
+
+void CpuBackend::matmul_swiglu(const WeightMatrix& gate, const WeightMatrix& up, const float* x, int64_t m,
+                               float* gate_out, float* up_tmp) {
+  if (m > cpu::kDecodeMaxRows) return Backend::matmul_swiglu(gate, up, x, m, gate_out, up_tmp);
+  const WeightMatrix* ws[2] = {&gate, &up};
+  float* ys[2] = {gate_out, up_tmp};
+  const int64_t n = gate.rows;
+  cpu::matmul_ranges(pool_, ws, x, m, ys, dot_, [&](int64_t r0, int64_t r1) {
+    for (int64_t i = 0; i < m; ++i) {
+      float* g = gate_out + i * n + r0;
+      cpu::swiglu(g, up_tmp + i * n + r0, r1 - r0, g);
+    }
+  });
+}
+
 void CpuBackend::get_rows(const WeightMatrix& w, const int32_t* ids, int64_t m, float* out) {
   for (int64_t i = 0; i < m; ++i) {
     FM_CHECK(ids[i] >= 0 && ids[i] < w.rows, ErrorCode::kInvalidArgument, "token id ", ids[i],

@@ -25,6 +25,11 @@ class CpuBackend : public Backend {
   void matmul(const WeightMatrix& w, const float* x, int64_t m, float* y) override;
   void matmul_n(std::span<const WeightMatrix* const> ws, const float* x, int64_t m,
                 std::span<float* const> ys) override;
+  // Decode: SwiGLU and the residual add run in the products' parallel region, on each task's
+  // rows (the same bits as the product, then the elementwise step).
+  void matmul_add(const WeightMatrix& w, const float* x, int64_t m, float* y, float* tmp) override;
+  void matmul_swiglu(const WeightMatrix& gate, const WeightMatrix& up, const float* x, int64_t m, float* gate_out,
+                     float* up_tmp) override;
   void get_rows(const WeightMatrix& w, const int32_t* ids, int64_t m, float* out) override;
   void rms_norm(const float* x, const float* weight, int64_t m, int64_t n, float eps,
                 float* y) override;

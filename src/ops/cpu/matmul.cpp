@@ -364,6 +364,33 @@ void matmul_n(ThreadPool& pool, std::span<const WeightMatrix* const> ws, const f
   });
 }
 
+void matmul_ranges(ThreadPool& pool, std::span<const WeightMatrix* const> ws, const float* x, int64_t m,
+                   std::span<float* const> ys, CpuDot dot, const std::function<void(int64_t, int64_t)>& then) {
+  FM_ICHECK(!ws.empty() && ws.size() == ys.size() && m <= kDecodeMaxRows, "matmul_ranges: decode rows, one output each");
+  const int64_t rows = ws[0]->rows, cols = ws[0]->cols;
+  bool q8 = dot == CpuDot::kQ8 && cols % 32 == 0;
+  for (const WeightMatrix* w : ws) {
+    FM_ICHECK(w->rows == rows && w->cols == cols, "matmul_ranges: matrices of one shape");
+    q8 = q8 && q8_dot_supported(w->type);
+  }
+  const ActQ8Block* xq = nullptr;
+  if (q8) {
+    const int64_t nb = cols / 32;
+    t_act_q8.resize(static_cast<size_t>(m * nb));
+    for (int64_t i = 0; i < m; ++i) quantize_act_q8(x + i * cols, cols, t_act_q8.data() + i * nb);
+    xq = t_act_q8.data();
+  }
+  const int64_t per = decode_task_rows(rows, pool.size());
+  pool.run((rows + per - 1) / per, [&](int64_t t, int) {
+    const int64_t r0 = t * per, r1 = std::min(rows, r0 + per);
+    for (size_t k = 0; k < ws.size(); ++k) {
+      if (xq) matvec_rows_q8(*ws[k], xq, m, ys[k], r0, r1);
+      else matvec_rows(*ws[k], x, m, ys[k], r0, r1);
+    }
+    then(r0, r1);
+  });
+}
+
 void matmul(ThreadPool& pool, const WeightMatrix& w, const float* x, int64_t m, float* y, CpuDot dot) {
   FM_ICHECK(w.data != nullptr && w.cols > 0, "matmul on an empty weight ", w.name);
   const int64_t cols = w.cols;

@@ -8,6 +8,7 @@
 #pragma once
 
 #include <cstdint>
+#include <functional>
 #include <span>
 
 #include "ops/backend.h"
@@ -33,6 +34,12 @@ void matmul(ThreadPool& pool, const WeightMatrix& w, const float* x, int64_t m, 
 // Several products sharing x, as one parallel region when m is small (decode).
 void matmul_n(ThreadPool& pool, std::span<const WeightMatrix* const> ws, const float* x, int64_t m,
               std::span<float* const> ys, CpuDot dot = CpuDot::kF32);
+// Decode products of matrices of equal shape, by row range: each task computes rows [r0, r1) of
+// every ws[k] (as matmul_n computes them, the same bits), then calls then(r0, r1) on that range
+// while it is in cache, so an elementwise step after the products (SwiGLU, a residual add) runs
+// in the parallel region, not after it. m ≤ kDecodeMaxRows.
+void matmul_ranges(ThreadPool& pool, std::span<const WeightMatrix* const> ws, const float* x, int64_t m,
+                   std::span<float* const> ys, CpuDot dot, const std::function<void(int64_t r0, int64_t r1)>& then);
 // Plain single-threaded reference of the same product (dequantise, then double-free f32 loops).
 void matmul_ref(const WeightMatrix& w, const float* x, int64_t m, float* y);
 
