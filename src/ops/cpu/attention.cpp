@@ -348,14 +348,7 @@ void attention_decode(ThreadPool& pool, const AttentionParams& p, const float* q
   const int64_t n_pages = static_cast<int64_t>(pages.size());
   // Enough ranges to keep every thread busy, never fewer than one page each.
   const int64_t want = std::max<int64_t>(1, (4 * pool.size() + p.n_kv_heads - 1) / p.n_kv_heads);
-  int64_t n_splits = std::max<int64_t>(1, std::min(n_pages, want));
-  // Whole rounds: a task count the threads divide (3 kv heads × 3 ranges left one of two threads
-  // a fifth more pages to read than the other), when up to twice the ranges allow it.
-  for (int64_t s = n_splits; s <= std::min(n_pages, 2 * want); ++s)
-    if (p.n_kv_heads * s % pool.size() == 0) {
-      n_splits = s;
-      break;
-    }
+  const int64_t n_splits = std::max<int64_t>(1, std::min(n_pages, want));
   const int64_t per = (n_pages + n_splits - 1) / n_splits;
   const int64_t states_per_task = m * rep;
   // Partial states: [kv_head][split][query][rep] → (m, l, o[d]).
