@@ -85,6 +85,23 @@ GgufFile synthetic_model(const EngineOptions& opts) {
   return make_synthetic(spec, opts.synthetic_seed, threads);
 }
 
+// EngineOptions::synthetic_indexer: random weights of a real indexer's size for the model's
+// shape (≥ 12 heads in whole GQA groups, rank 128, target layers at 15%, 30% and 65% depth).
+IndexerModel synthetic_indexer(const ModelInfo& mi, const EngineOptions& opts) {
+  IndexerShape s;
+  s.d_model = mi.d_model;
+  s.n_kv_heads = mi.n_kv_heads;
+  s.head_dim = mi.head_dim;
+  s.rank = 128;
+  s.rope = mi.rope;
+  s.n_heads = (12 + s.n_kv_heads - 1) / s.n_kv_heads * s.n_kv_heads;
+  IndexerKeys k;
+  for (const double f : {0.15, 0.3, 0.65}) k.layers.push_back(std::min(mi.n_layers - 1, static_cast<int>(f * mi.n_layers)));
+  k.layers.erase(std::unique(k.layers.begin(), k.layers.end()), k.layers.end());
+  check_page_tokens(opts.page_tokens, k.chunk_tokens, "random");
+  return random_indexer(s, k, opts.synthetic_seed + 1);
+}
+
 }  // namespace
 
 uint64_t Engine::working_memory() const {
@@ -114,18 +131,7 @@ std::unique_ptr<Engine> Engine::load(const EngineOptions& opts) {
   std::shared_ptr<IndexerModel> indexer;
   if (opts.indexer_path.empty() && opts.synthetic_indexer) {
     FM_CHECK(!opts.synthetic.empty(), ErrorCode::kInvalidArgument, "a random Memory Indexer is for synthetic models only");
-    IndexerShape s;
-    s.d_model = mi.d_model;
-    s.n_kv_heads = mi.n_kv_heads;
-    s.head_dim = mi.head_dim;
-    s.rank = 128;
-    s.rope = mi.rope;
-    IndexerKeys k;
-    for (const double f : {0.15, 0.3, 0.65}) k.layers.push_back(std::min(mi.n_layers - 1, static_cast<int>(f * mi.n_layers)));
-    k.layers.erase(std::unique(k.layers.begin(), k.layers.end()), k.layers.end());
-    s.n_heads = (12 + s.n_kv_heads - 1) / s.n_kv_heads * s.n_kv_heads;  // ≥ 12, whole GQA groups
-    check_page_tokens(opts.page_tokens, k.chunk_tokens, "random");
-    indexer = std::make_shared<IndexerModel>(random_indexer(s, k, opts.synthetic_seed + 1));
+    indexer = std::make_shared<IndexerModel>(synthetic_indexer(mi, opts));
   } else if (!opts.indexer_path.empty()) {
     indexer = std::make_shared<IndexerModel>(*load_indexer(opts.indexer_path));
     const IndexerModel& m = *indexer;

@@ -22,7 +22,6 @@ size_t held_back(const std::string& text, const std::vector<std::string>& stops)
   return hold;
 }
 
-
 }  // namespace
 
 Request::Request(Engine& eng, const std::vector<int32_t>& prompt, const GenerateOptions& opts,

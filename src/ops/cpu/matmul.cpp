@@ -327,6 +327,25 @@ int64_t decode_task_rows(int64_t rows, int threads) {
   return std::max(kMinTaskRows, (per + 3) / 4 * 4);
 }
 thread_local std::vector<ActQ8Block> t_act_q8;  // the caller's quantised activations
+// x's m rows quantised to 8 bits once for every matrix of ws (they share x, hence cols), when
+// each has a q8 kernel; nullptr when the products take f32 activations.
+const ActQ8Block* quantised_activations(std::span<const WeightMatrix* const> ws, const float* x, int64_t m,
+                                        CpuDot dot) {
+  const int64_t cols = ws[0]->cols;
+  bool q8 = dot == CpuDot::kQ8 && cols % 32 == 0;
+  for (const WeightMatrix* w : ws) q8 = q8 && q8_dot_supported(w->type) && w->cols == cols;
+  if (!q8) return nullptr;
+  const int64_t nb = cols / 32;
+  t_act_q8.resize(static_cast<size_t>(m * nb));
+  for (int64_t i = 0; i < m; ++i) quantize_act_q8(x + i * cols, cols, t_act_q8.data() + i * nb);
+  return t_act_q8.data();
+}
+// Rows [r0, r1) of w's product, by the q8 kernels when xq is given.
+void decode_rows(const WeightMatrix& w, const float* x, const ActQ8Block* xq, int64_t m, float* y, int64_t r0,
+                 int64_t r1) {
+  if (xq) matvec_rows_q8(w, xq, m, y, r0, r1);
+  else matvec_rows(w, x, m, y, r0, r1);
+}
 }  // namespace
 
 void matmul_n(ThreadPool& pool, std::span<const WeightMatrix* const> ws, const float* x, int64_t m,
@@ -336,17 +355,8 @@ void matmul_n(ThreadPool& pool, std::span<const WeightMatrix* const> ws, const f
     for (size_t k = 0; k < ws.size(); ++k) matmul(pool, *ws[k], x, m, ys[k]);
     return;
   }
-  // The activations are quantised once for all matrices (they share x, hence cols) when every
-  // matrix has a q8 kernel.
-  bool q8 = dot == CpuDot::kQ8 && !ws.empty() && ws[0]->cols % 32 == 0;
-  for (const WeightMatrix* w : ws) q8 = q8 && q8_dot_supported(w->type) && w->cols == ws[0]->cols;
-  const ActQ8Block* xq = nullptr;
-  if (q8) {
-    const int64_t nb = ws[0]->cols / 32;
-    t_act_q8.resize(static_cast<size_t>(m * nb));
-    for (int64_t i = 0; i < m; ++i) quantize_act_q8(x + i * ws[0]->cols, ws[0]->cols, t_act_q8.data() + i * nb);
-    xq = t_act_q8.data();
-  }
+  if (ws.empty()) return;
+  const ActQ8Block* xq = quantised_activations(ws, x, m, dot);
   // One task list over the row chunks of all matrices.
   std::vector<int64_t> first_task(ws.size() + 1, 0);
   std::vector<int64_t> task_rows(ws.size());
@@ -358,35 +368,21 @@ void matmul_n(ThreadPool& pool, std::span<const WeightMatrix* const> ws, const f
     const size_t k = static_cast<size_t>(
         std::upper_bound(first_task.begin(), first_task.end(), t) - first_task.begin() - 1);
     const int64_t r0 = (t - first_task[k]) * task_rows[k];
-    const int64_t r1 = std::min(ws[k]->rows, r0 + task_rows[k]);
-    if (xq) matvec_rows_q8(*ws[k], xq, m, ys[k], r0, r1);
-    else matvec_rows(*ws[k], x, m, ys[k], r0, r1);
+    decode_rows(*ws[k], x, xq, m, ys[k], r0, std::min(ws[k]->rows, r0 + task_rows[k]));
   });
 }
 
 void matmul_ranges(ThreadPool& pool, std::span<const WeightMatrix* const> ws, const float* x, int64_t m,
                    std::span<float* const> ys, CpuDot dot, const std::function<void(int64_t, int64_t)>& then) {
   FM_ICHECK(!ws.empty() && ws.size() == ys.size() && m <= kDecodeMaxRows, "matmul_ranges: decode rows, one output each");
-  const int64_t rows = ws[0]->rows, cols = ws[0]->cols;
-  bool q8 = dot == CpuDot::kQ8 && cols % 32 == 0;
-  for (const WeightMatrix* w : ws) {
-    FM_ICHECK(w->rows == rows && w->cols == cols, "matmul_ranges: matrices of one shape");
-    q8 = q8 && q8_dot_supported(w->type);
-  }
-  const ActQ8Block* xq = nullptr;
-  if (q8) {
-    const int64_t nb = cols / 32;
-    t_act_q8.resize(static_cast<size_t>(m * nb));
-    for (int64_t i = 0; i < m; ++i) quantize_act_q8(x + i * cols, cols, t_act_q8.data() + i * nb);
-    xq = t_act_q8.data();
-  }
+  const int64_t rows = ws[0]->rows;
+  for (const WeightMatrix* w : ws)
+    FM_ICHECK(w->rows == rows && w->cols == ws[0]->cols, "matmul_ranges: matrices of one shape");
+  const ActQ8Block* xq = quantised_activations(ws, x, m, dot);
   const int64_t per = decode_task_rows(rows, pool.size());
   pool.run((rows + per - 1) / per, [&](int64_t t, int) {
     const int64_t r0 = t * per, r1 = std::min(rows, r0 + per);
-    for (size_t k = 0; k < ws.size(); ++k) {
-      if (xq) matvec_rows_q8(*ws[k], xq, m, ys[k], r0, r1);
-      else matvec_rows(*ws[k], x, m, ys[k], r0, r1);
-    }
+    for (size_t k = 0; k < ws.size(); ++k) decode_rows(*ws[k], x, xq, m, ys[k], r0, r1);
     then(r0, r1);
   });
 }
