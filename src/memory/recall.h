@@ -8,6 +8,8 @@
 #include <cstddef>
 #include <cstdint>
 #include <span>
+#include <utility>
+#include <vector>
 
 #include "ops/backend.h"
 
@@ -38,16 +40,25 @@ struct RecallStats {
 class RecallEngine {
  public:
   explicit RecallEngine(Backend& be) : be_(be) {}
-  // Copies every page (page_bytes each) mirror → reserve as one batch; returns when done.
+  // Copies every page (page_bytes each) mirror → reserve as one batch, in order with the ops (a
+  // later op sees the pages; see Backend::copy_pages).
   void gather(std::span<const PageCopy> copies, size_t page_bytes);
   // Writes completed pages reserve → mirror (write-through).
   void write_back(std::span<const PageCopy> copies, size_t page_bytes);
   Backend& backend() const { return be_; }
-  const RecallStats& stats() const { return stats_; }
+  // The counters; `seconds` is the device's time in the gathers. CUDA's copies run on after
+  // gather() returns: their time is read from marks around them once they are done, without
+  // waiting for them here (a gather's time shows once the ops after it have run, e.g. after the
+  // next forward pass that read logits).
+  const RecallStats& stats() const;
 
  private:
+  // Adds the time of the gathers done (all of them if `wait`) to stats_.seconds.
+  void settle(bool wait) const;
+
   Backend& be_;
-  RecallStats stats_;
+  mutable RecallStats stats_;
+  mutable std::vector<std::pair<uint64_t, uint64_t>> pending_;  // marks around gathers not yet read
 };
 
 }  // namespace flashmem

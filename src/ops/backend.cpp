@@ -1,5 +1,7 @@
 #include "ops/backend.h"
 
+#include <chrono>
+
 #include <new>
 
 #include "core/error.h"
@@ -100,6 +102,16 @@ std::unique_ptr<Backend> make_backend(const std::string& name, int n_threads, Cp
 #endif
   }
   FM_FAIL(ErrorCode::kInvalidArgument, "unknown backend '", name, "' (cpu or cuda)");
+}
+
+uint64_t Backend::mark() {
+  return static_cast<uint64_t>(std::chrono::duration_cast<std::chrono::nanoseconds>(
+                                   std::chrono::steady_clock::now().time_since_epoch())
+                                   .count());
+}
+
+std::optional<double> Backend::seconds_between(uint64_t a, uint64_t b, bool) {
+  return static_cast<double>(b - a) * 1e-9;
 }
 
 }  // namespace flashmem

@@ -192,6 +192,14 @@ class Backend {
   virtual void copy_pages(CopyDir dir, std::span<const PageCopy> copies, size_t bytes) = 0;
   // Waits for every op and copy issued so far.
   virtual void synchronize() {}
+  // Marks in the order of the ops, to time what ran between two of them on the device: mark()
+  // records one and returns its id; seconds_between(a, b) returns the time from a to b once the
+  // ops before b are done, waiting for them if `wait`, else nullopt while they are not. Here
+  // (ops run as issued) the wall clock; CUDA times its stream with events, of which it keeps the
+  // last kMarks.
+  static constexpr uint64_t kMarks = 1024;
+  virtual uint64_t mark();
+  virtual std::optional<double> seconds_between(uint64_t a, uint64_t b, bool wait);
 
   // ---- weights ----------------------------------------------------------------------------
   // The form of a model-file weight the ops compute with (the backend owns any copy it makes,

@@ -14,6 +14,7 @@
 #include <cstdlib>
 #include <cstring>
 #include <deque>
+#include <optional>
 #include <random>
 #include <string>
 #include <vector>
@@ -175,16 +176,20 @@ void test_matmul(CudaBackend& g, CpuBackend& c, std::mt19937& rng) {
   // backend's lifetime: so do these buffers (a freed one's address could come back).
   static std::deque<std::vector<uint8_t>> keep;
   auto held = [&](std::vector<uint8_t> v) -> std::vector<uint8_t>& { return keep.emplace_back(std::move(v)); };
-  const int64_t rows = 1027;  // not a multiple of the rows a block computes
+  // 1027 rows: not a multiple of the rows a block computes; 2052 and 4104: the GEMV's batches
+  // take 2 and 4 weight rows a warp (matvec.cu), checked against the CPU and for invariance.
+  for (const int64_t rows : {int64_t{1027}, int64_t{2052}, int64_t{4104}})
   for (GgmlType t : {GgmlType::F32, GgmlType::F16, GgmlType::BF16, GgmlType::Q4_0, GgmlType::Q4_1,
                      GgmlType::Q5_0, GgmlType::Q8_0, GgmlType::Q4_K, GgmlType::Q6_K}) {
     const int64_t cols = (t == GgmlType::Q4_K || t == GgmlType::Q6_K) ? 512 : 576;
-    const std::string name(ggml_type_name(t));
+    const std::string name = std::string(ggml_type_name(t)) + " rows=" + std::to_string(rows);
     auto& bytes = held(random_weights(t, rows, cols, rng));
     const WeightMatrix w{t, rows, cols, ggml_row_bytes(t, cols), bytes.data(), name};
     const WeightMatrix pw = g.prepare(w);
     check(pw.type == t && g.prepare(w).data == pw.data, name + " kept in its type, prepared once");
-    for (int64_t m : {1, 3, 16, 17, 32, 33, 300}) {
+    const std::vector<int64_t> ms = rows == 1027 ? std::vector<int64_t>{1, 3, 16, 17, 32, 33, 300}
+                                                  : std::vector<int64_t>{2, 4, 5, 16};
+    for (int64_t m : ms) {
       auto x = randv(m * cols, rng);
       std::vector<float> want(m * rows);
       c.matmul(w, x.data(), m, want.data());
@@ -200,7 +205,7 @@ void test_matmul(CudaBackend& g, CpuBackend& c, std::mt19937& rng) {
       g.matmul(pw, dx1.as<float>(), 1, y1.as<float>());
       const auto solo = to_host<float>(g, y1, rows);
       bool same = true;
-      for (int64_t m : {5, 16}) {
+      for (int64_t m : {3, 5, 16}) {
         auto x = randv(m * cols, rng);
         std::copy(x1.begin(), x1.end(), x.begin() + 2 * cols);  // as row 2
         auto dx = to_dev(g, x);
@@ -209,7 +214,7 @@ void test_matmul(CudaBackend& g, CpuBackend& c, std::mt19937& rng) {
         const auto got = to_host<float>(g, dy, m * rows);
         same = same && std::equal(solo.begin(), solo.end(), got.begin() + 2 * rows);
       }
-      check(same, "matmul " + name + ": a row's product is the same alone and in batches of 5 and 16");
+      check(same, "matmul " + name + ": a row's product is the same alone and in batches of 3, 5 and 16");
     }
   }
   // Fused forms on Q4_1 (the default model's type) and Q6_K: Q/K/V in one launch, SwiGLU,
@@ -572,10 +577,19 @@ void test_write_kv_and_copies(CudaBackend& g, std::mt19937& rng) {
     up.push_back({ha + i * pb, d3.as<uint8_t>() + (n_pages - 1 - i) * pb});
     down.push_back({d3.as<uint8_t>() + i * pb, hb + (n_pages - 1 - i) * pb});
   }
+  const uint64_t m0 = g.mark();
   g.copy_pages(CopyDir::kHostToBackend, up, pb);
+  const uint64_t m1 = g.mark();
   g.copy_pages(CopyDir::kBackendToHost, down, pb);
   g.synchronize();
   check(std::memcmp(ha, hb, n_pages * pb) == 0, "copy_pages through page-locked memory (600 pages)");
+  {  // the marks time the recall's device work: 2.4 MB over PCIe, between 1 µs and 1 s
+    const std::optional<double> t = g.seconds_between(m0, m1, false), w = g.seconds_between(m0, m1, true);
+    check(t && w && *t == *w && *t > 1e-6 && *t < 1.0,
+          "seconds_between two marks around a 600-page gather: " + std::to_string(t.value_or(-1.0)) + " s");
+    std::printf("  600-page gather (2.4 MB) host → device: %.1f µs, %.1f GB/s\n", *w * 1e6,
+                2.4576e-3 / *w);
+  }
   // Staged uploads: many more than the staging slabs hold at once, each to its own place, the
   // host array rewritten right after each call; all 40 must land intact.
   const size_t n_int = 50000, rounds = 40;

@@ -116,6 +116,7 @@ CudaBackend::~CudaBackend() {
   copies_dev_.reset();  // every scratch buffer before the stream its dealloc waits on
   for (void* p : owned_) cudaFree(p);
   for (void* e : slab_done_) cudaEventDestroy(static_cast<cudaEvent_t>(e));
+  for (void* e : marks_) cudaEventDestroy(static_cast<cudaEvent_t>(e));
   cudaFreeHost(staging_);
   cublasDestroy(CUBLAS);
   cudaStreamDestroy(STREAM);
@@ -254,6 +255,36 @@ void CudaBackend::copy_pages(CopyDir dir, std::span<const PageCopy> copies, size
 }
 
 void CudaBackend::synchronize() { FM_CUDA(cudaStreamSynchronize(STREAM)); }
+
+uint64_t CudaBackend::mark() {
+  if (marks_.empty()) {
+    marks_.resize(kMarks);
+    for (void*& e : marks_) {
+      cudaEvent_t ev = nullptr;
+      FM_CUDA(cudaEventCreate(&ev));
+      e = ev;
+    }
+  }
+  const uint64_t id = n_marks_++;
+  FM_CUDA(cudaEventRecord(static_cast<cudaEvent_t>(marks_[id % kMarks]), STREAM));
+  return id;
+}
+
+std::optional<double> CudaBackend::seconds_between(uint64_t a, uint64_t b, bool wait) {
+  FM_CHECK(a <= b && b < n_marks_ && n_marks_ - a <= kMarks, ErrorCode::kInternal, "marks ", a, " and ", b,
+           " are not both among the last ", kMarks);
+  const auto ev = [&](uint64_t i) { return static_cast<cudaEvent_t>(marks_[i % kMarks]); };
+  if (wait) {
+    FM_CUDA(cudaEventSynchronize(ev(b)));
+  } else {
+    const cudaError_t q = cudaEventQuery(ev(b));
+    if (q == cudaErrorNotReady) return std::nullopt;
+    FM_CUDA(q);
+  }
+  float ms = 0.0f;
+  FM_CUDA(cudaEventElapsedTime(&ms, ev(a), ev(b)));
+  return static_cast<double>(ms) * 1e-3;
+}
 
 const cuda::DevPage* CudaBackend::device_pages(std::span<const KvPageRef> pages) {
   // in device memory: these kernels read every page's descriptor many times

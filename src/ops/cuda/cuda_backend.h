@@ -51,6 +51,8 @@ class CudaBackend final : public Backend {
   void fill_zero(void* p, size_t bytes) override;
   void copy_pages(CopyDir dir, std::span<const PageCopy> copies, size_t bytes) override;
   void synchronize() override;
+  uint64_t mark() override;
+  std::optional<double> seconds_between(uint64_t a, uint64_t b, bool wait) override;
 
   WeightMatrix prepare(const WeightMatrix& w) override;
   const float* prepare(const float* v, int64_t n) override;
@@ -159,6 +161,8 @@ class CudaBackend final : public Backend {
   // a batch of up to 16 gets bit for bit its logits alone), more through GEMM.
   // FLASHMEM_CUDA_GEMV_ROWS overrides it, for measurements and the GPU checks.
   int64_t gemv_rows_ = 16;
+  std::vector<void*> marks_;  // cudaEvent_t ring of Backend::kMarks, created on first use
+  uint64_t n_marks_ = 0;
   size_t slab_used_ = 0;
 };
 

@@ -1,5 +1,7 @@
 #include "ops/cuda/matvec.cuh"
 
+#include <cstdlib>
+
 #include "ops/cuda/norm.cuh"
 #include "ops/cuda/quant_blocks.cuh"
 
@@ -14,24 +16,34 @@ struct Segs {
   int n;
 };
 
-// Warp w of block b computes output row b·kWarps + w of the concatenated weights (for SwiGLU:
-// row r of gate and row r of up). Lane j takes units j, j + 32, ... of the row; each unit's 32
-// weights are dotted with the same 32 columns of each activation row; the warp sums its lanes.
-// NORM: x goes through the RMSNorm `nrm` first (MatvecNorm).
-template <GgmlType T, int M, int EPI, bool NORM>
+// Warp w of block b computes output rows (b·kWarps + w)·R … + R − 1 of the concatenated weights
+// (for SwiGLU: row r of gate and row r of up). Lane j takes units j, j + 32, ... of a row; each
+// unit's 32 weights are dotted with the same 32 columns of each activation row; the warp sums its
+// lanes. R > 1 (several activation rows): each activation value read serves R weight rows, a
+// fraction 1/R of the loads that bound a batch's product. Every (weight row, activation row)
+// pair gets the same additions in the same order whatever R and M, so a row's result does not
+// depend on the batch it came in. NORM: x goes through the RMSNorm `nrm` first (MatvecNorm).
+template <GgmlType T, int M, int EPI, bool NORM, int R = 1>
 __global__ void __launch_bounds__(32 * kWarps)
 matvec_kernel(Segs segs, int64_t total_rows, const float* x, int64_t m, int64_t cols, MatvecNorm nrm) {
+  static_assert(R == 1 || (EPI != kMvSwiglu && !NORM), "several rows a warp: plain products only");
   const int lane = threadIdx.x & 31;
-  int64_t r = static_cast<int64_t>(blockIdx.x) * kWarps + (threadIdx.x >> 5);
+  // R > 1 is launched only when every segment's rows are a multiple of R: a warp's rows share one.
+  int64_t r = (static_cast<int64_t>(blockIdx.x) * kWarps + (threadIdx.x >> 5)) * R;
   const bool active = r < total_rows;
   int k = 0;
   if constexpr (EPI == kMvStore)
     while (k + 1 < segs.n && r >= segs.s[k].rows) r -= segs.s[k++].rows;
   const MatvecSeg seg = segs.s[k];
-  constexpr int NW = EPI == kMvSwiglu ? 2 : 1;
+  constexpr int NW = EPI == kMvSwiglu ? 2 : R;  // weight rows a warp reads
   const uint8_t* rows[NW];
-  rows[0] = static_cast<const uint8_t*>(seg.w) + r * seg.row_bytes;
-  if constexpr (NW == 2) rows[1] = static_cast<const uint8_t*>(segs.s[1].w) + r * segs.s[1].row_bytes;
+  if constexpr (EPI == kMvSwiglu) {
+    rows[0] = static_cast<const uint8_t*>(seg.w) + r * seg.row_bytes;
+    rows[1] = static_cast<const uint8_t*>(segs.s[1].w) + r * segs.s[1].row_bytes;
+  } else {
+#pragma unroll
+    for (int t = 0; t < NW; ++t) rows[t] = static_cast<const uint8_t*>(seg.w) + (r + t) * seg.row_bytes;
+  }
   const int64_t units = cols / 32;
   __shared__ float inv_rms[NORM ? M : 1];
   float w0[NORM ? NW : 1][32];  // NORM: the lane's first unit, read while the block finds the norm
@@ -55,6 +67,35 @@ matvec_kernel(Segs segs, int64_t total_rows, const float* x, int64_t m, int64_t 
   for (int t = 0; t < NW; ++t)
 #pragma unroll
     for (int i = 0; i < M; ++i) acc[t][i] = 0.0f;
+  if constexpr (R > 1) {
+    // The R rows' units first, then each activation value read once for all R rows.
+    for (int64_t u = lane; u < units; u += 32) {
+      float w[R][32];
+#pragma unroll
+      for (int t = 0; t < R; ++t) load_unit<T>(rows[t], u, w[t]);
+#pragma unroll
+      for (int i = 0; i < M; ++i) {
+        if (i >= m) break;
+        const float4* xp = reinterpret_cast<const float4*>(x + i * cols + u * 32);
+        float a[R];
+#pragma unroll
+        for (int t = 0; t < R; ++t) a[t] = acc[t][i];
+#pragma unroll
+        for (int j = 0; j < 8; ++j) {
+          const float4 v = __ldg(xp + j);
+#pragma unroll
+          for (int t = 0; t < R; ++t) {
+            a[t] = fmaf(w[t][4 * j], v.x, a[t]);
+            a[t] = fmaf(w[t][4 * j + 1], v.y, a[t]);
+            a[t] = fmaf(w[t][4 * j + 2], v.z, a[t]);
+            a[t] = fmaf(w[t][4 * j + 3], v.w, a[t]);
+          }
+        }
+#pragma unroll
+        for (int t = 0; t < R; ++t) acc[t][i] = a[t];
+      }
+    }
+  } else {
   for (int64_t u = lane; u < units; u += 32) {
 #pragma unroll
     for (int t = 0; t < NW; ++t) {
@@ -88,26 +129,40 @@ matvec_kernel(Segs segs, int64_t total_rows, const float* x, int64_t m, int64_t 
       }
     }
   }
+  }
 #pragma unroll
   for (int t = 0; t < NW; ++t)
 #pragma unroll
     for (int i = 0; i < M; ++i)
 #pragma unroll
       for (int o = 16; o > 0; o >>= 1) acc[t][i] += __shfl_xor_sync(0xffffffffu, acc[t][i], o);
-  // Every lane holds the sums; lane i writes row i.
+  // Every lane holds the sums; lane i writes activation row i's outputs.
 #pragma unroll
   for (int i = 0; i < M; ++i) {
     if (i >= m || lane != i) continue;
     float* y = seg.y + i * seg.rows + r;
     if constexpr (EPI == kMvStore) {
-      *y = acc[0][i];
+#pragma unroll
+      for (int t = 0; t < NW; ++t) y[t] = acc[t][i];
     } else if constexpr (EPI == kMvAdd) {
-      *y = __fadd_rn(*y, acc[0][i]);
+#pragma unroll
+      for (int t = 0; t < NW; ++t) y[t] = __fadd_rn(y[t], acc[t][i]);
     } else {
       const float g = acc[0][i];
       *y = __fmul_rn(__fdiv_rn(g, __fadd_rn(1.0f, expf(-g))), acc[NW - 1][i]);
     }
   }
+}
+
+// Weight rows a warp takes when several activation rows come (FLASHMEM_CUDA_GEMV_WARP_ROWS = 1, 2 or 4
+// overrides, for comparisons; the launch lowers it to what the segments' row counts divide).
+int rows_per_warp() {
+  static const int r = [] {
+    const char* e = std::getenv("FLASHMEM_CUDA_GEMV_WARP_ROWS");
+    const int v = e ? std::atoi(e) : 4;
+    return v == 1 || v == 2 || v == 4 ? v : 4;
+  }();
+  return r;
 }
 
 template <GgmlType T, int EPI, bool NORM>
@@ -121,8 +176,30 @@ cudaError_t launch_rows(const Segs& segs, int64_t total_rows, const float* x, in
     matvec_kernel<T, 1, EPI, true><<<grid, block, 0, s>>>(segs, total_rows, x, m, cols, nrm);
   } else {
     if (m == 1) matvec_kernel<T, 1, EPI, false><<<grid, block, 0, s>>>(segs, total_rows, x, m, cols, nrm);
-    else if (m <= 4) matvec_kernel<T, 4, EPI, false><<<grid, block, 0, s>>>(segs, total_rows, x, m, cols, nrm);
-    else matvec_kernel<T, kMatvecRowsPerPass, EPI, false><<<grid, block, 0, s>>>(segs, total_rows, x, m, cols, nrm);
+    else if constexpr (EPI != kMvSwiglu) {
+      // Several activation rows: R weight rows a warp where every segment's rows allow it.
+      // No fewer than ~2 blocks an SM (a 576-row matrix at R = 4 would leave most SMs idle).
+      int rr = rows_per_warp();
+      while (rr > 1 && total_rows / (kWarps * rr) < 256) rr /= 2;
+      for (int k = 0; k < segs.n; ++k)
+        while (rr > 1 && segs.s[k].rows % rr != 0) rr /= 2;
+      const dim3 g(static_cast<unsigned>((total_rows + kWarps * rr - 1) / (kWarps * rr)));
+      if (m <= 4) {
+        if (rr == 4) matvec_kernel<T, 4, EPI, false, 4><<<g, block, 0, s>>>(segs, total_rows, x, m, cols, nrm);
+        else if (rr == 2) matvec_kernel<T, 4, EPI, false, 2><<<g, block, 0, s>>>(segs, total_rows, x, m, cols, nrm);
+        else matvec_kernel<T, 4, EPI, false><<<g, block, 0, s>>>(segs, total_rows, x, m, cols, nrm);
+      } else {
+        if (rr == 4)
+          matvec_kernel<T, kMatvecRowsPerPass, EPI, false, 4><<<g, block, 0, s>>>(segs, total_rows, x, m, cols, nrm);
+        else if (rr == 2)
+          matvec_kernel<T, kMatvecRowsPerPass, EPI, false, 2><<<g, block, 0, s>>>(segs, total_rows, x, m, cols, nrm);
+        else matvec_kernel<T, kMatvecRowsPerPass, EPI, false><<<g, block, 0, s>>>(segs, total_rows, x, m, cols, nrm);
+      }
+    } else if (m <= 4) {
+      matvec_kernel<T, 4, EPI, false><<<grid, block, 0, s>>>(segs, total_rows, x, m, cols, nrm);
+    } else {
+      matvec_kernel<T, kMatvecRowsPerPass, EPI, false><<<grid, block, 0, s>>>(segs, total_rows, x, m, cols, nrm);
+    }
   }
   return cudaGetLastError();
 }
