@@ -49,6 +49,30 @@ struct BatchPtrs {
   const DevPage* pages;
 };
 
+// Batch row i's pages in split s: [first, last) of `pages`, whether it is the row's only split,
+// and the row's query position; any is false when the row has fewer splits (or no pages).
+struct SplitSpan {
+  const DevPage* pages;
+  int first, last;
+  bool alone, any;
+  int32_t qpos;
+};
+__device__ inline SplitSpan split_span(const DevAttention& p, const BatchPtrs& b, const DecodeRows& inl_rows,
+                                       const DecodePages& inl_pages, int s, int64_t i) {
+  const int32_t* page_begin = b.page_begin ? b.page_begin : inl_rows.page_begin;
+  SplitSpan sp{};
+  sp.pages = b.pages ? b.pages : inl_pages.pages;
+  const int pb = page_begin[i], pe = page_begin[i + 1];
+  const int pps = split_pages(pe - pb, p.page_tokens);
+  sp.first = pb + s * pps;
+  sp.any = sp.first < pe;
+  if (!sp.any) return sp;
+  sp.last = min(pe, sp.first + pps);
+  sp.alone = pe - pb <= pps;
+  sp.qpos = (b.pos ? b.pos : inl_rows.pos)[i];
+  return sp;
+}
+
 // The end of a split: the block's warps, each with its heads' running max wm, sum wl and
 // unnormalised output wacc ([kWarps][GP][HD], shared), folded by their maxima, normalised, and
 // written to out (the row's only split) or to the split's partial result.
@@ -96,9 +120,6 @@ __global__ void __launch_bounds__(kThreads)
 decode_attention_kernel(DevAttention p, const float* q, const __grid_constant__ DecodeRows inl_rows,
                         const __grid_constant__ DecodePages inl_pages, BatchPtrs b, int splits, float* out,
                         float* part_o, float* part_lse) {
-  const int32_t* pos = b.pos ? b.pos : inl_rows.pos;
-  const int32_t* page_begin = b.page_begin ? b.page_begin : inl_rows.page_begin;
-  const DevPage* pages = b.pages ? b.pages : inl_pages.pages;
   constexpr int DPL = HD / 32;  // output dims per lane
   constexpr int BPE = kv_elem_bytes(KV);
   __shared__ __align__(16) float qs[GP][HD];
@@ -107,15 +128,14 @@ decode_attention_kernel(DevAttention p, const float* q, const __grid_constant__ 
   const int s = blockIdx.x, g = blockIdx.y;
   const int64_t i = blockIdx.z;
   const int pt = p.page_tokens;
-  const int pb = page_begin[i], pe = page_begin[i + 1];
-  const int pps = split_pages(pe - pb, pt);
-  const int first = pb + s * pps;
-  if (first >= pe) return;  // the row has fewer splits (or no pages: skipped)
-  const int last = min(pe, first + pps);
-  const bool alone = pe - pb <= pps;  // one split: straight to out
+  const SplitSpan sp = split_span(p, b, inl_rows, inl_pages, s, i);
+  if (!sp.any) return;  // the row has fewer splits (or no pages: skipped)
+  const DevPage* pages = sp.pages;
+  const int first = sp.first, last = sp.last;
+  const bool alone = sp.alone;  // one split: straight to out
   const int G = p.n_heads / p.n_kv_heads;
   const int t = threadIdx.x, lane = t & 31, w = t >> 5;
-  const int32_t qpos = pos[i];
+  const int32_t qpos = sp.qpos;
   const int64_t head_bytes = static_cast<int64_t>(g) * p.head_stride * BPE;
   for (int idx = t; idx < GP * HD; idx += kThreads) {
     const int h = idx / HD, c = idx % HD;
@@ -314,22 +334,18 @@ decode_attention_mma_kernel(DevAttention p, const float* q, const __grid_constan
   static_assert(kWarps * GP * HD * 4 <= mma_smem_bytes<HD>(), "the fold fits where the tiles were");
   extern __shared__ __align__(16) uint8_t dyn_smem[];
   __shared__ float wm[kWarps][GP], wl[kWarps][GP];
-  const int32_t* pos = b.pos ? b.pos : inl_rows.pos;
-  const int32_t* page_begin = b.page_begin ? b.page_begin : inl_rows.page_begin;
-  const DevPage* pages = b.pages ? b.pages : inl_pages.pages;
   const int s = blockIdx.x, g = blockIdx.y;
   const int64_t i = blockIdx.z;
   const int pt = p.page_tokens;
-  const int pb = page_begin[i], pe = page_begin[i + 1];
-  const int pps = split_pages(pe - pb, pt);
-  const int first = pb + s * pps;
-  if (first >= pe) return;  // the row has fewer splits (or no pages: skipped)
-  const int last = min(pe, first + pps);
-  const bool alone = pe - pb <= pps;
+  const SplitSpan sp = split_span(p, b, inl_rows, inl_pages, s, i);
+  if (!sp.any) return;  // the row has fewer splits (or no pages: skipped)
+  const DevPage* pages = sp.pages;
+  const int first = sp.first, last = sp.last;
+  const bool alone = sp.alone;
   const int G = p.n_heads / p.n_kv_heads;
   const int lane = threadIdx.x & 31, w = threadIdx.x >> 5;
   const int gr = lane >> 2, t = lane & 3;  // the fragments' row (query head) and column pair
-  const int32_t qpos = pos[i];
+  const int32_t qpos = sp.qpos;
   const int64_t head_off = static_cast<int64_t>(g) * p.head_stride;  // in halves
   // Q fragments, rows = the group's heads: dims kc·16 + 2t (+1) and + 8, as hi and lo parts.
   uint32_t qh[KC][2], ql[KC][2];
