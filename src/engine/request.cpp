@@ -259,7 +259,7 @@ void Request::finish(const std::string& reason) {
     r_.prefill_seconds = own_->seconds;
     k.final = own_->kv->footprint();
     k.peak = own_->kv->peak();
-    k.recall = own_->recall->stats();
+    k.recall = own_->recall->settled_stats();
   } else if (phase_ == Phase::kDecode) {
     r_.decode_seconds = seconds_since(t0_);
     if (lsa_) lsa_->trace_into(nullptr);
@@ -277,9 +277,9 @@ void Request::finish(const std::string& reason) {
     if (widened_ && narrow_samples_ + kvp_->samples() > 0)
       k.mean_device_bytes = (narrow_sum_ + kvp_->mean_device_bytes() * static_cast<double>(kvp_->samples())) /
                             static_cast<double>(narrow_samples_ + kvp_->samples());
-    k.recall = recallp_->stats();
+    k.recall = recallp_->settled_stats();
     k.recall += narrow_recall_;
-    if (fork_) k.recall += p_->recall->stats();  // the prefill's streaming too
+    if (fork_) k.recall += p_->recall->settled_stats();  // the prefill's streaming too
     k.decode_recall = k.recall.since(prefill_recall_);
     k.cycles = residency_->cycles();
   }

@@ -18,6 +18,11 @@ const RecallStats& RecallEngine::stats() const {
   return stats_;
 }
 
+const RecallStats& RecallEngine::settled_stats() const {
+  settle(true);
+  return stats_;
+}
+
 void RecallEngine::settle(bool wait) const {
   size_t done = 0;
   for (; done < pending_.size(); ++done) {

@@ -51,6 +51,8 @@ class RecallEngine {
   // waiting for them here (a gather's time shows once the ops after it have run, e.g. after the
   // next forward pass that read logits).
   const RecallStats& stats() const;
+  // The same with every gather's time in, waiting for the device if it must (a final report).
+  const RecallStats& settled_stats() const;
 
  private:
   // Adds the time of the gathers done (all of them if `wait`) to stats_.seconds.
