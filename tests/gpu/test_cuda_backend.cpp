@@ -181,8 +181,12 @@ void test_matmul(CudaBackend& g, CpuBackend& c, std::mt19937& rng) {
   for (const int64_t rows : {int64_t{1027}, int64_t{2052}, int64_t{4104}})
   for (GgmlType t : {GgmlType::F32, GgmlType::F16, GgmlType::BF16, GgmlType::Q4_0, GgmlType::Q4_1,
                      GgmlType::Q5_0, GgmlType::Q8_0, GgmlType::Q4_K, GgmlType::Q6_K}) {
-    const int64_t cols = (t == GgmlType::Q4_K || t == GgmlType::Q6_K) ? 512 : 576;
-    const std::string name = std::string(ggml_type_name(t)) + " rows=" + std::to_string(rows);
+    // 1024 columns: f32 and 16-bit weights' GEMV spreads a lane's unit over the warp's span
+    // (quant_blocks.cuh: unit_col).
+    const bool wide = rows != 1027 && (t == GgmlType::F32 || t == GgmlType::F16 || t == GgmlType::BF16);
+    const int64_t cols = wide ? 1024 : (t == GgmlType::Q4_K || t == GgmlType::Q6_K) ? 512 : 576;
+    const std::string name = std::string(ggml_type_name(t)) + " rows=" + std::to_string(rows) + " cols=" +
+                             std::to_string(cols);
     auto& bytes = held(random_weights(t, rows, cols, rng));
     const WeightMatrix w{t, rows, cols, ggml_row_bytes(t, cols), bytes.data(), name};
     const WeightMatrix pw = g.prepare(w);
@@ -219,8 +223,9 @@ void test_matmul(CudaBackend& g, CpuBackend& c, std::mt19937& rng) {
   }
   // Fused forms on Q4_1 (the default model's type) and Q6_K: Q/K/V in one launch, SwiGLU,
   // the residual add; decode sizes and a prefill size.
-  for (GgmlType t : {GgmlType::Q4_1, GgmlType::Q6_K}) {
-    const int64_t cols = 512, r1 = 512, r2 = 128;
+  // BF16 at 1024 columns: the spread units (unit_col) with the norm inside the launch.
+  for (GgmlType t : {GgmlType::Q4_1, GgmlType::Q6_K, GgmlType::BF16}) {
+    const int64_t cols = t == GgmlType::BF16 ? 1024 : 512, r1 = 512, r2 = 128;
     const std::string name(ggml_type_name(t));
     auto& bq = held(random_weights(t, r1, cols, rng));
     auto& bk = held(random_weights(t, r2, cols, rng));

@@ -45,13 +45,14 @@ matvec_kernel(Segs segs, int64_t total_rows, const float* x, int64_t m, int64_t 
     for (int t = 0; t < NW; ++t) rows[t] = static_cast<const uint8_t*>(seg.w) + (r + t) * seg.row_bytes;
   }
   const int64_t units = cols / 32;
+  const bool spread = spreads<T>(cols);  // which columns a lane's unit covers (unit_col)
   __shared__ float inv_rms[NORM ? M : 1];
   float w0[NORM ? NW : 1][32];  // NORM: the lane's first unit, read while the block finds the norm
   if constexpr (NORM) {
     static_assert(32 * kWarps == kNormThreads, "the norm's block is the GEMV's");
     if (active && lane < units)
 #pragma unroll
-      for (int t = 0; t < NW; ++t) load_unit<T>(rows[t], lane, w0[t]);
+      for (int t = 0; t < NW; ++t) load_unit_at<T>(rows[t], lane, spread, w0[t]);
     for (int i = 0; i < M && i < m; ++i) {
       const float inv = block_inv_rms(x + i * cols, cols, nrm.eps);
       if (threadIdx.x == 0) inv_rms[i] = inv;
@@ -72,17 +73,17 @@ matvec_kernel(Segs segs, int64_t total_rows, const float* x, int64_t m, int64_t 
     for (int64_t u = lane; u < units; u += 32) {
       float w[R][32];
 #pragma unroll
-      for (int t = 0; t < R; ++t) load_unit<T>(rows[t], u, w[t]);
+      for (int t = 0; t < R; ++t) load_unit_at<T>(rows[t], u, spread, w[t]);
 #pragma unroll
       for (int i = 0; i < M; ++i) {
         if (i >= m) break;
-        const float4* xp = reinterpret_cast<const float4*>(x + i * cols + u * 32);
+        const float* xi = x + i * cols;
         float a[R];
 #pragma unroll
         for (int t = 0; t < R; ++t) a[t] = acc[t][i];
 #pragma unroll
         for (int j = 0; j < 8; ++j) {
-          const float4 v = __ldg(xp + j);
+          const float4 v = __ldg(reinterpret_cast<const float4*>(xi + unit_col(u, j, spread)));
 #pragma unroll
           for (int t = 0; t < R; ++t) {
             a[t] = fmaf(w[t][4 * j], v.x, a[t]);
@@ -104,18 +105,19 @@ matvec_kernel(Segs segs, int64_t total_rows, const float* x, int64_t m, int64_t 
 #pragma unroll
         for (int j = 0; j < 32; ++j) w[j] = w0[NORM ? t : 0][j];
       } else {
-        load_unit<T>(rows[t], u, w);
+        load_unit_at<T>(rows[t], u, spread, w);
       }
 #pragma unroll
       for (int i = 0; i < M; ++i) {
         if (i >= m) break;
-        const float4* xp = reinterpret_cast<const float4*>(x + i * cols + u * 32);
+        const float* xi = x + i * cols;
         float a = acc[t][i];
 #pragma unroll
         for (int j = 0; j < 8; ++j) {
-          float4 v = __ldg(xp + j);
+          const int64_t col = unit_col(u, j, spread);
+          float4 v = __ldg(reinterpret_cast<const float4*>(xi + col));
           if constexpr (NORM) {
-            const float4 nw = __ldg(reinterpret_cast<const float4*>(nrm.w + u * 32) + j);
+            const float4 nw = __ldg(reinterpret_cast<const float4*>(nrm.w + col));
             const float inv = inv_rms[i];
             v = make_float4(__fmul_rn(__fmul_rn(v.x, inv), nw.x), __fmul_rn(__fmul_rn(v.y, inv), nw.y),
                             __fmul_rn(__fmul_rn(v.z, inv), nw.z), __fmul_rn(__fmul_rn(v.w, inv), nw.w));

@@ -118,6 +118,19 @@ __device__ inline uint16_t load_block_quants(const uint8_t* b, uint32_t (&q)[NW]
   return static_cast<uint16_t>(wd[0]);
 }
 
+// The columns of a lane's unit u in a GEMV (matvec.cu): 32 consecutive ones (the unit's own), or
+// for f32 and 16-bit weights in a row of whole warps' spans (cols % 1024 == 0: "spread") 4 runs of
+// 8 over the 1024 columns of the warp's pass, so that each load instruction of the warp reads 512
+// contiguous bytes (the unit's own columns leave every lane's 16-byte load 64 bytes from the next).
+// Float4 j4 (0–7) of unit u starts at unit_col(u, j4, spread).
+template <GgmlType T>
+__host__ __device__ constexpr bool spreads(int64_t cols) {
+  return (T == GgmlType::F32 || T == GgmlType::F16 || T == GgmlType::BF16) && cols % 1024 == 0;
+}
+__device__ inline int64_t unit_col(int64_t u, int j4, bool spread) {
+  return spread ? (u / 32) * 1024 + (j4 / 2) * 256 + (u % 32) * 8 + (j4 % 2) * 4 : u * 32 + 4 * j4;
+}
+
 // Values [32u, 32u + 32) of a row into w.
 template <GgmlType T>
 __device__ inline void load_unit(const uint8_t* row, int64_t u, float (&w)[32]) {
@@ -212,6 +225,35 @@ __device__ inline void load_unit(const uint8_t* row, int64_t u, float (&w)[32]) 
       w[l] = (l < 16 ? s0 : s1) * static_cast<float>(q);
     }
   }
+}
+
+// load_unit for the GEMV's columns of unit u (unit_col): spread for f32 and 16-bit weights, else
+// the unit's own.
+template <GgmlType T>
+__device__ inline void load_unit_at(const uint8_t* row, int64_t u, bool spread, float (&w)[32]) {
+  if constexpr (T == GgmlType::F32 || T == GgmlType::F16 || T == GgmlType::BF16) {
+    if (spread) {
+#pragma unroll
+      for (int c = 0; c < 4; ++c) {  // run c: values 8c … 8c + 7, one 16-byte load (16-bit) or two
+        if constexpr (T == GgmlType::F32) {
+          const float4* p = reinterpret_cast<const float4*>(row) + unit_col(u, 2 * c, true) / 4;
+          const float4 a = p[0], b = p[1];
+          w[8 * c] = a.x, w[8 * c + 1] = a.y, w[8 * c + 2] = a.z, w[8 * c + 3] = a.w;
+          w[8 * c + 4] = b.x, w[8 * c + 5] = b.y, w[8 * c + 6] = b.z, w[8 * c + 7] = b.w;
+        } else {
+          const uint4 v = *reinterpret_cast<const uint4*>(row + unit_col(u, 2 * c, true) * 2);
+          const uint32_t h2[4] = {v.x, v.y, v.z, v.w};
+#pragma unroll
+          for (int e = 0; e < 8; ++e) {
+            const uint16_t h = static_cast<uint16_t>(h2[e / 2] >> (16 * (e % 2)));
+            w[8 * c + e] = T == GgmlType::F16 ? half_bits_to_float(h) : __uint_as_float(static_cast<uint32_t>(h) << 16);
+          }
+        }
+      }
+      return;
+    }
+  }
+  load_unit<T>(row, u, w);
 }
 
 }  // namespace flashmem::cuda
