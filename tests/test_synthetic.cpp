@@ -120,6 +120,25 @@ TEST(Synthetic, WeightsAreSeededAndWellScaled) {
   }
 }
 
+// release_tensor_data: the image's tensor pages go back to the OS (an owned image's read as
+// zeros afterwards), the metadata stays, and nothing is released twice.
+TEST(Synthetic, TheTensorDataCanBeGivenBack) {
+  GgufFile f = make_synthetic(parse_synthetic("tiny:f32"), 7, 2);
+  const GgufTensor& w = f.tensor("blk.1.ffn_up.weight");  // 512 × 256 f32: 512 KiB, whole pages inside
+  const auto nonzero = [&] {
+    size_t n = 0;
+    for (uint64_t i = 0; i < w.n_bytes; ++i) n += w.data[i] != 0;
+    return n;
+  };
+  EXPECT_GT(nonzero(), w.n_bytes / 2);
+  const uint64_t freed = f.release_tensor_data();
+  EXPECT_GE(freed, w.n_bytes - 2 * 4096);  // all but the pages the range only partly covers
+  EXPECT_LE(freed, f.file_size());
+  EXPECT_LT(nonzero(), size_t{2 * 4096});
+  EXPECT_EQ(f.get_u32("llama.block_count"), 2u);  // the metadata is not in those pages
+  EXPECT_EQ(f.tensor("blk.1.ffn_up.weight").ne[0], 256u);
+}
+
 // The tiny shape through the engine: text round-trips through its byte-level vocabulary, and a
 // prefill plus decode steps give finite logits (the real path; the words are noise).
 TEST(Synthetic, TinyRunsThroughTheEngine) {

@@ -680,6 +680,19 @@ GgufFile GgufFile::from_writer(uint64_t size, const std::function<void(uint8_t*)
   return GgufFile(std::move(impl));
 }
 
+uint64_t GgufFile::release_tensor_data() {
+  Impl& m = *impl_;
+  if (m.data == nullptr || m.data_offset >= m.size) return 0;
+  const auto page = static_cast<uintptr_t>(::sysconf(_SC_PAGESIZE));
+  const auto begin = (reinterpret_cast<uintptr_t>(m.data) + m.data_offset + page - 1) / page * page;
+  const auto end = (reinterpret_cast<uintptr_t>(m.data) + m.size) / page * page;
+  if (end <= begin) return 0;
+  // Anonymous pages (an owned image) read as zeros afterwards; a private file mapping's read the
+  // file again. Either way nothing dangles.
+  if (::madvise(reinterpret_cast<void*>(begin), end - begin, MADV_DONTNEED) != 0) return 0;
+  return end - begin;
+}
+
 uint32_t GgufFile::version() const { return impl_->version; }
 uint64_t GgufFile::alignment() const { return impl_->alignment; }
 const std::string& GgufFile::path() const { return impl_->path; }

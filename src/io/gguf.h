@@ -113,6 +113,12 @@ class GgufFile {
   bool get_bool_or(std::string_view key, bool dflt) const;
   std::string get_string_or(std::string_view key, std::string_view dflt) const;
 
+  // Gives the host memory under the tensor data back to the OS, for a backend that has copied
+  // every weight into its own memory: an owned image's pages are freed, a mapped file's are
+  // dropped (read again from the file if touched). Metadata stays; the tensors' data pointers
+  // stay valid, reading zeros (owned) or the file (mapped). Returns the bytes given back.
+  uint64_t release_tensor_data();
+
   // Tensors, in file order.
   const std::vector<GgufTensor>& tensors() const;
   const GgufTensor* find_tensor(std::string_view name) const;  // nullptr if absent
