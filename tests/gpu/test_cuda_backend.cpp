@@ -282,10 +282,14 @@ void test_matmul(CudaBackend& g, CpuBackend& c, std::mt19937& rng) {
                                  du.as<float>());
         close(to_host<float>(g, dxn2, xn.size()), xn, 1e-6, "rms_norm_matmul_swiglu xn " + tag);
         close(to_host<float>(g, dg, gate.size()), gate, 1e-5, "rms_norm_matmul_swiglu " + tag);
-        if (m == 5) {  // row 2 of the batch, alone: the same bits (the norm is the row's own)
+        if (m == 5) {  // row 2 of the batch, alone: the same bits (the norm is the row's own); the
+                       // batch took tensor cores where the type allows, so the single row does too
+          const CudaBackend::ProductRows keep_rows = g.product_rows();
+          g.set_product_rows({keep_rows.gemv, 1, keep_rows.mma_max});
           BackendBuffer xn1(g, cols * 4), q1(g, r1 * 4), k1(g, r2 * 4), v1(g, r2 * 4);
           float* ys1[3] = {q1.as<float>(), k1.as<float>(), v1.as<float>()};
           g.rms_norm_matmul_n(dx.as<float>() + 2 * cols, dnw.as<float>(), 1, 1e-5f, xn1.as<float>(), pws, ys1);
+          g.set_product_rows(keep_rows);
           const auto all = to_host<float>(g, dq, q.size()), one = to_host<float>(g, q1, r1);
           check(std::equal(one.begin(), one.end(), all.begin() + 2 * r1),
                 "rms_norm_matmul_n: a row alone equals the same row in a batch of 5, " + name);
@@ -347,6 +351,110 @@ Pages make_pages(CudaBackend& g, const AttentionParams& p, int n_tokens, std::mt
     P.dref.push_back(KvPageRef{P.dev.back().as<uint8_t>(), P.dev.back().as<uint8_t>() + half, pos0, n});
   }
   return P;
+}
+
+// The tensor-core products (matmul_mma.cuh) of 2–100 activation rows for the weight types they
+// take, against the CPU's f32 products: plain, Q/K/V in one launch, the residual add, SwiGLU; n-tiles
+// half filled (m = 9, 17, 33), passes of 64 (m = 65, 100); and batch invariance with single rows
+// on tensor cores too (mma_min = 1).
+void test_matmul_mma(CudaBackend& g, CpuBackend& c, std::mt19937& rng) {
+  static std::deque<std::vector<uint8_t>> keep;  // prepared weights are known by their host address
+  auto held = [&](std::vector<uint8_t> v) -> std::vector<uint8_t>& { return keep.emplace_back(std::move(v)); };
+  const CudaBackend::ProductRows rows0 = g.product_rows();
+  g.set_product_rows({rows0.gemv, 2, 128});
+  for (GgmlType t : {GgmlType::Q4_0, GgmlType::Q4_1, GgmlType::Q8_0, GgmlType::BF16}) {
+    const int64_t cols = t == GgmlType::BF16 ? 1024 : 576, r1 = 576, r2 = 192;
+    const std::string name = "mma " + std::string(ggml_type_name(t));
+    const size_t rb = ggml_row_bytes(t, cols);
+    auto& bq = held(random_weights(t, r1, cols, rng));
+    auto& bk = held(random_weights(t, r2, cols, rng));
+    auto& bv = held(random_weights(t, r2, cols, rng));
+    auto& bu = held(random_weights(t, r1, cols, rng));
+    const WeightMatrix wq{t, r1, cols, rb, bq.data(), "q"}, wk{t, r2, cols, rb, bk.data(), "k"},
+        wv{t, r2, cols, rb, bv.data(), "v"}, wu{t, r1, cols, rb, bu.data(), "up"};
+    const WeightMatrix pq = g.prepare(wq), pk = g.prepare(wk), pv = g.prepare(wv), pu = g.prepare(wu);
+    for (int64_t m : {2, 7, 8, 9, 16, 17, 33, 64, 65, 100}) {
+      const std::string tag = name + " m=" + std::to_string(m);
+      auto x = randv(m * cols, rng);
+      auto dx = to_dev(g, x);
+      {
+        std::vector<float> want(m * r1);
+        c.matmul(wq, x.data(), m, want.data());
+        BackendBuffer dy(g, want.size() * 4);
+        g.matmul(pq, dx.as<float>(), m, dy.as<float>());
+        close(to_host<float>(g, dy, want.size()), want, 1e-5, "matmul " + tag);
+      }
+      if (m == 9 || m == 40 || m == 65) {
+        std::vector<float> q(m * r1), k(m * r2), v(m * r2);
+        const WeightMatrix* ws[3] = {&wq, &wk, &wv};
+        float* ys[3] = {q.data(), k.data(), v.data()};
+        c.matmul_n(ws, x.data(), m, ys);
+        BackendBuffer dq(g, q.size() * 4), dk(g, k.size() * 4), dv(g, v.size() * 4);
+        const WeightMatrix* pws[3] = {&pq, &pk, &pv};
+        float* dys[3] = {dq.as<float>(), dk.as<float>(), dv.as<float>()};
+        g.matmul_n(pws, dx.as<float>(), m, dys);
+        close(to_host<float>(g, dq, q.size()), q, 1e-5, "matmul_n q " + tag);
+        close(to_host<float>(g, dk, k.size()), k, 1e-5, "matmul_n k " + tag);
+        close(to_host<float>(g, dv, v.size()), v, 1e-5, "matmul_n v " + tag);
+      }
+      if (m == 7 || m == 33 || m == 100) {
+        std::vector<float> gate(m * r1), up(m * r1);
+        c.matmul_swiglu(wq, wu, x.data(), m, gate.data(), up.data());
+        BackendBuffer dg(g, gate.size() * 4), du(g, up.size() * 4);
+        g.matmul_swiglu(pq, pu, dx.as<float>(), m, dg.as<float>(), du.as<float>());
+        close(to_host<float>(g, dg, gate.size()), gate, 1e-5, "matmul_swiglu " + tag);
+        auto y = randv(m * r1, rng);
+        std::vector<float> want = y, tmp(m * r1);
+        c.matmul_add(wq, x.data(), m, want.data(), tmp.data());
+        auto dy = to_dev(g, y);
+        BackendBuffer dt(g, tmp.size() * 4);
+        g.matmul_add(pq, dx.as<float>(), m, dy.as<float>(), dt.as<float>());
+        close(to_host<float>(g, dy, want.size()), want, 1e-5, "matmul_add " + tag);
+      }
+    }
+    {  // a row alone (tensor cores for single rows too) and as row 2 of batches: the same bits
+      g.set_product_rows({rows0.gemv, 1, 128});
+      auto x1 = randv(cols, rng);
+      auto dx1 = to_dev(g, x1);
+      BackendBuffer y1(g, r1 * 4);
+      g.matmul(pq, dx1.as<float>(), 1, y1.as<float>());
+      const auto solo = to_host<float>(g, y1, r1);
+      bool same = true;
+      for (int64_t m : {3, 9, 17, 64, 70}) {
+        auto x = randv(m * cols, rng);
+        std::copy(x1.begin(), x1.end(), x.begin() + 2 * cols);
+        auto dx = to_dev(g, x);
+        BackendBuffer dy(g, m * r1 * 4);
+        g.matmul(pq, dx.as<float>(), m, dy.as<float>());
+        const auto got = to_host<float>(g, dy, m * r1);
+        same = same && std::equal(solo.begin(), solo.end(), got.begin() + 2 * r1);
+      }
+      check(same, name + ": a row's product is the same alone and in batches of 3, 9, 17, 64 and 70");
+      std::vector<float> want(r1);
+      c.matmul(wq, x1.data(), 1, want.data());
+      close(solo, want, 1e-5, name + " one row on tensor cores");
+      g.set_product_rows({rows0.gemv, 2, 128});
+    }
+  }
+  {  // weights the kernel does not take (rows not a multiple of 16, Q4_K) go to the GEMV or GEMM
+    const int64_t rows = 520, cols = 512;
+    for (GgmlType t : {GgmlType::Q4_1, GgmlType::Q4_K}) {
+      auto& b = held(random_weights(t, t == GgmlType::Q4_1 ? rows + 4 : rows, cols, rng));
+      const WeightMatrix w{t, t == GgmlType::Q4_1 ? rows + 4 : rows, cols, ggml_row_bytes(t, cols), b.data(), "w"};
+      const WeightMatrix pw = g.prepare(w);
+      for (int64_t m : {5, 40}) {
+        auto x = randv(m * cols, rng);
+        std::vector<float> want(m * w.rows);
+        c.matmul(w, x.data(), m, want.data());
+        auto dx = to_dev(g, x);
+        BackendBuffer dy(g, want.size() * 4);
+        g.matmul(pw, dx.as<float>(), m, dy.as<float>());
+        close(to_host<float>(g, dy, want.size()), want, 1e-5,
+              "matmul fallback " + std::string(ggml_type_name(t)) + " m=" + std::to_string(m));
+      }
+    }
+  }
+  g.set_product_rows(rows0);
 }
 
 void test_attention(CudaBackend& g, CpuBackend& c, std::mt19937& rng) {
@@ -746,8 +854,12 @@ void test_model(const std::string& path) {
     check(present_resident == res, "resident pages are in the device reserve");
   }
   // Sequences decoded together on the GPU (one forward_batch per step, f16 KV): bit for bit what
-  // each gets alone (the GEMV and decode attention do not depend on the rest of the batch).
-  for (const int B : {3, 6}) {
+  // each gets alone when single rows take the tensor-core products too (mma_min = 1; those and
+  // decode attention do not depend on the rest of the batch).
+  auto& cuda_backend = dynamic_cast<CudaBackend&>(gpu->backend());
+  const CudaBackend::ProductRows rows0 = cuda_backend.product_rows();
+  cuda_backend.set_product_rows({rows0.gemv, 1, rows0.mma_max});
+  auto together = [&](const int B, const bool want_bits) {
     const int64_t nv = gpu->info().n_vocab;
     const int steps = 12;
     std::vector<std::vector<int32_t>> prompts;
@@ -790,8 +902,15 @@ void test_model(const std::string& path) {
     std::printf("  %d sequences decoded together: greedy tokens equal %d, logits bitwise %d, worst rel L2 %.2g\n", B,
                 same_tokens, bitwise, worst);
     check(same_tokens, "cuda: greedy tokens of " + std::to_string(B) + " sequences decoded together equal each alone");
-    check(bitwise, "cuda: " + std::to_string(B) + " sequences decoded together get bit for bit the logits of each alone");
-  }
+    if (want_bits)
+      check(bitwise, "cuda: " + std::to_string(B) + " sequences decoded together get bit for bit the logits of each alone");
+    else  // single rows through the GEMV, batches on tensor cores: the same values to f32 rounding
+      check(worst < 1e-4, "cuda: " + std::to_string(B) + " sequences decoded together: logits within 1e-4 of each alone");
+  };
+  together(3, true);
+  together(6, true);
+  cuda_backend.set_product_rows(rows0);
+  together(4, false);
 }
 
 }  // namespace
@@ -896,6 +1015,8 @@ int main() {
     test_elementwise(g, c, rng);
     section("matmul");
     test_matmul(g, c, rng);
+    section("matmul_mma");
+    test_matmul_mma(g, c, rng);
     section("attention");
     test_attention(g, c, rng);
     section("decode_batch");

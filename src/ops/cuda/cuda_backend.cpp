@@ -17,6 +17,7 @@
 #include "ops/cuda/dequant.cuh"
 #include "ops/cuda/elementwise.cuh"
 #include "ops/cuda/indexer.cuh"
+#include "ops/cuda/matmul_mma.cuh"
 #include "ops/cuda/matvec.cuh"
 #include "ops/cuda/page_copy.cuh"
 
@@ -82,7 +83,9 @@ CudaBackend::CudaBackend() {
     FM_FAIL(ErrorCode::kUnsupported, "cuBLAS could not start (status ", static_cast<int>(st), ")");
   }
   cublas_ = h;
-  if (const char* v = std::getenv("FLASHMEM_CUDA_GEMV_ROWS"); v && *v) gemv_rows_ = std::atoi(v);
+  if (const char* v = std::getenv("FLASHMEM_CUDA_GEMV_ROWS"); v && *v) rows_.gemv = std::atoi(v);
+  if (const char* v = std::getenv("FLASHMEM_CUDA_MMA_MIN_ROWS"); v && *v) rows_.mma_min = std::atoi(v);
+  if (const char* v = std::getenv("FLASHMEM_CUDA_MMA_MAX_ROWS"); v && *v) rows_.mma_max = std::atoi(v);
   cublasSetStream(h, s);
   cublasSetMathMode(h, CUBLAS_DEFAULT_MATH);  // full f32 products: no TF32
   try {
@@ -355,9 +358,18 @@ const float* CudaBackend::prepare(const float* v, int64_t n) {
 
 // ---- ops -----------------------------------------------------------------------------------
 
-bool CudaBackend::use_matvec(const WeightMatrix& w, const float* x, int64_t m) const {
-  return m <= gemv_rows_ && aligned16(x) && aligned16(w.data) && w.cols % 4 == 0 &&
+bool CudaBackend::use_mma(const WeightMatrix& w, const float* x, int64_t m) const {
+  return rows_.mma_min > 0 && m >= rows_.mma_min && m <= rows_.mma_max && aligned16(x) && aligned16(w.data) &&
+         cuda::matmul_mma_supported(w.type, w.rows, w.cols);
+}
+
+bool CudaBackend::use_gemv(const WeightMatrix& w, const float* x, int64_t m) const {
+  return m <= rows_.gemv && aligned16(x) && aligned16(w.data) && w.cols % 4 == 0 &&
          cuda::matvec_supported(w.type, w.cols, w.row_bytes);
+}
+
+bool CudaBackend::use_matvec(const WeightMatrix& w, const float* x, int64_t m) const {
+  return use_mma(w, x, m) || use_gemv(w, x, m);
 }
 
 void CudaBackend::gemm(const WeightMatrix& w, const float* x, int64_t m, float* y, bool accumulate) {
@@ -387,17 +399,30 @@ void CudaBackend::matmul(const WeightMatrix& w, const float* x, int64_t m, float
   if (m <= 0) return;
   if (use_matvec(w, x, m)) {
     const cuda::MatvecSeg seg{w.data, w.row_bytes, w.rows, y};
-    FM_CUDA(cuda::matvec(w.type, &seg, 1, cuda::kMvStore, x, m, w.cols, STREAM));
+    const WeightMatrix* ws[1] = {&w};
+    product(ws, &seg, cuda::kMvStore, x, m);
     return;
   }
   gemm(w, x, m, y, false);
 }
 
 bool CudaBackend::use_matvec_n(std::span<const WeightMatrix* const> ws, const float* x, int64_t m) const {
-  bool one_launch = m > 0 && ws.size() >= 1 && ws.size() <= 3;
-  for (size_t k = 0; one_launch && k < ws.size(); ++k)
-    one_launch = use_matvec(*ws[k], x, m) && ws[k]->type == ws[0]->type && ws[k]->cols == ws[0]->cols;
-  return one_launch;
+  bool one_launch = m > 0 && ws.size() >= 1 && ws.size() <= 3, mma = true, gemv = true;
+  for (size_t k = 0; one_launch && k < ws.size(); ++k) {
+    one_launch = ws[k]->type == ws[0]->type && ws[k]->cols == ws[0]->cols;
+    mma = mma && use_mma(*ws[k], x, m);
+    gemv = gemv && use_gemv(*ws[k], x, m);
+  }
+  return one_launch && (mma || gemv);
+}
+
+void CudaBackend::product(std::span<const WeightMatrix* const> ws, const cuda::MatvecSeg* segs, int epi,
+                          const float* x, int64_t m) {
+  bool mma = true;
+  for (const WeightMatrix* w : ws) mma = mma && use_mma(*w, x, m);
+  const int n = static_cast<int>(ws.size());
+  if (mma) FM_CUDA(cuda::matmul_mma(ws[0]->type, segs, n, epi, x, m, ws[0]->cols, STREAM));
+  else FM_CUDA(cuda::matvec(ws[0]->type, segs, n, epi, x, m, ws[0]->cols, STREAM));
 }
 
 void CudaBackend::matmul_n(std::span<const WeightMatrix* const> ws, const float* x, int64_t m,
@@ -405,7 +430,7 @@ void CudaBackend::matmul_n(std::span<const WeightMatrix* const> ws, const float*
   if (!use_matvec_n(ws, x, m)) return Backend::matmul_n(ws, x, m, ys);
   cuda::MatvecSeg segs[3];
   for (size_t k = 0; k < ws.size(); ++k) segs[k] = {ws[k]->data, ws[k]->row_bytes, ws[k]->rows, ys[k]};
-  FM_CUDA(cuda::matvec(ws[0]->type, segs, static_cast<int>(ws.size()), cuda::kMvStore, x, m, ws[0]->cols, STREAM));
+  product(ws, segs, cuda::kMvStore, x, m);
 }
 
 void CudaBackend::rms_norm_matmul_n(const float* x, const float* norm_w, int64_t m, float eps, float* xn,
@@ -413,8 +438,9 @@ void CudaBackend::rms_norm_matmul_n(const float* x, const float* norm_w, int64_t
   // One row (a single sequence's decode step): the norm in the GEMV. With more rows every block
   // would normalise all of them again, and a separate rms_norm launch costs less (H100,
   // 2026-12-05: 16 × depth 0 decode 1,806 tok/s fused against 2,197).
-  if (m != 1 || !use_matvec_n(ws, x, m) || !aligned16(norm_w))
-    return Backend::rms_norm_matmul_n(x, norm_w, m, eps, xn, ws, ys);
+  bool gemv = m == 1 && use_matvec_n(ws, x, m) && aligned16(norm_w);
+  for (size_t k = 0; gemv && k < ws.size(); ++k) gemv = !use_mma(*ws[k], x, m);  // mma_min = 1: tensor cores
+  if (!gemv) return Backend::rms_norm_matmul_n(x, norm_w, m, eps, xn, ws, ys);
   cuda::MatvecSeg segs[3];
   for (size_t k = 0; k < ws.size(); ++k) segs[k] = {ws[k]->data, ws[k]->row_bytes, ws[k]->rows, ys[k]};
   FM_CUDA(cuda::matvec(ws[0]->type, segs, static_cast<int>(ws.size()), cuda::kMvStore, x, m, ws[0]->cols, STREAM,
@@ -424,8 +450,9 @@ void CudaBackend::rms_norm_matmul_n(const float* x, const float* norm_w, int64_t
 void CudaBackend::rms_norm_matmul_swiglu(const float* x, const float* norm_w, int64_t m, float eps, float* xn,
                                          const WeightMatrix& gate, const WeightMatrix& up, float* gate_out,
                                          float* up_tmp) {
-  if (m == 1 && use_matvec(gate, x, m) && use_matvec(up, x, m) && gate.type == up.type && gate.cols == up.cols &&
-      gate.rows == up.rows && aligned16(norm_w)) {  // one row only, as rms_norm_matmul_n
+  if (m == 1 && use_gemv(gate, x, m) && use_gemv(up, x, m) && !use_mma(gate, x, m) && !use_mma(up, x, m) &&
+      gate.type == up.type && gate.cols == up.cols && gate.rows == up.rows &&
+      aligned16(norm_w)) {  // one row only, as rms_norm_matmul_n
     const cuda::MatvecSeg segs[2] = {{gate.data, gate.row_bytes, gate.rows, gate_out},
                                      {up.data, up.row_bytes, up.rows, up_tmp}};
     FM_CUDA(cuda::matvec(gate.type, segs, 2, cuda::kMvSwiglu, x, m, gate.cols, STREAM,
@@ -439,7 +466,8 @@ void CudaBackend::matmul_add(const WeightMatrix& w, const float* x, int64_t m, f
   if (m <= 0) return;
   if (use_matvec(w, x, m)) {
     const cuda::MatvecSeg seg{w.data, w.row_bytes, w.rows, y};
-    FM_CUDA(cuda::matvec(w.type, &seg, 1, cuda::kMvAdd, x, m, w.cols, STREAM));
+    const WeightMatrix* ws[1] = {&w};
+    product(ws, &seg, cuda::kMvAdd, x, m);
     return;
   }
   (void)tmp;
@@ -448,11 +476,11 @@ void CudaBackend::matmul_add(const WeightMatrix& w, const float* x, int64_t m, f
 
 void CudaBackend::matmul_swiglu(const WeightMatrix& gate, const WeightMatrix& up, const float* x, int64_t m,
                                 float* gate_out, float* up_tmp) {
-  if (m > 0 && use_matvec(gate, x, m) && use_matvec(up, x, m) && gate.type == up.type && gate.cols == up.cols &&
-      gate.rows == up.rows) {
+  const WeightMatrix* ws[2] = {&gate, &up};
+  if (m > 0 && use_matvec_n(ws, x, m) && gate.rows == up.rows) {
     const cuda::MatvecSeg segs[2] = {{gate.data, gate.row_bytes, gate.rows, gate_out},
                                      {up.data, up.row_bytes, up.rows, up_tmp}};
-    FM_CUDA(cuda::matvec(gate.type, segs, 2, cuda::kMvSwiglu, x, m, gate.cols, STREAM));
+    product(ws, segs, cuda::kMvSwiglu, x, m);
     return;
   }
   Backend::matmul_swiglu(gate, up, x, m, gate_out, up_tmp);

@@ -2,10 +2,11 @@
 //
 // Backend memory is device memory; every op runs on one stream in issue order, and download()
 // waits for it. Weights stay on the device in their stored type (GGUF blocks, f16, bf16, f32).
-// Decode-sized products (a few activation rows: gemv_rows_) read them through flashmem's
-// dequantising GEMV (ops/cuda/matvec.cuh), fused with Q/K/V, SwiGLU and the residual add;
-// larger ones (prefill) dequantise tiles of rows into f32 and run cuBLAS SGEMM with full f32
-// math (no TF32). A decode batch writes its K/V in one launch and attends in one
+// Decode-sized products read them through flashmem's own kernels, fused with Q/K/V, SwiGLU and
+// the residual add: one activation row through the dequantising GEMV (ops/cuda/matvec.cuh, the
+// RMSNorm inside), 2–64 rows on tensor cores (ops/cuda/matmul_mma.cuh: Q4_0, Q4_1, Q8_0, BF16),
+// other types' few rows through the GEMV too; larger products (prefill) dequantise tiles of rows
+// into f32 and run cuBLAS SGEMM with full f32 math (no TF32). A decode batch writes its K/V in one launch and attends in one
 // (ops/cuda/decode_attention.cuh); page copies of a batch are one gather kernel. Checked against
 // the CPU backend op by op and end to end by the GPU tests (scripts/gpu-check).
 //
@@ -25,6 +26,7 @@ namespace flashmem::cuda {
 struct DevPage;  // ops/cuda/attention.cuh
 struct DevSlot;  // ops/cuda/decode_attention.cuh
 struct DecodeSlots;
+struct MatvecSeg;  // ops/cuda/matvec.cuh
 }
 
 namespace flashmem {
@@ -38,6 +40,19 @@ class CudaBackend final : public Backend {
   CudaBackend& operator=(const CudaBackend&) = delete;
 
   const char* name() const override { return "cuda"; }
+  // Which kernel a product of m activation rows takes: the tensor-core one for
+  // mma_min ≤ m ≤ mma_max where the weight allows it (mma_min 0: never), else the GEMV for
+  // m ≤ gemv, else GEMM. Within one kernel a row's product does not depend on the rest of the
+  // batch; mma_min = 1 puts single rows on tensor cores too, so a sequence gets the same bits
+  // alone and in any batch. FLASHMEM_CUDA_GEMV_ROWS, FLASHMEM_CUDA_MMA_MIN_ROWS and
+  // FLASHMEM_CUDA_MMA_MAX_ROWS set them at construction, for measurements.
+  struct ProductRows {
+    int64_t gemv = 16;
+    int64_t mma_min = 2;
+    int64_t mma_max = 64;
+  };
+  void set_product_rows(const ProductRows& r) { rows_ = r; }
+  const ProductRows& product_rows() const { return rows_; }
   const std::string& device_name() const { return device_name_; }
   // Device memory the backend holds for prepared weights (their stored bytes).
   size_t weight_bytes() const { return weight_bytes_; }
@@ -109,11 +124,17 @@ class CudaBackend final : public Backend {
   // when they fit a launch's parameters, else staged in device-readable memory.
   const cuda::DevSlot* device_slots(const AttentionParams& p, std::span<const KvSlotRef> slots,
                                     cuda::DecodeSlots& inl);
-  // Whether w goes through the GEMV for m rows of x.
+  // Whether w's product with m rows of x takes the tensor-core kernel, the GEMV.
+  bool use_mma(const WeightMatrix& w, const float* x, int64_t m) const;
+  bool use_gemv(const WeightMatrix& w, const float* x, int64_t m) const;
+  // Whether w goes through one of the decode product kernels for m rows of x.
   bool use_matvec(const WeightMatrix& w, const float* x, int64_t m) const;
-  // Whether the weights ws go through one GEMV launch for m rows of x (1 to 3 of one type and
-  // width, each taking the GEMV).
+  // Whether the weights ws go through one decode product launch for m rows of x (1 to 3 of one
+  // type and width, all taking the tensor-core kernel or all the GEMV).
   bool use_matvec_n(std::span<const WeightMatrix* const> ws, const float* x, int64_t m) const;
+  // That launch: segs[k] is ws[k]'s product (cuda::MatvecSeg), `epi` a cuda::MatvecEpilogue.
+  void product(std::span<const WeightMatrix* const> ws, const cuda::MatvecSeg* segs, int epi, const float* x,
+               int64_t m);
   // y (=, or += when accumulate) x · wᵀ through cuBLAS: f32 weights directly, others a tile of
   // rows at a time dequantised into wtile_.
   void gemm(const WeightMatrix& w, const float* x, int64_t m, float* y, bool accumulate);
@@ -157,10 +178,7 @@ class CudaBackend final : public Backend {
   std::array<void*, kSlabs> slab_done_{};  // cudaEvent_t per slab
   std::array<bool, kSlabs> slab_pending_{};
   int slab_ = 0;
-  // Products of at most this many activation rows go through the GEMV (so a sequence decoded in
-  // a batch of up to 16 gets bit for bit its logits alone), more through GEMM.
-  // FLASHMEM_CUDA_GEMV_ROWS overrides it, for measurements and the GPU checks.
-  int64_t gemv_rows_ = 16;
+  ProductRows rows_;  // which kernel a product takes (set_product_rows)
   std::vector<void*> marks_;  // cudaEvent_t ring of Backend::kMarks, created on first use
   uint64_t n_marks_ = 0;
   size_t slab_used_ = 0;
