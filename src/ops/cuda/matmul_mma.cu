@@ -128,6 +128,8 @@ __global__ void __launch_bounds__(32 * kWarps) mma_kernel(Segs segs, const float
 #pragma unroll
       for (int c = 0; c < 4; ++c) acc[s][n][c] = 0.0f;
 
+  // Two blocks an iteration, so that the next block's loads are in flight during this one's MMAs.
+#pragma unroll 2
   for (int64_t kb = kb0; kb < kb1; ++kb) {
     RowPart part[NS][2];
 #pragma unroll
