@@ -282,10 +282,11 @@ void test_matmul(CudaBackend& g, CpuBackend& c, std::mt19937& rng) {
                                  du.as<float>());
         close(to_host<float>(g, dxn2, xn.size()), xn, 1e-6, "rms_norm_matmul_swiglu xn " + tag);
         close(to_host<float>(g, dg, gate.size()), gate, 1e-5, "rms_norm_matmul_swiglu " + tag);
-        if (m == 5) {  // row 2 of the batch, alone: the same bits (the norm is the row's own); the
-                       // batch took tensor cores where the type allows, so the single row does too
+        if (m == 5) {  // row 2 of the batch, alone: the same bits (the norm is the row's own); where
+                       // the batch took tensor cores, the single row does too
           const CudaBackend::ProductRows keep_rows = g.product_rows();
-          g.set_product_rows({keep_rows.gemv, 1, keep_rows.mma_max});
+          const bool batch_mma = keep_rows.mma_min > 0 && keep_rows.mma_min <= 5;
+          g.set_product_rows({keep_rows.gemv, batch_mma ? 1 : keep_rows.mma_min, keep_rows.mma_max});
           BackendBuffer xn1(g, cols * 4), q1(g, r1 * 4), k1(g, r2 * 4), v1(g, r2 * 4);
           float* ys1[3] = {q1.as<float>(), k1.as<float>(), v1.as<float>()};
           g.rms_norm_matmul_n(dx.as<float>() + 2 * cols, dnw.as<float>(), 1, 1e-5f, xn1.as<float>(), pws, ys1);
@@ -910,7 +911,7 @@ void test_model(const std::string& path) {
   together(3, true);
   together(6, true);
   cuda_backend.set_product_rows(rows0);
-  together(4, false);
+  together(static_cast<int>(std::max<int64_t>(rows0.mma_min, 2)), false);
 }
 
 }  // namespace
